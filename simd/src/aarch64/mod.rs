@@ -1,0 +1,3 @@
+//! aarch64 implementations.
+
+pub(crate) mod neon;
