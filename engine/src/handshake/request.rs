@@ -285,3 +285,407 @@ impl<'a> Iterator for Protocols<'a> {
 }
 
 impl ExactSizeIterator for Protocols<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::{check_origin, OriginPolicy};
+    use super::*;
+
+    const CHROME: &str = "GET /chat?room=1&x=y HTTP/1.1\r\n\
+        Host: example.com:8080\r\n\
+        Connection: Upgrade\r\n\
+        Pragma: no-cache\r\n\
+        Cache-Control: no-cache\r\n\
+        User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36\r\n\
+        Upgrade: websocket\r\n\
+        Origin: http://example.com:8080\r\n\
+        Sec-WebSocket-Version: 13\r\n\
+        Accept-Encoding: gzip, deflate, br\r\n\
+        Accept-Language: en-US,en;q=0.9\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Protocol: chat, superchat\r\n\
+        Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
+        \r\n";
+
+    fn cfg() -> HandshakeConfig {
+        HandshakeConfig::default()
+    }
+
+    fn parse(text: &str) -> Result<Request, HandshakeError> {
+        match parse_request(text.as_bytes(), &cfg())? {
+            ParseStatus::Complete { request, consumed } => {
+                assert_eq!(consumed, text.len());
+                Ok(request)
+            }
+            ParseStatus::Partial => panic!("partial: {text:?}"),
+        }
+    }
+
+    /// A minimal valid request with one header line replaced (or removed when `value` is None).
+    fn with_header(name: &str, value: Option<&str>) -> String {
+        let mut lines = vec![
+            ("Host", "server.example.com"),
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ];
+        lines.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        if let Some(v) = value {
+            lines.push((name, v));
+        }
+        let mut s = String::from("GET /chat HTTP/1.1\r\n");
+        for (n, v) in lines {
+            s += &format!("{n}: {v}\r\n");
+        }
+        s + "\r\n"
+    }
+
+    #[test]
+    fn chrome_request_parses() {
+        let req = parse(CHROME).unwrap();
+        assert_eq!(req.method(), "GET");
+        assert_eq!(req.path(), "/chat");
+        assert_eq!(req.query(), Some("room=1&x=y"));
+        assert_eq!(req.host(), "example.com:8080");
+        assert_eq!(req.key(), "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(req.header("sec-websocket-version"), Some("13"));
+        assert_eq!(req.header("ACCEPT-ENCODING"), Some("gzip, deflate, br"));
+        assert_eq!(req.header("X-Missing"), None);
+        assert_eq!(req.headers().len(), 13);
+        assert_eq!(req.headers().next(), Some(("Host", "example.com:8080")));
+        assert_eq!(req.protocols().collect::<Vec<_>>(), ["chat", "superchat"]);
+        let exts: Vec<_> = req.extensions().collect();
+        assert_eq!(exts.len(), 1);
+        assert_eq!(exts[0].name(), "permessage-deflate");
+        assert_eq!(exts[0].param("client_max_window_bits"), Some(None));
+        assert_eq!(req.peer(), None);
+        assert_eq!(check_origin(&req, &cfg()), Ok(()));
+    }
+
+    #[test]
+    fn peer_is_set_by_the_engine() {
+        let mut req = parse(CHROME).unwrap();
+        let addr: SocketAddr = "192.0.2.1:4567".parse().unwrap();
+        req.peer = Some(addr);
+        assert_eq!(req.peer(), Some(addr));
+    }
+
+    #[test]
+    fn no_query_and_empty_query() {
+        assert_eq!(parse(&with_header("X", None)).unwrap().query(), None);
+        let req = parse(&with_header("X", None).replace("/chat", "/a?")).unwrap();
+        assert_eq!((req.path(), req.query()), ("/a", Some("")));
+    }
+
+    #[test]
+    fn partial_at_every_split_then_complete_with_trailing_bytes() {
+        let frame = [0x81u8, 0x85, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+        let mut bytes = CHROME.as_bytes().to_vec();
+        bytes.extend_from_slice(&frame);
+        let whole = parse_request(&bytes, &cfg()).unwrap();
+        let ParseStatus::Complete { request, consumed } = &whole else {
+            panic!("not complete")
+        };
+        assert_eq!(*consumed, CHROME.len());
+        assert_eq!(&bytes[*consumed..], frame);
+        assert_eq!(request, &parse(CHROME).unwrap());
+        for split in 0..bytes.len() {
+            let got = parse_request(&bytes[..split], &cfg()).unwrap();
+            if split < CHROME.len() {
+                assert_eq!(got, ParseStatus::Partial, "split {split}");
+            } else {
+                let ParseStatus::Complete { consumed, .. } = got else {
+                    panic!("split {split}")
+                };
+                assert_eq!(consumed, CHROME.len());
+            }
+        }
+    }
+
+    #[test]
+    fn method_not_get_is_405_with_allow() {
+        let req = with_header("X", None).replace("GET ", "POST ");
+        let err = parse(&req).unwrap_err();
+        assert_eq!(err, HandshakeError::MethodNotAllowed);
+        let rej = err.to_rejection();
+        assert_eq!(rej.status, 405);
+        assert_eq!(rej.headers, [("Allow".to_string(), "GET".to_string())]);
+    }
+
+    #[test]
+    fn http_1_0_is_505() {
+        let req = with_header("X", None).replace("HTTP/1.1", "HTTP/1.0");
+        assert_eq!(parse(&req).unwrap_err().status(), 505);
+    }
+
+    #[test]
+    fn version_missing_or_not_13_is_426_with_header() {
+        for v in [None, Some("8"), Some("13, 8"), Some("")] {
+            let err = parse(&with_header("Sec-WebSocket-Version", v)).unwrap_err();
+            assert_eq!(err, HandshakeError::UnsupportedVersion, "{v:?}");
+            let rej = err.to_rejection();
+            assert_eq!(rej.status, 426);
+            assert!(rej
+                .headers
+                .contains(&("Sec-WebSocket-Version".into(), "13".into())));
+        }
+    }
+
+    #[test]
+    fn bad_keys_are_400() {
+        let cases = [
+            (None, HandshakeError::MissingKey),
+            (Some("not base64 at all!!!!!!!"), HandshakeError::InvalidKey),
+            (Some("!!!!!!!!!!!!!!!!!!!!!!=="), HandshakeError::InvalidKey),
+            // 15 bytes, 16 bytes unpadded, 17 bytes
+            (Some("AAAAAAAAAAAAAAAAAAAA"), HandshakeError::InvalidKey),
+            (Some("AAAAAAAAAAAAAAAAAAAAAA"), HandshakeError::InvalidKey),
+            (Some("AAAAAAAAAAAAAAAAAAAAAAA="), HandshakeError::InvalidKey),
+            (Some(""), HandshakeError::InvalidKey),
+        ];
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode("AAAAAAAAAAAAAAAAAAAAAAA=")
+                .unwrap()
+                .len(),
+            17
+        );
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode("AAAAAAAAAAAAAAAAAAAA")
+                .unwrap()
+                .len(),
+            15
+        );
+        for (key, want) in cases {
+            let err = parse(&with_header("Sec-WebSocket-Key", key)).unwrap_err();
+            assert_eq!(err, want, "{key:?}");
+            assert_eq!(err.status(), 400);
+        }
+        let twice = with_header("X", None).replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        );
+        assert_eq!(
+            parse(&twice).unwrap_err(),
+            HandshakeError::DuplicateHeader("Sec-WebSocket-Key")
+        );
+    }
+
+    #[test]
+    fn missing_host_is_400() {
+        let err = parse(&with_header("Host", None)).unwrap_err();
+        assert_eq!((err, err.status()), (HandshakeError::MissingHost, 400));
+        let err = parse(&with_header("Host", Some(""))).unwrap_err();
+        assert_eq!(err, HandshakeError::MissingHost);
+        let twice = with_header("X", None).replace("\r\n\r\n", "\r\nHost: other\r\n\r\n");
+        assert_eq!(parse(&twice).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn upgrade_header_rules() {
+        for bad in [None, Some("h2c"), Some("websockets"), Some("")] {
+            let err = parse(&with_header("Upgrade", bad)).unwrap_err();
+            assert_eq!(err, HandshakeError::UpgradeNotWebSocket, "{bad:?}");
+            assert_eq!(err.status(), 400);
+        }
+        for good in ["WebSocket", "h2c, websocket", "foo,WEBSOCKET"] {
+            assert!(parse(&with_header("Upgrade", Some(good))).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn connection_header_rules() {
+        for bad in [None, Some("keep-alive"), Some("upgrades"), Some("close")] {
+            let err = parse(&with_header("Connection", bad)).unwrap_err();
+            assert_eq!(err, HandshakeError::ConnectionNotUpgrade, "{bad:?}");
+            assert_eq!(err.status(), 400);
+        }
+        for good in ["keep-alive, Upgrade", "UPGRADE", "upgrade,keep-alive"] {
+            assert!(
+                parse(&with_header("Connection", Some(good))).is_ok(),
+                "{good}"
+            );
+        }
+        // Two Connection headers: the token may be in either.
+        let two = with_header("Connection", Some("keep-alive"))
+            .replace("\r\n\r\n", "\r\nConnection: upgrade\r\n\r\n");
+        assert!(parse(&two).is_ok());
+    }
+
+    #[test]
+    fn malformed_http_is_400() {
+        for bad in [
+            "GET /chat HTTP/1.1\r\nHost example.com\r\n\r\n",
+            "GET /chat HTTP/9.9\r\n\r\n",
+            "GET\r\n\r\n",
+            "\x01\x02\x03\r\n\r\n",
+            "GET /chat HTTP/1.1\r\nHo st: x\r\n\r\n",
+        ] {
+            let err = parse_request(bad.as_bytes(), &cfg()).unwrap_err();
+            assert!(
+                matches!(err, HandshakeError::Malformed(_)),
+                "{bad:?}: {err:?}"
+            );
+            assert_eq!(err.status(), 400);
+        }
+        let base = with_header("X", None);
+        let latin1 = [
+            &base.as_bytes()[..base.len() - 2],
+            b"X-Name: caf\xe9\r\n\r\n",
+        ]
+        .concat();
+        assert_eq!(parse_request(&latin1, &cfg()), Err(HandshakeError::NotUtf8));
+    }
+
+    #[test]
+    fn too_many_headers_is_431() {
+        let mut req = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..=MAX_HEADERS {
+            req += &format!("X-{i}: y\r\n");
+        }
+        req += "\r\n";
+        let err = parse_request(req.as_bytes(), &cfg()).unwrap_err();
+        assert_eq!((err, err.status()), (HandshakeError::TooManyHeaders, 431));
+    }
+
+    #[test]
+    fn oversize_is_431_complete_or_not() {
+        let small = HandshakeConfig {
+            max_request_size: 200,
+            ..cfg()
+        };
+        let long = with_header("X-Padding", Some(&"a".repeat(200)));
+        // Complete but too long.
+        let err = parse_request(long.as_bytes(), &small).unwrap_err();
+        assert_eq!(err, HandshakeError::RequestTooLarge { limit: 200 });
+        assert_eq!(err.status(), 431);
+        // Incomplete and already too long.
+        let err = parse_request(&long.as_bytes()[..201], &small).unwrap_err();
+        assert_eq!(err.status(), 431);
+        // Exactly at the limit and incomplete: wait for more.
+        assert_eq!(
+            parse_request(&long.as_bytes()[..200], &small),
+            Ok(ParseStatus::Partial)
+        );
+        // A request within the limit followed by many frame bytes is fine.
+        let ok = with_header("X", None);
+        let mut bytes = ok.clone().into_bytes();
+        bytes.extend_from_slice(&[0u8; 10_000]);
+        let got = parse_request(&bytes, &small).unwrap();
+        assert!(matches!(got, ParseStatus::Complete { consumed, .. } if consumed == ok.len()));
+        // The default limit is 8 KiB.
+        let big = with_header("X-Padding", Some(&"a".repeat(8192)));
+        assert_eq!(
+            parse_request(big.as_bytes(), &cfg()).unwrap_err(),
+            HandshakeError::RequestTooLarge { limit: 8192 }
+        );
+    }
+
+    #[test]
+    fn origin_policies() {
+        let cross = parse(&with_header("Origin", Some("https://evil.example"))).unwrap();
+        let err = check_origin(&cross, &cfg()).unwrap_err();
+        assert_eq!((err, err.status()), (HandshakeError::OriginRejected, 403));
+
+        let no_origin = parse(&with_header("Origin", None)).unwrap();
+        assert_eq!(check_origin(&no_origin, &cfg()), Ok(()));
+
+        let same = with_header("Origin", Some("http://SERVER.example.com:8080"))
+            .replace("Host: server.example.com", "Host: server.Example.COM:8080");
+        assert_eq!(check_origin(&parse(&same).unwrap(), &cfg()), Ok(()));
+        let other_port = with_header("Origin", Some("http://server.example.com:9090"))
+            .replace("Host: server.example.com", "Host: server.example.com:8080");
+        assert!(check_origin(&parse(&other_port).unwrap(), &cfg()).is_err());
+        let default_port = with_header("Origin", Some("https://server.example.com"))
+            .replace("Host: server.example.com", "Host: server.example.com:443");
+        assert_eq!(check_origin(&parse(&default_port).unwrap(), &cfg()), Ok(()));
+
+        let allow_all = HandshakeConfig {
+            origin: OriginPolicy::AllowAll,
+            ..cfg()
+        };
+        assert_eq!(check_origin(&cross, &allow_all), Ok(()));
+
+        let custom = HandshakeConfig {
+            origin: OriginPolicy::Custom(Arc::new(|req: &Request| {
+                req.header("Origin")
+                    .is_some_and(|o| o.ends_with(".evil.example") || o == "https://evil.example")
+            })),
+            ..cfg()
+        };
+        assert_eq!(check_origin(&cross, &custom), Ok(()));
+        assert!(check_origin(&no_origin, &custom).is_err());
+        assert_eq!(format!("{:?}", custom.origin), "Custom(..)");
+    }
+
+    #[test]
+    fn subprotocol_selection_follows_server_preference() {
+        let req = with_header("Sec-WebSocket-Protocol", Some("v1.chat, v2.chat")).replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Protocol: mqtt,, wamp\r\n\r\n",
+        );
+        let req = parse(&req).unwrap();
+        assert_eq!(
+            req.protocols().collect::<Vec<_>>(),
+            ["v1.chat", "v2.chat", "mqtt", "wamp"]
+        );
+        assert_eq!(req.select_subprotocol(&["wamp", "v1.chat"]), Some("wamp"));
+        assert_eq!(
+            req.select_subprotocol(&["v2.chat", "wamp"]),
+            Some("v2.chat")
+        );
+        assert_eq!(
+            req.select_subprotocol(&["x".to_string(), "mqtt".to_string()]),
+            Some("mqtt")
+        );
+        assert_eq!(req.select_subprotocol(&["V1.CHAT"]), None);
+        assert_eq!(req.select_subprotocol::<&str>(&[]), None);
+        let none = parse(&with_header("X", None)).unwrap();
+        assert_eq!(none.select_subprotocol(&["chat"]), None);
+    }
+
+    #[test]
+    fn extension_offers_across_headers_and_bad_syntax_ignored() {
+        let req = with_header(
+            "Sec-WebSocket-Extensions",
+            Some("permessage-deflate; client_max_window_bits, permessage-deflate; server_max_window_bits=10"),
+        )
+        .replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: broken;;\r\n\
+             Sec-WebSocket-Extensions: x-custom; mode=\"fa\\st\"\r\n\r\n",
+        );
+        let req = parse(&req).unwrap();
+        let got: Vec<(&str, Vec<(&str, Option<&str>)>)> = req
+            .extensions()
+            .map(|e| (e.name(), e.params().collect()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("permessage-deflate", vec![("client_max_window_bits", None)]),
+                (
+                    "permessage-deflate",
+                    vec![("server_max_window_bits", Some("10"))]
+                ),
+                ("x-custom", vec![("mode", Some("fast"))]),
+            ]
+        );
+    }
+
+    #[test]
+    fn error_bodies_say_what_was_wrong() {
+        let err = parse(&with_header("Connection", None)).unwrap_err();
+        let body = String::from_utf8(err.to_rejection().body).unwrap();
+        assert!(
+            body.contains("'upgrade' token not found in 'Connection' header"),
+            "{body}"
+        );
+        let e: &dyn std::error::Error = &err;
+        assert!(e.to_string().starts_with("websocket: "));
+    }
+}
