@@ -1,1 +1,8 @@
-pub fn _x(){}
+//! surge: a thread-per-core WebSocket server engine.
+//!
+//! Layers, bottom up (see docs/ARCHITECTURE.md):
+//! - [`proto`]: the sans-IO RFC 6455 core (frames, assembly, close handshake), no sockets, no clock.
+//! - [`handshake`]: the sans-IO HTTP/1.1 upgrade (server and client side).
+
+pub mod handshake;
+pub mod proto;

@@ -1,0 +1,495 @@
+//! The receive path: frame headers, in-place unmasking, message assembly and streaming UTF-8
+//! validation (RFC 6455 sections 5.4 and 8.1).
+//!
+//! [`Decoder::decode`] takes the bytes the caller has just read and always makes progress: it consumes
+//! everything up to the next event. A single-frame message wholly inside the input is unmasked in place
+//! and handed out as a borrowed slice (zero copy). Only fragmented messages, and frames split across
+//! reads, are copied, into an assembly buffer taken from the caller's [`BufferPool`]. An incomplete
+//! header (at most 13 bytes) is the only thing the decoder keeps inline; so the caller never has to keep
+//! leftover input of its own.
+
+use super::close::parse_close_payload;
+use super::error::{CloseCode, Error};
+use super::frame::{FrameHeader, HeaderRules, OpCode, MAX_HEADER_LEN, RSV1};
+use surge_simd::{apply_mask, Utf8Stream};
+
+/// The kind of a data message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    /// UTF-8 text (opcode 0x1).
+    Text,
+    /// Binary data (opcode 0x2).
+    Binary,
+}
+
+impl MessageKind {
+    /// The opcode of the first frame of such a message.
+    pub fn opcode(self) -> OpCode {
+        match self {
+            MessageKind::Text => OpCode::Text,
+            MessageKind::Binary => OpCode::Binary,
+        }
+    }
+}
+
+/// A whole data message, borrowed from the input or from the assembly buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A text message, already validated as UTF-8.
+    Text(&'a str),
+    /// A binary message.
+    Binary(&'a [u8]),
+}
+
+impl<'a> Message<'a> {
+    /// The payload bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match self {
+            Message::Text(s) => s.as_bytes(),
+            Message::Binary(b) => b,
+        }
+    }
+    /// The message kind.
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Message::Text(_) => MessageKind::Text,
+            Message::Binary(_) => MessageKind::Binary,
+        }
+    }
+}
+
+/// What the peer sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A complete data message.
+    Message(Message<'a>),
+    /// A piece of a message delivered piece by piece (only with `stream_fragments`). Text pieces are
+    /// validated as a stream: a piece may end inside a code point that the next piece completes.
+    Fragment {
+        /// The message's kind.
+        kind: MessageKind,
+        /// The bytes of this piece.
+        data: &'a [u8],
+        /// First piece of the message.
+        first: bool,
+        /// Last piece of the message.
+        last: bool,
+    },
+    /// A ping with its application data.
+    Ping(&'a [u8]),
+    /// A pong with its application data.
+    Pong(&'a [u8]),
+    /// A close frame: its code (1005 when it had no body) and its reason.
+    Close {
+        /// The status code; [`CloseCode::NO_STATUS`] when the frame had no body.
+        code: CloseCode,
+        /// The reason, validated as UTF-8.
+        reason: &'a str,
+    },
+}
+
+/// Where assembly buffers come from and go back to. The engine keeps one pool per worker, so an idle
+/// connection holds no buffer.
+pub trait BufferPool {
+    /// An empty buffer (any capacity).
+    fn take(&mut self) -> Vec<u8>;
+    /// A buffer that is no longer needed.
+    fn give(&mut self, buf: Vec<u8>);
+}
+
+/// A pool that allocates on demand and frees on return.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoPool;
+
+impl BufferPool for NoPool {
+    fn take(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn give(&mut self, _buf: Vec<u8>) {}
+}
+
+/// Receive-side settings, shared by all connections of a worker (not stored per connection).
+#[derive(Clone, Copy, Debug)]
+pub struct DecoderConfig {
+    /// Header rules: role, negotiated RSV bits, maximum frame size.
+    pub rules: HeaderRules,
+    /// The largest message accepted, counted before anything is copied (1009 beyond it).
+    pub max_message_size: u64,
+    /// Deliver messages that are not wholly in one input buffer piece by piece
+    /// ([`Event::Fragment`]) instead of assembling them.
+    pub stream_fragments: bool,
+}
+
+/// What the loop found, recorded as positions so that the borrow is taken once, after the loop.
+enum Ready {
+    Input {
+        start: usize,
+        end: usize,
+        kind: MessageKind,
+    },
+    Assembled(MessageKind),
+    Fragment {
+        start: usize,
+        end: usize,
+        kind: MessageKind,
+        first: bool,
+        last: bool,
+    },
+    Control {
+        start: usize,
+        end: usize,
+        opcode: OpCode,
+    },
+    ControlBuffered(OpCode),
+}
+
+/// Receive state of one connection. Small (no inline payload storage) and allocation-free when idle.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    /// Bytes of a header split across reads.
+    hdr: [u8; MAX_HEADER_LEN],
+    hdr_len: u8,
+    /// A frame header has been parsed and `remaining` payload bytes are still to come.
+    in_frame: bool,
+    frame_op: Option<OpCode>,
+    frame_fin: bool,
+    masked: bool,
+    phase: u8,
+    mask: [u8; 4],
+    remaining: u64,
+    /// The data message in progress (fragmented, or a frame split across reads).
+    msg: Option<MessageKind>,
+    /// The message in progress was marked compressed (RSV1 on its first frame).
+    msg_compressed: bool,
+    /// The message in progress is delivered piece by piece.
+    streaming: bool,
+    first_piece: bool,
+    msg_len: u64,
+    utf8: Utf8Stream,
+    /// Assembly buffer for the message in progress; empty and without capacity when idle.
+    assembly: Vec<u8>,
+    /// The last assembled message was handed out and the buffer can be cleared.
+    delivered: bool,
+    /// Payload of a control frame split across reads.
+    control: Vec<u8>,
+    /// A close frame was received: nothing after it is read.
+    closed: bool,
+    /// We sent a close: data messages are consumed without being reported.
+    discard: bool,
+}
+
+impl Decoder {
+    /// A decoder in its initial state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether a close frame was received (further input is ignored).
+    pub fn close_received(&self) -> bool {
+        self.closed
+    }
+
+    /// From now on, data messages are consumed and checked but not reported (control frames still are).
+    pub fn discard_data(&mut self) {
+        self.discard = true;
+    }
+
+    /// Whether a message or frame is partly received.
+    pub fn is_idle(&self) -> bool {
+        self.msg.is_none() && !self.in_frame && self.hdr_len == 0
+    }
+
+    /// Whether the message being received (or just delivered) had RSV1 set on its first frame.
+    pub fn message_compressed(&self) -> bool {
+        self.msg_compressed
+    }
+
+    /// Gives the assembly buffers back to `pool` when no message is in progress, so that an idle
+    /// connection holds no buffer. The caller does this once it is done with the events of a read.
+    pub fn recycle(&mut self, pool: &mut impl BufferPool) {
+        if self.msg.is_none() && self.assembly.capacity() != 0 {
+            let mut buf = std::mem::take(&mut self.assembly);
+            buf.clear();
+            pool.give(buf);
+        }
+        self.delivered = false;
+        if !self.in_frame && self.control.capacity() != 0 {
+            let mut buf = std::mem::take(&mut self.control);
+            buf.clear();
+            pool.give(buf);
+        }
+    }
+
+    /// Consumes bytes from `input` up to and including the next event. Returns how many bytes were
+    /// consumed and the event, if one is complete; `(input.len(), None)` when all of the input was taken
+    /// in without completing one. Payloads are unmasked in place in `input`.
+    ///
+    /// After an error the connection must be failed: the decoder's state is no longer meaningful.
+    pub fn decode<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        cfg: &DecoderConfig,
+        pool: &mut impl BufferPool,
+    ) -> Result<(usize, Option<Event<'a>>), Error> {
+        if self.closed {
+            // "the endpoint MUST NOT ... after receiving a Close frame" process more data: it is discarded.
+            return Ok((input.len(), None));
+        }
+        if self.delivered {
+            self.assembly.clear();
+            self.delivered = false;
+        }
+        let mut pos = 0;
+        let ready = loop {
+            if !self.in_frame {
+                let (h, n) = match self.parse_header(input, pos, cfg)? {
+                    Some(found) => found,
+                    None => return Ok((input.len(), None)),
+                };
+                pos += n;
+                let avail = (input.len() - pos) as u64;
+                if h.opcode.is_control() {
+                    if h.len <= avail {
+                        let (start, end) = (pos, pos + h.len as usize);
+                        if let Some(key) = h.mask {
+                            apply_mask(&mut input[start..end], key, 0);
+                        }
+                        pos = end;
+                        break Ready::Control {
+                            start,
+                            end,
+                            opcode: h.opcode,
+                        };
+                    }
+                    self.control.clear();
+                } else {
+                    let kind = self.check_data_header(&h, cfg)?;
+                    if self.msg.is_none() && h.fin && h.len <= avail {
+                        // Zero copy: the whole message is in the input.
+                        let (start, end) = (pos, pos + h.len as usize);
+                        if let Some(key) = h.mask {
+                            apply_mask(&mut input[start..end], key, 0);
+                        }
+                        pos = end;
+                        if self.discard {
+                            continue;
+                        }
+                        break Ready::Input { start, end, kind };
+                    }
+                    if self.msg.is_none() {
+                        self.msg = Some(kind);
+                        self.msg_len = 0;
+                        self.streaming = cfg.stream_fragments;
+                        self.first_piece = true;
+                        self.utf8.reset();
+                    }
+                }
+                self.in_frame = true;
+                self.frame_op = Some(h.opcode);
+                self.frame_fin = h.fin;
+                self.masked = h.mask.is_some();
+                self.mask = h.mask.unwrap_or_default();
+                self.phase = 0;
+                self.remaining = h.len;
+            }
+
+            // Payload of the current frame, as much as this input holds.
+            let take = self.remaining.min((input.len() - pos) as u64) as usize;
+            let (start, end) = (pos, pos + take);
+            if self.masked {
+                self.phase =
+                    apply_mask(&mut input[start..end], self.mask, self.phase as usize) as u8;
+            }
+            self.remaining -= take as u64;
+            pos = end;
+            let frame_done = self.remaining == 0;
+            let opcode = self.frame_op.unwrap_or(OpCode::Binary);
+            if opcode.is_control() {
+                self.control.extend_from_slice(&input[start..end]);
+                if !frame_done {
+                    return Ok((pos, None));
+                }
+                self.in_frame = false;
+                break Ready::ControlBuffered(opcode);
+            }
+
+            let kind = self.msg.unwrap_or(MessageKind::Binary);
+            self.msg_len += take as u64;
+            if kind == MessageKind::Text && !self.msg_compressed {
+                // Fail fast: invalid UTF-8 is reported as soon as it arrives (Autobahn group 6).
+                self.utf8
+                    .feed(&input[start..end])
+                    .map_err(|_| Error::InvalidUtf8)?;
+            }
+            let msg_done = frame_done && self.frame_fin;
+            if frame_done {
+                self.in_frame = false;
+            }
+            if msg_done && kind == MessageKind::Text && !self.msg_compressed {
+                self.utf8.finish().map_err(|_| Error::InvalidUtf8)?;
+            }
+            if self.streaming {
+                if msg_done {
+                    self.msg = None;
+                }
+                if (take > 0 || msg_done) && !self.discard {
+                    let first = std::mem::replace(&mut self.first_piece, false);
+                    break Ready::Fragment {
+                        start,
+                        end,
+                        kind,
+                        first,
+                        last: msg_done,
+                    };
+                }
+            } else {
+                if self.assembly.capacity() == 0 {
+                    self.assembly = pool.take();
+                    self.assembly.clear();
+                }
+                self.assembly.extend_from_slice(&input[start..end]);
+                if msg_done {
+                    self.msg = None;
+                    self.delivered = true;
+                    if self.discard {
+                        self.assembly.clear();
+                        continue;
+                    }
+                    break Ready::Assembled(kind);
+                }
+            }
+            if !frame_done {
+                debug_assert_eq!(pos, input.len());
+                return Ok((pos, None));
+            }
+        };
+
+        let input: &'a [u8] = input;
+        let this: &'a mut Self = self;
+        let event = match ready {
+            Ready::Input { start, end, kind } => {
+                Event::Message(message(kind, &input[start..end], this.msg_compressed)?)
+            }
+            Ready::Assembled(kind) => {
+                Event::Message(message(kind, &this.assembly, this.msg_compressed)?)
+            }
+            Ready::Fragment {
+                start,
+                end,
+                kind,
+                first,
+                last,
+            } => Event::Fragment {
+                kind,
+                data: &input[start..end],
+                first,
+                last,
+            },
+            Ready::Control { start, end, opcode } => {
+                control_event(&mut this.closed, opcode, &input[start..end])?
+            }
+            Ready::ControlBuffered(opcode) => {
+                control_event(&mut this.closed, opcode, &this.control)?
+            }
+        };
+        Ok((pos, Some(event)))
+    }
+
+    /// Parses the next header, from the input or completing one split across reads. `None`: the input
+    /// is exhausted (its tail kept inline).
+    fn parse_header(
+        &mut self,
+        input: &[u8],
+        pos: usize,
+        cfg: &DecoderConfig,
+    ) -> Result<Option<(FrameHeader, usize)>, Error> {
+        let rest = &input[pos..];
+        if self.hdr_len == 0 {
+            return match FrameHeader::parse(rest, &cfg.rules)? {
+                Some(found) => Ok(Some(found)),
+                None => {
+                    // An incomplete header is at most 13 bytes.
+                    self.hdr[..rest.len()].copy_from_slice(rest);
+                    self.hdr_len = rest.len() as u8;
+                    Ok(None)
+                }
+            };
+        }
+        let have = self.hdr_len as usize;
+        let take = (MAX_HEADER_LEN - have).min(rest.len());
+        self.hdr[have..have + take].copy_from_slice(&rest[..take]);
+        match FrameHeader::parse(&self.hdr[..have + take], &cfg.rules)? {
+            Some((h, n)) => {
+                self.hdr_len = 0;
+                // The first `have` bytes did not hold a whole header, so n > have.
+                Ok(Some((h, n - have)))
+            }
+            None => {
+                // Fewer than 14 bytes in all, so `take` was the whole rest.
+                self.hdr_len = (have + take) as u8;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Message-level rules for a data frame header (5.4) and the size limit, checked before any byte
+    /// of its payload is stored.
+    fn check_data_header(
+        &mut self,
+        h: &FrameHeader,
+        cfg: &DecoderConfig,
+    ) -> Result<MessageKind, Error> {
+        let kind = match (h.opcode, self.msg) {
+            // "a fragmented message consists of a single frame with the FIN bit clear and an opcode
+            // other than 0, followed by zero or more frames with the FIN bit clear and the opcode set
+            // to 0, and terminated by a single frame with the FIN bit set and an opcode of 0" (5.4)
+            (OpCode::Continuation, None) => return Err(Error::ContinuationWithoutStart),
+            (OpCode::Continuation, Some(kind)) => {
+                if h.rsv & RSV1 != 0 {
+                    return Err(Error::CompressedContinuation);
+                }
+                kind
+            }
+            (_, Some(_)) => return Err(Error::DataFrameInsideFragmented),
+            (OpCode::Text, None) => MessageKind::Text,
+            (_, None) => MessageKind::Binary,
+        };
+        if h.opcode != OpCode::Continuation {
+            self.msg_compressed = h.rsv & RSV1 != 0;
+        }
+        let total = if self.msg.is_some() { self.msg_len } else { 0 }.saturating_add(h.len);
+        if total > cfg.max_message_size {
+            return Err(Error::MessageTooBig {
+                len: total,
+                max: cfg.max_message_size,
+            });
+        }
+        Ok(kind)
+    }
+}
+
+fn message(kind: MessageKind, data: &[u8], compressed: bool) -> Result<Message<'_>, Error> {
+    Ok(match kind {
+        // A compressed text message is validated after inflating, by the extension.
+        MessageKind::Text if !compressed => {
+            Message::Text(simdutf8::basic::from_utf8(data).map_err(|_| Error::InvalidUtf8)?)
+        }
+        _ => Message::Binary(data),
+    })
+}
+
+fn control_event<'a>(
+    closed: &mut bool,
+    opcode: OpCode,
+    payload: &'a [u8],
+) -> Result<Event<'a>, Error> {
+    Ok(match opcode {
+        OpCode::Ping => Event::Ping(payload),
+        OpCode::Pong => Event::Pong(payload),
+        _ => {
+            let (code, reason) = parse_close_payload(payload)?;
+            *closed = true;
+            Event::Close { code, reason }
+        }
+    })
+}

@@ -1,0 +1,348 @@
+//! One connection's protocol state: the decoder, the encoder, the close handshake and keepalive. Time
+//! is passed in by the caller (`now`), never read here.
+
+use std::time::{Duration, Instant};
+
+use super::assemble::{BufferPool, Decoder, DecoderConfig, Event, MessageKind};
+use super::encode::{Encoder, Output};
+use super::error::{CloseCode, Error, SendError};
+use super::frame::{HeaderRules, OpCode, Role};
+
+/// Protocol settings, shared by every connection of a worker (a connection stores none of them).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Server or client.
+    pub role: Role,
+    /// Largest frame accepted (default 16 MiB; 1009 beyond).
+    pub max_frame_size: u64,
+    /// Largest message accepted, after reassembly (default 16 MiB; 1009 beyond).
+    pub max_message_size: u64,
+    /// Answer pings with pongs automatically (default on, as gorilla's default ping handler).
+    pub auto_pong: bool,
+    /// Deliver messages that do not arrive whole in one read piece by piece (default off).
+    pub stream_fragments: bool,
+    /// RSV bits a negotiated extension gives meaning to.
+    pub allowed_rsv: u8,
+    /// Split outgoing messages into frames of at most this many bytes (default 0: never split).
+    pub max_send_frame_size: usize,
+    /// How long to wait for the peer's close after sending ours (default 5 s).
+    pub close_timeout: Duration,
+    /// Silence after which a ping is sent (default: off).
+    pub idle_timeout: Option<Duration>,
+    /// How long to wait for any frame after the keepalive ping before giving up (default 10 s).
+    pub pong_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for a server.
+    pub fn server() -> Self {
+        Config {
+            role: Role::Server,
+            max_frame_size: 16 << 20,
+            max_message_size: 16 << 20,
+            auto_pong: true,
+            stream_fragments: false,
+            allowed_rsv: 0,
+            max_send_frame_size: 0,
+            close_timeout: Duration::from_secs(5),
+            idle_timeout: None,
+            pong_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Defaults for a client.
+    pub fn client() -> Self {
+        Config {
+            role: Role::Client,
+            ..Config::server()
+        }
+    }
+
+    /// The receive-side part of the settings.
+    pub fn decoder(&self) -> DecoderConfig {
+        DecoderConfig {
+            rules: HeaderRules {
+                role: self.role,
+                allowed_rsv: self.allowed_rsv,
+                max_frame_size: self.max_frame_size,
+            },
+            max_message_size: self.max_message_size,
+            stream_fragments: self.stream_fragments,
+        }
+    }
+}
+
+/// Where the close handshake stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Messages flow both ways.
+    Open,
+    /// We sent a close frame and wait for the peer's (received data is discarded meanwhile).
+    CloseSent,
+    /// Done: both close frames were exchanged, the connection was failed, or a timeout struck. The caller
+    /// flushes what is queued and closes the transport.
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timer {
+    /// Waiting for the peer's close frame.
+    Close,
+    /// Keepalive: a ping is due if nothing arrived since the timer was armed.
+    Idle,
+    /// Keepalive ping sent; anything received ends the wait.
+    Pong,
+}
+
+/// What a timeout did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutAction {
+    /// Nothing is due yet, or the timer was re-armed.
+    None,
+    /// A keepalive ping was written to the output.
+    PingSent,
+    /// The connection is over (close handshake or pong deadline missed): drop the transport.
+    Closed,
+}
+
+/// Protocol state of one connection.
+#[derive(Debug)]
+pub struct Conn {
+    decoder: Decoder,
+    encoder: Encoder,
+    state: State,
+    /// Something was received since the keepalive timer was armed.
+    activity: bool,
+    timer: Option<(Instant, Timer)>,
+}
+
+impl Conn {
+    /// A connection in the open state. `seed` feeds client masking keys (ignored by servers).
+    pub fn new(role: Role, seed: u64) -> Self {
+        Conn {
+            decoder: Decoder::new(),
+            encoder: Encoder::new(role, seed),
+            state: State::Open,
+            activity: false,
+            timer: None,
+        }
+    }
+
+    /// Arms keepalive, if configured. Call once when the connection opens.
+    pub fn start(&mut self, now: Instant, cfg: &Config) {
+        if let Some(idle) = cfg.idle_timeout {
+            self.timer = Some((now + idle, Timer::Idle));
+        }
+    }
+
+    /// Where the close handshake stands.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Whether the caller should close the transport once its output is flushed.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Whether the receive side is between messages (no partial frame or message held).
+    pub fn is_idle(&self) -> bool {
+        self.decoder.is_idle()
+    }
+
+    /// Whether the message just delivered was compressed (RSV1), for an extension to inflate.
+    pub fn message_compressed(&self) -> bool {
+        self.decoder.message_compressed()
+    }
+
+    /// Reads input: see [`Decoder::decode`]. Automatic replies (pong, the close echo, the close that
+    /// fails the connection on a protocol error) are written to `out`. Data received after we sent a
+    /// close is consumed and discarded. After `Err`, the state is `Closed` and `out` holds the close
+    /// frame with the error's code.
+    pub fn read<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        cfg: &Config,
+        out: &mut impl Output,
+        pool: &mut impl BufferPool,
+    ) -> Result<(usize, Option<Event<'a>>), Error> {
+        if self.state == State::Closed {
+            return Ok((input.len(), None));
+        }
+        self.activity = true;
+        let dcfg = cfg.decoder();
+        let (n, ev) = match self.decoder.decode(input, &dcfg, pool) {
+            Ok(found) => found,
+            Err(e) => {
+                // Fail the connection: a close with the error's code (unless one was sent), then done.
+                if !self.encoder.close_sent() {
+                    let _ = self.encoder.close(out, Some(e.close_code()), "");
+                }
+                self.state = State::Closed;
+                self.timer = None;
+                return Err(e);
+            }
+        };
+        match ev {
+            Some(Event::Ping(data)) => {
+                if cfg.auto_pong && self.state == State::Open {
+                    let _ = self.encoder.control(out, OpCode::Pong, data);
+                }
+            }
+            Some(Event::Close { code, .. }) => {
+                if self.state == State::Open {
+                    // "If an endpoint receives a Close frame and did not previously send a Close frame,
+                    // the endpoint MUST send a Close frame in response ... typically echoing the status
+                    // code it received" (5.5.1)
+                    let echo = if code == CloseCode::NO_STATUS {
+                        None
+                    } else {
+                        Some(code)
+                    };
+                    let _ = self.encoder.close(out, echo, "");
+                }
+                self.state = State::Closed;
+                self.timer = None;
+            }
+            _ => {}
+        }
+        Ok((n, ev))
+    }
+
+    /// Gives idle assembly buffers back to the pool.
+    pub fn recycle(&mut self, pool: &mut impl BufferPool) {
+        self.decoder.recycle(pool);
+    }
+
+    /// Sends a whole message.
+    pub fn send(
+        &mut self,
+        out: &mut impl Output,
+        kind: MessageKind,
+        payload: &[u8],
+        cfg: &Config,
+    ) -> Result<(), SendError> {
+        self.send_with_rsv(out, kind, payload, cfg, 0)
+    }
+
+    /// Sends a whole message with RSV bits on its first frame (RSV1: compressed by an extension).
+    pub fn send_with_rsv(
+        &mut self,
+        out: &mut impl Output,
+        kind: MessageKind,
+        payload: &[u8],
+        cfg: &Config,
+        rsv: u8,
+    ) -> Result<(), SendError> {
+        self.check_open()?;
+        self.encoder
+            .message(out, kind, payload, cfg.max_send_frame_size, rsv)
+    }
+
+    /// Opens a fragmented message; see [`Encoder::begin_message`].
+    pub fn begin_message(&mut self, kind: MessageKind) -> Result<(), SendError> {
+        self.check_open()?;
+        self.encoder.begin_message(kind)
+    }
+
+    /// Writes the next piece of the open message; see [`Encoder::fragment`].
+    pub fn write_fragment(
+        &mut self,
+        out: &mut impl Output,
+        data: &[u8],
+        first: bool,
+        fin: bool,
+    ) -> Result<(), SendError> {
+        self.check_open()?;
+        self.encoder.fragment(out, data, first, fin)
+    }
+
+    /// Sends a ping.
+    pub fn ping(&mut self, out: &mut impl Output, payload: &[u8]) -> Result<(), SendError> {
+        self.check_open()?;
+        self.encoder.control(out, OpCode::Ping, payload)
+    }
+
+    /// Sends a pong (unsolicited, or as a custom ping handler's answer).
+    pub fn pong(&mut self, out: &mut impl Output, payload: &[u8]) -> Result<(), SendError> {
+        self.check_open()?;
+        self.encoder.control(out, OpCode::Pong, payload)
+    }
+
+    /// Starts the close handshake: sends a close frame and waits up to `close_timeout` for the peer's.
+    pub fn close(
+        &mut self,
+        out: &mut impl Output,
+        code: Option<CloseCode>,
+        reason: &str,
+        now: Instant,
+        cfg: &Config,
+    ) -> Result<(), SendError> {
+        self.check_open()?;
+        self.encoder.close(out, code, reason)?;
+        self.state = State::CloseSent;
+        // "After sending a Close frame, the endpoint ... MAY discard" further data.
+        self.decoder.discard_data();
+        self.timer = Some((now + cfg.close_timeout, Timer::Close));
+        Ok(())
+    }
+
+    fn check_open(&self) -> Result<(), SendError> {
+        match self.state {
+            State::Open => Ok(()),
+            _ => Err(SendError::Closed),
+        }
+    }
+
+    /// When [`Conn::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timer.map(|(at, _)| at)
+    }
+
+    /// Advances timers to `now`. Keepalive is lazy: receiving only sets a flag, and an expired idle
+    /// timer that sees the flag re-arms instead of pinging, so the ping goes out after between one and
+    /// two idle periods of silence, with no timer update per message.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        cfg: &Config,
+        out: &mut impl Output,
+    ) -> TimeoutAction {
+        let Some((at, timer)) = self.timer else {
+            return TimeoutAction::None;
+        };
+        if now < at {
+            return TimeoutAction::None;
+        }
+        match timer {
+            Timer::Close => {
+                self.state = State::Closed;
+                self.timer = None;
+                TimeoutAction::Closed
+            }
+            Timer::Idle | Timer::Pong if std::mem::take(&mut self.activity) => {
+                self.timer = cfg.idle_timeout.map(|idle| (now + idle, Timer::Idle));
+                TimeoutAction::None
+            }
+            Timer::Idle => {
+                if self.state == State::Open && self.encoder.control(out, OpCode::Ping, b"").is_ok()
+                {
+                    self.timer = Some((now + cfg.pong_timeout, Timer::Pong));
+                    TimeoutAction::PingSent
+                } else {
+                    self.timer = None;
+                    TimeoutAction::None
+                }
+            }
+            Timer::Pong => {
+                // The peer stayed silent after our ping: it is gone. Say so, without waiting.
+                let _ = self
+                    .encoder
+                    .close(out, Some(CloseCode::GOING_AWAY), "keepalive timeout");
+                self.state = State::Closed;
+                self.timer = None;
+                TimeoutAction::Closed
+            }
+        }
+    }
+}
