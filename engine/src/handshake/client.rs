@@ -434,3 +434,235 @@ pub fn parse_response(
         consumed,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handshake::{
+        check_origin, parse_request, write_accept_response, write_rejection, HandshakeConfig,
+        HandshakeError, ParseStatus,
+    };
+
+    const NONCE: [u8; 16] = *b"the sample nonce";
+
+    fn request() -> ClientRequest {
+        ClientRequest::new("example.com", 8080, "/chat?room=1")
+            .subprotocol("v2.chat")
+            .subprotocol("v1.chat")
+            .extensions("permessage-deflate; client_max_window_bits")
+            .header("Origin", "http://example.com:8080")
+    }
+
+    fn expected() -> ExpectedResponse {
+        request().write_with_nonce(&mut Vec::new(), NONCE)
+    }
+
+    fn response(extra: &str) -> String {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n{extra}\r\n"
+        )
+    }
+
+    fn parse(text: &str) -> Result<Response, ClientHandshakeError> {
+        match parse_response(text.as_bytes(), &expected())? {
+            ResponseStatus::Complete { response, consumed } => {
+                assert_eq!(consumed, text.len());
+                Ok(response)
+            }
+            ResponseStatus::Partial => panic!("partial"),
+        }
+    }
+
+    #[test]
+    fn request_has_the_required_headers() {
+        let mut out = Vec::new();
+        let exp = request().write_with_nonce(&mut out, NONCE);
+        assert_eq!(exp.key(), "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(exp.accept(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /chat?room=1 HTTP/1.1\r\n\
+             Host: example.com:8080\r\n\
+             Upgrade: websocket\r\n\
+             Connection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: v2.chat, v1.chat\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
+             Origin: http://example.com:8080\r\n\
+             \r\n"
+        );
+    }
+
+    #[test]
+    fn host_header_forms_and_random_keys() {
+        let host = |req: ClientRequest| {
+            let mut out = Vec::new();
+            req.write(&mut out).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            text.lines().nth(1).unwrap().to_owned()
+        };
+        assert_eq!(
+            host(ClientRequest::new("a.example", 80, "")),
+            "Host: a.example"
+        );
+        assert_eq!(
+            host(ClientRequest::new("a.example", 443, "/").secure(true)),
+            "Host: a.example"
+        );
+        assert_eq!(
+            host(ClientRequest::new("a.example", 443, "/")),
+            "Host: a.example:443"
+        );
+        assert_eq!(
+            host(ClientRequest::new("::1", 9000, "/")),
+            "Host: [::1]:9000"
+        );
+        let a = ClientRequest::new("h", 80, "/")
+            .write(&mut Vec::new())
+            .unwrap();
+        let b = ClientRequest::new("h", 80, "/")
+            .write(&mut Vec::new())
+            .unwrap();
+        assert_ne!(a.key(), b.key());
+        assert_eq!(a.key().len(), 24);
+    }
+
+    #[test]
+    fn good_response() {
+        let resp = parse(&response(
+            "Sec-WebSocket-Protocol: v1.chat\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=12\r\n",
+        ))
+        .unwrap();
+        assert_eq!(resp.subprotocol(), Some("v1.chat"));
+        let ext = resp.extensions().next().unwrap();
+        assert_eq!(ext.name(), "permessage-deflate");
+        assert_eq!(ext.param("client_max_window_bits"), Some(Some("12")));
+        assert_eq!(resp.header("upgrade"), Some("websocket"));
+        assert_eq!(resp.headers().len(), 5);
+        let bare = parse(&response("")).unwrap();
+        assert_eq!(bare.subprotocol(), None);
+        assert_eq!(bare.extensions().len(), 0);
+    }
+
+    #[test]
+    fn bad_responses() {
+        use ClientHandshakeError as E;
+        let wrong_accept = response("").replace("xOo=", "xOp=");
+        assert_eq!(parse(&wrong_accept).unwrap_err(), E::AcceptMismatch);
+        let no_accept = response("").replace("Sec-WebSocket-Accept", "X-Accept");
+        assert_eq!(parse(&no_accept).unwrap_err(), E::MissingAccept);
+        let no_upgrade = response("").replace("Upgrade: websocket\r\n", "");
+        assert_eq!(parse(&no_upgrade).unwrap_err(), E::UpgradeNotWebSocket);
+        let no_connection = response("").replace("Connection: Upgrade", "Connection: close");
+        assert_eq!(parse(&no_connection).unwrap_err(), E::ConnectionNotUpgrade);
+        let unknown_protocol = response("Sec-WebSocket-Protocol: mqtt\r\n");
+        assert_eq!(
+            parse(&unknown_protocol).unwrap_err(),
+            E::UnexpectedSubprotocol
+        );
+        let two_protocols = response("Sec-WebSocket-Protocol: v1.chat, v2.chat\r\n");
+        assert_eq!(parse(&two_protocols).unwrap_err(), E::UnexpectedSubprotocol);
+        let unknown_ext = response("Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n");
+        assert_eq!(parse(&unknown_ext).unwrap_err(), E::UnexpectedExtension);
+        let bad_ext = response("Sec-WebSocket-Extensions: permessage-deflate;;\r\n");
+        assert_eq!(parse(&bad_ext).unwrap_err(), E::InvalidExtensions);
+        let garbage = "HTTP/1.1 abc\r\n\r\n";
+        assert!(matches!(parse(garbage).unwrap_err(), E::Malformed(_)));
+    }
+
+    #[test]
+    fn refusal_reports_status_and_headers() {
+        let mut out = Vec::new();
+        write_rejection(&mut out, &HandshakeError::OriginRejected.to_rejection());
+        let err = parse_response(&out, &expected()).unwrap_err();
+        assert_eq!(err.refused_status(), Some(403));
+        assert!(
+            err.to_string().contains("refused with 403 Forbidden"),
+            "{err}"
+        );
+        let ClientHandshakeError::Refused { headers, .. } = err else {
+            unreachable!()
+        };
+        assert!(headers.contains(&("Connection".into(), "close".into())));
+    }
+
+    #[test]
+    fn split_at_every_byte_with_trailing_frame() {
+        let text = response("Sec-WebSocket-Protocol: v2.chat\r\n");
+        let mut bytes = text.clone().into_bytes();
+        bytes.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
+        let exp = expected();
+        for split in 0..=bytes.len() {
+            let got = parse_response(&bytes[..split], &exp).unwrap();
+            match got {
+                ResponseStatus::Partial => assert!(split < text.len(), "{split}"),
+                ResponseStatus::Complete { response, consumed } => {
+                    assert!(split >= text.len());
+                    assert_eq!(consumed, text.len());
+                    assert_eq!(response.subprotocol(), Some("v2.chat"));
+                }
+            }
+        }
+        assert_eq!(&bytes[text.len()..], [0x81, 0x02, b'h', b'i']);
+    }
+
+    #[test]
+    fn response_size_limit() {
+        let exp = request()
+            .max_response_size(100)
+            .write_with_nonce(&mut Vec::new(), NONCE);
+        let long = response(&format!("X-Pad: {}\r\n", "a".repeat(100)));
+        let err = parse_response(long.as_bytes(), &exp).unwrap_err();
+        assert_eq!(err, ClientHandshakeError::ResponseTooLarge { limit: 100 });
+        assert_eq!(
+            parse_response(&long.as_bytes()[..50], &exp),
+            Ok(ResponseStatus::Partial)
+        );
+    }
+
+    /// Client request -> server parse -> server response -> client verify.
+    #[test]
+    fn round_trip() {
+        let cfg = HandshakeConfig {
+            subprotocols: vec!["v1.chat".into(), "v2.chat".into()],
+            ..HandshakeConfig::default()
+        };
+        let mut wire = Vec::new();
+        let exp = request().write(&mut wire).unwrap();
+        wire.extend_from_slice(b"\x81\x80\x00\x00\x00\x00"); // the client's first frame
+        let ParseStatus::Complete { request, consumed } = parse_request(&wire, &cfg).unwrap()
+        else {
+            panic!("partial")
+        };
+        assert_eq!(&wire[consumed..], b"\x81\x80\x00\x00\x00\x00");
+        assert_eq!((request.path(), request.query()), ("/chat", Some("room=1")));
+        assert_eq!(request.key(), exp.key());
+        check_origin(&request, &cfg).unwrap();
+        let protocol = request.select_subprotocol(&cfg.subprotocols);
+        assert_eq!(protocol, Some("v1.chat"));
+        let offered = request.extensions().next().unwrap();
+        assert_eq!(offered.name(), "permessage-deflate");
+
+        let mut reply = Vec::new();
+        write_accept_response(
+            &mut reply,
+            request.key(),
+            protocol,
+            Some("permessage-deflate"),
+            &[],
+        );
+        let ResponseStatus::Complete { response, consumed } = parse_response(&reply, &exp).unwrap()
+        else {
+            panic!("partial")
+        };
+        assert_eq!(consumed, reply.len());
+        assert_eq!(response.subprotocol(), Some("v1.chat"));
+        assert_eq!(
+            response.extensions().next().unwrap().name(),
+            "permessage-deflate"
+        );
+    }
+}

@@ -145,3 +145,98 @@ pub fn reason_phrase(status: u16) -> &'static str {
         _ => "",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handshake::HandshakeError;
+
+    /// RFC 6455 section 1.3: key "dGhlIHNhbXBsZSBub25jZQ==" gives
+    /// "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" (also what Python's hashlib gives).
+    #[test]
+    fn rfc6455_section_1_3_vector() {
+        assert_eq!(
+            &accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn accept_response_layout() {
+        let mut out = b"prefix".to_vec();
+        let extra = [("Set-Cookie".to_string(), "id=1".to_string())];
+        write_accept_response(
+            &mut out,
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            Some("chat"),
+            Some("permessage-deflate"),
+            &extra,
+        );
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "prefixHTTP/1.1 101 Switching Protocols\r\n\
+             Upgrade: websocket\r\n\
+             Connection: Upgrade\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
+             Sec-WebSocket-Protocol: chat\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate\r\n\
+             Set-Cookie: id=1\r\n\
+             \r\n"
+        );
+        let mut bare = Vec::new();
+        write_accept_response(&mut bare, "dGhlIHNhbXBsZSBub25jZQ==", None, None, &[]);
+        assert!(!bare.windows(22).any(|w| w == b"Sec-WebSocket-Protocol"));
+        assert!(bare.ends_with(b"Oo=\r\n\r\n"));
+    }
+
+    #[test]
+    fn rejection_layout() {
+        let mut out = Vec::new();
+        write_rejection(&mut out, &HandshakeError::UnsupportedVersion.to_rejection());
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.split("\r\n");
+        assert_eq!(lines.next(), Some("HTTP/1.1 426 Upgrade Required"));
+        let headers: Vec<&str> = lines.collect();
+        assert!(headers.contains(&"Sec-WebSocket-Version: 13"));
+        assert!(headers.contains(&"Content-Type: text/plain; charset=utf-8"));
+        assert!(headers.contains(&"Connection: close"));
+        assert!(headers.contains(&format!("Content-Length: {}", body.len()).as_str()));
+        assert!(body.contains("unsupported version"));
+    }
+
+    #[test]
+    fn application_rejection_keeps_its_content_type() {
+        let mut rej = Rejection::new(401, "{\"error\":\"login\"}");
+        rej.headers
+            .push(("Content-Type".into(), "application/json".into()));
+        rej.headers.push(("Content-Length".into(), "999".into()));
+        let mut out = Vec::new();
+        write_rejection(&mut out, &rej);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n"));
+        assert_eq!(text.matches("Content-Type").count(), 1);
+        assert!(text.contains("Content-Length: 17\r\n") && !text.contains("999"));
+        assert!(text.ends_with("\r\n\r\n{\"error\":\"login\"}"));
+    }
+
+    #[test]
+    fn every_error_status_has_a_reason_phrase() {
+        for status in [400, 403, 405, 426, 431, 505] {
+            assert!(!reason_phrase(status).is_empty(), "{status}");
+        }
+        assert_eq!(reason_phrase(599), "");
+        let mut out = Vec::new();
+        write_rejection(&mut out, &Rejection::new(599, ""));
+        assert!(out.starts_with(b"HTTP/1.1 599 \r\n"));
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0u64, 7, 10, 431, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+    }
+}
