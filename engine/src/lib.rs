@@ -4,5 +4,7 @@
 //! - [`proto`]: the sans-IO RFC 6455 core (frames, assembly, close handshake), no sockets, no clock.
 //! - [`handshake`]: the sans-IO HTTP/1.1 upgrade (server and client side).
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod proto;
