@@ -435,6 +435,30 @@ pub fn parse_response(
     })
 }
 
+/// Checks one fuzz input as a server response: no panic, `consumed <= len`, and the same result
+/// when a prefix (at a position derived from the input) is fed first.
+#[doc(hidden)]
+pub fn fuzz_check_response(data: &[u8]) {
+    let expected = ClientRequest::new("example.com", 80, "/")
+        .subprotocol("chat")
+        .extensions("permessage-deflate; client_max_window_bits")
+        .max_response_size(1024)
+        .write_with_nonce(&mut Vec::new(), *b"the sample nonce");
+    let whole = parse_response(data, &expected);
+    if let Ok(ResponseStatus::Complete { response, consumed }) = &whole {
+        assert!(*consumed <= data.len());
+        let _ = (response.subprotocol(), response.extensions().count());
+    }
+    let pos = match data {
+        [a, b, ..] => (usize::from(*a) << 8 | usize::from(*b)) % (data.len() + 1),
+        _ => 0,
+    };
+    match parse_response(&data[..pos], &expected) {
+        Ok(ResponseStatus::Partial) => {}
+        early => assert_eq!(early, whole, "split at {pos} changed the result"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

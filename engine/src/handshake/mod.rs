@@ -199,6 +199,7 @@ mod tests {
         for entry in std::fs::read_dir(dir).expect("fuzz corpus directory") {
             let data = std::fs::read(entry.unwrap().path()).unwrap();
             fuzz_check_request(&data);
+            client::fuzz_check_response(&data);
             for cfg in fuzz_configs() {
                 for pos in 0..=data.len() {
                     check_request_split(&data, pos, &cfg);

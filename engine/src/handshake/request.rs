@@ -10,6 +10,9 @@ use super::fields::{describe_syntax_error, Fields, HeaderIter};
 use super::{HandshakeConfig, HandshakeError, Span, MAX_HEADERS, WEBSOCKET_VERSION};
 
 /// What [`parse_request`] made of the bytes so far.
+// Returned once per connection and moved straight out: boxing the request would cost an
+// allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParseStatus {
     /// The header block is not complete yet: read more and call again with all bytes so far.
@@ -660,7 +663,8 @@ mod tests {
              Sec-WebSocket-Extensions: x-custom; mode=\"fa\\st\"\r\n\r\n",
         );
         let req = parse(&req).unwrap();
-        let got: Vec<(&str, Vec<(&str, Option<&str>)>)> = req
+        type Offer<'a> = (&'a str, Vec<(&'a str, Option<&'a str>)>);
+        let got: Vec<Offer> = req
             .extensions()
             .map(|e| (e.name(), e.params().collect()))
             .collect();
