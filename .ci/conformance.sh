@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the whole Autobahn suite (kosoku) against the echo example on each driver and compares every
+# case's outcome with .ci/expected/server-<driver>.txt. Usage: conformance.sh OUTDIR
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-ci-out}
+ECHO=target/release/examples/echo
+ran=()
+for driver in ${SURGE_CI_DRIVERS:-epoll}; do
+  port=$((9100 + RANDOM % 800))
+  log="$OUT/echo-$driver.log"
+  "$ECHO" --port "$port" --workers 2 --backend "$driver" >"$log" 2>&1 &
+  pid=$!
+  trap 'kill $pid 2>/dev/null || true' EXIT
+  for _ in $(seq 1 100); do
+    grep -q "listening on" "$log" && break
+    kill -0 $pid 2>/dev/null || { cat "$log"; echo "echo server died"; exit 1; }
+    sleep 0.1
+  done
+  grep -q "listening on" "$log" || { cat "$log"; echo "echo server did not start"; exit 1; }
+  rm -rf "$OUT/kosoku-$driver"
+  kosoku -p 2 -o "$OUT/kosoku-$driver" "127.0.0.1:$port" >"$OUT/kosoku-$driver.log" 2>&1 || {
+    tail -20 "$OUT/kosoku-$driver.log"; echo "kosoku failed to run"; exit 1; }
+  kill -INT $pid 2>/dev/null || true
+  wait $pid 2>/dev/null || true
+  trap - EXIT
+  python3 .ci/autobahn.py "$OUT/kosoku-$driver/index.json" ".ci/expected/server-$driver.txt"
+  ran+=("$driver")
+done
+echo "conformance: drivers run: ${ran[*]}"
