@@ -16,24 +16,22 @@ use std::fmt;
 use super::fields::{is_tchar, is_token};
 use super::Span;
 
+/// One extension, followed in [`ExtensionList::entries`] by one entry per parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct ExtEntry {
+pub(crate) struct Entry {
     name: Span,
-    params_start: u32,
-    params_end: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ParamEntry {
-    name: Span,
+    /// A parameter's value.
     value: Option<Span>,
+    /// For an extension: how many parameter entries follow it.
+    params: u32,
 }
 
-/// Parsed extension offers, as spans into some text that the owner keeps.
+/// Parsed extension offers, as spans into some text that the owner keeps. Extensions and their
+/// parameters share one vector: one allocation for the whole header.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ExtensionList {
-    exts: Vec<ExtEntry>,
-    params: Vec<ParamEntry>,
+    entries: Vec<Entry>,
+    count: usize,
 }
 
 impl ExtensionList {
@@ -47,7 +45,7 @@ impl ExtensionList {
         unescaped: &mut String,
         unescaped_base: usize,
     ) -> bool {
-        let marks = (self.exts.len(), self.params.len(), unescaped.len());
+        let marks = (self.entries.len(), self.count, unescaped.len());
         let mut parser = Parser {
             bytes: text.as_bytes(),
             pos: value.start as usize,
@@ -58,8 +56,8 @@ impl ExtensionList {
         if parser.extension_list(self).is_some() {
             return true;
         }
-        self.exts.truncate(marks.0);
-        self.params.truncate(marks.1);
+        self.entries.truncate(marks.0);
+        self.count = marks.1;
         parser.unescaped.truncate(marks.2);
         false
     }
@@ -67,8 +65,8 @@ impl ExtensionList {
     pub(crate) fn iter<'a>(&'a self, text: &'a str) -> Extensions<'a> {
         Extensions {
             text,
-            list: self,
-            next: 0,
+            entries: &self.entries,
+            left: self.count,
         }
     }
 }
@@ -91,7 +89,12 @@ impl Parser<'_> {
                 Some(b',') => self.pos += 1,
                 Some(_) => {
                     let name = self.token()?;
-                    let params_start = list.params.len() as u32;
+                    let at = list.entries.len();
+                    list.entries.push(Entry {
+                        name,
+                        value: None,
+                        params: 0,
+                    });
                     loop {
                         self.skip_ows();
                         match self.peek() {
@@ -112,13 +115,14 @@ impl Parser<'_> {
                                 self.token()?
                             });
                         }
-                        list.params.push(ParamEntry { name, value });
+                        list.entries.push(Entry {
+                            name,
+                            value,
+                            params: 0,
+                        });
                     }
-                    list.exts.push(ExtEntry {
-                        name,
-                        params_start,
-                        params_end: list.params.len() as u32,
-                    });
+                    list.entries[at].params = (list.entries.len() - at - 1) as u32;
+                    list.count += 1;
                 }
             }
         }
@@ -186,26 +190,27 @@ impl Parser<'_> {
 #[derive(Clone, Debug)]
 pub struct Extensions<'a> {
     text: &'a str,
-    list: &'a ExtensionList,
-    next: usize,
+    entries: &'a [Entry],
+    left: usize,
 }
 
 impl<'a> Iterator for Extensions<'a> {
     type Item = Extension<'a>;
 
     fn next(&mut self) -> Option<Extension<'a>> {
-        let entry = *self.list.exts.get(self.next)?;
-        self.next += 1;
+        let (ext, rest) = self.entries.split_first()?;
+        let (params, rest) = rest.split_at(ext.params as usize);
+        self.entries = rest;
+        self.left -= 1;
         Some(Extension {
             text: self.text,
-            name: entry.name,
-            params: &self.list.params[entry.params_start as usize..entry.params_end as usize],
+            name: ext.name,
+            params,
         })
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.list.exts.len() - self.next;
-        (n, Some(n))
+        (self.left, Some(self.left))
     }
 }
 
@@ -216,7 +221,7 @@ impl ExactSizeIterator for Extensions<'_> {}
 pub struct Extension<'a> {
     text: &'a str,
     name: Span,
-    params: &'a [ParamEntry],
+    params: &'a [Entry],
 }
 
 impl<'a> Extension<'a> {
@@ -256,7 +261,7 @@ impl fmt::Debug for Extension<'_> {
 #[derive(Clone, Debug)]
 pub struct ExtensionParams<'a> {
     text: &'a str,
-    params: std::slice::Iter<'a, ParamEntry>,
+    params: std::slice::Iter<'a, Entry>,
 }
 
 impl<'a> Iterator for ExtensionParams<'a> {

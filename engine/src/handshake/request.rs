@@ -121,7 +121,6 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<ParseStatus, H
         }
         None => (target, None),
     };
-    let protocols = fields.list_spans("Sec-WebSocket-Protocol");
     // Quoted extension values with escapes are unescaped behind the header block.
     let mut extensions = ExtensionList::default();
     let mut unescaped = String::new();
@@ -147,7 +146,6 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<ParseStatus, H
             headers,
             host,
             key,
-            protocols,
             extensions,
             peer: None,
         },
@@ -173,7 +171,6 @@ pub struct Request {
     headers: Vec<(Span, Span)>,
     host: Span,
     key: Span,
-    protocols: Vec<Span>,
     extensions: ExtensionList,
     /// The peer's address; the engine sets it, the parser leaves it `None`.
     pub peer: Option<SocketAddr>,
@@ -232,7 +229,8 @@ impl Request {
     pub fn protocols(&self) -> Protocols<'_> {
         Protocols {
             text: &self.text,
-            spans: self.protocols.iter(),
+            headers: self.headers.iter(),
+            items: None,
         }
     }
 
@@ -268,26 +266,35 @@ impl fmt::Debug for Request {
     }
 }
 
-/// The subprotocols a client offers.
+/// The subprotocols a client offers, read from the header block as they are asked for.
 #[derive(Clone, Debug)]
 pub struct Protocols<'a> {
     text: &'a str,
-    spans: std::slice::Iter<'a, Span>,
+    headers: std::slice::Iter<'a, (Span, Span)>,
+    /// The rest of the `Sec-WebSocket-Protocol` header being read.
+    items: Option<std::str::Split<'a, char>>,
 }
 
 impl<'a> Iterator for Protocols<'a> {
     type Item = &'a str;
 
     fn next(&mut self) -> Option<&'a str> {
-        Some(self.spans.next()?.get(self.text))
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.spans.size_hint()
+        loop {
+            if let Some(items) = &mut self.items {
+                // RFC 7230 section 7: empty list elements are ignored.
+                let item = items.find(|i| !i.trim_matches([' ', '\t']).is_empty());
+                if let Some(item) = item {
+                    return Some(item.trim_matches([' ', '\t']));
+                }
+            }
+            let text = self.text;
+            let &(_, value) = self
+                .headers
+                .find(|(n, _)| n.get(text).eq_ignore_ascii_case("Sec-WebSocket-Protocol"))?;
+            self.items = Some(value.get(text).split(','));
+        }
     }
 }
-
-impl ExactSizeIterator for Protocols<'_> {}
 
 #[cfg(test)]
 mod tests {
