@@ -117,8 +117,16 @@ impl Span {
 
     /// The span of `part`, a sub-slice of `whole`.
     pub(crate) fn within(whole: &[u8], part: &[u8]) -> Span {
-        let start = part.as_ptr() as usize - whole.as_ptr() as usize;
-        Span::new(start, start + part.len())
+        // An empty `part` need not point into `whole`; it then stands for nothing at offset 0.
+        match (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize) {
+            Some(start) if start + part.len() <= whole.len() => {
+                Span::new(start, start + part.len())
+            }
+            _ => {
+                debug_assert!(part.is_empty(), "span outside its block");
+                Span::default()
+            }
+        }
     }
 
     pub(crate) fn get(self, text: &str) -> &str {
@@ -208,6 +216,56 @@ mod tests {
             seen += 1;
         }
         assert!(seen >= 6, "expected at least 6 seed files, found {seen}");
+    }
+
+    /// A few thousand mutations of the corpus through the fuzz checks, so that `cargo test`
+    /// exercises them without cargo-fuzz.
+    #[test]
+    fn mutated_corpus_holds() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/handshake");
+        let seeds: Vec<Vec<u8>> = std::fs::read_dir(dir)
+            .expect("fuzz corpus directory")
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rand = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n.max(1) as u64) as usize
+        };
+        let alphabet = b"\r\n:;, =\"\\\t\x00\xe9\xffaZ0/?";
+        for i in 0..4000 {
+            let mut data = seeds[i % seeds.len()].clone();
+            for _ in 0..1 + rand(4) {
+                let at = rand(data.len() + 1);
+                match rand(4) {
+                    0 if at < data.len() => data[at] = alphabet[rand(alphabet.len())],
+                    1 if at < data.len() => {
+                        data.remove(at);
+                    }
+                    2 => data.insert(at, alphabet[rand(alphabet.len())]),
+                    _ => data.truncate(at),
+                }
+            }
+            fuzz_check_request(&data);
+            client::fuzz_check_response(&data);
+        }
+    }
+
+    #[test]
+    fn empty_header_values() {
+        let req = b"GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\nX-Blank:   \r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\
+            Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol:\r\n\r\n";
+        let Ok(ParseStatus::Complete { request, .. }) =
+            parse_request(req, &HandshakeConfig::default())
+        else {
+            panic!("not complete")
+        };
+        assert_eq!(request.header("x-empty"), Some(""));
+        assert_eq!(request.header("x-blank"), Some(""));
+        assert_eq!(request.protocols().count(), 0);
     }
 
     #[test]
