@@ -77,15 +77,39 @@ mod tests {
 
     #[test]
     fn unset_or_empty_picks_best() {
-        assert_eq!(choose(None, &X86), Choice { index: 0, warning: None });
-        assert_eq!(choose(Some(""), &X86), Choice { index: 0, warning: None });
-        assert_eq!(choose(Some("  "), &OLD_X86), Choice { index: 0, warning: None });
+        assert_eq!(
+            choose(None, &X86),
+            Choice {
+                index: 0,
+                warning: None
+            }
+        );
+        assert_eq!(
+            choose(Some(""), &X86),
+            Choice {
+                index: 0,
+                warning: None
+            }
+        );
+        assert_eq!(
+            choose(Some("  "), &OLD_X86),
+            Choice {
+                index: 0,
+                warning: None
+            }
+        );
     }
 
     #[test]
     fn available_name_is_honoured() {
         for (i, name) in X86.iter().enumerate() {
-            assert_eq!(choose(Some(name), &X86), Choice { index: i, warning: None });
+            assert_eq!(
+                choose(Some(name), &X86),
+                Choice {
+                    index: i,
+                    warning: None
+                }
+            );
         }
         assert_eq!(choose(Some(" AVX2\n"), &X86).index, 1);
         assert_eq!(choose(Some("Scalar"), &OLD_X86).index, 1);

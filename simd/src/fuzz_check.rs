@@ -52,9 +52,16 @@ pub fn fuzz_check_mask(input: &[u8]) {
         // One call.
         let mut buf = vec![0u8; offset + data.len()];
         buf[offset..].copy_from_slice(data);
-        assert_eq!(f(&mut buf[offset..], key, phase), expected_phase, "{name}: phase");
+        assert_eq!(
+            f(&mut buf[offset..], key, phase),
+            expected_phase,
+            "{name}: phase"
+        );
         assert_eq!(&buf[offset..], &expected[..], "{name}: one call");
-        assert!(buf[..offset].iter().all(|&b| b == 0), "{name}: wrote before");
+        assert!(
+            buf[..offset].iter().all(|&b| b == 0),
+            "{name}: wrote before"
+        );
 
         // Split calls with the phase carried.
         buf[offset..].copy_from_slice(data);
@@ -65,6 +72,10 @@ pub fn fuzz_check_mask(input: &[u8]) {
             start = end;
         }
         assert_eq!(p, expected_phase, "{name}: split phase");
-        assert_eq!(&buf[offset..], &expected[..], "{name}: split calls {splits:?}");
+        assert_eq!(
+            &buf[offset..],
+            &expected[..],
+            "{name}: split calls {splits:?}"
+        );
     }
 }

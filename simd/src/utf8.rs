@@ -171,8 +171,13 @@ mod tests {
                 };
                 assert_eq!(std_ok, ours, "{s:02x?}");
                 // A prefix is Incomplete exactly when std says "ends early".
-                let std_incomplete = matches!(std::str::from_utf8(&s[..1]), Err(e) if e.error_len().is_none());
-                assert_eq!(std_incomplete, check_seq(&s[..1]) == Seq::Incomplete, "{b0:02x}");
+                let std_incomplete =
+                    matches!(std::str::from_utf8(&s[..1]), Err(e) if e.error_len().is_none());
+                assert_eq!(
+                    std_incomplete,
+                    check_seq(&s[..1]) == Seq::Incomplete,
+                    "{b0:02x}"
+                );
             }
         }
     }

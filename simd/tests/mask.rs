@@ -63,7 +63,10 @@ fn check_case(
                 data.len()
             );
         }
-        assert!(buf[..offset].iter().all(|&b| b == 0xA5), "{name}: wrote before");
+        assert!(
+            buf[..offset].iter().all(|&b| b == 0xA5),
+            "{name}: wrote before"
+        );
         assert!(
             buf[offset + data.len()..].iter().all(|&b| b == 0xA5),
             "{name}: wrote after"
@@ -93,7 +96,10 @@ fn implementations_are_listed_best_first_with_scalar_last() {
             assert!(names.contains(&"avx512"));
         }
     }
-    eprintln!("implementations: {names:?}, dispatched: {}", mask_implementation());
+    eprintln!(
+        "implementations: {names:?}, dispatched: {}",
+        mask_implementation()
+    );
 }
 
 #[test]
@@ -164,7 +170,10 @@ fn split_calls_with_carried_phase_equal_one_call() {
                     let p = f(a, key, phase);
                     let p = f(b, key, p);
                     assert_eq!(p, whole_phase, "{name} at={at}");
-                    assert!(split == whole, "{name}: split at {at} key={key:02x?} phase={phase}");
+                    assert!(
+                        split == whole,
+                        "{name}: split at {at} key={key:02x?} phase={phase}"
+                    );
                 }
                 // Many pieces of irregular sizes.
                 let mut pieces = data.clone();

@@ -26,12 +26,20 @@ fn check_split(input: &[u8], cuts: &[usize]) {
         let r = s.feed(&input[start..end]);
         match proof {
             Some(n) if end >= n && start < n => {
-                assert_eq!(r, Err(Utf8Error), "{input:02x?} cuts {cuts:?}: piece {start}..{end} should fail (proof at {n})");
+                assert_eq!(
+                    r,
+                    Err(Utf8Error),
+                    "{input:02x?} cuts {cuts:?}: piece {start}..{end} should fail (proof at {n})"
+                );
                 assert!(s.feed(b"a").is_err(), "errors are sticky");
                 assert!(s.finish().is_err());
                 return;
             }
-            _ => assert_eq!(r, Ok(()), "{input:02x?} cuts {cuts:?}: piece {start}..{end} should pass"),
+            _ => assert_eq!(
+                r,
+                Ok(()),
+                "{input:02x?} cuts {cuts:?}: piece {start}..{end} should pass"
+            ),
         }
         start = end;
     }
@@ -49,7 +57,9 @@ fn interesting() -> Vec<Vec<u8>> {
         "Hello-µ@ßöäüàá-UTF-8!!".as_bytes().to_vec(),
         "日本語のテキスト".as_bytes().to_vec(),
         "emoji 😀🎉 mixed ñ 中".as_bytes().to_vec(),
-        "\u{7F}\u{80}\u{7FF}\u{800}\u{FFFF}\u{10000}\u{10FFFF}".as_bytes().to_vec(),
+        "\u{7F}\u{80}\u{7FF}\u{800}\u{FFFF}\u{10000}\u{10FFFF}"
+            .as_bytes()
+            .to_vec(),
         "\u{D7FF}\u{E000}\u{FFFD}".as_bytes().to_vec(),
         // Surrogates (U+D800, U+DFFF, a CESU-8 pair).
         vec![0xED, 0xA0, 0x80],
@@ -222,7 +232,11 @@ fn random_differential_against_std() {
     let (mut valid, mut invalid) = (0, 0);
     for round in 0..6000 {
         // Mostly short inputs in small pieces; some long ones so pieces exceed simdutf8's blocks.
-        let (max_chars, max_piece) = if round % 10 == 0 { (600, 300) } else { (40, 12) };
+        let (max_chars, max_piece) = if round % 10 == 0 {
+            (600, 300)
+        } else {
+            (40, 12)
+        };
         let input = biased_utf8(&mut rng, max_chars);
         let mut cuts = Vec::new();
         let mut at = 0;
@@ -240,7 +254,10 @@ fn random_differential_against_std() {
             invalid += 1;
         }
     }
-    assert!(valid > 1000 && invalid > 1000, "valid {valid} invalid {invalid}");
+    assert!(
+        valid > 1000 && invalid > 1000,
+        "valid {valid} invalid {invalid}"
+    );
 }
 
 #[test]

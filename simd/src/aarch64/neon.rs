@@ -1,6 +1,8 @@
 //! NEON unmasking: unaligned 16-byte loads and stores (cheap on aarch64), four per iteration.
 
-use std::arch::aarch64::{uint8x16_t, vdupq_n_u32, veorq_u8, vld1q_u8, vreinterpretq_u8_u32, vst1q_u8};
+use std::arch::aarch64::{
+    uint8x16_t, vdupq_n_u32, veorq_u8, vld1q_u8, vreinterpretq_u8_u32, vst1q_u8,
+};
 
 use crate::scalar;
 
@@ -22,8 +24,9 @@ pub(crate) fn apply_mask(buf: &mut [u8], key: [u8; 4], phase: usize) -> usize {
 unsafe fn apply_mask_neon(buf: &mut [u8], key: [u8; 4], phase: usize) -> usize {
     let phase = phase & 3;
     let next = (phase + buf.len()) & 3;
-    let k: uint8x16_t =
-        vreinterpretq_u8_u32(vdupq_n_u32(u32::from_ne_bytes(scalar::rotate_key(key, phase))));
+    let k: uint8x16_t = vreinterpretq_u8_u32(vdupq_n_u32(u32::from_ne_bytes(scalar::rotate_key(
+        key, phase,
+    ))));
 
     let mut blocks = buf.chunks_exact_mut(4 * V);
     for block in &mut blocks {
