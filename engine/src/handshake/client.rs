@@ -12,7 +12,7 @@ use std::fmt;
 use base64::Engine as _;
 
 use super::extensions::{ExtensionList, Extensions};
-use super::fields::{describe_syntax_error, Fields, HeaderIter};
+use super::fields::{describe_syntax_error, header_spans, Fields, HeaderIter};
 use super::response::{header, push_decimal};
 use super::{accept_key, Span, DEFAULT_MAX_HEAD_SIZE, MAX_HEADERS, WEBSOCKET_VERSION};
 
@@ -352,14 +352,7 @@ pub fn parse_response(
         Err(e) => return Err(E::Malformed(describe_syntax_error(e))),
     };
     let head = std::str::from_utf8(&window[..consumed]).map_err(|_| E::NotUtf8)?;
-    let headers: Vec<(Span, Span)> = raw
-        .headers
-        .iter()
-        .map(|h| {
-            let name = Span::within(head.as_bytes(), h.name.as_bytes());
-            (name, Span::within(head.as_bytes(), h.value).trim(head))
-        })
-        .collect();
+    let headers = header_spans(head, raw.headers);
     let fields = Fields {
         text: head,
         spans: &headers,

@@ -76,6 +76,17 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// The (name, trimmed value) spans of the headers `httparse` found in `head`.
+pub(crate) fn header_spans(head: &str, raw: &[httparse::Header<'_>]) -> Vec<(Span, Span)> {
+    let bytes = head.as_bytes();
+    raw.iter()
+        .map(|h| {
+            let name = Span::within(bytes, h.name.as_bytes());
+            (name, Span::within(bytes, h.value).trim(head))
+        })
+        .collect()
+}
+
 /// Whether `b` may appear in an HTTP token (RFC 7230 section 3.2.6 `tchar`).
 pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use base64::Engine as _;
 
 use super::extensions::{ExtensionList, Extensions};
-use super::fields::{describe_syntax_error, Fields, HeaderIter};
+use super::fields::{describe_syntax_error, header_spans, Fields, HeaderIter};
 use super::{HandshakeConfig, HandshakeError, Span, MAX_HEADERS, WEBSOCKET_VERSION};
 
 /// What [`parse_request`] made of the bytes so far.
@@ -57,14 +57,7 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<ParseStatus, H
     // httparse hands out sub-slices of the buffer; keep their positions instead of copies.
     let method = Span::within(bytes, raw.method.unwrap_or(&head[..0]).as_bytes());
     let target = Span::within(bytes, raw.path.unwrap_or(&head[..0]).as_bytes());
-    let headers: Vec<(Span, Span)> = raw
-        .headers
-        .iter()
-        .map(|h| {
-            let name = Span::within(bytes, h.name.as_bytes());
-            (name, Span::within(bytes, h.value).trim(head))
-        })
-        .collect();
+    let headers = header_spans(head, raw.headers);
     let fields = Fields {
         text: head,
         spans: &headers,
