@@ -3,8 +3,22 @@
 //! Layers, bottom up (see docs/ARCHITECTURE.md):
 //! - [`proto`]: the sans-IO RFC 6455 core (frames, assembly, close handshake), no sockets, no clock.
 //! - [`handshake`]: the sans-IO HTTP/1.1 upgrade (server and client side).
+//! - [`buf`]: per-worker chunk pools and the per-connection write queue.
+//! - [`server`]: thread-per-core workers (epoll through mio), the [`Handler`] callbacks, timers.
 
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod buf;
+pub(crate) mod driver;
+pub mod handler;
 pub mod handshake;
 pub mod proto;
+pub mod server;
+
+pub use handler::{Accept, CloseInfo, Handler, SendStatus, Upgrade};
+pub use handshake::{Rejection, Request};
+pub use proto::{CloseCode, Message, MessageKind};
+pub use server::{
+    Backend, BackpressurePolicy, Conn, ConnId, MessageWriter, Server, ServerConfig, ServerHandle,
+    ShutdownTrigger, WorkerCtx,
+};

@@ -1,0 +1,282 @@
+//! A connection's outgoing bytes: a chain of pooled chunks, written with one `writev` per flush.
+//!
+//! Sends append encoded frames to the last chunk (or a fresh one from the worker's pool); a payload
+//! larger than a chunk gets a buffer of its own. The worker flushes each connection once per loop
+//! iteration (corking), and a written chunk goes straight back to the pool, so an idle connection's
+//! queue is an empty `VecDeque` with no allocation.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use super::pool::ChunkPool;
+use crate::proto::Output;
+
+/// Most chunks handed to one `writev` (the kernel's `IOV_MAX` is 1024; 64 x 16 KiB is plenty).
+const MAX_IOVECS: usize = 64;
+
+/// Outgoing bytes of one connection.
+#[derive(Debug, Default)]
+pub struct WriteQueue {
+    chunks: VecDeque<Vec<u8>>,
+    /// Bytes of the front chunk already written.
+    head: usize,
+    /// Bytes queued and not yet written.
+    len: usize,
+}
+
+impl WriteQueue {
+    /// An empty queue (no allocation).
+    pub const fn new() -> Self {
+        WriteQueue {
+            chunks: VecDeque::new(),
+            head: 0,
+            len: 0,
+        }
+    }
+
+    /// Bytes waiting to be written (the connection's buffered amount).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing waits to be written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Chunks held.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Appends a whole buffer as its own chunk (a handshake response built in a pooled buffer).
+    pub fn push_chunk(&mut self, buf: Vec<u8>, pool: &mut ChunkPool) {
+        if buf.is_empty() {
+            pool.put(buf);
+            return;
+        }
+        self.len += buf.len();
+        self.chunks.push_back(buf);
+    }
+
+    /// Appends `parts` back to back, into the last chunk when they fit, else into a fresh pooled
+    /// chunk, or into a buffer of their own when larger than a chunk. With `mask`, the last part is
+    /// XORed with the key (client role).
+    pub fn append(&mut self, parts: &[&[u8]], mask: Option<[u8; 4]>, pool: &mut ChunkPool) {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total == 0 {
+            return;
+        }
+        let fits = self
+            .chunks
+            .back()
+            .is_some_and(|last| last.capacity() - last.len() >= total);
+        if !fits {
+            let buf = if total > pool.chunk_size() {
+                Vec::with_capacity(total)
+            } else {
+                pool.get()
+            };
+            self.chunks.push_back(buf);
+        }
+        let last = self.chunks.back_mut().expect("a chunk was just ensured");
+        let mut start = last.len();
+        for p in parts {
+            start = last.len();
+            last.extend_from_slice(p);
+        }
+        if let Some(key) = mask {
+            surge_simd::apply_mask(&mut last[start..], key, 0);
+        }
+        self.len += total;
+    }
+
+    /// Writes as much as the socket takes with one `writev`; written chunks go back to `pool`.
+    /// Returns the bytes written; `WouldBlock` when the socket took nothing.
+    pub fn flush_once<W: Write>(&mut self, sink: &mut W, pool: &mut ChunkPool) -> io::Result<usize> {
+        if self.len == 0 {
+            return Ok(0);
+        }
+        let n = {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
+                let from = if i == 0 { self.head } else { 0 };
+                slices[i] = IoSlice::new(&chunk[from..]);
+                count += 1;
+            }
+            sink.write_vectored(&slices[..count])?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.consume(n, pool);
+        Ok(n)
+    }
+
+    /// Writes until the queue is empty or the socket would block. Returns whether it is empty.
+    pub fn flush<W: Write>(&mut self, sink: &mut W, pool: &mut ChunkPool) -> io::Result<bool> {
+        while self.len != 0 {
+            match self.flush_once(sink, pool) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Drops `n` written bytes from the front.
+    fn consume(&mut self, mut n: usize, pool: &mut ChunkPool) {
+        self.len -= n;
+        while n > 0 {
+            let front = self.chunks.front().expect("written bytes were queued");
+            let left = front.len() - self.head;
+            if n < left {
+                self.head += n;
+                return;
+            }
+            n -= left;
+            self.head = 0;
+            if let Some(chunk) = self.chunks.pop_front() {
+                pool.put(chunk);
+            }
+        }
+        if self.len == 0 {
+            // Keep an idle connection free of allocations.
+            self.release(pool);
+        }
+    }
+
+    /// Gives every chunk back and forgets the queued bytes.
+    pub fn release(&mut self, pool: &mut ChunkPool) {
+        for chunk in self.chunks.drain(..) {
+            pool.put(chunk);
+        }
+        self.chunks = VecDeque::new();
+        self.head = 0;
+        self.len = 0;
+    }
+}
+
+/// The protocol core's [`Output`] for one connection: its queue plus the worker's chunk pool.
+#[derive(Debug)]
+pub struct QueueOutput<'a> {
+    /// The connection's queue.
+    pub queue: &'a mut WriteQueue,
+    /// The worker's chunk pool.
+    pub pool: &'a mut ChunkPool,
+}
+
+impl Output for QueueOutput<'_> {
+    fn write_frame(&mut self, header: &[u8], payload: &[u8], mask: Option<[u8; 4]>) {
+        self.queue.append(&[header, payload], mask, self.pool);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that takes at most `cap` bytes per call and records what it got.
+    struct Sink {
+        got: Vec<u8>,
+        cap: usize,
+        calls: usize,
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.cap == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.cap - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.cap {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn packs_frames_and_flushes_in_order() {
+        let mut pool = ChunkPool::new(64, 8);
+        let mut q = WriteQueue::new();
+        let mut expect = Vec::new();
+        for i in 0..20u8 {
+            let payload = vec![i; (i as usize) * 7];
+            let mut out = QueueOutput {
+                queue: &mut q,
+                pool: &mut pool,
+            };
+            out.write_frame(&[0x82, i], &payload, None);
+            expect.extend_from_slice(&[0x82, i]);
+            expect.extend_from_slice(&payload);
+        }
+        assert_eq!(q.len(), expect.len());
+        let mut sink = Sink {
+            got: Vec::new(),
+            cap: 0,
+            calls: 0,
+        };
+        assert!(!q.flush(&mut sink, &mut pool).unwrap(), "would block");
+        sink.cap = 50;
+        while !q.is_empty() {
+            q.flush_once(&mut sink, &mut pool).unwrap();
+        }
+        assert_eq!(sink.got, expect);
+        assert_eq!(q.chunk_count(), 0);
+        assert_eq!(pool.outstanding(), 0, "every chunk went back to the pool");
+    }
+
+    #[test]
+    fn corked_small_frames_share_one_writev() {
+        let mut pool = ChunkPool::new(16 * 1024, 8);
+        let mut q = WriteQueue::new();
+        for _ in 0..100 {
+            q.append(&[b"hd", b"payload"], None, &mut pool);
+        }
+        assert_eq!(q.chunk_count(), 1);
+        let mut sink = Sink {
+            got: Vec::new(),
+            cap: usize::MAX,
+            calls: 0,
+        };
+        assert!(q.flush(&mut sink, &mut pool).unwrap());
+        assert_eq!(sink.calls, 1);
+        assert_eq!(sink.got.len(), 900);
+    }
+
+    #[test]
+    fn large_payload_gets_its_own_buffer_and_masking_works() {
+        let mut pool = ChunkPool::new(64, 8);
+        let mut q = WriteQueue::new();
+        let big = vec![0u8; 1000];
+        q.append(&[b"h", &big], Some([1, 2, 3, 4]), &mut pool);
+        assert_eq!(q.len(), 1001);
+        let mut sink = Sink {
+            got: Vec::new(),
+            cap: 300,
+            calls: 0,
+        };
+        q.flush(&mut sink, &mut pool).unwrap();
+        assert_eq!(sink.got[0], b'h');
+        assert_eq!(&sink.got[1..5], &[1, 2, 3, 4]);
+        q.append(&[b"x"], None, &mut pool);
+        q.release(&mut pool);
+        assert!(q.is_empty());
+    }
+}

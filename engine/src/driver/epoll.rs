@@ -1,0 +1,79 @@
+//! Readiness through epoll, via mio (edge-triggered).
+
+use std::io;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use super::IoEvent;
+
+/// An epoll instance and its event buffer.
+pub(crate) struct EpollDriver {
+    poll: Poll,
+    events: Events,
+}
+
+impl std::fmt::Debug for EpollDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EpollDriver")
+    }
+}
+
+impl EpollDriver {
+    pub(crate) fn new() -> io::Result<Self> {
+        Ok(EpollDriver {
+            poll: Poll::new()?,
+            events: Events::with_capacity(1024),
+        })
+    }
+
+    pub(crate) fn waker(&self, token: usize) -> io::Result<mio::Waker> {
+        mio::Waker::new(self.poll.registry(), Token(token))
+    }
+
+    pub(crate) fn register_listener(
+        &mut self,
+        listener: &mut TcpListener,
+        token: usize,
+    ) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(listener, Token(token), Interest::READABLE)
+    }
+
+    pub(crate) fn deregister_listener(&mut self, listener: &mut TcpListener) -> io::Result<()> {
+        self.poll.registry().deregister(listener)
+    }
+
+    pub(crate) fn register_conn(&mut self, stream: &mut TcpStream, token: usize) -> io::Result<()> {
+        self.poll.registry().register(
+            stream,
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        )
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn deregister_conn(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        self.poll.registry().deregister(stream)
+    }
+
+    pub(crate) fn poll(&mut self, out: &mut Vec<IoEvent>, timeout: Option<Duration>) -> io::Result<()> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        for ev in self.events.iter() {
+            // Errors and hang-ups surface through the next read or write, so they count as both.
+            let broken = ev.is_error() || ev.is_read_closed() || ev.is_write_closed();
+            out.push(IoEvent {
+                token: ev.token().0,
+                readable: ev.is_readable() || broken,
+                writable: ev.is_writable() || broken,
+            });
+        }
+        Ok(())
+    }
+}

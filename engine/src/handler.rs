@@ -1,0 +1,151 @@
+//! The application's side: the [`Handler`] trait whose callbacks run on each connection's own loop
+//! thread, and the values they exchange with the engine.
+//!
+//! ```no_run
+//! use surge::{Accept, Conn, Handler, Message, Request, Server, ServerConfig, Upgrade};
+//!
+//! struct Echo;
+//! impl Handler for Echo {
+//!     type Data = ();
+//!     fn on_upgrade(&mut self, _req: &Request) -> Upgrade<()> {
+//!         Upgrade::Accept(Accept::new(()))
+//!     }
+//!     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+//!         conn.send(msg);
+//!     }
+//! }
+//! Server::new(ServerConfig::default()).run(|_worker| Echo).unwrap();
+//! ```
+
+use crate::handshake::{Rejection, Request};
+use crate::proto::{CloseCode, Message, MessageKind};
+use crate::server::worker::{Conn, WorkerCtx};
+
+/// What [`Handler::on_upgrade`] decides.
+#[derive(Debug)]
+pub enum Upgrade<D> {
+    /// Switch protocols: answer 101 and open the connection with this user data.
+    Accept(Accept<D>),
+    /// Refuse: answer with this HTTP response and close.
+    Reject(Rejection),
+}
+
+/// An accepted upgrade.
+#[derive(Debug)]
+pub struct Accept<D> {
+    /// The connection's user data, handed back in [`Handler::on_close`].
+    pub data: D,
+    /// The subprotocol to answer with. `None`: the first of
+    /// [`ServerConfig::subprotocols`](crate::ServerConfig::subprotocols) that the client offers,
+    /// if any.
+    pub subprotocol: Option<String>,
+    /// Extra response headers (cookies, ...). Names and values must not contain CR or LF.
+    pub headers: Vec<(String, String)>,
+}
+
+impl<D> Accept<D> {
+    /// Accepts with `data`, the default subprotocol choice and no extra headers.
+    pub fn new(data: D) -> Self {
+        Accept {
+            data,
+            subprotocol: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// How a connection ended, given to [`Handler::on_close`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseInfo<'a> {
+    /// The peer's close code (1005 when its close frame had none), the code of the protocol error
+    /// the connection was failed with (1002, 1007, 1009), or 1006 when it ended without a close
+    /// frame (reset, EOF, timeout).
+    pub code: CloseCode,
+    /// The peer's close reason, if it sent one.
+    pub reason: &'a str,
+    /// Whether `code` and `reason` come from a close frame the peer sent.
+    pub by_peer: bool,
+}
+
+/// The outcome of a send (uWebSockets' send status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a send may be dropped under backpressure"]
+pub enum SendStatus {
+    /// Queued; the buffered amount is within the limit.
+    Sent,
+    /// Queued, but the buffered amount is now over the limit: [`Handler::on_drain`] follows when it
+    /// falls back under.
+    Backpressure,
+    /// Not queued: the backpressure limit was reached and the policy is to drop.
+    Dropped,
+    /// Not queued: the connection is closing or closed.
+    Closed,
+    /// Not queued: a control payload over 125 bytes, or a close code that may not be sent.
+    Invalid,
+}
+
+impl SendStatus {
+    /// Whether the data was queued.
+    pub fn is_queued(self) -> bool {
+        matches!(self, SendStatus::Sent | SendStatus::Backpressure)
+    }
+}
+
+/// The application's callbacks. One handler per worker thread (created there by the factory given
+/// to [`Server::run`](crate::Server::run)); every callback of a connection runs on its worker's
+/// thread, so a handler needs no locks.
+pub trait Handler: 'static {
+    /// Per-connection user data: created at upgrade, dropped after `on_close`.
+    type Data: 'static;
+
+    /// Decides on an upgrade request (method, path, query, headers, peer address). The origin has
+    /// already passed the configured policy.
+    fn on_upgrade(&mut self, req: &Request) -> Upgrade<Self::Data>;
+
+    /// The connection is open (the 101 response is queued).
+    fn on_open(&mut self, conn: &mut Conn<'_, Self::Data>) {
+        let _ = conn;
+    }
+
+    /// A whole message, borrowed from the read buffer or the assembly buffer (no copy).
+    fn on_message(&mut self, conn: &mut Conn<'_, Self::Data>, msg: Message<'_>);
+
+    /// A piece of a message that did not arrive whole in one read (only with
+    /// `proto.stream_fragments`).
+    fn on_fragment(
+        &mut self,
+        conn: &mut Conn<'_, Self::Data>,
+        kind: MessageKind,
+        data: &[u8],
+        first: bool,
+        last: bool,
+    ) {
+        let _ = (conn, kind, data, first, last);
+    }
+
+    /// A ping arrived (already answered when `proto.auto_pong` is on).
+    fn on_ping(&mut self, conn: &mut Conn<'_, Self::Data>, data: &[u8]) {
+        let _ = (conn, data);
+    }
+
+    /// A pong arrived.
+    fn on_pong(&mut self, conn: &mut Conn<'_, Self::Data>, data: &[u8]) {
+        let _ = (conn, data);
+    }
+
+    /// The connection is over for the application: exactly once per `on_open`. The close handshake
+    /// and the TCP shutdown may still be finishing.
+    fn on_close(&mut self, data: Self::Data, info: &CloseInfo<'_>) {
+        let _ = (data, info);
+    }
+
+    /// The buffered amount fell under the backpressure limit after being over it.
+    fn on_drain(&mut self, conn: &mut Conn<'_, Self::Data>) {
+        let _ = conn;
+    }
+
+    /// An application timer set with [`WorkerCtx::set_timeout`] or [`WorkerCtx::set_interval`].
+    fn on_timer(&mut self, worker: &mut WorkerCtx<Self::Data>, id: u64) {
+        let _ = (worker, id);
+    }
+}

@@ -1,0 +1,140 @@
+//! Server settings. Every limit has a default, documented on its field.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::handshake::{HandshakeConfig, OriginPolicy, DEFAULT_MAX_HEAD_SIZE};
+use crate::proto::{self, CloseCode};
+
+/// Which kernel interface the workers use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring where available, else epoll. io_uring is not built yet: this is epoll for now.
+    #[default]
+    Auto,
+    /// Readiness-based epoll (through mio).
+    Epoll,
+    /// Completion-based io_uring. Not built yet: falls back to epoll with a log line.
+    IoUring,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "epoll" => Ok(Backend::Epoll),
+            "io_uring" | "iouring" | "uring" => Ok(Backend::IoUring),
+            _ => Err(format!("unknown backend {s:?} (auto, epoll, io_uring)")),
+        }
+    }
+}
+
+/// What happens when a connection's buffered (unsent) bytes would exceed
+/// [`ServerConfig::max_backpressure`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackpressurePolicy {
+    /// Refuse further data messages: the send returns [`SendStatus::Dropped`](crate::SendStatus)
+    /// and the connection's and the worker's dropped counters grow. Control frames (pong, close) are
+    /// never dropped.
+    Drop,
+    /// Start the close handshake with this code (1008 policy violation or 1013 try again later).
+    Close(CloseCode),
+}
+
+/// Server settings: pub fields, `Default` for everything.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Addresses to listen on (default `127.0.0.1:9001`). Every worker listens on each of them with
+    /// its own `SO_REUSEPORT` socket; port 0 picks one port for all workers.
+    pub bind: Vec<SocketAddr>,
+    /// Worker threads, one event loop each (default: available parallelism).
+    pub workers: usize,
+    /// Pin worker `i` to CPU `i % cpus` (default off).
+    pub pin_cpus: bool,
+    /// The kernel interface (default [`Backend::Auto`], which is epoll for now).
+    pub backend: Backend,
+    /// `listen(2)` backlog per worker socket (default 1024).
+    pub backlog: i32,
+    /// Connections per worker, handshakes included; more are accepted and closed at once
+    /// (default 100_000).
+    pub max_connections_per_worker: usize,
+    /// Time for a client to send its complete upgrade request (default 10 s).
+    pub handshake_timeout: Duration,
+    /// Largest upgrade request header block; beyond it, 431 (default 8 KiB).
+    pub max_handshake_size: usize,
+    /// Which `Origin` values are accepted (default: same host, as gorilla; 403 otherwise).
+    pub origin: OriginPolicy,
+    /// Subprotocols in preference order (default none). The first one the client offers is selected
+    /// unless the handler picks another.
+    pub subprotocols: Vec<String>,
+    /// Most bytes buffered for sending per connection before the policy applies (default 1 MiB).
+    /// A message is always accepted into an empty queue, so one message may exceed it.
+    pub max_backpressure: usize,
+    /// What happens beyond `max_backpressure` (default [`BackpressurePolicy::Drop`]).
+    pub backpressure_policy: BackpressurePolicy,
+    /// Size of a pooled write chunk and of the message writer's buffer (default 16 KiB).
+    pub write_chunk_size: usize,
+    /// Size of the worker's one read buffer (default 64 KiB).
+    pub read_buffer_size: usize,
+    /// Free chunks a worker keeps in each pool (default 256, i.e. up to 4 MiB per pool).
+    pub pool_max_cached: usize,
+    /// Set `TCP_NODELAY` on accepted sockets (default on).
+    pub tcp_nodelay: bool,
+    /// Spin with non-blocking polls for this long before blocking (default off). Trades a core for
+    /// wake-up latency (a blocked loop takes tens of microseconds to wake).
+    pub busy_poll: Option<Duration>,
+    /// How long [`ServerHandle::shutdown`](crate::ServerHandle::shutdown) waits for close handshakes
+    /// before dropping the remaining connections (default 5 s).
+    pub shutdown_timeout: Duration,
+    /// Protocol settings: maximum frame and message size (16 MiB each), close-handshake timeout
+    /// (5 s, also the time to wait for the peer's FIN after ours), idle timeout with automatic ping
+    /// (off) and pong deadline (10 s), automatic pong (on), fragment streaming (off). The role is
+    /// always server.
+    pub proto: proto::Config,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: vec![SocketAddr::from(([127, 0, 0, 1], 9001))],
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin_cpus: false,
+            backend: Backend::Auto,
+            backlog: 1024,
+            max_connections_per_worker: 100_000,
+            handshake_timeout: Duration::from_secs(10),
+            max_handshake_size: DEFAULT_MAX_HEAD_SIZE,
+            origin: OriginPolicy::SameHost,
+            subprotocols: Vec::new(),
+            max_backpressure: 1 << 20,
+            backpressure_policy: BackpressurePolicy::Drop,
+            write_chunk_size: 16 * 1024,
+            read_buffer_size: 64 * 1024,
+            pool_max_cached: 256,
+            tcp_nodelay: true,
+            busy_poll: None,
+            shutdown_timeout: Duration::from_secs(5),
+            proto: proto::Config::server(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Defaults, listening on `addr`.
+    pub fn bind(addr: SocketAddr) -> Self {
+        ServerConfig {
+            bind: vec![addr],
+            ..ServerConfig::default()
+        }
+    }
+
+    /// The handshake part of the settings.
+    pub(crate) fn handshake(&self) -> HandshakeConfig {
+        HandshakeConfig {
+            max_request_size: self.max_handshake_size,
+            origin: self.origin.clone(),
+            subprotocols: self.subprotocols.clone(),
+        }
+    }
+}

@@ -1,0 +1,1189 @@
+//! One worker: an event loop on its own thread with its own listeners, connections, buffer pools
+//! and timer wheel. Nothing here is shared with other workers.
+//!
+//! A loop turn: poll (after an optional busy-poll spin) -> for each event, accept or read (bytes go
+//! through the handshake parser or the protocol core, and the handler is called per event) -> fire
+//! due timers -> flush every connection that has something to send, one `writev` each.
+//!
+//! Connection stages: `Handshake` (request bytes accumulate in a pooled buffer) -> `Open` (the
+//! protocol core drives the close handshake) -> `Draining` (our last bytes are flushed, then
+//! `shutdown(Write)` sends FIN, and the socket is read and discarded until the peer's EOF or the
+//! close timeout). Closing a socket with unread data would make Linux send RST, and the peer could
+//! lose our close frame; draining avoids that.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+
+use super::config::{BackpressurePolicy, ServerConfig};
+use super::registry::{ConnId, Registry};
+use super::timer::TimerWheel;
+use super::Shared;
+use crate::buf::{ChunkPool, QueueOutput, WriteQueue};
+use crate::driver::{Driver, IoEvent};
+use crate::handler::{CloseInfo, Handler, SendStatus, Upgrade};
+use crate::handshake::{
+    check_origin, parse_request, write_accept_response, write_rejection, HandshakeConfig,
+    ParseStatus, Rejection,
+};
+use crate::proto::{self, CloseCode, Encoder, Event, Message, MessageKind, OpCode, Role, State};
+
+/// Token of the worker's waker.
+pub(crate) const WAKER_TOKEN: usize = usize::MAX;
+/// Token of listener `i`: counting down from below the waker (connection tokens have the top bit
+/// clear).
+pub(crate) fn listener_token(i: usize) -> usize {
+    usize::MAX - 1 - i
+}
+
+/// Tokens with the top bit set are the waker's and the listeners'.
+const SPECIAL: usize = 1 << (usize::BITS - 1);
+
+/// Reads per readable connection per loop turn before others get their turn.
+const MAX_READS_PER_TURN: usize = 16;
+
+// Connection flags.
+/// In the dirty list: flushed at the end of the loop turn.
+const DIRTY: u8 = 1;
+/// Data may be sent (open and no close sent or pending).
+const CAN_SEND: u8 = 2;
+/// Went over the backpressure limit: `on_drain` when it falls back under.
+const OVER: u8 = 4;
+/// `shutdown(Write)` done.
+const FIN_SENT: u8 = 8;
+/// The peer's EOF was read.
+const PEER_EOF: u8 = 16;
+
+/// Where a connection stands.
+#[derive(Debug)]
+enum Stage {
+    /// Reading the upgrade request; bytes of an incomplete request are kept here (pooled buffer).
+    Handshake(Vec<u8>),
+    /// Upgraded: the protocol core.
+    Open(proto::Conn),
+    /// The protocol core is out on the stack while its events are delivered.
+    Busy,
+    /// Flushing the last bytes, then FIN, then discarding input until EOF or the deadline.
+    Draining,
+}
+
+/// One connection: the registry's slot content. Kept small (see the `entry_size` test): no peer
+/// address (asked of the kernel when wanted), no subprotocol string (an index), no buffers when idle.
+#[derive(Debug)]
+pub(crate) struct Connection<D> {
+    socket: TcpStream,
+    /// The armed timer's tick plus one (0: none); older wheel entries are stale.
+    timer: u32,
+    /// Messages refused under the `Drop` backpressure policy.
+    dropped: u32,
+    flags: u8,
+    /// Index plus one into the worker's subprotocol list (0: none).
+    subprotocol: u8,
+    queue: WriteQueue,
+    stage: Stage,
+    data: Option<D>,
+}
+
+impl<D> Connection<D> {
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+/// What a wheel entry is for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TimerEntry {
+    Conn(ConnId),
+    App { id: u64, seq: u64 },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct AppTimer {
+    seq: u64,
+    due: Instant,
+    period: Option<Duration>,
+}
+
+/// A worker's state as the application sees it in callbacks: its connections, its timers.
+///
+/// Reached through [`Conn::worker`] or given to [`Handler::on_timer`].
+pub struct WorkerCtx<D> {
+    index: usize,
+    conns: Registry<Connection<D>>,
+    chunks: ChunkPool,
+    assembly: ChunkPool,
+    wheel: TimerWheel<TimerEntry>,
+    dirty: Vec<ConnId>,
+    now: Instant,
+    cfg: Arc<ServerConfig>,
+    hs_cfg: HandshakeConfig,
+    /// Subprotocols: the configured ones, then any other a handler chose (at most 255 in all).
+    protocols: Vec<String>,
+    app_timers: HashMap<u64, AppTimer>,
+    timer_seq: u64,
+    /// A close asked for on the connection whose protocol core is out on the stack.
+    pending_close: Option<(ConnId, CloseCode, String)>,
+    dropped: u64,
+    /// Frames the data sends (server role: stateless, no masking); the close handshake's state is
+    /// the connection's protocol core.
+    encoder: Encoder,
+}
+
+impl<D> std::fmt::Debug for WorkerCtx<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerCtx")
+            .field("index", &self.index)
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D> WorkerCtx<D> {
+    fn new(index: usize, cfg: Arc<ServerConfig>) -> Self {
+        let now = Instant::now();
+        WorkerCtx {
+            index,
+            conns: Registry::new(),
+            chunks: ChunkPool::new(cfg.write_chunk_size, cfg.pool_max_cached),
+            assembly: ChunkPool::new(cfg.write_chunk_size, cfg.pool_max_cached),
+            wheel: TimerWheel::new(now),
+            dirty: Vec::new(),
+            now,
+            hs_cfg: cfg.handshake(),
+            protocols: cfg.subprotocols.iter().take(255).cloned().collect(),
+            cfg,
+            app_timers: HashMap::new(),
+            timer_seq: 0,
+            pending_close: None,
+            dropped: 0,
+            encoder: Encoder::new(Role::Server, 0),
+        }
+    }
+
+    /// This worker's index (0-based).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Connections held, handshakes and closing ones included.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Messages dropped under backpressure on this worker so far.
+    pub fn dropped_count(&self) -> u64 {
+        self.dropped
+    }
+
+    /// The time cached at the start of this loop turn.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// An open connection of this worker (`None` once `on_close` has been called for it).
+    pub fn conn(&mut self, id: ConnId) -> Option<Conn<'_, D>> {
+        let c = self.conns.get(id)?;
+        c.data.as_ref()?;
+        Some(Conn { ctx: self, id })
+    }
+
+    /// The ids of this worker's open connections (collected: the caller may then send to each).
+    pub fn conn_ids(&self) -> Vec<ConnId> {
+        self.conns
+            .ids()
+            .filter(|&id| self.conns.get(id).is_some_and(|c| c.data.is_some()))
+            .collect()
+    }
+
+    /// Calls `f` on every open connection.
+    pub fn for_each_conn(&mut self, mut f: impl FnMut(&mut Conn<'_, D>)) {
+        for id in self.conn_ids() {
+            if let Some(mut c) = self.conn(id) {
+                f(&mut c);
+            }
+        }
+    }
+
+    /// Calls [`Handler::on_timer`] with `id` once, after `after`. Replaces a timer with the same id.
+    pub fn set_timeout(&mut self, after: Duration, id: u64) {
+        self.arm_app(after, id, None);
+    }
+
+    /// Calls [`Handler::on_timer`] with `id` every `every` (a game tick), without drift. Replaces a
+    /// timer with the same id.
+    pub fn set_interval(&mut self, every: Duration, id: u64) {
+        self.arm_app(every, id, Some(every.max(super::timer::TICK)));
+    }
+
+    /// Cancels the timer `id`; returns whether one was set.
+    pub fn cancel_timer(&mut self, id: u64) -> bool {
+        self.app_timers.remove(&id).is_some()
+    }
+
+    fn arm_app(&mut self, after: Duration, id: u64, period: Option<Duration>) {
+        self.timer_seq += 1;
+        let due = self.now + after;
+        let seq = self.timer_seq;
+        self.app_timers.insert(id, AppTimer { seq, due, period });
+        self.wheel.insert(due, TimerEntry::App { id, seq });
+    }
+
+    fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(id) {
+            if !c.has(DIRTY) {
+                c.flags |= DIRTY;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Arms the connection's one timer for `at` (`None`: disarm). Entries of earlier arms go stale.
+    fn arm(&mut self, id: ConnId, at: Option<Instant>) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Some(at) = at else {
+            c.timer = 0;
+            return;
+        };
+        let want = (self.wheel.tick_of(at) as u32).wrapping_add(1);
+        if c.timer == want {
+            return;
+        }
+        let tick = self.wheel.insert(at, TimerEntry::Conn(id));
+        c.timer = (tick as u32).wrapping_add(1);
+    }
+
+    /// Re-arms the connection's timer from its protocol core.
+    fn sync_timer(&mut self, id: ConnId) {
+        let at = match self.conns.get(id).map(|c| &c.stage) {
+            Some(Stage::Open(p)) => p.poll_timeout(),
+            _ => return,
+        };
+        self.arm(id, at);
+    }
+
+    /// Starts our close handshake, or records it if the core is out on the stack.
+    fn start_close(&mut self, id: ConnId, code: CloseCode, reason: &str) -> SendStatus {
+        let Some(c) = self.conns.get_mut(id) else {
+            return SendStatus::Closed;
+        };
+        if !c.has(CAN_SEND) {
+            return SendStatus::Closed;
+        }
+        if !code.is_valid_on_wire() {
+            return SendStatus::Invalid;
+        }
+        c.flags &= !CAN_SEND;
+        match &mut c.stage {
+            Stage::Open(p) => {
+                let mut out = QueueOutput {
+                    queue: &mut c.queue,
+                    pool: &mut self.chunks,
+                };
+                let _ = p.close(&mut out, Some(code), reason, self.now, &self.cfg.proto);
+            }
+            Stage::Busy => self.pending_close = Some((id, code, reason.to_owned())),
+            _ => return SendStatus::Closed,
+        }
+        self.mark_dirty(id);
+        self.sync_timer(id);
+        SendStatus::Sent
+    }
+
+    /// Queues one data message or control frame, applying the backpressure policy to data.
+    fn send_frame(
+        &mut self,
+        id: ConnId,
+        op: OpCode,
+        payload: &[u8],
+        fin: bool,
+        exempt: bool,
+    ) -> SendStatus {
+        let Some(c) = self.conns.get_mut(id) else {
+            return SendStatus::Closed;
+        };
+        if !c.has(CAN_SEND) {
+            return SendStatus::Closed;
+        }
+        let limit = self.cfg.max_backpressure;
+        let queued = c.queue.len();
+        if !exempt && queued > 0 && queued.saturating_add(payload.len()) > limit {
+            c.flags |= OVER;
+            match self.cfg.backpressure_policy {
+                BackpressurePolicy::Drop => {
+                    c.dropped = c.dropped.saturating_add(1);
+                    self.dropped += 1;
+                    return SendStatus::Dropped;
+                }
+                BackpressurePolicy::Close(code) => {
+                    let _ = self.start_close(id, code, "backpressure limit");
+                    return SendStatus::Closed;
+                }
+            }
+        }
+        let mut out = QueueOutput {
+            queue: &mut c.queue,
+            pool: &mut self.chunks,
+        };
+        let result = match op {
+            OpCode::Ping | OpCode::Pong => self.encoder.control(&mut out, op, payload),
+            OpCode::Text | OpCode::Binary if fin => {
+                let kind = if op == OpCode::Text {
+                    MessageKind::Text
+                } else {
+                    MessageKind::Binary
+                };
+                self.encoder
+                    .message(&mut out, kind, payload, self.cfg.proto.max_send_frame_size, 0)
+            }
+            _ => {
+                self.encoder.raw_frame(&mut out, op, fin, 0, payload);
+                Ok(())
+            }
+        };
+        if result.is_err() {
+            return SendStatus::Invalid;
+        }
+        let over = c.queue.len() > limit;
+        if over {
+            c.flags |= OVER;
+        }
+        self.mark_dirty(id);
+        if over {
+            if let BackpressurePolicy::Close(code) = self.cfg.backpressure_policy {
+                let _ = self.start_close(id, code, "backpressure limit");
+            }
+            SendStatus::Backpressure
+        } else {
+            SendStatus::Sent
+        }
+    }
+
+    /// Removes a connection and closes its socket (the kernel drops it from epoll).
+    fn remove(&mut self, id: ConnId) {
+        if let Some(mut c) = self.conns.remove(id) {
+            c.queue.release(&mut self.chunks);
+            match c.stage {
+                Stage::Handshake(buf) => self.chunks.put(buf),
+                Stage::Open(mut p) => p.recycle(&mut self.assembly),
+                _ => {}
+            }
+        }
+    }
+
+    /// Moves a connection whose core is closed to draining, with the close timeout as deadline.
+    fn enter_draining(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if let Stage::Open(mut p) = std::mem::replace(&mut c.stage, Stage::Draining) {
+            p.recycle(&mut self.assembly);
+        }
+        c.flags &= !CAN_SEND;
+        let deadline = self.now + self.cfg.proto.close_timeout;
+        self.arm(id, Some(deadline));
+        self.mark_dirty(id);
+    }
+}
+
+/// A connection, as handlers see it in callbacks.
+pub struct Conn<'a, D> {
+    ctx: &'a mut WorkerCtx<D>,
+    id: ConnId,
+}
+
+impl<D> std::fmt::Debug for Conn<'_, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("id", &self.id).finish()
+    }
+}
+
+impl<'a, D> Conn<'a, D> {
+    fn entry(&self) -> &Connection<D> {
+        self.ctx.conns.get(self.id).expect("a Conn handle names a live connection")
+    }
+
+    /// This connection's id within its worker.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Sends a text message.
+    pub fn send_text(&mut self, text: &str) -> SendStatus {
+        self.ctx
+            .send_frame(self.id, OpCode::Text, text.as_bytes(), true, false)
+    }
+
+    /// Sends a binary message.
+    pub fn send_binary(&mut self, data: &[u8]) -> SendStatus {
+        self.ctx.send_frame(self.id, OpCode::Binary, data, true, false)
+    }
+
+    /// Sends a message of either kind (an echo server passes the received one straight back).
+    pub fn send(&mut self, msg: Message<'_>) -> SendStatus {
+        match msg {
+            Message::Text(t) => self.send_text(t),
+            Message::Binary(b) => self.send_binary(b),
+        }
+    }
+
+    /// A writer for one message sent in pieces: a frame goes out each time its buffer (one write
+    /// chunk) fills, and [`MessageWriter::finish`] (or dropping it) ends the message.
+    pub fn writer(&mut self, kind: MessageKind) -> MessageWriter<'_, D> {
+        let buf = self.ctx.chunks.get();
+        MessageWriter {
+            ctx: self.ctx,
+            id: self.id,
+            kind,
+            buf,
+            first: true,
+            done: false,
+            status: SendStatus::Sent,
+        }
+    }
+
+    /// Sends a ping (payload at most 125 bytes).
+    pub fn ping(&mut self, payload: &[u8]) -> SendStatus {
+        self.ctx.send_frame(self.id, OpCode::Ping, payload, true, true)
+    }
+
+    /// Sends a pong (payload at most 125 bytes).
+    pub fn pong(&mut self, payload: &[u8]) -> SendStatus {
+        self.ctx.send_frame(self.id, OpCode::Pong, payload, true, true)
+    }
+
+    /// Starts the close handshake. `on_close` follows when the peer answers, or with 1006 after the
+    /// close timeout. No data can be sent afterwards.
+    pub fn close(&mut self, code: CloseCode, reason: &str) -> SendStatus {
+        self.ctx.start_close(self.id, code, reason)
+    }
+
+    /// Bytes queued and not yet written to the socket.
+    pub fn buffered_amount(&self) -> usize {
+        self.entry().queue.len()
+    }
+
+    /// Messages refused on this connection under the `Drop` backpressure policy.
+    pub fn dropped_count(&self) -> u32 {
+        self.entry().dropped
+    }
+
+    /// Whether data can still be sent (open, no close sent).
+    pub fn is_open(&self) -> bool {
+        self.entry().has(CAN_SEND)
+    }
+
+    /// The peer's address (asked of the kernel; `None` once the socket is broken).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.entry().socket.peer_addr().ok()
+    }
+
+    /// The subprotocol agreed at upgrade.
+    pub fn subprotocol(&self) -> Option<&str> {
+        let i = self.entry().subprotocol;
+        (i != 0).then(|| self.ctx.protocols[usize::from(i) - 1].as_str())
+    }
+
+    /// The user data created at upgrade.
+    pub fn data(&self) -> &D {
+        self.entry().data.as_ref().expect("open connections have data")
+    }
+
+    /// The user data created at upgrade.
+    pub fn data_mut(&mut self) -> &mut D {
+        self.ctx
+            .conns
+            .get_mut(self.id)
+            .and_then(|c| c.data.as_mut())
+            .expect("open connections have data")
+    }
+
+    /// The worker: timers and the other connections.
+    pub fn worker(&mut self) -> &mut WorkerCtx<D> {
+        self.ctx
+    }
+}
+
+/// A message sent in pieces (gorilla's `NextWriter`), from [`Conn::writer`]. Pieces are never
+/// dropped by the backpressure policy (that would corrupt the message), but the status reports it.
+pub struct MessageWriter<'a, D> {
+    ctx: &'a mut WorkerCtx<D>,
+    id: ConnId,
+    kind: MessageKind,
+    buf: Vec<u8>,
+    first: bool,
+    done: bool,
+    status: SendStatus,
+}
+
+impl<D> std::fmt::Debug for MessageWriter<'_, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageWriter")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("buffered", &self.buf.len())
+            .finish()
+    }
+}
+
+impl<D> MessageWriter<'_, D> {
+    fn emit(&mut self, fin: bool) -> SendStatus {
+        let op = if self.first {
+            self.kind.opcode()
+        } else {
+            OpCode::Continuation
+        };
+        let status = self.ctx.send_frame(self.id, op, &self.buf, fin, true);
+        self.first = false;
+        self.buf.clear();
+        if status != SendStatus::Sent {
+            self.status = status;
+        }
+        status
+    }
+
+    /// Ends the message (sends its last frame). Returns the worst status of its frames.
+    pub fn finish(mut self) -> SendStatus {
+        self.done = true;
+        let _ = self.emit(true);
+        self.status
+    }
+}
+
+impl<D> io::Write for MessageWriter<'_, D> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if matches!(self.status, SendStatus::Closed | SendStatus::Invalid) {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        if room == 0 {
+            if self.emit(false) == SendStatus::Closed {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            return self.write(data);
+        }
+        let n = room.min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<D> Drop for MessageWriter<'_, D> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.emit(true);
+        }
+        let buf = std::mem::take(&mut self.buf);
+        self.ctx.chunks.put(buf);
+    }
+}
+
+/// The event loop of one worker thread.
+pub(crate) struct Worker<H: Handler> {
+    ctx: WorkerCtx<H::Data>,
+    handler: H,
+    driver: Driver,
+    listeners: Vec<TcpListener>,
+    read_buf: Vec<u8>,
+    events: Vec<IoEvent>,
+    shared: Arc<Shared>,
+    /// Connections that still had input when their read turn ended.
+    pending_reads: Vec<ConnId>,
+    expired: Vec<(u64, TimerEntry)>,
+    stop_deadline: Option<Instant>,
+}
+
+impl<H: Handler> Worker<H> {
+    pub(crate) fn new(
+        index: usize,
+        cfg: Arc<ServerConfig>,
+        driver: Driver,
+        listeners: Vec<TcpListener>,
+        handler: H,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Worker {
+            read_buf: vec![0; cfg.read_buffer_size.max(4096)],
+            ctx: WorkerCtx::new(index, cfg),
+            handler,
+            driver,
+            listeners,
+            events: Vec::with_capacity(1024),
+            shared,
+            pending_reads: Vec::new(),
+            expired: Vec::new(),
+            stop_deadline: None,
+        }
+    }
+
+    pub(crate) fn run(mut self) -> io::Result<()> {
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            self.driver.register_listener(l, listener_token(i))?;
+        }
+        loop {
+            let now = Instant::now();
+            let mut timeout = if self.pending_reads.is_empty() {
+                self.ctx.wheel.next_timeout(now)
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Some(deadline) = self.stop_deadline {
+                let left = deadline.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
+            self.poll(timeout)?;
+            self.ctx.now = Instant::now();
+
+            let mut events = std::mem::take(&mut self.events);
+            for ev in events.drain(..) {
+                self.dispatch(ev);
+            }
+            self.events = events;
+
+            for id in std::mem::take(&mut self.pending_reads) {
+                self.on_readable(id);
+            }
+            self.fire_timers();
+            self.flush_dirty();
+
+            if let Some(deadline) = self.stop_deadline {
+                if self.ctx.conns.len() == 0 {
+                    return Ok(());
+                }
+                if self.ctx.now >= deadline {
+                    for id in self.ctx.conns.ids().collect::<Vec<_>>() {
+                        self.close_callback(id, CloseCode::ABNORMAL, "", false);
+                        self.ctx.remove(id);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Waits for events, spinning first when busy-poll is configured.
+    fn poll(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if let (Some(spin), false) = (self.ctx.cfg.busy_poll, timeout == Some(Duration::ZERO)) {
+            let start = Instant::now();
+            let until = start + timeout.map_or(spin, |t| t.min(spin));
+            loop {
+                self.driver.poll(&mut self.events, Some(Duration::ZERO))?;
+                if !self.events.is_empty() {
+                    return Ok(());
+                }
+                let now = Instant::now();
+                if now >= until {
+                    let spent = now - start;
+                    let rest = timeout.map(|t| t.saturating_sub(spent));
+                    return self.driver.poll(&mut self.events, rest);
+                }
+                std::hint::spin_loop();
+            }
+        }
+        self.driver.poll(&mut self.events, timeout)
+    }
+
+    fn dispatch(&mut self, ev: IoEvent) {
+        if ev.token == WAKER_TOKEN {
+            if self.shared.stop.load(Ordering::Acquire) && self.stop_deadline.is_none() {
+                self.begin_shutdown();
+            }
+            return;
+        }
+        if ev.token & SPECIAL != 0 {
+            let i = usize::MAX - 1 - ev.token;
+            if i < self.listeners.len() {
+                self.accept(i);
+            }
+            return;
+        }
+        let id = ConnId(ev.token as u64);
+        if ev.readable {
+            self.on_readable(id);
+        }
+        if ev.writable && self.ctx.conns.get(id).is_some_and(|c| !c.queue.is_empty()) {
+            self.ctx.mark_dirty(id);
+        }
+    }
+
+    fn accept(&mut self, i: usize) {
+        loop {
+            let Some(listener) = self.listeners.get(i) else {
+                return;
+            };
+            let (stream, _addr) = match listener.accept() {
+                Ok(found) => found,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Out of descriptors, or the peer gave up already: the next arrival retries.
+                Err(_) => return,
+            };
+            if self.ctx.conns.len() >= self.ctx.cfg.max_connections_per_worker {
+                continue; // dropped: closed at once
+            }
+            if self.ctx.cfg.tcp_nodelay {
+                let _ = stream.set_nodelay(true);
+            }
+            let id = self.ctx.conns.insert(Connection {
+                socket: stream,
+                timer: 0,
+                dropped: 0,
+                flags: 0,
+                subprotocol: 0,
+                queue: WriteQueue::new(),
+                stage: Stage::Handshake(Vec::new()),
+                data: None,
+            });
+            let c = self.ctx.conns.get_mut(id).expect("just inserted");
+            if self
+                .driver
+                .register_conn(&mut c.socket, id.0 as usize)
+                .is_err()
+            {
+                self.ctx.remove(id);
+                continue;
+            }
+            let deadline = self.ctx.now + self.ctx.cfg.handshake_timeout;
+            self.ctx.arm(id, Some(deadline));
+        }
+    }
+
+    /// Reads what the socket has (bounded per turn) and processes it by stage.
+    fn on_readable(&mut self, id: ConnId) {
+        for _ in 0..MAX_READS_PER_TURN {
+            let Some(c) = self.ctx.conns.get_mut(id) else {
+                return;
+            };
+            if matches!(c.stage, Stage::Draining) && c.has(PEER_EOF) {
+                return;
+            }
+            let n = match c.socket.read(&mut self.read_buf) {
+                Ok(0) => {
+                    self.on_eof(id);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close_callback(id, CloseCode::ABNORMAL, "", false);
+                    self.ctx.remove(id);
+                    return;
+                }
+            };
+            let (handshake, open) = (
+                matches!(c.stage, Stage::Handshake(_)),
+                matches!(c.stage, Stage::Open(_)),
+            );
+            let mut input = std::mem::take(&mut self.read_buf);
+            if handshake {
+                self.handshake_bytes(id, &mut input[..n]);
+            } else if open {
+                self.ws_bytes(id, &mut input[..n]);
+            } // Draining: discarded.
+            let short = n < input.len();
+            self.read_buf = input;
+            // Linux reports every arrival on an edge-triggered socket, so a short read means the
+            // socket is empty for now: skip the read that would only say WouldBlock.
+            if short {
+                return;
+            }
+        }
+        self.pending_reads.push(id);
+    }
+
+    fn on_eof(&mut self, id: ConnId) {
+        let Some(c) = self.ctx.conns.get_mut(id) else {
+            return;
+        };
+        c.flags |= PEER_EOF;
+        match c.stage {
+            Stage::Draining if !c.queue.is_empty() => {} // removed once flushed
+            _ => {
+                self.close_callback(id, CloseCode::ABNORMAL, "", false);
+                self.ctx.remove(id);
+            }
+        }
+    }
+
+    /// Calls `on_close` if the connection was open and has not had it yet.
+    fn close_callback(&mut self, id: ConnId, code: CloseCode, reason: &str, by_peer: bool) {
+        let Some(c) = self.ctx.conns.get_mut(id) else {
+            return;
+        };
+        c.flags &= !CAN_SEND;
+        if let Some(data) = c.data.take() {
+            let info = CloseInfo {
+                code,
+                reason,
+                by_peer,
+            };
+            self.handler.on_close(data, &info);
+        }
+    }
+
+    /// Bytes of the upgrade request (and maybe the first frames behind it).
+    fn handshake_bytes(&mut self, id: ConnId, new: &mut [u8]) {
+        let ctx = &mut self.ctx;
+        let Some(c) = ctx.conns.get_mut(id) else {
+            return;
+        };
+        let Stage::Handshake(held) = &mut c.stage else {
+            return;
+        };
+        let mut held = std::mem::take(held);
+        if held.capacity() != 0 {
+            held.extend_from_slice(new);
+        }
+        let status = {
+            let bytes: &[u8] = if held.capacity() != 0 { &held } else { new };
+            parse_request(bytes, &ctx.hs_cfg)
+        };
+        let (mut request, consumed) = match status {
+            Ok(ParseStatus::Partial) => {
+                if held.capacity() == 0 {
+                    held = ctx.chunks.get();
+                    held.extend_from_slice(new);
+                }
+                c.stage = Stage::Handshake(held);
+                return;
+            }
+            Ok(ParseStatus::Complete { request, consumed }) => (request, consumed),
+            Err(e) => {
+                ctx.chunks.put(held);
+                self.reject(id, &e.to_rejection());
+                return;
+            }
+        };
+        request.peer = c.socket.peer_addr().ok();
+        if let Err(e) = check_origin(&request, &ctx.hs_cfg) {
+            ctx.chunks.put(held);
+            self.reject(id, &e.to_rejection());
+            return;
+        }
+        let accept = match self.handler.on_upgrade(&request) {
+            Upgrade::Accept(a) => a,
+            Upgrade::Reject(r) => {
+                self.ctx.chunks.put(held);
+                self.reject(id, &r);
+                return;
+            }
+        };
+        let ctx = &mut self.ctx;
+        let chosen = match &accept.subprotocol {
+            Some(p) => Some(p.as_str()),
+            None => request.select_subprotocol(&ctx.cfg.subprotocols),
+        };
+        let index = match chosen {
+            None => 0,
+            Some(p) => match ctx.protocols.iter().position(|q| q == p) {
+                Some(i) => i + 1,
+                None if ctx.protocols.len() < 255 => {
+                    ctx.protocols.push(p.to_owned());
+                    ctx.protocols.len()
+                }
+                None => 0,
+            },
+        };
+        let mut resp = ctx.chunks.get();
+        write_accept_response(&mut resp, request.key(), chosen, None, &accept.headers);
+        drop(request);
+        let c = ctx.conns.get_mut(id).expect("still registered");
+        c.queue.push_chunk(resp, &mut ctx.chunks);
+        let mut core = proto::Conn::new(Role::Server, 0);
+        core.start(ctx.now, &ctx.cfg.proto);
+        c.stage = Stage::Open(core);
+        c.subprotocol = index as u8;
+        c.data = Some(accept.data);
+        c.flags |= CAN_SEND;
+        c.timer = 0; // the handshake deadline is stale now
+        ctx.mark_dirty(id);
+        ctx.sync_timer(id);
+        self.handler.on_open(&mut Conn {
+            ctx: &mut self.ctx,
+            id,
+        });
+        // Frames the client sent right behind its request.
+        if held.capacity() != 0 {
+            if consumed < held.len() {
+                self.ws_bytes(id, &mut held[consumed..]);
+            }
+            self.ctx.chunks.put(held);
+        } else if consumed < new.len() {
+            self.ws_bytes(id, &mut new[consumed..]);
+        }
+    }
+
+    /// Answers with an HTTP error, then drains and closes.
+    fn reject(&mut self, id: ConnId, rejection: &Rejection) {
+        let ctx = &mut self.ctx;
+        let Some(c) = ctx.conns.get_mut(id) else {
+            return;
+        };
+        let mut resp = ctx.chunks.get();
+        write_rejection(&mut resp, rejection);
+        c.queue.push_chunk(resp, &mut ctx.chunks);
+        c.stage = Stage::Draining;
+        let deadline = ctx.now + ctx.cfg.proto.close_timeout;
+        ctx.arm(id, Some(deadline));
+        ctx.mark_dirty(id);
+    }
+
+    /// Feeds received bytes to the protocol core and delivers its events, strictly in order.
+    fn ws_bytes(&mut self, id: ConnId, input: &mut [u8]) {
+        let Some(c) = self.ctx.conns.get_mut(id) else {
+            return;
+        };
+        let Stage::Open(mut core) = std::mem::replace(&mut c.stage, Stage::Busy) else {
+            unreachable!("ws_bytes is called in the open stage");
+        };
+        let mut pos = 0;
+        let mut closed_by_peer = false;
+        while pos < input.len() {
+            let ctx = &mut self.ctx;
+            let c = ctx.conns.get_mut(id).expect("handlers cannot remove connections");
+            let mut out = QueueOutput {
+                queue: &mut c.queue,
+                pool: &mut ctx.chunks,
+            };
+            let had = out.queue.len();
+            let result = core.read(&mut input[pos..], &ctx.cfg.proto, &mut out, &mut ctx.assembly);
+            let wrote = out.queue.len() != had;
+            if wrote {
+                ctx.mark_dirty(id);
+            }
+            // The core's state changes only with a close event or an error; both clear CAN_SEND
+            // through `close_callback` below.
+            let (n, event) = match result {
+                Ok(found) => found,
+                Err(e) => {
+                    // The core queued a close with the error's code; bytes after the bad frame are
+                    // not looked at.
+                    self.close_callback(id, e.close_code(), "", false);
+                    break;
+                }
+            };
+            pos += n;
+            let Some(event) = event else {
+                continue;
+            };
+            let mut conn = Conn {
+                ctx: &mut self.ctx,
+                id,
+            };
+            match event {
+                Event::Message(m) => self.handler.on_message(&mut conn, m),
+                Event::Fragment {
+                    kind,
+                    data,
+                    first,
+                    last,
+                } => self
+                    .handler
+                    .on_fragment(&mut conn, kind, data, first, last),
+                Event::Ping(d) => self.handler.on_ping(&mut conn, d),
+                Event::Pong(d) => self.handler.on_pong(&mut conn, d),
+                Event::Close { code, reason } => {
+                    self.close_callback(id, code, reason, true);
+                    closed_by_peer = true;
+                }
+            }
+            // A close the handler asked for while the core was out.
+            if let Some((pid, code, reason)) = self.ctx.pending_close.take() {
+                debug_assert_eq!(pid, id);
+                let ctx = &mut self.ctx;
+                let c = ctx.conns.get_mut(id).expect("still registered");
+                let mut out = QueueOutput {
+                    queue: &mut c.queue,
+                    pool: &mut ctx.chunks,
+                };
+                let _ = core.close(&mut out, Some(code), &reason, ctx.now, &ctx.cfg.proto);
+                ctx.mark_dirty(id);
+            }
+            if closed_by_peer {
+                break;
+            }
+        }
+        let ctx = &mut self.ctx;
+        core.recycle(&mut ctx.assembly);
+        let closed = core.is_closed();
+        let c = ctx.conns.get_mut(id).expect("still registered");
+        c.stage = Stage::Open(core);
+        if closed {
+            ctx.enter_draining(id);
+        } else {
+            ctx.sync_timer(id);
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let mut expired = std::mem::take(&mut self.expired);
+        self.ctx.wheel.expire(self.ctx.now, &mut expired);
+        for (tick, entry) in expired.drain(..) {
+            match entry {
+                TimerEntry::Conn(id) => self.conn_timer(id, tick),
+                TimerEntry::App { id, seq } => {
+                    let Some(t) = self.ctx.app_timers.get_mut(&id) else {
+                        continue;
+                    };
+                    if t.seq != seq {
+                        continue;
+                    }
+                    match t.period {
+                        Some(p) => {
+                            let mut next = t.due + p;
+                            if next <= self.ctx.now {
+                                next = self.ctx.now + p; // fell behind: skip the missed ticks
+                            }
+                            t.due = next;
+                            self.ctx.wheel.insert(next, TimerEntry::App { id, seq });
+                        }
+                        None => {
+                            self.ctx.app_timers.remove(&id);
+                        }
+                    }
+                    self.handler.on_timer(&mut self.ctx, id);
+                }
+            }
+        }
+        self.expired = expired;
+    }
+
+    fn conn_timer(&mut self, id: ConnId, tick: u64) {
+        let ctx = &mut self.ctx;
+        let Some(c) = ctx.conns.get_mut(id) else {
+            return;
+        };
+        if c.timer != (tick as u32).wrapping_add(1) {
+            return; // re-armed or disarmed since
+        }
+        c.timer = 0;
+        match &mut c.stage {
+            Stage::Handshake(_) | Stage::Draining => ctx.remove(id),
+            Stage::Open(core) => {
+                let was_closing = core.state() == State::CloseSent;
+                let mut out = QueueOutput {
+                    queue: &mut c.queue,
+                    pool: &mut ctx.chunks,
+                };
+                match core.handle_timeout(ctx.now, &ctx.cfg.proto, &mut out) {
+                    proto::TimeoutAction::None => ctx.sync_timer(id),
+                    proto::TimeoutAction::PingSent => {
+                        ctx.mark_dirty(id);
+                        ctx.sync_timer(id);
+                    }
+                    proto::TimeoutAction::Closed => {
+                        self.close_callback(id, CloseCode::ABNORMAL, "", false);
+                        if was_closing {
+                            // The peer never answered our close: nothing more to wait for.
+                            self.ctx.remove(id);
+                        } else {
+                            // Keepalive gave up: the core queued a 1001 close; flush it if we can.
+                            self.ctx.enter_draining(id);
+                        }
+                    }
+                }
+            }
+            Stage::Busy => {}
+        }
+    }
+
+    /// One `writev` (or a few, until the socket is full) per connection with something queued.
+    fn flush_dirty(&mut self) {
+        while let Some(id) = self.ctx.dirty.pop() {
+            let ctx = &mut self.ctx;
+            let Some(c) = ctx.conns.get_mut(id) else {
+                continue;
+            };
+            c.flags &= !DIRTY;
+            let empty = match c.queue.flush(&mut c.socket, &mut ctx.chunks) {
+                Ok(empty) => empty,
+                Err(_) => {
+                    self.close_callback(id, CloseCode::ABNORMAL, "", false);
+                    self.ctx.remove(id);
+                    continue;
+                }
+            };
+            if c.has(OVER) && c.queue.len() < ctx.cfg.max_backpressure {
+                c.flags &= !OVER;
+                if c.data.is_some() && c.has(CAN_SEND) {
+                    self.handler.on_drain(&mut Conn {
+                        ctx: &mut self.ctx,
+                        id,
+                    });
+                }
+            }
+            let ctx = &mut self.ctx;
+            let Some(c) = ctx.conns.get_mut(id) else {
+                continue;
+            };
+            if empty && matches!(c.stage, Stage::Draining) {
+                if c.has(PEER_EOF) {
+                    ctx.remove(id);
+                } else if !c.has(FIN_SENT) {
+                    c.flags |= FIN_SENT;
+                    if c.socket.shutdown(Shutdown::Write).is_err() {
+                        ctx.remove(id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        for l in &mut self.listeners {
+            let _ = self.driver.deregister_listener(l);
+        }
+        self.listeners.clear();
+        self.stop_deadline = Some(self.ctx.now + self.ctx.cfg.shutdown_timeout);
+        for id in self.ctx.conns.ids().collect::<Vec<_>>() {
+            let stage_is_handshake = matches!(
+                self.ctx.conns.get(id).map(|c| &c.stage),
+                Some(Stage::Handshake(_))
+            );
+            if stage_is_handshake {
+                self.ctx.remove(id);
+            } else {
+                let _ = self
+                    .ctx
+                    .start_close(id, CloseCode::GOING_AWAY, "server shutting down");
+            }
+        }
+    }
+}
+
+/// Pins the calling thread to one CPU.
+pub(crate) fn pin_to_cpu(cpu: usize) {
+    // SAFETY: `cpu_set_t` is plain data for which all-zero is the empty set; CPU_SET writes inside
+    // it (the index is reduced below CPU_SETSIZE), and sched_setaffinity only reads `size_of` bytes
+    // of it. Pid 0 means the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % libc::CPU_SETSIZE as usize, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_size() {
+        let entry = Registry::<Connection<()>>::slot_size();
+        let core = std::mem::size_of::<proto::Conn>();
+        let queue = std::mem::size_of::<WriteQueue>();
+        println!("slot {entry} B (protocol core {core} B, write queue {queue} B)");
+        assert!(entry <= 256, "slot of {entry} bytes");
+    }
+}

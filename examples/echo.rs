@@ -1,0 +1,83 @@
+//! The conformance target: echoes every text and binary message back unchanged.
+//!
+//! ```text
+//! cargo run --release --example echo -- --port 9001 --workers 2 --backend auto --host 127.0.0.1
+//! ```
+//! Prints `listening on ADDR` once ready; Ctrl-C (SIGINT) or SIGTERM closes every connection with
+//! 1001 and exits.
+
+use std::net::{IpAddr, SocketAddr};
+
+use surge::{Accept, Backend, Conn, Handler, Message, Request, Server, ServerConfig, Upgrade};
+
+struct Echo;
+
+impl Handler for Echo {
+    type Data = ();
+
+    fn on_upgrade(&mut self, _req: &Request) -> Upgrade<()> {
+        Upgrade::Accept(Accept::new(()))
+    }
+
+    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+        let _ = conn.send(msg);
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: echo [--port 9001] [--workers N] [--backend auto|epoll|io_uring] [--host 127.0.0.1]");
+    std::process::exit(2)
+}
+
+fn main() -> std::io::Result<()> {
+    let mut cfg = ServerConfig::default();
+    let mut host: IpAddr = [127, 0, 0, 1].into();
+    let mut port = 9001u16;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--port" => port = value.parse().unwrap_or_else(|_| usage()),
+            "--workers" => cfg.workers = value.parse().unwrap_or_else(|_| usage()),
+            "--backend" => cfg.backend = value.parse::<Backend>().unwrap_or_else(|_| usage()),
+            "--host" => host = value.parse().unwrap_or_else(|_| usage()),
+            _ => usage(),
+        }
+    }
+    cfg.bind = vec![SocketAddr::new(host, port)];
+    // Autobahn's test pages are served from another origin.
+    cfg.origin = surge::handshake::OriginPolicy::AllowAll;
+
+    // Block SIGINT and SIGTERM in every thread (workers inherit the mask), and take them here.
+    let signals = block_signals();
+    let handle = Server::new(cfg).start(|_worker| Echo)?;
+    println!("listening on {}", handle.local_addr());
+    let trigger = handle.trigger();
+    std::thread::spawn(move || {
+        wait_signal(&signals);
+        eprintln!("shutting down");
+        trigger.shutdown();
+    });
+    handle.join()
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it and sigaddset/pthread_sigmask read
+    // and write only that set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t) {
+    let mut sig = 0;
+    // SAFETY: `set` is an initialised signal set and `sig` a valid place for the result.
+    unsafe {
+        libc::sigwait(set, &mut sig);
+    }
+}
