@@ -93,7 +93,11 @@ impl WriteQueue {
 
     /// Writes as much as the socket takes with one `writev`; written chunks go back to `pool`.
     /// Returns the bytes written; `WouldBlock` when the socket took nothing.
-    pub fn flush_once<W: Write>(&mut self, sink: &mut W, pool: &mut ChunkPool) -> io::Result<usize> {
+    pub fn flush_once<W: Write>(
+        &mut self,
+        sink: &mut W,
+        pool: &mut ChunkPool,
+    ) -> io::Result<usize> {
         if self.len == 0 {
             return Ok(0);
         }

@@ -59,7 +59,11 @@ impl EpollDriver {
         self.poll.registry().deregister(stream)
     }
 
-    pub(crate) fn poll(&mut self, out: &mut Vec<IoEvent>, timeout: Option<Duration>) -> io::Result<()> {
+    pub(crate) fn poll(
+        &mut self,
+        out: &mut Vec<IoEvent>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),

@@ -87,7 +87,11 @@ impl Driver {
     }
 
     /// Waits up to `timeout` (`None`: forever, zero: not at all) and appends what happened to `out`.
-    pub(crate) fn poll(&mut self, out: &mut Vec<IoEvent>, timeout: Option<Duration>) -> io::Result<()> {
+    pub(crate) fn poll(
+        &mut self,
+        out: &mut Vec<IoEvent>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         match self {
             Driver::Epoll(d) => d.poll(out, timeout),
         }

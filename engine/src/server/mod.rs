@@ -195,3 +195,173 @@ impl ShutdownTrigger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::handler::{Accept, SendStatus, Upgrade};
+    use crate::proto::Message;
+    use crate::{Conn, Request};
+
+    struct Echo;
+    impl Handler for Echo {
+        type Data = ();
+        fn on_upgrade(&mut self, req: &Request) -> Upgrade<()> {
+            if req.path() == "/deny" {
+                Upgrade::Reject(crate::Rejection::new(403, "no"))
+            } else {
+                Upgrade::Accept(Accept::new(()))
+            }
+        }
+        fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+            let _ = conn.send(msg);
+        }
+    }
+
+    const REQUEST: &str = "GET /PATH HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+
+    fn read_all(s: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    }
+
+    #[test]
+    fn handshake_timeout_rejection_echo_and_shutdown() {
+        let cfg = ServerConfig {
+            bind: vec!["127.0.0.1:0".parse().unwrap()],
+            workers: 1,
+            handshake_timeout: Duration::from_millis(200),
+            ..ServerConfig::default()
+        };
+        let server = Server::new(cfg).start(|_| Echo).unwrap();
+        let addr = server.local_addr();
+        assert_ne!(addr.port(), 0);
+
+        // Half a request: dropped at the deadline, while others are served.
+        let mut half = TcpStream::connect(addr).unwrap();
+        half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let started = Instant::now();
+
+        // An application rejection, answered and closed with FIN.
+        let mut denied = TcpStream::connect(addr).unwrap();
+        denied
+            .write_all(REQUEST.replace("/PATH", "/deny").as_bytes())
+            .unwrap();
+        let resp = String::from_utf8(read_all(&mut denied)).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+        drop(denied);
+
+        // Upgrade with a masked frame right behind the request: echoed.
+        let mut ok = TcpStream::connect(addr).unwrap();
+        let mut bytes = REQUEST.replace("/PATH", "/").into_bytes();
+        bytes.extend_from_slice(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
+        ok.write_all(&bytes).unwrap();
+        ok.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while !got.ends_with(&[0x81, 2, b'h', b'i']) {
+            let n = ok.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 101"));
+
+        half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(read_all(&mut half).is_empty());
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(190) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+
+        // Shutdown: close 1001, then the worker exits once the client answers.
+        server.shutdown();
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            let n = ok.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(&got[..4], &[0x88, got[1], 0x03, 0xe9], "close 1001");
+        ok.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9]).unwrap();
+        assert!(
+            read_all(&mut ok).is_empty(),
+            "FIN after the close handshake"
+        );
+        drop(ok);
+        server.join().unwrap();
+    }
+
+    /// Sends 256 KiB per received message; records what the engine reported.
+    struct Flood {
+        log: std::sync::mpsc::Sender<(SendStatus, usize)>,
+    }
+    impl Handler for Flood {
+        type Data = ();
+        fn on_upgrade(&mut self, _req: &Request) -> Upgrade<()> {
+            Upgrade::Accept(Accept::new(()))
+        }
+        fn on_message(&mut self, conn: &mut Conn<'_, ()>, _msg: Message<'_>) {
+            let status = conn.send_binary(&vec![7u8; 256 * 1024]);
+            let _ = self.log.send((status, conn.buffered_amount()));
+        }
+        fn on_drain(&mut self, conn: &mut Conn<'_, ()>) {
+            let _ = self
+                .log
+                .send((SendStatus::Sent, usize::MAX - conn.buffered_amount()));
+        }
+    }
+
+    #[test]
+    fn backpressure_drop_policy_bounds_memory_and_drains() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cfg = ServerConfig {
+            bind: vec!["127.0.0.1:0".parse().unwrap()],
+            workers: 1,
+            ..ServerConfig::default()
+        };
+        let tx = std::sync::Mutex::new(tx);
+        let server = Server::new(cfg)
+            .start(move |_| Flood {
+                log: tx.lock().unwrap().clone(),
+            })
+            .unwrap();
+        let mut c = TcpStream::connect(server.local_addr()).unwrap();
+        let mut bytes = REQUEST.replace("/PATH", "/").into_bytes();
+        for _ in 0..200 {
+            bytes.extend_from_slice(&[0x82, 0x80, 1, 2, 3, 4]);
+        }
+        c.write_all(&bytes).unwrap();
+        let mut dropped = 0;
+        let mut max_buffered = 0;
+        for _ in 0..200 {
+            let (status, buffered) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            if status == SendStatus::Dropped {
+                dropped += 1;
+            }
+            max_buffered = max_buffered.max(buffered);
+        }
+        assert!(dropped > 150, "dropped {dropped}");
+        assert!(max_buffered <= (1 << 20) + 256 * 1024, "{max_buffered}");
+        // Reading relieves the pressure: on_drain.
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut sink = vec![0u8; 1 << 16];
+        let drained = loop {
+            let _ = c.read(&mut sink).unwrap();
+            if let Ok((_, b)) = rx.try_recv() {
+                break b;
+            }
+        };
+        assert!(drained > usize::MAX - (1 << 20), "on_drain under the limit");
+        drop(c);
+        server.shutdown();
+        server.join().unwrap();
+    }
+}

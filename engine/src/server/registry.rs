@@ -85,8 +85,9 @@ impl<T> Registry<T> {
             self.free = next;
             return ConnId::new(index, gen);
         }
-        if self.pages.last().map_or(true, |p| p.len() == PAGE) {
-            self.pages.push(Vec::with_capacity(PAGE));
+        match self.pages.last() {
+            Some(page) if page.len() < PAGE => {}
+            _ => self.pages.push(Vec::with_capacity(PAGE)),
         }
         let index = ((self.pages.len() - 1) * PAGE + self.pages.last().map_or(0, Vec::len)) as u32;
         let page = self.pages.last_mut().expect("a page was just ensured");
@@ -137,10 +138,12 @@ impl<T> Registry<T> {
     /// Ids of every live value, in slot order.
     pub(crate) fn ids(&self) -> impl Iterator<Item = ConnId> + '_ {
         self.pages.iter().enumerate().flat_map(|(p, page)| {
-            page.iter().enumerate().filter_map(move |(i, slot)| match slot {
-                Slot::Occupied { gen, .. } => Some(ConnId::new((p * PAGE + i) as u32, *gen)),
-                Slot::Vacant { .. } => None,
-            })
+            page.iter()
+                .enumerate()
+                .filter_map(move |(i, slot)| match slot {
+                    Slot::Occupied { gen, .. } => Some(ConnId::new((p * PAGE + i) as u32, *gen)),
+                    Slot::Vacant { .. } => None,
+                })
         })
     }
 

@@ -339,8 +339,13 @@ impl<D> WorkerCtx<D> {
                 } else {
                     MessageKind::Binary
                 };
-                self.encoder
-                    .message(&mut out, kind, payload, self.cfg.proto.max_send_frame_size, 0)
+                self.encoder.message(
+                    &mut out,
+                    kind,
+                    payload,
+                    self.cfg.proto.max_send_frame_size,
+                    0,
+                )
             }
             _ => {
                 self.encoder.raw_frame(&mut out, op, fin, 0, payload);
@@ -406,7 +411,10 @@ impl<D> std::fmt::Debug for Conn<'_, D> {
 
 impl<'a, D> Conn<'a, D> {
     fn entry(&self) -> &Connection<D> {
-        self.ctx.conns.get(self.id).expect("a Conn handle names a live connection")
+        self.ctx
+            .conns
+            .get(self.id)
+            .expect("a Conn handle names a live connection")
     }
 
     /// This connection's id within its worker.
@@ -422,7 +430,8 @@ impl<'a, D> Conn<'a, D> {
 
     /// Sends a binary message.
     pub fn send_binary(&mut self, data: &[u8]) -> SendStatus {
-        self.ctx.send_frame(self.id, OpCode::Binary, data, true, false)
+        self.ctx
+            .send_frame(self.id, OpCode::Binary, data, true, false)
     }
 
     /// Sends a message of either kind (an echo server passes the received one straight back).
@@ -450,12 +459,14 @@ impl<'a, D> Conn<'a, D> {
 
     /// Sends a ping (payload at most 125 bytes).
     pub fn ping(&mut self, payload: &[u8]) -> SendStatus {
-        self.ctx.send_frame(self.id, OpCode::Ping, payload, true, true)
+        self.ctx
+            .send_frame(self.id, OpCode::Ping, payload, true, true)
     }
 
     /// Sends a pong (payload at most 125 bytes).
     pub fn pong(&mut self, payload: &[u8]) -> SendStatus {
-        self.ctx.send_frame(self.id, OpCode::Pong, payload, true, true)
+        self.ctx
+            .send_frame(self.id, OpCode::Pong, payload, true, true)
     }
 
     /// Starts the close handshake. `on_close` follows when the peer answers, or with 1006 after the
@@ -492,7 +503,10 @@ impl<'a, D> Conn<'a, D> {
 
     /// The user data created at upgrade.
     pub fn data(&self) -> &D {
-        self.entry().data.as_ref().expect("open connections have data")
+        self.entry()
+            .data
+            .as_ref()
+            .expect("open connections have data")
     }
 
     /// The user data created at upgrade.
@@ -951,13 +965,21 @@ impl<H: Handler> Worker<H> {
         let mut closed_by_peer = false;
         while pos < input.len() {
             let ctx = &mut self.ctx;
-            let c = ctx.conns.get_mut(id).expect("handlers cannot remove connections");
+            let c = ctx
+                .conns
+                .get_mut(id)
+                .expect("handlers cannot remove connections");
             let mut out = QueueOutput {
                 queue: &mut c.queue,
                 pool: &mut ctx.chunks,
             };
             let had = out.queue.len();
-            let result = core.read(&mut input[pos..], &ctx.cfg.proto, &mut out, &mut ctx.assembly);
+            let result = core.read(
+                &mut input[pos..],
+                &ctx.cfg.proto,
+                &mut out,
+                &mut ctx.assembly,
+            );
             let wrote = out.queue.len() != had;
             if wrote {
                 ctx.mark_dirty(id);
@@ -988,9 +1010,7 @@ impl<H: Handler> Worker<H> {
                     data,
                     first,
                     last,
-                } => self
-                    .handler
-                    .on_fragment(&mut conn, kind, data, first, last),
+                } => self.handler.on_fragment(&mut conn, kind, data, first, last),
                 Event::Ping(d) => self.handler.on_ping(&mut conn, d),
                 Event::Pong(d) => self.handler.on_pong(&mut conn, d),
                 Event::Close { code, reason } => {
