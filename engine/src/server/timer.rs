@@ -67,6 +67,20 @@ impl<T> TimerWheel<T> {
         tick
     }
 
+    /// Removes the entries of `tick`'s slot that `matches` selects (their slot is known, so this
+    /// scans only the entries of that millisecond). Only the low 32 bits of `tick` are needed.
+    pub(crate) fn cancel(&mut self, tick: u64, mut matches: impl FnMut(u64, &T) -> bool) {
+        let slot = (tick % SLOTS as u64) as usize;
+        let entries = &mut self.slots[slot];
+        let before = entries.len();
+        entries.retain(|(t, v)| !matches(*t, v));
+        self.len -= before - entries.len();
+        if entries.is_empty() {
+            self.nonempty[slot / 64] &= !(1 << (slot % 64));
+            *entries = Vec::new();
+        }
+    }
+
     /// Moves every entry due at `now` into `out`, with the tick it was armed for.
     pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<(u64, T)>) {
         // Ticks that have begun by `now`; an entry armed for tick T (rounded up) is due once T began.
@@ -92,9 +106,8 @@ impl<T> TimerWheel<T> {
             }
             if entries.is_empty() {
                 self.nonempty[slot / 64] &= !(1 << (slot % 64));
-                if entries.capacity() > 64 {
-                    *entries = Vec::new();
-                }
+                // An idle wheel holds no memory (per-connection accounting counts it).
+                *entries = Vec::new();
             }
         }
         self.current = now_tick + 1;
@@ -167,6 +180,12 @@ mod tests {
         w.expire(t0 + ms(10_000), &mut out);
         assert_eq!(out.iter().map(|e| e.1).collect::<Vec<_>>(), vec!['c']);
         assert_eq!(w.next_timeout(t0), None);
+        let tick = w.insert(t0 + ms(20_000), 'd');
+        w.insert(t0 + ms(20_000), 'e');
+        w.cancel(tick, |_, v| *v == 'd');
+        assert_eq!(w.len(), 1);
+        w.expire(t0 + ms(20_000), &mut out);
+        assert_eq!(out.last().map(|e| e.1), Some('e'));
     }
 
     #[test]

@@ -247,14 +247,22 @@ impl<D> WorkerCtx<D> {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
-        let Some(at) = at else {
-            c.timer = 0;
-            return;
-        };
-        let want = (self.wheel.tick_of(at) as u32).wrapping_add(1);
+        let want = at.map_or(0, |at| (self.wheel.tick_of(at) as u32).wrapping_add(1));
         if c.timer == want {
             return;
         }
+        if c.timer != 0 {
+            // Cancel the old entry now rather than leave it to fire stale: idle connections
+            // then hold nothing in the wheel.
+            let old = c.timer.wrapping_sub(1);
+            self.wheel.cancel(u64::from(old), |t, v| {
+                t as u32 == old && matches!(v, TimerEntry::Conn(x) if *x == id)
+            });
+            c.timer = 0;
+        }
+        let Some(at) = at else {
+            return;
+        };
         let tick = self.wheel.insert(at, TimerEntry::Conn(id));
         c.timer = (tick as u32).wrapping_add(1);
     }
@@ -372,6 +380,7 @@ impl<D> WorkerCtx<D> {
 
     /// Removes a connection and closes its socket (the kernel drops it from epoll).
     fn remove(&mut self, id: ConnId) {
+        self.arm(id, None);
         if let Some(mut c) = self.conns.remove(id) {
             c.queue.release(&mut self.chunks);
             match c.stage {
@@ -920,7 +929,6 @@ impl<H: Handler> Worker<H> {
         c.subprotocol = index as u8;
         c.data = Some(accept.data);
         c.flags |= CAN_SEND;
-        c.timer = 0; // the handshake deadline is stale now
         ctx.mark_dirty(id);
         ctx.sync_timer(id);
         self.handler.on_open(&mut Conn {
