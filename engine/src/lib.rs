@@ -6,10 +6,10 @@
 //! - [`buf`]: per-worker chunk pools and the per-connection write queue.
 //! - [`server`]: thread-per-core workers (epoll through mio), the [`Handler`] callbacks, timers.
 
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod buf;
 pub(crate) mod driver;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
 pub mod handshake;
 pub mod proto;

@@ -184,10 +184,8 @@ impl Conn {
             }
         };
         match ev {
-            Some(Event::Ping(data)) => {
-                if cfg.auto_pong && self.state == State::Open {
-                    let _ = self.encoder.control(out, OpCode::Pong, data);
-                }
+            Some(Event::Ping(data)) if cfg.auto_pong && self.state == State::Open => {
+                let _ = self.encoder.control(out, OpCode::Pong, data);
             }
             Some(Event::Close { code, .. }) => {
                 if self.state == State::Open {
