@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-ci-out}
+mkdir -p "$OUT"
 ECHO=target/release/examples/echo
 ran=()
 for driver in ${SURGE_CI_DRIVERS:-epoll}; do
@@ -19,12 +20,15 @@ for driver in ${SURGE_CI_DRIVERS:-epoll}; do
   done
   grep -q "listening on" "$log" || { cat "$log"; echo "echo server did not start"; exit 1; }
   rm -rf "$OUT/kosoku-$driver"
-  kosoku -p 2 -o "$OUT/kosoku-$driver" "127.0.0.1:$port" >"$OUT/kosoku-$driver.log" 2>&1 || {
-    tail -20 "$OUT/kosoku-$driver.log"; echo "kosoku failed to run"; exit 1; }
+  # kosoku exits non-zero when any case is not OK (here: the UNIMPLEMENTED compression cases); the
+  # verdict is autobahn.py's, from the report, so only a missing report is fatal here.
+  kosoku -p 2 -o "$OUT/kosoku-$driver" "127.0.0.1:$port" >"$OUT/kosoku-$driver.log" 2>&1 || true
+  [ -s "$OUT/kosoku-$driver/index.json" ] || {
+    tail -20 "$OUT/kosoku-$driver.log"; echo "kosoku wrote no report"; exit 1; }
   kill -INT $pid 2>/dev/null || true
   wait $pid 2>/dev/null || true
   trap - EXIT
-  python3 .ci/autobahn.py "$OUT/kosoku-$driver/index.json" ".ci/expected/server-$driver.txt"
+  python3 .ci/autobahn.py "$OUT/kosoku-$driver/index.json" ".ci/expected/server-$driver.txt" ${SURGE_CI_UPDATE:+--update}
   ran+=("$driver")
 done
 echo "conformance: drivers run: ${ran[*]}"
