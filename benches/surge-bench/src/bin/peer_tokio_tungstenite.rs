@@ -1,0 +1,53 @@
+//! A peer for side-by-side runs: an echo server written the usual way over tokio-tungstenite (a task
+//! per connection). `peer-tokio-tungstenite --port P --workers N`.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+fn main() -> std::io::Result<()> {
+    let mut port = 9001u16;
+    let mut workers = 1usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().expect("flag value");
+        match flag.as_str() {
+            "--port" => port = value.parse().expect("port"),
+            "--workers" => workers = value.parse().expect("workers"),
+            "--busy-poll-us" | "--backend" => {}
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        println!("listening on {}", listener.local_addr()?);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            tokio::spawn(async move {
+                let cfg = WebSocketConfig {
+                    max_message_size: Some(16 << 20),
+                    ..Default::default()
+                };
+                let Ok(mut ws) =
+                    tokio_tungstenite::accept_async_with_config(stream, Some(cfg)).await
+                else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        if ws.send(msg).await.is_err() {
+                            break;
+                        }
+                    } else if msg.is_close() {
+                        break;
+                    }
+                }
+            });
+        }
+    })
+}

@@ -1,0 +1,304 @@
+//! surge-bench: measures surge and its peers under the same client, one system after another in one
+//! run, and prints ratios.
+//!
+//! Subcommands:
+//! - `latency`: one connection, a fixed message rate (open loop, latency measured from each message's
+//!   scheduled send time so that a slow reply is not hidden by the next send waiting for it), round
+//!   trip p50/p99/p99.9/max, per system. Systems: `surge` (blocking loop), `surge-busy` (busy-poll),
+//!   `tokio-tungstenite`, each a child process built from this crate; or `--url` for any server.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use tungstenite::Message;
+
+#[derive(Parser, Debug)]
+#[command(name = "surge-bench", about = "Load harness for surge and its peers")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Round-trip latency of one connection at a fixed rate.
+    Latency(LatencyArgs),
+}
+
+#[derive(Parser, Debug)]
+struct LatencyArgs {
+    /// A server to measure (`ws://host:port/path`) instead of the built-in systems.
+    #[arg(long)]
+    url: Option<String>,
+    /// Systems to run, in order: surge, surge-busy, tokio-tungstenite.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "surge,surge-busy,tokio-tungstenite"
+    )]
+    systems: Vec<String>,
+    /// Messages per second.
+    #[arg(long, default_value_t = 2000)]
+    rate: u32,
+    /// Payload bytes per message (binary).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Seconds measured per system (after the warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Seconds of warm-up per system, not recorded.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Busy-poll spin for `surge-busy`, microseconds.
+    #[arg(long, default_value_t = 1000)]
+    busy_poll_us: u64,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// A server child process, killed on drop.
+struct ServerProc {
+    child: Child,
+    addr: String,
+}
+
+impl ServerProc {
+    fn spawn(binary: &str, args: &[String]) -> std::io::Result<ServerProc> {
+        let exe = std::env::current_exe()?;
+        let path = exe.with_file_name(binary);
+        let mut child = Command::new(&path)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{}: {e} (build it with cargo build --release -p surge-bench)",
+                        path.display()
+                    ),
+                )
+            })?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|s| s.split_whitespace().next())
+            .ok_or_else(|| std::io::Error::other(format!("{binary} did not start: {line:?}")))?
+            .to_owned();
+        Ok(ServerProc { child, addr })
+    }
+
+    /// User plus system CPU seconds the process has used (from /proc).
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        let after = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Some(ticks / hz)
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(9311)
+}
+
+/// Waits until `due`: sleeps while it is far, then spins, so that sends leave on time.
+fn wait_until(due: Instant) {
+    loop {
+        let now = Instant::now();
+        if now >= due {
+            return;
+        }
+        let left = due - now;
+        if left > Duration::from_micros(300) {
+            std::thread::sleep(left - Duration::from_micros(200));
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+struct LatencyResult {
+    system: String,
+    hist: Histogram<u64>,
+    server_cpu: Option<f64>,
+}
+
+fn measure_latency(url: &str, args: &LatencyArgs) -> std::io::Result<Histogram<u64>> {
+    let hostport = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let stream = TcpStream::connect(&hostport)?;
+    stream.set_nodelay(true)?;
+    let (mut ws, _) =
+        tungstenite::client(url, stream).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let payload = vec![0x5au8; args.size];
+    let period = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
+    let start = Instant::now() + Duration::from_millis(10);
+    let record_from = start + Duration::from_secs_f64(args.warmup);
+    let end = record_from + Duration::from_secs_f64(args.duration);
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).expect("histogram bounds");
+    let mut i: u32 = 0;
+    loop {
+        let due = start + period * i;
+        if due >= end {
+            break;
+        }
+        wait_until(due);
+        ws.send(Message::binary(payload.clone()))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        loop {
+            match ws
+                .read()
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+            {
+                Message::Binary(_) => break,
+                _ => continue,
+            }
+        }
+        if due >= record_from {
+            let rtt = Instant::now() - due;
+            hist.saturating_record(rtt.as_nanos() as u64);
+        }
+        i += 1;
+    }
+    let _ = ws.close(None);
+    let _ = ws.flush();
+    Ok(hist)
+}
+
+fn latency(args: LatencyArgs) -> std::io::Result<()> {
+    let mut results = Vec::new();
+    if let Some(url) = &args.url {
+        let hist = measure_latency(url, &args)?;
+        results.push(LatencyResult {
+            system: url.clone(),
+            hist,
+            server_cpu: None,
+        });
+    } else {
+        for system in &args.systems {
+            let port = free_port().to_string();
+            let mut sargs = vec![
+                "--port".to_owned(),
+                port,
+                "--workers".to_owned(),
+                "1".to_owned(),
+            ];
+            let binary = match system.as_str() {
+                "surge" => "surge-echo",
+                "surge-busy" => {
+                    sargs.extend(["--busy-poll-us".to_owned(), args.busy_poll_us.to_string()]);
+                    "surge-echo"
+                }
+                "tokio-tungstenite" => "peer-tokio-tungstenite",
+                other => return Err(std::io::Error::other(format!("unknown system {other}"))),
+            };
+            let server = ServerProc::spawn(binary, &sargs)?;
+            eprintln!(
+                "{system}: {} msg/s x {} B for {} s on {}",
+                args.rate, args.size, args.duration, server.addr
+            );
+            let cpu0 = server.cpu_seconds();
+            let hist = measure_latency(&format!("ws://{}/", server.addr), &args)?;
+            let cpu = match (cpu0, server.cpu_seconds()) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            };
+            results.push(LatencyResult {
+                system: system.clone(),
+                hist,
+                server_cpu: cpu,
+            });
+        }
+    }
+    let us = |ns: u64| ns as f64 / 1000.0;
+    println!(
+        "\n{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "system", "samples", "p50 us", "p99 us", "p99.9 us", "max us", "server cpu"
+    );
+    for r in &results {
+        println!(
+            "{:<20} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10}",
+            r.system,
+            r.hist.len(),
+            us(r.hist.value_at_quantile(0.5)),
+            us(r.hist.value_at_quantile(0.99)),
+            us(r.hist.value_at_quantile(0.999)),
+            us(r.hist.max()),
+            r.server_cpu.map_or("-".to_owned(), |c| format!("{c:.2} s")),
+        );
+    }
+    if let Some(base) = results.iter().find(|r| r.system == "tokio-tungstenite") {
+        for r in results.iter().filter(|r| r.system != base.system) {
+            println!(
+                "{} vs {}: p50 {:.2}x, p99 {:.2}x lower",
+                r.system,
+                base.system,
+                base.hist.value_at_quantile(0.5) as f64
+                    / r.hist.value_at_quantile(0.5).max(1) as f64,
+                base.hist.value_at_quantile(0.99) as f64
+                    / r.hist.value_at_quantile(0.99).max(1) as f64,
+            );
+        }
+    }
+    if let Some(path) = &args.json {
+        let rows: Vec<String> = results
+            .iter()
+            .map(|r| {
+                format!(
+                    "{{\"system\":\"{}\",\"samples\":{},\"p50_us\":{:.2},\"p99_us\":{:.2},\"p999_us\":{:.2},\"max_us\":{:.2}}}",
+                    r.system,
+                    r.hist.len(),
+                    us(r.hist.value_at_quantile(0.5)),
+                    us(r.hist.value_at_quantile(0.99)),
+                    us(r.hist.value_at_quantile(0.999)),
+                    us(r.hist.max())
+                )
+            })
+            .collect();
+        std::fs::write(
+            path,
+            format!(
+                "{{\"bench\":\"latency\",\"rate\":{},\"size\":{},\"results\":[{}]}}\n",
+                args.rate,
+                args.size,
+                rows.join(",")
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+fn main() -> std::io::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Latency(args) => latency(args),
+    }
+}
