@@ -1,0 +1,235 @@
+//! A broadcast chat room: every text message from any client goes to every client.
+//!
+//! ```text
+//! cargo run --example chat -- --port 8080
+//! ```
+//! Then open http://127.0.0.1:8081/ (the page) in two browser tabs. The WebSocket endpoint is
+//! ws://127.0.0.1:8080/ws?nick=NAME.
+//!
+//! One worker: a worker sees only its own connections, and broadcasting across workers needs the
+//! topics of a later issue. With `workers = 1` every client is on the same loop, and a broadcast is
+//! a walk over `WorkerCtx::for_each_conn`.
+//!
+//! The page is served on the next port by a plain thread, not on the WebSocket port: the engine
+//! answers a GET without `Upgrade: websocket` with 400 itself, before `on_upgrade` could serve it.
+//!
+//! Ctrl-C (SIGINT) or SIGTERM closes every connection with 1001 and exits.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use surge::handshake::OriginPolicy;
+use surge::{
+    Accept, CloseInfo, Conn, Handler, Message, Rejection, Request, Server, ServerConfig, Upgrade,
+    WorkerCtx,
+};
+
+/// The application timer that announces departures (`on_close` has no access to the worker).
+const LEAVE_TIMER: u64 = 1;
+
+struct Chat {
+    next_guest: u64,
+    timer_started: bool,
+    /// Nicknames that left since the last announcement.
+    left: Vec<String>,
+}
+
+impl Chat {
+    fn broadcast(worker: &mut WorkerCtx<String>, text: &str) {
+        worker.for_each_conn(|c| {
+            // A slow reader's messages are dropped past the backpressure limit; the room goes on.
+            let _ = c.send_text(text);
+        });
+    }
+}
+
+impl Handler for Chat {
+    /// The nickname.
+    type Data = String;
+
+    fn on_upgrade(&mut self, req: &Request) -> Upgrade<String> {
+        if req.path() != "/ws" {
+            return Upgrade::Reject(Rejection::new(404, "the chat is at /ws\n"));
+        }
+        let nick = req
+            .query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|kv| kv.strip_prefix("nick="))
+            .map(|n| n.chars().filter(|c| c.is_alphanumeric()).take(20).collect())
+            .filter(|n: &String| !n.is_empty())
+            .unwrap_or_else(|| {
+                self.next_guest += 1;
+                format!("guest{}", self.next_guest)
+            });
+        Upgrade::Accept(Accept::new(nick))
+    }
+
+    fn on_open(&mut self, conn: &mut Conn<'_, String>) {
+        if !self.timer_started {
+            self.timer_started = true;
+            conn.worker()
+                .set_interval(Duration::from_millis(200), LEAVE_TIMER);
+        }
+        let here = conn.worker().conn_ids().len();
+        let text = format!("* {} joined ({here} here)", conn.data());
+        Self::broadcast(conn.worker(), &text);
+    }
+
+    fn on_message(&mut self, conn: &mut Conn<'_, String>, msg: Message<'_>) {
+        let Message::Text(text) = msg else {
+            return; // binary messages are ignored
+        };
+        let line = format!("{}: {}", conn.data(), text);
+        Self::broadcast(conn.worker(), &line);
+    }
+
+    fn on_close(&mut self, nick: String, _info: &CloseInfo<'_>) {
+        self.left.push(nick);
+    }
+
+    fn on_timer(&mut self, worker: &mut WorkerCtx<String>, _id: u64) {
+        for nick in std::mem::take(&mut self.left) {
+            Self::broadcast(worker, &format!("* {nick} left"));
+        }
+    }
+}
+
+const PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>surge chat</title>
+<style>
+body { font: 15px system-ui, sans-serif; margin: 2em auto; max-width: 40em; }
+#log { border: 1px solid #ccc; height: 20em; overflow-y: auto; padding: .5em; white-space: pre-wrap; }
+form { display: flex; gap: .5em; margin-top: .5em; } #text { flex: 1; }
+</style></head>
+<body>
+<h1>surge chat</h1>
+<div id="log"></div>
+<form id="form"><input id="text" autocomplete="off" placeholder="say something" autofocus>
+<button>Send</button></form>
+<script>
+const nick = prompt("Nickname?") || "";
+const url = `ws://${location.hostname}:WS_PORT/ws?nick=${encodeURIComponent(nick)}`;
+const log = document.getElementById("log");
+const show = (t) => { const d = document.createElement("div"); d.textContent = t;
+  log.appendChild(d); log.scrollTop = log.scrollHeight; };
+const ws = new WebSocket(url);
+ws.onopen = () => show("* connected");
+ws.onmessage = (e) => show(e.data);
+ws.onclose = (e) => show(`* disconnected (${e.code} ${e.reason})`);
+document.getElementById("form").onsubmit = (e) => {
+  e.preventDefault(); const t = document.getElementById("text");
+  if (t.value) { ws.send(t.value); t.value = ""; }
+};
+</script></body></html>
+"#;
+
+/// Serves the page to every request on `addr` (one thread, one request per connection).
+fn serve_page(listener: TcpListener, ws_port: u16) {
+    let body = PAGE.replace("WS_PORT", &ws_port.to_string());
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    for stream in listener.incoming() {
+        let Ok(mut s) = stream else { continue };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = s.write_all(response.as_bytes());
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: chat [--port 8080] [--host 127.0.0.1]   (the page is served on port + 1)");
+    std::process::exit(2)
+}
+
+fn main() -> std::io::Result<()> {
+    let mut host: IpAddr = [127, 0, 0, 1].into();
+    let mut port = 8080u16;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--port" => port = value.parse().unwrap_or_else(|_| usage()),
+            "--host" => host = value.parse().unwrap_or_else(|_| usage()),
+            _ => usage(),
+        }
+    }
+    let mut cfg = ServerConfig::bind(SocketAddr::new(host, port));
+    // One worker: see the module comment.
+    cfg.workers = 1;
+    cfg.proto.max_message_size = 4096;
+    cfg.max_backpressure = 256 * 1024;
+    // The page comes from the next port: accept origins whose host matches `Host`, any port.
+    cfg.origin = OriginPolicy::Custom(Arc::new(|req: &Request| {
+        let Some(origin) = req.header("Origin") else {
+            return true; // not a browser
+        };
+        let origin_host = origin.split("://").nth(1).unwrap_or("");
+        strip_port(origin_host).eq_ignore_ascii_case(strip_port(req.host()))
+    }));
+
+    let page = TcpListener::bind(SocketAddr::new(host, port.wrapping_add(1)))?;
+    let page_addr = page.local_addr()?;
+
+    // Block SIGINT and SIGTERM in every thread (workers inherit the mask), and take them here.
+    let signals = block_signals();
+    let handle = Server::new(cfg).start(|_worker| Chat {
+        next_guest: 0,
+        timer_started: false,
+        left: Vec::new(),
+    })?;
+    let ws_port = handle.local_addr().port();
+    std::thread::spawn(move || serve_page(page, ws_port));
+    println!(
+        "chat on ws://{}/ws, page on http://{page_addr}/",
+        handle.local_addr()
+    );
+    let trigger = handle.trigger();
+    std::thread::spawn(move || {
+        wait_signal(&signals);
+        eprintln!("shutting down");
+        trigger.shutdown();
+    });
+    handle.join()
+}
+
+/// `host[:port]` or `[v6]:port` without the port.
+fn strip_port(hostport: &str) -> &str {
+    match hostport.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => hostport,
+    }
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it and sigaddset/pthread_sigmask read
+    // and write only that set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t) {
+    let mut sig = 0;
+    // SAFETY: `set` is an initialised signal set and `sig` a valid place for the result.
+    unsafe {
+        libc::sigwait(set, &mut sig);
+    }
+}
