@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release --example echo -- --port 9001 --workers 2 --backend auto --host 127.0.0.1
 //! ```
-//! Prints `listening on ADDR` once ready; Ctrl-C (SIGINT) or SIGTERM closes every connection with
+//! Prints `listening on ADDR (backend epoll|io_uring)` once ready (`SURGE_BACKEND` overrides
+//! `--backend`); Ctrl-C (SIGINT) or SIGTERM closes every connection with
 //! 1001 and exits.
 
 use std::net::{IpAddr, SocketAddr};
@@ -51,7 +52,11 @@ fn main() -> std::io::Result<()> {
     // Block SIGINT and SIGTERM in every thread (workers inherit the mask), and take them here.
     let signals = block_signals();
     let handle = Server::new(cfg).start(|_worker| Echo)?;
-    println!("listening on {}", handle.local_addr());
+    println!(
+        "listening on {} (backend {})",
+        handle.local_addr(),
+        handle.backend()
+    );
     let trigger = handle.trigger();
     std::thread::spawn(move || {
         wait_signal(&signals);

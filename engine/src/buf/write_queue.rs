@@ -131,6 +131,27 @@ impl WriteQueue {
         Ok(true)
     }
 
+    /// Points `out` at the queued bytes, front first (at most `out.len()` chunks); returns how many
+    /// entries were filled. For a completion-based send: the chunks must then stay put until it
+    /// completes (appending is fine: it never moves a chunk's buffer nor touches queued bytes).
+    pub(crate) fn fill_iovecs(&self, out: &mut [libc::iovec]) -> usize {
+        let mut count = 0;
+        for (i, chunk) in self.chunks.iter().take(out.len()).enumerate() {
+            let from = if i == 0 { self.head } else { 0 };
+            out[i] = libc::iovec {
+                iov_base: chunk[from..].as_ptr() as *mut libc::c_void,
+                iov_len: chunk.len() - from,
+            };
+            count += 1;
+        }
+        count
+    }
+
+    /// Drops `n` written bytes from the front (a completed send); written chunks go back to `pool`.
+    pub(crate) fn advance(&mut self, n: usize, pool: &mut ChunkPool) {
+        self.consume(n.min(self.len), pool);
+    }
+
     /// Drops `n` written bytes from the front.
     fn consume(&mut self, mut n: usize, pool: &mut ChunkPool) {
         self.len -= n;

@@ -54,11 +54,6 @@ impl EpollDriver {
         )
     }
 
-    #[allow(dead_code)]
-    pub(crate) fn deregister_conn(&mut self, stream: &mut TcpStream) -> io::Result<()> {
-        self.poll.registry().deregister(stream)
-    }
-
     pub(crate) fn poll(
         &mut self,
         out: &mut Vec<IoEvent>,
@@ -72,7 +67,7 @@ impl EpollDriver {
         for ev in self.events.iter() {
             // Errors and hang-ups surface through the next read or write, so they count as both.
             let broken = ev.is_error() || ev.is_read_closed() || ev.is_write_closed();
-            out.push(IoEvent {
+            out.push(IoEvent::Ready {
                 token: ev.token().0,
                 readable: ev.is_readable() || broken,
                 writable: ev.is_writable() || broken,

@@ -1,88 +1,174 @@
-//! The worker's interface to the kernel, with static dispatch over the available backends.
+//! The worker's interface to the kernel, with static dispatch over the two backends.
 //!
-//! Only epoll is built today ([`epoll::EpollDriver`], over mio). The interface is shaped so that
-//! io_uring plugs in as a second variant, `Driver::Uring(uring::UringDriver)`:
+//! - [`epoll::EpollDriver`] (readiness, over mio): events say a socket is readable or writable;
+//!   the worker reads into its one read buffer and flushes with `writev`.
+//! - [`uring::UringDriver`] (completions, io_uring): events carry accepted descriptors, received
+//!   bytes in a provided buffer (the worker hands them to the protocol core, then `recycle`s the
+//!   buffer), and send completions; sends own their chunks until the completion arrives.
 //!
-//! - `register_*` / `deregister_*` become no-ops or fixed-file registrations for uring; the token
-//!   stays the connection's [`ConnId`](crate::ConnId) bits, carried in each SQE's `user_data`.
-//! - `poll` fills the same `Vec<IoEvent>`. A readiness backend reports `readable`/`writable` and the
-//!   worker reads itself; a completion backend reports [`IoEvent::received`] bytes (a ring-provided
-//!   buffer the worker hands to the protocol core and returns with `recycle`) and `written` counts
-//!   for sends it submitted. The worker already processes "bytes arrived for connection X" and
-//!   "socket can take more" as separate steps, so it only needs a branch on where the bytes come from.
-//! - Sends: epoll flushes with `writev` at the end of the loop turn; uring would submit one `sendmsg`
-//!   per dirty connection that owns its chunks until the completion arrives (monoio's lifecycle rule:
-//!   a buffer the kernel may still read stays owned, even if the connection is gone).
+//! [`probe`] decides which one runs (`SURGE_BACKEND`, then a probe of the kernel).
 
 pub(crate) mod epoll;
+pub(crate) mod probe;
+pub(crate) mod uring;
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
 
 use crate::server::config::Backend;
 
-/// One thing the kernel reported for a token.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct IoEvent {
-    pub(crate) token: usize,
-    pub(crate) readable: bool,
-    pub(crate) writable: bool,
+/// One thing the kernel reported.
+#[derive(Debug)]
+pub(crate) enum IoEvent {
+    /// epoll: a token is ready.
+    Ready {
+        token: usize,
+        readable: bool,
+        writable: bool,
+    },
+    /// uring: the worker's eventfd was written.
+    Wake,
+    /// uring: listener `listener` accepted descriptor `fd` (now owned by the worker).
+    Accepted { listener: usize, fd: i32 },
+    /// uring: `len` bytes arrived for connection `token` in provided buffer `bid`; `more`: the
+    /// multishot receive stays armed.
+    Received {
+        token: u64,
+        bid: u16,
+        len: u32,
+        more: bool,
+    },
+    /// uring: a receive completion without data: `res` 0 is EOF, `-ENOBUFS` means re-arm, other
+    /// negative values are errors (`-ECANCELED` after a cancel).
+    RecvEnd { token: u64, res: i32, more: bool },
+    /// uring: a send of connection `token` completed with `res` (bytes or -errno). `orphan`: the
+    /// queue of a connection removed while it was in flight, now free to release.
+    Sent {
+        token: u64,
+        res: i32,
+        orphan: Option<crate::buf::WriteQueue>,
+    },
+}
+
+/// Wakes a worker blocked in its driver's wait, from any thread.
+#[derive(Debug)]
+pub(crate) enum Waker {
+    Mio(mio::Waker),
+    EventFd(Arc<OwnedFd>),
+}
+
+impl Waker {
+    pub(crate) fn wake(&self) -> io::Result<()> {
+        match self {
+            Waker::Mio(w) => w.wake(),
+            Waker::EventFd(fd) => {
+                let one: u64 = 1;
+                // SAFETY: writes the 8 bytes of `one` to an eventfd we keep open through the Arc.
+                let r = unsafe {
+                    libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8)
+                };
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    // EAGAIN: the counter is saturated, a wake-up is pending anyway.
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What `Server::start` prepares for a worker on the calling thread; the worker thread opens its
+/// driver from it (an io_uring with SINGLE_ISSUER belongs to the thread that creates it).
+#[derive(Debug)]
+pub(crate) enum DriverSeed {
+    Epoll(epoll::EpollDriver),
+    Uring(Arc<OwnedFd>),
+}
+
+impl DriverSeed {
+    /// The seed for `backend` (already resolved: `Epoll` or `IoUring`) and its waker.
+    pub(crate) fn new(backend: Backend, waker_token: usize) -> io::Result<(DriverSeed, Waker)> {
+        match backend {
+            Backend::IoUring => {
+                // SAFETY: eventfd takes no pointers; the result is checked before use.
+                let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+                let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+                Ok((DriverSeed::Uring(Arc::clone(&fd)), Waker::EventFd(fd)))
+            }
+            _ => {
+                let d = epoll::EpollDriver::new()?;
+                let w = d.waker(waker_token)?;
+                Ok((DriverSeed::Epoll(d), Waker::Mio(w)))
+            }
+        }
+    }
+
+    /// Opens the driver; call on the worker's thread.
+    pub(crate) fn open(self) -> io::Result<Driver> {
+        match self {
+            DriverSeed::Epoll(d) => Ok(Driver::Epoll(d)),
+            DriverSeed::Uring(fd) => Ok(Driver::Uring(Box::new(uring::UringDriver::new(fd)?))),
+        }
+    }
 }
 
 /// The kernel interface of one worker.
 #[derive(Debug)]
 pub(crate) enum Driver {
     Epoll(epoll::EpollDriver),
+    Uring(Box<uring::UringDriver>),
 }
 
 impl Driver {
-    /// Opens the backend that `backend` resolves to.
-    pub(crate) fn new(backend: Backend, worker: usize) -> io::Result<Driver> {
-        if backend != Backend::Epoll && worker == 0 {
-            eprintln!("surge: io_uring backend is not built yet; using epoll");
-        }
-        Ok(Driver::Epoll(epoll::EpollDriver::new()?))
-    }
-
-    /// A handle other threads use to wake this worker's `poll`.
-    pub(crate) fn waker(&self, token: usize) -> io::Result<mio::Waker> {
-        match self {
-            Driver::Epoll(d) => d.waker(token),
-        }
-    }
-
     pub(crate) fn register_listener(
         &mut self,
         listener: &mut TcpListener,
         token: usize,
+        index: usize,
     ) -> io::Result<()> {
         match self {
             Driver::Epoll(d) => d.register_listener(listener, token),
+            Driver::Uring(d) => {
+                d.register_listener(listener.as_raw_fd(), index);
+                Ok(())
+            }
         }
     }
 
-    pub(crate) fn deregister_listener(&mut self, listener: &mut TcpListener) -> io::Result<()> {
+    pub(crate) fn deregister_listener(
+        &mut self,
+        listener: &mut TcpListener,
+        index: usize,
+    ) -> io::Result<()> {
         match self {
             Driver::Epoll(d) => d.deregister_listener(listener),
+            Driver::Uring(d) => {
+                d.deregister_listener(index);
+                Ok(())
+            }
         }
     }
 
-    /// Starts watching a connection for both directions, once: edge-triggered, so no re-arming is
-    /// needed when a write would block.
+    /// Starts watching a connection for both directions, once: edge-triggered on epoll (no
+    /// re-arming when a write would block); a multishot receive on uring.
     pub(crate) fn register_conn(&mut self, stream: &mut TcpStream, token: usize) -> io::Result<()> {
         match self {
             Driver::Epoll(d) => d.register_conn(stream, token),
-        }
-    }
-
-    /// Closing the socket deregisters it too (the worker relies on that); kept for the uring
-    /// variant, whose registrations are not tied to the descriptor.
-    #[allow(dead_code)]
-    pub(crate) fn deregister_conn(&mut self, stream: &mut TcpStream) -> io::Result<()> {
-        match self {
-            Driver::Epoll(d) => d.deregister_conn(stream),
+            Driver::Uring(d) => {
+                d.arm_recv(stream.as_raw_fd(), token as u64);
+                Ok(())
+            }
         }
     }
 
@@ -94,6 +180,7 @@ impl Driver {
     ) -> io::Result<()> {
         match self {
             Driver::Epoll(d) => d.poll(out, timeout),
+            Driver::Uring(d) => d.poll(out, timeout),
         }
     }
 }

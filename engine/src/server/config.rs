@@ -9,13 +9,43 @@ use crate::proto::{self, CloseCode};
 /// Which kernel interface the workers use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
-    /// io_uring where available, else epoll. io_uring is not built yet: this is epoll for now.
+    /// io_uring when a probe succeeds (the ring can be created with every opcode and feature the
+    /// driver uses), else epoll with one log line saying why.
     #[default]
     Auto,
     /// Readiness-based epoll (through mio).
     Epoll,
-    /// Completion-based io_uring. Not built yet: falls back to epoll with a log line.
+    /// Completion-based io_uring; `Server::start` fails with `Unsupported` where the kernel refuses.
     IoUring,
+}
+
+impl Backend {
+    /// The backend a server configured with `self` would ask for, after the `SURGE_BACKEND`
+    /// environment variable (`epoll`, `io_uring` or `auto`), which overrides the configuration.
+    pub fn requested(self) -> Backend {
+        crate::driver::probe::requested(self)
+    }
+
+    /// Whether io_uring can run here; the reason when not (probed once per process). Tests that
+    /// run once per driver skip the io_uring version, with this message, when it is `Err`.
+    pub fn io_uring_support() -> Result<(), String> {
+        crate::driver::probe::uring_support()
+    }
+
+    /// The name `FromStr` accepts and `SURGE_BACKEND` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Epoll => "epoll",
+            Backend::IoUring => "io_uring",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl std::str::FromStr for Backend {
@@ -52,7 +82,8 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Pin worker `i` to CPU `i % cpus` (default off).
     pub pin_cpus: bool,
-    /// The kernel interface (default [`Backend::Auto`], which is epoll for now).
+    /// The kernel interface (default [`Backend::Auto`]). The `SURGE_BACKEND` environment variable
+    /// (`epoll`, `io_uring`, `auto`) overrides it.
     pub backend: Backend,
     /// `listen(2)` backlog per worker socket (default 1024).
     pub backlog: i32,

@@ -21,7 +21,7 @@ pub use config::{Backend, BackpressurePolicy, ServerConfig};
 pub use registry::ConnId;
 pub use worker::{Conn, MessageWriter, WorkerCtx};
 
-use crate::driver::Driver;
+use crate::driver::{probe, DriverSeed};
 use crate::handler::Handler;
 
 /// State shared between the handle and the workers: only the stop flag and the wakers (never
@@ -29,7 +29,7 @@ use crate::handler::Handler;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
-    wakers: Vec<mio::Waker>,
+    wakers: Vec<crate::driver::Waker>,
 }
 
 /// A WebSocket server: [`ServerConfig`] plus [`run`](Server::run) or [`start`](Server::start).
@@ -82,12 +82,15 @@ impl Server {
             }
             per_worker.push(listeners);
         }
+        // Auto and the SURGE_BACKEND override are resolved once, here.
+        let backend = probe::resolve(cfg.backend)?;
+        cfg.backend = backend;
         let mut drivers = Vec::with_capacity(workers);
         let mut wakers = Vec::with_capacity(workers);
-        for i in 0..workers {
-            let driver = Driver::new(cfg.backend, i)?;
-            wakers.push(driver.waker(worker::WAKER_TOKEN)?);
-            drivers.push(driver);
+        for _ in 0..workers {
+            let (seed, waker) = DriverSeed::new(backend, worker::WAKER_TOKEN)?;
+            wakers.push(waker);
+            drivers.push(seed);
         }
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
@@ -96,16 +99,32 @@ impl Server {
         let cfg = Arc::new(cfg);
         let factory = Arc::new(factory);
         let mut threads = Vec::with_capacity(workers);
+        // Each worker opens its driver on its own thread and reports back before we return, so a
+        // worker that cannot (a refused ring) fails the start instead of leaving a listener that
+        // nobody serves.
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         for (i, (driver, listeners)) in drivers.into_iter().zip(per_worker).enumerate() {
             let cfg = Arc::clone(&cfg);
             let shared = Arc::clone(&shared);
             let factory = Arc::clone(&factory);
+            let opened = opened_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("surge-worker-{i}"))
                 .spawn(move || {
                     if cfg.pin_cpus {
                         worker::pin_to_cpu(i);
                     }
+                    let driver = match driver.open() {
+                        Ok(d) => {
+                            let _ = opened.send(Ok(()));
+                            d
+                        }
+                        Err(e) => {
+                            let _ = opened.send(Err(io::Error::new(e.kind(), e.to_string())));
+                            return Err(e);
+                        }
+                    };
+                    drop(opened);
                     let handler = factory(i);
                     let listeners = listeners
                         .into_iter()
@@ -115,8 +134,31 @@ impl Server {
                 })?;
             threads.push(thread);
         }
+        drop(opened_tx);
+        let mut failure = None;
+        for _ in 0..workers {
+            match opened_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = failure.or(Some(e)),
+                Err(_) => {
+                    failure = failure.or(Some(io::Error::other("worker thread died at start")))
+                }
+            }
+        }
+        if let Some(e) = failure {
+            let handle = ServerHandle {
+                addrs,
+                backend,
+                shared,
+                threads,
+            };
+            handle.shutdown();
+            let _ = handle.join();
+            return Err(e);
+        }
         Ok(ServerHandle {
             addrs,
+            backend,
             shared,
             threads,
         })
@@ -137,6 +179,7 @@ fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpLis
 #[derive(Debug)]
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
+    backend: Backend,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<io::Result<()>>>,
 }
@@ -145,6 +188,12 @@ impl ServerHandle {
     /// The bound addresses, ports resolved (in the order of `ServerConfig::bind`).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The backend the workers run: [`Backend::Epoll`] or [`Backend::IoUring`] (never `Auto`:
+    /// resolved at start, after the `SURGE_BACKEND` override).
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// The first bound address.

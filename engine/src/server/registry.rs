@@ -9,9 +9,10 @@
 /// Slots per page.
 pub(crate) const PAGE: usize = 256;
 
-/// Generations use 31 bits so that connection tokens never collide with the worker's special tokens
-/// (top bit set).
-const GEN_MASK: u32 = 0x7fff_ffff;
+/// Generations use 28 bits: connection tokens then never collide with the worker's special tokens
+/// (top bit set, epoll) and fit in the 60-bit payload of an io_uring `user_data` (the top 4 bits
+/// name the operation).
+const GEN_MASK: u32 = 0x0fff_ffff;
 
 /// Identifies a connection within its worker: slot index and generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

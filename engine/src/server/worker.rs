@@ -14,13 +14,14 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 
-use super::config::{BackpressurePolicy, ServerConfig};
+use super::config::{Backend, BackpressurePolicy, ServerConfig};
 use super::registry::{ConnId, Registry};
 use super::timer::TimerWheel;
 use super::Shared;
@@ -58,6 +59,8 @@ const OVER: u8 = 4;
 const FIN_SENT: u8 = 8;
 /// The peer's EOF was read.
 const PEER_EOF: u8 = 16;
+/// io_uring: a send of this connection's queue is in flight (its chunks must stay put).
+const SENDING: u8 = 32;
 
 /// Where a connection stands.
 #[derive(Debug)]
@@ -132,6 +135,13 @@ pub struct WorkerCtx<D> {
     /// Frames the data sends (server role: stateless, no masking); the close handshake's state is
     /// the connection's protocol core.
     encoder: Encoder,
+    /// The driver is io_uring: removing a connection cancels its receive and keeps the chunks of
+    /// an in-flight send alive (both handed to the driver before the next poll).
+    uring: bool,
+    /// io_uring: tokens of removed connections whose receive must be cancelled.
+    cancels: Vec<u64>,
+    /// io_uring: queues of removed connections whose send is in flight.
+    orphans: Vec<(u64, WriteQueue)>,
 }
 
 impl<D> std::fmt::Debug for WorkerCtx<D> {
@@ -146,6 +156,7 @@ impl<D> std::fmt::Debug for WorkerCtx<D> {
 impl<D> WorkerCtx<D> {
     fn new(index: usize, cfg: Arc<ServerConfig>) -> Self {
         let now = Instant::now();
+        let cfg_uring = cfg.backend == Backend::IoUring;
         WorkerCtx {
             index,
             conns: Registry::new(),
@@ -162,6 +173,9 @@ impl<D> WorkerCtx<D> {
             pending_close: None,
             dropped: 0,
             encoder: Encoder::new(Role::Server, 0),
+            uring: cfg_uring,
+            cancels: Vec::new(),
+            orphans: Vec::new(),
         }
     }
 
@@ -382,6 +396,13 @@ impl<D> WorkerCtx<D> {
     fn remove(&mut self, id: ConnId) {
         self.arm(id, None);
         if let Some(mut c) = self.conns.remove(id) {
+            if self.uring {
+                self.cancels.push(id.0);
+                if c.has(SENDING) {
+                    // The kernel may still read these chunks: they live until the completion.
+                    self.orphans.push((id.0, std::mem::take(&mut c.queue)));
+                }
+            }
             c.queue.release(&mut self.chunks);
             match c.stage {
                 Stage::Handshake(buf) => self.chunks.put(buf),
@@ -651,7 +672,7 @@ impl<H: Handler> Worker<H> {
 
     pub(crate) fn run(mut self) -> io::Result<()> {
         for (i, l) in self.listeners.iter_mut().enumerate() {
-            self.driver.register_listener(l, listener_token(i))?;
+            self.driver.register_listener(l, listener_token(i), i)?;
         }
         loop {
             let now = Instant::now();
@@ -664,6 +685,7 @@ impl<H: Handler> Worker<H> {
                 let left = deadline.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
+            self.hand_over_removed();
             self.poll(timeout)?;
             self.ctx.now = Instant::now();
 
@@ -716,25 +738,145 @@ impl<H: Handler> Worker<H> {
         self.driver.poll(&mut self.events, timeout)
     }
 
+    /// io_uring: cancels the receives of removed connections and parks the queues of their
+    /// in-flight sends in the driver, before the next submit.
+    fn hand_over_removed(&mut self) {
+        let Driver::Uring(d) = &mut self.driver else {
+            return;
+        };
+        for token in self.ctx.cancels.drain(..) {
+            d.cancel_recv(token);
+        }
+        for (token, queue) in self.ctx.orphans.drain(..) {
+            if let Some(mut q) = d.orphan_send(token, queue) {
+                q.release(&mut self.ctx.chunks); // its send completed already
+            }
+        }
+    }
+
     fn dispatch(&mut self, ev: IoEvent) {
-        if ev.token == WAKER_TOKEN {
+        match ev {
+            IoEvent::Ready {
+                token,
+                readable,
+                writable,
+            } => self.dispatch_ready(token, readable, writable),
+            IoEvent::Wake => self.dispatch_ready(WAKER_TOKEN, true, false),
+            other => self.dispatch_completion(other),
+        }
+    }
+
+    /// io_uring completions.
+    fn dispatch_completion(&mut self, ev: IoEvent) {
+        match ev {
+            IoEvent::Accepted { listener, fd } => {
+                // SAFETY: the kernel just created `fd` for us; nothing else owns it.
+                let stream = unsafe { TcpStream::from_raw_fd(fd) };
+                if listener < self.listeners.len() {
+                    self.admit(stream);
+                } // else: shutting down, dropped (closed)
+            }
+            IoEvent::Received {
+                token,
+                bid,
+                len,
+                more,
+            } => {
+                let id = ConnId(token);
+                let Driver::Uring(d) = &mut self.driver else {
+                    unreachable!("completions come from the uring driver")
+                };
+                // SAFETY: the completion handed `bid` to us and it is recycled only below, after
+                // the last use of `input`. The buffer is in the driver's mapping, which neither the
+                // handler nor the protocol core can reach, so nothing else aliases it meanwhile.
+                let input = unsafe { &mut *d.buffer(bid, len as usize) };
+                if self.ctx.conns.get(id).is_some() {
+                    self.process_input(id, input);
+                }
+                let Driver::Uring(d) = &mut self.driver else {
+                    unreachable!()
+                };
+                d.recycle(bid);
+                if !more {
+                    self.rearm_recv(id);
+                }
+            }
+            IoEvent::RecvEnd { token, res, more } => {
+                let id = ConnId(token);
+                if self.ctx.conns.get(id).is_none() {
+                    return; // cancelled, or a stale completion
+                }
+                if res == 0 {
+                    self.on_eof(id);
+                } else if res == -libc::ENOBUFS || res == -libc::EINTR || res == -libc::EAGAIN {
+                    // Out of provided buffers: the bytes wait in the socket; they are back by the
+                    // next submit.
+                    if !more {
+                        self.rearm_recv(id);
+                    }
+                } else if res < 0 && res != -libc::ECANCELED {
+                    self.close_callback(id, CloseCode::ABNORMAL, "", false);
+                    self.ctx.remove(id);
+                } else if !more {
+                    self.rearm_recv(id);
+                }
+            }
+            IoEvent::Sent { token, res, orphan } => {
+                if let Some(mut q) = orphan {
+                    q.release(&mut self.ctx.chunks);
+                }
+                let id = ConnId(token);
+                let ctx = &mut self.ctx;
+                let Some(c) = ctx.conns.get_mut(id) else {
+                    return;
+                };
+                c.flags &= !SENDING;
+                if res < 0 {
+                    self.close_callback(id, CloseCode::ABNORMAL, "", false);
+                    self.ctx.remove(id);
+                    return;
+                }
+                c.queue.advance(res as usize, &mut ctx.chunks);
+                // The next send, or what follows an emptied queue (on_drain, FIN, removal).
+                ctx.mark_dirty(id);
+            }
+            IoEvent::Ready { .. } | IoEvent::Wake => unreachable!("handled by dispatch"),
+        }
+    }
+
+    /// io_uring: re-arms a connection's multishot receive unless its input has ended.
+    fn rearm_recv(&mut self, id: ConnId) {
+        let Some(c) = self.ctx.conns.get(id) else {
+            return;
+        };
+        if c.has(PEER_EOF) {
+            return;
+        }
+        let fd = c.socket.as_raw_fd();
+        if let Driver::Uring(d) = &mut self.driver {
+            d.arm_recv(fd, id.0);
+        }
+    }
+
+    fn dispatch_ready(&mut self, token: usize, readable: bool, writable: bool) {
+        if token == WAKER_TOKEN {
             if self.shared.stop.load(Ordering::Acquire) && self.stop_deadline.is_none() {
                 self.begin_shutdown();
             }
             return;
         }
-        if ev.token & SPECIAL != 0 {
-            let i = usize::MAX - 1 - ev.token;
+        if token & SPECIAL != 0 {
+            let i = usize::MAX - 1 - token;
             if i < self.listeners.len() {
                 self.accept(i);
             }
             return;
         }
-        let id = ConnId(ev.token as u64);
-        if ev.readable {
+        let id = ConnId(token as u64);
+        if readable {
             self.on_readable(id);
         }
-        if ev.writable && self.ctx.conns.get(id).is_some_and(|c| !c.queue.is_empty()) {
+        if writable && self.ctx.conns.get(id).is_some_and(|c| !c.queue.is_empty()) {
             self.ctx.mark_dirty(id);
         }
     }
@@ -751,8 +893,15 @@ impl<H: Handler> Worker<H> {
                 // Out of descriptors, or the peer gave up already: the next arrival retries.
                 Err(_) => return,
             };
+            self.admit(stream);
+        }
+    }
+
+    /// Takes an accepted connection in: registers it and arms its handshake deadline.
+    fn admit(&mut self, stream: TcpStream) {
+        {
             if self.ctx.conns.len() >= self.ctx.cfg.max_connections_per_worker {
-                continue; // dropped: closed at once
+                return; // dropped: closed at once
             }
             if self.ctx.cfg.tcp_nodelay {
                 let _ = stream.set_nodelay(true);
@@ -774,7 +923,7 @@ impl<H: Handler> Worker<H> {
                 .is_err()
             {
                 self.ctx.remove(id);
-                continue;
+                return;
             }
             let deadline = self.ctx.now + self.ctx.cfg.handshake_timeout;
             self.ctx.arm(id, Some(deadline));
@@ -804,16 +953,8 @@ impl<H: Handler> Worker<H> {
                     return;
                 }
             };
-            let (handshake, open) = (
-                matches!(c.stage, Stage::Handshake(_)),
-                matches!(c.stage, Stage::Open(_)),
-            );
             let mut input = std::mem::take(&mut self.read_buf);
-            if handshake {
-                self.handshake_bytes(id, &mut input[..n]);
-            } else if open {
-                self.ws_bytes(id, &mut input[..n]);
-            } // Draining: discarded.
+            self.process_input(id, &mut input[..n]);
             let short = n < input.len();
             self.read_buf = input;
             // Linux reports every arrival on an edge-triggered socket, so a short read means the
@@ -823,6 +964,18 @@ impl<H: Handler> Worker<H> {
             }
         }
         self.pending_reads.push(id);
+    }
+
+    /// Received bytes, by stage: the upgrade request, frames, or (draining) discarded.
+    fn process_input(&mut self, id: ConnId, input: &mut [u8]) {
+        let Some(c) = self.ctx.conns.get(id) else {
+            return;
+        };
+        match c.stage {
+            Stage::Handshake(_) => self.handshake_bytes(id, input),
+            Stage::Open(_) => self.ws_bytes(id, input),
+            Stage::Busy | Stage::Draining => {}
+        }
     }
 
     fn on_eof(&mut self, id: ConnId) {
@@ -1134,12 +1287,26 @@ impl<H: Handler> Worker<H> {
                 continue;
             };
             c.flags &= !DIRTY;
-            let empty = match c.queue.flush(&mut c.socket, &mut ctx.chunks) {
-                Ok(empty) => empty,
-                Err(_) => {
-                    self.close_callback(id, CloseCode::ABNORMAL, "", false);
-                    self.ctx.remove(id);
-                    continue;
+            let empty = if let Driver::Uring(d) = &mut self.driver {
+                if c.has(SENDING) {
+                    continue; // its completion marks it dirty again
+                }
+                if c.queue.is_empty() {
+                    true
+                } else {
+                    // The chunks stay in the queue, untouched, until the completion (SENDING).
+                    let _ = d.send(c.socket.as_raw_fd(), id.0, &c.queue);
+                    c.flags |= SENDING;
+                    false
+                }
+            } else {
+                match c.queue.flush(&mut c.socket, &mut ctx.chunks) {
+                    Ok(empty) => empty,
+                    Err(_) => {
+                        self.close_callback(id, CloseCode::ABNORMAL, "", false);
+                        self.ctx.remove(id);
+                        continue;
+                    }
                 }
             };
             if c.has(OVER) && c.queue.len() < ctx.cfg.max_backpressure {
@@ -1169,8 +1336,8 @@ impl<H: Handler> Worker<H> {
     }
 
     fn begin_shutdown(&mut self) {
-        for l in &mut self.listeners {
-            let _ = self.driver.deregister_listener(l);
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            let _ = self.driver.deregister_listener(l, i);
         }
         self.listeners.clear();
         self.stop_deadline = Some(self.ctx.now + self.ctx.cfg.shutdown_timeout);

@@ -1,0 +1,103 @@
+//! Deciding the backend once per process: the `SURGE_BACKEND` override, then (for `Auto` and
+//! `IoUring`) a probe that io_uring works here with everything the uring driver uses (monoio's
+//! `uring_detect`).
+//!
+//! The probe creates a small ring with the flags the driver asks for, checks every opcode it submits
+//! with `IORING_REGISTER_PROBE`, the features it relies on (`EXT_ARG` for timed waits, `NODROP`), and
+//! registers a provided-buffer ring (kernel 5.19). Multishot receive arrived in 6.0 with no opcode
+//! of its own, so the kernel version is checked for it.
+
+use std::sync::OnceLock;
+
+use io_uring::{opcode, IoUring, Probe};
+
+use crate::server::config::Backend;
+
+/// The environment variable that overrides [`ServerConfig::backend`](crate::ServerConfig::backend).
+pub(crate) const ENV: &str = "SURGE_BACKEND";
+
+/// The opcodes the uring driver submits.
+const OPCODES: &[(u8, &str)] = &[
+    (opcode::AcceptMulti::CODE, "accept"),
+    (opcode::RecvMulti::CODE, "recv"),
+    (opcode::SendMsg::CODE, "sendmsg"),
+    (opcode::AsyncCancel::CODE, "async_cancel"),
+    (opcode::Read::CODE, "read"),
+    (opcode::Timeout::CODE, "timeout"),
+];
+
+/// Whether io_uring can run the uring driver here; the reason when not. Probed once per process.
+pub(crate) fn uring_support() -> Result<(), String> {
+    static RESULT: OnceLock<Result<(), String>> = OnceLock::new();
+    RESULT.get_or_init(probe).clone()
+}
+
+fn probe() -> Result<(), String> {
+    let (major, minor) = kernel_version().ok_or("cannot read the kernel version")?;
+    if (major, minor) < (6, 0) {
+        return Err(format!(
+            "kernel {major}.{minor} has no multishot receive (6.0+)"
+        ));
+    }
+    let ring: IoUring = super::uring::builder()
+        .build(8)
+        .map_err(|e| format!("io_uring_setup failed: {e}"))?;
+    if !ring.params().is_feature_ext_arg() {
+        return Err("no IORING_FEAT_EXT_ARG (timed waits)".into());
+    }
+    if !ring.params().is_feature_nodrop() {
+        return Err("no IORING_FEAT_NODROP".into());
+    }
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("IORING_REGISTER_PROBE failed: {e}"))?;
+    for (code, name) in OPCODES {
+        if !probe.is_supported(*code) {
+            return Err(format!("opcode {name} not supported"));
+        }
+    }
+    super::uring::BufRing::new(&ring, 8, 64, 0)
+        .map(drop)
+        .map_err(|e| format!("provided buffer ring refused: {e}"))
+}
+
+fn kernel_version() -> Option<(u32, u32)> {
+    let s = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut it = s.trim().split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// The backend after the `SURGE_BACKEND` override (an unknown value is reported and ignored).
+pub(crate) fn requested(configured: Backend) -> Backend {
+    match std::env::var(ENV) {
+        Ok(v) if !v.is_empty() => v.parse().unwrap_or_else(|e| {
+            eprintln!("surge: ignoring {ENV}: {e}");
+            configured
+        }),
+        _ => configured,
+    }
+}
+
+/// Resolves `Auto` and checks `IoUring`: the backend the workers will run, never `Auto`.
+/// `Auto` falls back to epoll with one log line saying why; a forced `IoUring` that cannot run is an
+/// error (`Unsupported`).
+pub(crate) fn resolve(configured: Backend) -> std::io::Result<Backend> {
+    match requested(configured) {
+        Backend::Epoll => Ok(Backend::Epoll),
+        Backend::IoUring => match uring_support() {
+            Ok(()) => Ok(Backend::IoUring),
+            Err(why) => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!("io_uring backend unavailable: {why}"),
+            )),
+        },
+        Backend::Auto => match uring_support() {
+            Ok(()) => Ok(Backend::IoUring),
+            Err(why) => {
+                eprintln!("surge: io_uring unavailable ({why}); using epoll");
+                Ok(Backend::Epoll)
+            }
+        },
+    }
+}
