@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod deflate_negotiation;
 mod error;
 mod extensions;
 mod fields;
@@ -32,6 +33,9 @@ mod response;
 use std::fmt;
 use std::sync::Arc;
 
+pub use deflate_negotiation::{
+    client_accept, client_offer, negotiate, DeflateResponseError, Negotiated, PERMESSAGE_DEFLATE,
+};
 pub use error::{HandshakeError, Rejection};
 pub use extensions::{Extension, ExtensionParams, Extensions};
 pub use fields::HeaderIter;

@@ -161,6 +161,8 @@ pub struct Decoder {
     msg: Option<MessageKind>,
     /// The message in progress was marked compressed (RSV1 on its first frame).
     msg_compressed: bool,
+    /// The kind of the message in progress (or just delivered), from its first frame's opcode.
+    msg_kind: Option<MessageKind>,
     /// The message in progress is delivered piece by piece.
     streaming: bool,
     first_piece: bool,
@@ -202,6 +204,13 @@ impl Decoder {
     /// Whether the message being received (or just delivered) had RSV1 set on its first frame.
     pub fn message_compressed(&self) -> bool {
         self.msg_compressed
+    }
+
+    /// The kind of the message being received (or just delivered) when it is compressed. Such a
+    /// message is reported as [`Message::Binary`] (or unvalidated fragments): its bytes are only
+    /// text once inflated, and this says whether they must be.
+    pub fn compressed_kind(&self) -> Option<MessageKind> {
+        self.msg_kind.filter(|_| self.msg_compressed)
     }
 
     /// Gives the assembly buffers back to `pool` when no message is in progress, so that an idle
@@ -456,6 +465,7 @@ impl Decoder {
         };
         if h.opcode != OpCode::Continuation {
             self.msg_compressed = h.rsv & RSV1 != 0;
+            self.msg_kind = Some(kind);
         }
         let total = if self.msg.is_some() { self.msg_len } else { 0 }.saturating_add(h.len);
         if total > cfg.max_message_size {

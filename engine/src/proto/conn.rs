@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::assemble::{BufferPool, Decoder, DecoderConfig, Event, MessageKind};
 use super::encode::{Encoder, Output};
 use super::error::{CloseCode, Error, SendError};
-use super::frame::{HeaderRules, OpCode, Role};
+use super::frame::{HeaderRules, OpCode, Role, RSV1};
 
 /// Protocol settings, shared by every connection of a worker (a connection stores none of them).
 #[derive(Clone, Debug)]
@@ -113,6 +113,8 @@ pub struct Conn {
     state: State,
     /// Something was received since the keepalive timer was armed.
     activity: bool,
+    /// permessage-deflate was negotiated: RSV1 is allowed on data frames (RFC 7692 section 6).
+    compression: bool,
     timer: Option<(Instant, Timer)>,
 }
 
@@ -124,6 +126,7 @@ impl Conn {
             encoder: Encoder::new(role, seed),
             state: State::Open,
             activity: false,
+            compression: false,
             timer: None,
         }
     }
@@ -155,6 +158,22 @@ impl Conn {
         self.decoder.message_compressed()
     }
 
+    /// The kind of the message just delivered if it was compressed; see [`Decoder::compressed_kind`].
+    pub fn compressed_kind(&self) -> Option<MessageKind> {
+        self.decoder.compressed_kind()
+    }
+
+    /// permessage-deflate was negotiated for this connection: RSV1 ("Per-Message Compressed") is
+    /// accepted on the first frame of data messages, whatever `Config::allowed_rsv` says.
+    pub fn enable_compression(&mut self) {
+        self.compression = true;
+    }
+
+    /// Whether permessage-deflate was negotiated for this connection.
+    pub fn compression_enabled(&self) -> bool {
+        self.compression
+    }
+
     /// Reads input: see [`Decoder::decode`]. Automatic replies (pong, the close echo, the close that
     /// fails the connection on a protocol error) are written to `out`. Data received after we sent a
     /// close is consumed and discarded. After `Err`, the state is `Closed` and `out` holds the close
@@ -170,7 +189,10 @@ impl Conn {
             return Ok((input.len(), None));
         }
         self.activity = true;
-        let dcfg = cfg.decoder();
+        let mut dcfg = cfg.decoder();
+        if self.compression {
+            dcfg.rules.allowed_rsv |= RSV1;
+        }
         let (n, ev) = match self.decoder.decode(input, &dcfg, pool) {
             Ok(found) => found,
             Err(e) => {

@@ -103,6 +103,9 @@ pub enum Error {
     ClosePayloadTooShort,
     /// A close code that must not appear on the wire (7.4).
     InvalidCloseCode(u16),
+    /// A compressed message (RFC 7692) that does not inflate: 1007, "data within a message that was
+    /// not consistent with the type of the message".
+    CompressedDataInvalid,
 }
 
 impl Error {
@@ -110,7 +113,7 @@ impl Error {
     pub fn close_code(&self) -> CloseCode {
         match self {
             Error::FrameTooBig { .. } | Error::MessageTooBig { .. } => CloseCode::TOO_BIG,
-            Error::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            Error::InvalidUtf8 | Error::CompressedDataInvalid => CloseCode::INVALID_PAYLOAD,
             _ => CloseCode::PROTOCOL,
         }
     }
@@ -154,6 +157,7 @@ impl fmt::Display for Error {
             Error::InvalidUtf8 => f.write_str("invalid UTF-8 in a text message or close reason"),
             Error::ClosePayloadTooShort => f.write_str("close frame with a 1-byte payload"),
             Error::InvalidCloseCode(c) => write!(f, "close code {c} is not allowed on the wire"),
+            Error::CompressedDataInvalid => f.write_str("compressed message does not inflate"),
         }
     }
 }

@@ -1,0 +1,2 @@
+//! permessage-deflate benchmark (filled in by the next commit).
+fn main() {}
