@@ -249,7 +249,7 @@ pub fn parse_frame(buf: &[u8]) -> Option<(Frame, usize)> {
 
 /// A tungstenite client with a read timeout.
 pub fn ws_connect(addr: SocketAddr, path: &str) -> tungstenite::WebSocket<TcpStream> {
-    ws_connect_req(addr, &format!("ws://{addr}{path}"))
+    ws_connect_req(addr, format!("ws://{addr}{path}"))
 }
 
 /// A tungstenite client for a prepared request.
