@@ -629,11 +629,24 @@ const CT10: DeflateMode = DeflateMode::ContextTakeover {
 };
 const NCT: DeflateMode = DeflateMode::NoContextTakeover;
 
+/// An offer, the server's mode, the parameters and response expected.
+type ServerRow = (
+    &'static str,
+    DeflateMode,
+    Option<(DeflateParams, &'static str)>,
+);
+/// A response, the client's mode, what the client makes of it.
+type ClientRow = (
+    &'static str,
+    DeflateMode,
+    Result<Option<DeflateParams>, DeflateResponseError>,
+);
+
 #[test]
 fn negotiation_table() {
     let pmd = "permessage-deflate";
     #[rustfmt::skip]
-    let table: &[(&str, DeflateMode, Option<(DeflateParams, &str)>)] = &[
+    let table: &[ServerRow] = &[
         (pmd, DeflateMode::Disabled, None),
         ("x-webkit-deflate-frame", CT15, None),
         (pmd, CT15, Some((params(false, false, 15, 15), pmd))),
@@ -723,7 +736,7 @@ fn client_offers_and_checks_responses() {
     }
 
     use DeflateResponseError as E;
-    let table: &[(&str, DeflateMode, Result<Option<DeflateParams>, E>)] = &[
+    let table: &[ClientRow] = &[
         ("", CT15, Ok(None)),
         (
             "permessage-deflate",
