@@ -71,6 +71,7 @@ impl EpollDriver {
                 token: ev.token().0,
                 readable: ev.is_readable() || broken,
                 writable: ev.is_writable() || broken,
+                hup: ev.is_read_closed() || ev.is_error(),
             });
         }
         Ok(())

@@ -24,11 +24,13 @@ use crate::server::config::Backend;
 /// One thing the kernel reported.
 #[derive(Debug)]
 pub(crate) enum IoEvent {
-    /// epoll: a token is ready.
+    /// epoll: a token is ready. `hup`: the peer's EOF (or an error) is already known, so reading
+    /// must go on until the read that reports it, even after a short read.
     Ready {
         token: usize,
         readable: bool,
         writable: bool,
+        hup: bool,
     },
     /// uring: the worker's eventfd was written.
     Wake,
@@ -68,9 +70,7 @@ impl Waker {
             Waker::EventFd(fd) => {
                 let one: u64 = 1;
                 // SAFETY: writes the 8 bytes of `one` to an eventfd we keep open through the Arc.
-                let r = unsafe {
-                    libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8)
-                };
+                let r = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
                 if r < 0 {
                     let e = io::Error::last_os_error();
                     // EAGAIN: the counter is saturated, a wake-up is pending anyway.

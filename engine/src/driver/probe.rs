@@ -29,7 +29,16 @@ const OPCODES: &[(u8, &str)] = &[
 /// Whether io_uring can run the uring driver here; the reason when not. Probed once per process.
 pub(crate) fn uring_support() -> Result<(), String> {
     static RESULT: OnceLock<Result<(), String>> = OnceLock::new();
-    RESULT.get_or_init(probe).clone()
+    // On a thread of its own: tearing the probe's ring down later queues task work on the thread
+    // that used it (TWA_SIGNAL), which makes a blocking socket call with a timeout on that thread
+    // fail with EINTR. A thread that has exited gets none.
+    RESULT
+        .get_or_init(|| {
+            std::thread::spawn(probe)
+                .join()
+                .unwrap_or_else(|_| Err("the probe panicked".into()))
+        })
+        .clone()
 }
 
 fn probe() -> Result<(), String> {

@@ -192,7 +192,10 @@ impl BufRing {
         // `Drop` of this BufRing, which the owner (UringDriver) runs only after the ring is idle or
         // leaks it otherwise (see UringDriver's Drop). The probe's throwaway ring is dropped
         // before its BufRing (declaration order at the call site: the BufRing is a temporary).
-        unsafe { ring.submitter().register_buf_ring_with_flags(entries as u64, count, bgid, 0)? };
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(entries as u64, count, bgid, 0)?
+        };
         for bid in 0..count {
             br.push(bid);
         }
@@ -331,8 +334,7 @@ impl UringDriver {
             }
             // Full: hand the batch to the kernel now.
             if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR)
-                {
+                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
                     // Nothing sensible left: drop the entry rather than spin.
                     self.inflight -= 1;
                     return;
@@ -425,11 +427,13 @@ impl UringDriver {
     pub(crate) fn send(&mut self, fd: RawFd, token: u64, queue: &WriteQueue) -> io::Result<()> {
         let entry = self.sends.vacant_entry();
         let key = entry.key() as u64;
-        // SAFETY: msghdr and iovec are plain C structs for which all-zero is a valid value.
+        // SAFETY: msghdr and iovec are plain C structs (integers and raw pointers) for which
+        // all-zero is a valid value.
+        let (msg, iov) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
         let mut op = Box::new(SendOp {
             token,
-            msg: unsafe { std::mem::zeroed() },
-            iov: unsafe { std::mem::zeroed() },
+            msg,
+            iov,
             orphan: None,
         });
         let n = queue.fill_iovecs(&mut op.iov);
@@ -607,12 +611,13 @@ impl UringDriver {
         }
         for i in retry_accept {
             let ts: *const types::Timespec = &*self.retry_ts;
-            let e = opcode::Timeout::new(ts).build().user_data(ud(RETRY, i as u64));
+            let e = opcode::Timeout::new(ts)
+                .build()
+                .user_data(ud(RETRY, i as u64));
             // SAFETY: the timespec is a Box owned by the driver for its whole life and only read.
             unsafe { self.push(e) };
         }
     }
-
 }
 
 impl Drop for UringDriver {
@@ -628,7 +633,10 @@ impl Drop for UringDriver {
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut sink = Vec::new();
         while self.inflight > 0 && Instant::now() < deadline {
-            if self.poll(&mut sink, Some(Duration::from_millis(50))).is_err() {
+            if self
+                .poll(&mut sink, Some(Duration::from_millis(50)))
+                .is_err()
+            {
                 break;
             }
             sink.clear();

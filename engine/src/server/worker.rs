@@ -696,7 +696,8 @@ impl<H: Handler> Worker<H> {
             self.events = events;
 
             for id in std::mem::take(&mut self.pending_reads) {
-                self.on_readable(id);
+                // Read until WouldBlock: an EOF seen with the earlier edge has no edge of its own.
+                self.on_readable(id, true);
             }
             self.fire_timers();
             self.flush_dirty();
@@ -760,8 +761,9 @@ impl<H: Handler> Worker<H> {
                 token,
                 readable,
                 writable,
-            } => self.dispatch_ready(token, readable, writable),
-            IoEvent::Wake => self.dispatch_ready(WAKER_TOKEN, true, false),
+                hup,
+            } => self.dispatch_ready(token, readable, writable, hup),
+            IoEvent::Wake => self.dispatch_ready(WAKER_TOKEN, true, false, false),
             other => self.dispatch_completion(other),
         }
     }
@@ -858,7 +860,7 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    fn dispatch_ready(&mut self, token: usize, readable: bool, writable: bool) {
+    fn dispatch_ready(&mut self, token: usize, readable: bool, writable: bool, hup: bool) {
         if token == WAKER_TOKEN {
             if self.shared.stop.load(Ordering::Acquire) && self.stop_deadline.is_none() {
                 self.begin_shutdown();
@@ -874,7 +876,7 @@ impl<H: Handler> Worker<H> {
         }
         let id = ConnId(token as u64);
         if readable {
-            self.on_readable(id);
+            self.on_readable(id, hup);
         }
         if writable && self.ctx.conns.get(id).is_some_and(|c| !c.queue.is_empty()) {
             self.ctx.mark_dirty(id);
@@ -931,7 +933,8 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Reads what the socket has (bounded per turn) and processes it by stage.
-    fn on_readable(&mut self, id: ConnId) {
+    /// `hup`: the peer's EOF is known to be queued, so a short read does not mean "empty".
+    fn on_readable(&mut self, id: ConnId, hup: bool) {
         for _ in 0..MAX_READS_PER_TURN {
             let Some(c) = self.ctx.conns.get_mut(id) else {
                 return;
@@ -958,8 +961,10 @@ impl<H: Handler> Worker<H> {
             let short = n < input.len();
             self.read_buf = input;
             // Linux reports every arrival on an edge-triggered socket, so a short read means the
-            // socket is empty for now: skip the read that would only say WouldBlock.
-            if short {
+            // socket is empty for now: skip the read that would only say WouldBlock. Not when the
+            // same edge reported the peer's FIN: data and FIN arriving together make one edge,
+            // and the EOF would never be read (the connection would leak).
+            if short && !hup {
                 return;
             }
         }
