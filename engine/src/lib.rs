@@ -6,6 +6,7 @@
 //! - [`buf`]: per-worker chunk pools and the per-connection write queue.
 //! - [`server`]: thread-per-core workers (epoll through mio), the [`Handler`] callbacks, timers.
 
+pub mod blocking;
 pub mod buf;
 pub(crate) mod driver;
 #[doc(hidden)]
