@@ -3,24 +3,18 @@
 //! ```text
 //! cargo run --example chat -- --port 8080
 //! ```
-//! Then open http://127.0.0.1:8081/ (the page) in two browser tabs. The WebSocket endpoint is
-//! ws://127.0.0.1:8080/ws?nick=NAME.
+//! Then open http://127.0.0.1:8080/ in two browser tabs: the page and the WebSocket endpoint
+//! (ws://127.0.0.1:8080/ws?nick=NAME) share the port; the page comes from `Handler::on_http`.
 //!
 //! One worker: a worker sees only its own connections, and broadcasting across workers needs the
 //! topics of a later issue. With `workers = 1` every client is on the same loop, and a broadcast is
 //! a walk over `WorkerCtx::for_each_conn`.
 //!
-//! The page is served on the next port by a plain thread, not on the WebSocket port: the engine
-//! answers a GET without `Upgrade: websocket` with 400 itself, before `on_upgrade` could serve it.
-//!
 //! Ctrl-C (SIGINT) or SIGTERM closes every connection with 1001 and exits.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use surge::handshake::OriginPolicy;
 use surge::{
     Accept, CloseInfo, Conn, Handler, Message, Rejection, Request, Server, ServerConfig, Upgrade,
     WorkerCtx,
@@ -48,6 +42,18 @@ impl Chat {
 impl Handler for Chat {
     /// The nickname.
     type Data = String;
+
+    /// The page, for a plain GET of `/`; the same origin as the WebSocket, so the default origin
+    /// policy (same host) accepts the page's connection.
+    fn on_http(&mut self, req: &Request) -> Rejection {
+        if req.method() != "GET" || req.path() != "/" {
+            return Rejection::new(404, "not found: the page is at /, the chat at /ws\n");
+        }
+        let mut page = Rejection::new(200, PAGE);
+        page.headers
+            .push(("Content-Type".into(), "text/html; charset=utf-8".into()));
+        page
+    }
 
     fn on_upgrade(&mut self, req: &Request) -> Upgrade<String> {
         if req.path() != "/ws" {
@@ -111,7 +117,7 @@ form { display: flex; gap: .5em; margin-top: .5em; } #text { flex: 1; }
 <button>Send</button></form>
 <script>
 const nick = prompt("Nickname?") || "";
-const url = `ws://${location.hostname}:WS_PORT/ws?nick=${encodeURIComponent(nick)}`;
+const url = `ws://${location.host}/ws?nick=${encodeURIComponent(nick)}`;
 const log = document.getElementById("log");
 const show = (t) => { const d = document.createElement("div"); d.textContent = t;
   log.appendChild(d); log.scrollTop = log.scrollHeight; };
@@ -126,31 +132,8 @@ document.getElementById("form").onsubmit = (e) => {
 </script></body></html>
 "#;
 
-/// Serves the page to every request on `addr` (one thread, one request per connection).
-fn serve_page(listener: TcpListener, ws_port: u16) {
-    let body = PAGE.replace("WS_PORT", &ws_port.to_string());
-    let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    for stream in listener.incoming() {
-        let Ok(mut s) = stream else { continue };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
-        let _ = s.write_all(response.as_bytes());
-    }
-}
-
 fn usage() -> ! {
-    eprintln!("usage: chat [--port 8080] [--host 127.0.0.1]   (the page is served on port + 1)");
+    eprintln!("usage: chat [--port 8080] [--host 127.0.0.1]   (page at /, chat at /ws)");
     std::process::exit(2)
 }
 
@@ -171,17 +154,6 @@ fn main() -> std::io::Result<()> {
     cfg.workers = 1;
     cfg.proto.max_message_size = 4096;
     cfg.max_backpressure = 256 * 1024;
-    // The page comes from the next port: accept origins whose host matches `Host`, any port.
-    cfg.origin = OriginPolicy::Custom(Arc::new(|req: &Request| {
-        let Some(origin) = req.header("Origin") else {
-            return true; // not a browser
-        };
-        let origin_host = origin.split("://").nth(1).unwrap_or("");
-        strip_port(origin_host).eq_ignore_ascii_case(strip_port(req.host()))
-    }));
-
-    let page = TcpListener::bind(SocketAddr::new(host, port.wrapping_add(1)))?;
-    let page_addr = page.local_addr()?;
 
     // Block SIGINT and SIGTERM in every thread (workers inherit the mask), and take them here.
     let signals = block_signals();
@@ -190,10 +162,8 @@ fn main() -> std::io::Result<()> {
         timer_started: false,
         left: Vec::new(),
     })?;
-    let ws_port = handle.local_addr().port();
-    std::thread::spawn(move || serve_page(page, ws_port));
     println!(
-        "chat on ws://{}/ws, page on http://{page_addr}/",
+        "chat on http://{0}/ (WebSocket at ws://{0}/ws)",
         handle.local_addr()
     );
     let trigger = handle.trigger();
@@ -203,14 +173,6 @@ fn main() -> std::io::Result<()> {
         trigger.shutdown();
     });
     handle.join()
-}
-
-/// `host[:port]` or `[v6]:port` without the port.
-fn strip_port(hostport: &str) -> &str {
-    match hostport.rsplit_once(':') {
-        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => h,
-        _ => hostport,
-    }
 }
 
 fn block_signals() -> libc::sigset_t {

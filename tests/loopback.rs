@@ -6,6 +6,7 @@
 //! Every read has a timeout (support::READ_TIMEOUT), so a broken server fails a test instead of
 //! hanging it.
 
+#[macro_use]
 #[path = "support/mod.rs"]
 mod support;
 
@@ -99,6 +100,13 @@ impl TestHandler {
 
 impl Handler for TestHandler {
     type Data = String;
+
+    fn on_http(&mut self, req: &Request) -> Rejection {
+        let mut page = Rejection::new(200, format!("page {}", req.path()));
+        page.headers
+            .push(("Content-Type".into(), "text/html".into()));
+        page
+    }
 
     fn on_upgrade(&mut self, req: &Request) -> Upgrade<String> {
         if req.path() == "/reject" {
@@ -242,6 +250,7 @@ fn config() -> ServerConfig {
     ServerConfig {
         bind: vec!["127.0.0.1:0".parse().unwrap()],
         workers: 2,
+        backend: support::backend(),
         ..ServerConfig::default()
     }
 }
@@ -265,7 +274,6 @@ fn read_close(ws: &mut tungstenite::WebSocket<TcpStream>) -> (u16, String) {
 // ---------------------------------------------------------------------------------------------
 // Messages
 
-#[test]
 fn echo_text_and_binary() {
     let server = TestServer::start(config());
     let mut ws = support::ws_connect(server.addr, "/");
@@ -295,7 +303,6 @@ fn echo_text_and_binary() {
     ws.close(None).unwrap();
 }
 
-#[test]
 fn large_fragmented_messages_echo_intact() {
     let server = TestServer::start(config());
     let mut c = RawClient::connect(server.addr, "/");
@@ -330,7 +337,6 @@ fn large_fragmented_messages_echo_intact() {
     assert!(f.payload == bytes, "text echo differs");
 }
 
-#[test]
 fn ping_gets_pong_with_same_payload() {
     let server = TestServer::start(config());
     let mut ws = support::ws_connect(server.addr, "/");
@@ -348,7 +354,6 @@ fn ping_gets_pong_with_same_payload() {
     assert_eq!((f.opcode, f.payload), (10, vec![0xab; 125]));
 }
 
-#[test]
 fn client_close_code_reaches_on_close_and_is_echoed() {
     let server = TestServer::start(config());
     let mut ws = support::ws_connect(server.addr, "/");
@@ -364,7 +369,6 @@ fn client_close_code_reaches_on_close_and_is_echoed() {
     assert_eq!(server.stats.closes(), vec![(4000, "bye".to_owned(), true)]);
 }
 
-#[test]
 fn server_close_code_reaches_client() {
     let server = TestServer::start(config());
     let mut ws = support::ws_connect(server.addr, "/");
@@ -379,7 +383,6 @@ fn server_close_code_reaches_client() {
     assert_eq!(closes[0].0, 4001, "{closes:?}");
 }
 
-#[test]
 fn message_over_read_limit_gets_1009() {
     let server = TestServer::with(|c| c.proto.max_message_size = 64 * 1024);
     let mut ws = support::ws_connect(server.addr, "/");
@@ -400,7 +403,6 @@ fn message_over_read_limit_gets_1009() {
     assert!(server.stats.closes().iter().all(|c| c.0 == 1009 && !c.2));
 }
 
-#[test]
 fn invalid_utf8_text_gets_1007() {
     let server = TestServer::start(config());
     let mut c = RawClient::connect(server.addr, "/");
@@ -417,7 +419,6 @@ fn invalid_utf8_text_gets_1007() {
     assert_eq!(f.close_code().unwrap().0, 1007);
 }
 
-#[test]
 fn protocol_error_gets_1002_after_earlier_messages() {
     let server = TestServer::start(config());
     let mut c = RawClient::connect(server.addr, "/");
@@ -451,7 +452,6 @@ fn status_line(resp: &str) -> &str {
     resp.lines().next().unwrap_or("")
 }
 
-#[test]
 fn handshake_rejections() {
     let server = TestServer::start(config());
     let addr = server.addr;
@@ -491,7 +491,6 @@ fn handshake_rejections() {
     assert_eq!(server.stats.opened.load(Ordering::SeqCst), 1);
 }
 
-#[test]
 fn half_request_dropped_at_handshake_timeout_while_others_served() {
     let server = TestServer::with(|c| c.handshake_timeout = Duration::from_millis(300));
     let mut half = TcpStream::connect(server.addr).unwrap();
@@ -526,7 +525,6 @@ fn half_request_dropped_at_handshake_timeout_while_others_served() {
     assert_eq!(server.stats.opened.load(Ordering::SeqCst), 5);
 }
 
-#[test]
 fn subprotocol_selection_follows_server_preference() {
     use tungstenite::client::IntoClientRequest;
     let server = TestServer::with(|c| c.subprotocols = vec!["b".into(), "a".into()]);
@@ -567,23 +565,21 @@ fn subprotocol_selection_follows_server_preference() {
         .contains("sec-websocket-protocol"));
 }
 
-/// A plain `GET /` (no `Upgrade` header) should reach the handler, so that one port can serve a
-/// page and the WebSocket (issue 3's chat example). Today the engine answers 400 itself: the
-/// handshake parser fails with `UpgradeNotWebSocket` before `on_upgrade` is called.
-#[test]
-#[ignore = "engine gap: non-upgrade requests never reach the handler (see examples/chat.rs)"]
+/// A plain `GET` (no `Upgrade` header) reaches `Handler::on_http`, so that one port can serve a
+/// page and the WebSocket (the chat example).
 fn plain_http_get_reaches_the_handler() {
     let server = TestServer::start(config());
-    let req = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    let req = format!("GET /index.html HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
     let resp = http_exchange(server.addr, req.as_bytes());
-    // TestHandler accepts every path but /reject: a plain GET that reached it would not be 400.
-    assert!(!status_line(&resp).starts_with("HTTP/1.1 400"), "{resp}");
+    // TestHandler::on_http serves a page naming the path.
+    assert!(status_line(&resp).starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("Content-Type: text/html"), "{resp}");
+    assert!(resp.ends_with("page /index.html"), "{resp}");
 }
 
 // ---------------------------------------------------------------------------------------------
 // Timers, keepalive
 
-#[test]
 fn idle_timeout_sends_ping_and_closes_without_pong() {
     let server = TestServer::with(|c| {
         c.proto.idle_timeout = Some(Duration::from_millis(200));
@@ -638,7 +634,6 @@ fn idle_timeout_sends_ping_and_closes_without_pong() {
     }
 }
 
-#[test]
 fn application_interval_timer_ticks() {
     let server = TestServer::start(config());
     let mut ws = support::ws_connect(server.addr, "/tick");
@@ -665,7 +660,6 @@ fn application_interval_timer_ticks() {
 // ---------------------------------------------------------------------------------------------
 // Backpressure
 
-#[test]
 fn backpressure_drop_bounds_the_queue_and_on_drain_follows() {
     let limit = 256 * 1024;
     let server = TestServer::with(|c| {
@@ -699,7 +693,6 @@ fn backpressure_drop_bounds_the_queue_and_on_drain_follows() {
     assert_eq!(c.expect_frame().payload, b"after");
 }
 
-#[test]
 fn backpressure_never_reading_client_cannot_grow_server_memory() {
     let limit = 512 * 1024;
     let server = TestServer::with(|c| {
@@ -726,7 +719,6 @@ fn backpressure_never_reading_client_cannot_grow_server_memory() {
     drop(c);
 }
 
-#[test]
 fn backpressure_close_policy_closes_with_1008() {
     let server = TestServer::with(|c| {
         c.max_backpressure = 256 * 1024;
@@ -761,7 +753,6 @@ fn backpressure_close_policy_closes_with_1008() {
 // ---------------------------------------------------------------------------------------------
 // Lifecycle
 
-#[test]
 fn open_and_close_pair_one_to_one_with_abrupt_disconnects() {
     let server = TestServer::start(config());
     let n = 20;
@@ -785,7 +776,6 @@ fn open_and_close_pair_one_to_one_with_abrupt_disconnects() {
     assert!(closes.iter().all(|c| c.0 == 1006 && !c.2), "{closes:?}");
 }
 
-#[test]
 fn shutdown_sends_1001_and_join_returns() {
     let mut server = TestServer::start(config());
     let mut clients: Vec<_> = (0..4)
@@ -819,7 +809,6 @@ fn shutdown_sends_1001_and_join_returns() {
 // ---------------------------------------------------------------------------------------------
 // Python websockets
 
-#[test]
 fn python_websockets_client() {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -864,7 +853,6 @@ fn python_websockets_client() {
 
 const MANY: usize = 10_000;
 
-#[test]
 fn ten_thousand_concurrent_connections() {
     let started = Instant::now();
     let server = TestServer::start(config());
@@ -896,3 +884,27 @@ fn ten_thousand_concurrent_connections() {
 fn client_process() {
     support::client_mode();
 }
+
+per_driver!(
+    echo_text_and_binary,
+    large_fragmented_messages_echo_intact,
+    ping_gets_pong_with_same_payload,
+    client_close_code_reaches_on_close_and_is_echoed,
+    server_close_code_reaches_client,
+    message_over_read_limit_gets_1009,
+    invalid_utf8_text_gets_1007,
+    protocol_error_gets_1002_after_earlier_messages,
+    handshake_rejections,
+    half_request_dropped_at_handshake_timeout_while_others_served,
+    subprotocol_selection_follows_server_preference,
+    plain_http_get_reaches_the_handler,
+    idle_timeout_sends_ping_and_closes_without_pong,
+    application_interval_timer_ticks,
+    backpressure_drop_bounds_the_queue_and_on_drain_follows,
+    backpressure_never_reading_client_cannot_grow_server_memory,
+    backpressure_close_policy_closes_with_1008,
+    open_and_close_pair_one_to_one_with_abrupt_disconnects,
+    shutdown_sends_1001_and_join_returns,
+    python_websockets_client,
+    ten_thousand_concurrent_connections,
+);

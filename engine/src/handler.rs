@@ -102,6 +102,15 @@ pub trait Handler: 'static {
     /// already passed the configured policy.
     fn on_upgrade(&mut self, req: &Request) -> Upgrade<Self::Data>;
 
+    /// A plain HTTP request on the WebSocket port (no `Upgrade: websocket`): a page, a health
+    /// check. The answer is written and the connection closed after it (`Connection: close`). The
+    /// default is gorilla's: 400 "the client is not using the websocket protocol". The request body,
+    /// if any, is not read.
+    fn on_http(&mut self, req: &Request) -> Rejection {
+        let _ = req;
+        crate::handshake::HandshakeError::UpgradeNotWebSocket.to_rejection()
+    }
+
     /// The connection is open (the 101 response is queued).
     fn on_open(&mut self, conn: &mut Conn<'_, Self::Data>) {
         let _ = conn;

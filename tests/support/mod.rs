@@ -471,3 +471,40 @@ fn read_head(s: &mut TcpStream) -> String {
     }
     String::from_utf8(head).unwrap()
 }
+
+thread_local! {
+    /// The driver the current test runs on (set by `per_driver!`).
+    static BACKEND: std::cell::Cell<surge::Backend> = const { std::cell::Cell::new(surge::Backend::Auto) };
+}
+
+/// The driver the current test runs on: what its server config should ask for.
+pub fn backend() -> surge::Backend {
+    BACKEND.with(|b| b.get())
+}
+
+/// Runs `test` with [`backend`] set to `driver`.
+pub fn run_on(driver: surge::Backend, test: fn()) {
+    BACKEND.with(|b| b.set(driver));
+    test()
+}
+
+/// Generates `epoll::name` and `io_uring::name` tests for each `fn name()` listed; the function reads
+/// the driver from [`backend`]. io_uring versions are skipped, with a line saying why, where the
+/// kernel refuses io_uring. Run without `SURGE_BACKEND`, which would override both.
+#[allow(unused_macros)] // not every test binary runs per driver
+macro_rules! per_driver {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $(#[test] fn $name() { crate::support::run_on(surge::Backend::Epoll, super::$name) })*
+        }
+        mod io_uring {
+            $(#[test] fn $name() {
+                if let Err(why) = surge::Backend::io_uring_support() {
+                    eprintln!("SKIPPED io_uring::{}: {why}", stringify!($name));
+                    return;
+                }
+                crate::support::run_on(surge::Backend::IoUring, super::$name)
+            })*
+        }
+    };
+}

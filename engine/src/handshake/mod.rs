@@ -188,6 +188,14 @@ fn check_request_split(data: &[u8], pos: usize, cfg: &HandshakeConfig) {
             let _ = request.headers().count();
             write_accept_response(&mut out, request.key(), protocol, None, &[]);
         }
+        Ok(ParseStatus::Http { request, consumed }) => {
+            assert!(*consumed <= data.len() && *consumed <= cfg.max_request_size);
+            assert!(request.key().is_empty());
+            write_rejection(
+                &mut out,
+                &HandshakeError::UpgradeNotWebSocket.to_rejection(),
+            );
+        }
         Err(e) => {
             assert!((400..600).contains(&e.status()));
             write_rejection(&mut out, &e.to_rejection());

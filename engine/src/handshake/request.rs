@@ -25,6 +25,15 @@ pub enum ParseStatus {
         /// Bytes of the buffer the request took.
         consumed: usize,
     },
+    /// A well-formed HTTP/1.1 request that does not ask for a WebSocket upgrade (no `Upgrade:
+    /// websocket`): a page, a health check. The engine hands it to `Handler::on_http`, whose
+    /// default answer is gorilla's 400. Its [`Request::key`] is empty.
+    Http {
+        /// The request.
+        request: Request,
+        /// Bytes of the buffer the request took (a body, if any, is not read).
+        consumed: usize,
+    },
 }
 
 /// Parses and validates a WebSocket upgrade request from the bytes received so far.
@@ -68,7 +77,10 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<ParseStatus, H
     if raw.version != Some(1) {
         return Err(HandshakeError::HttpVersion);
     }
-    if method.get(head) != "GET" {
+    // "The request MUST contain an |Upgrade| header field whose value MUST include the
+    // "websocket" keyword." Without it, this is a plain HTTP request for the application.
+    let upgrade = fields.list_contains("Upgrade", "websocket");
+    if upgrade && method.get(head) != "GET" {
         return Err(HandshakeError::MethodNotAllowed);
     }
     // "The request MUST contain a |Host| header field whose value contains /host/ plus optionally
@@ -78,10 +90,17 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<ParseStatus, H
         (_, 0 | 1) => return Err(HandshakeError::MissingHost),
         _ => return Err(HandshakeError::DuplicateHeader("Host")),
     };
-    // "The request MUST contain an |Upgrade| header field whose value MUST include the
-    // "websocket" keyword."
-    if !fields.list_contains("Upgrade", "websocket") {
-        return Err(HandshakeError::UpgradeNotWebSocket);
+    if !upgrade {
+        let request = build_request(
+            head,
+            method,
+            target,
+            headers,
+            host,
+            Span::new(0, 0),
+            consumed,
+        );
+        return Ok(ParseStatus::Http { request, consumed });
     }
     // "The request MUST contain a |Connection| header field whose value MUST include the
     // "Upgrade" token."
@@ -106,6 +125,20 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<ParseStatus, H
         return Err(HandshakeError::InvalidKey);
     }
 
+    let request = build_request(head, method, target, headers, host, key, consumed);
+    Ok(ParseStatus::Complete { request, consumed })
+}
+
+/// Builds the owned request: one copy of the header block, spans into it.
+fn build_request(
+    head: &str,
+    method: Span,
+    target: Span,
+    headers: Vec<(Span, Span)>,
+    host: Span,
+    key: Span,
+    consumed: usize,
+) -> Request {
     let (path, query) = match target.get(head).find('?') {
         Some(q) => {
             let q = target.start as usize + q;
@@ -130,20 +163,17 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<ParseStatus, H
     text.push_str(head);
     text.push_str(&unescaped);
 
-    Ok(ParseStatus::Complete {
-        request: Request {
-            text,
-            method,
-            path,
-            query,
-            headers,
-            host,
-            key,
-            extensions,
-            peer: None,
-        },
-        consumed,
-    })
+    Request {
+        text,
+        method,
+        path,
+        query,
+        headers,
+        host,
+        key,
+        extensions,
+        peer: None,
+    }
 }
 
 /// Whether `key` is base64 (with padding) for exactly 16 bytes: 24 characters.
@@ -323,6 +353,7 @@ mod tests {
                 Ok(request)
             }
             ParseStatus::Partial => panic!("partial: {text:?}"),
+            ParseStatus::Http { .. } => panic!("not an upgrade: {text:?}"),
         }
     }
 
@@ -490,11 +521,29 @@ mod tests {
 
     #[test]
     fn upgrade_header_rules() {
-        for bad in [None, Some("h2c"), Some("websockets"), Some("")] {
-            let err = parse(&with_header("Upgrade", bad)).unwrap_err();
-            assert_eq!(err, HandshakeError::UpgradeNotWebSocket, "{bad:?}");
-            assert_eq!(err.status(), 400);
+        // Without `Upgrade: websocket` it is a plain HTTP request, for the application.
+        for plain in [None, Some("h2c"), Some("websockets"), Some("")] {
+            let text = with_header("Upgrade", plain);
+            match parse_request(text.as_bytes(), &cfg()) {
+                Ok(ParseStatus::Http { request, consumed }) => {
+                    assert_eq!(consumed, text.len());
+                    assert_eq!(
+                        (request.method(), request.path(), request.key()),
+                        ("GET", "/chat", "")
+                    );
+                }
+                other => panic!("{plain:?}: {other:?}"),
+            }
         }
+        // Any method may ask for a page; only upgrades must be GET.
+        let post = "POST /form?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n";
+        let Ok(ParseStatus::Http { request, .. }) = parse_request(post.as_bytes(), &cfg()) else {
+            panic!("POST page")
+        };
+        assert_eq!(
+            (request.method(), request.path(), request.query()),
+            ("POST", "/form", Some("x=1"))
+        );
         for good in ["WebSocket", "h2c, websocket", "foo,WEBSOCKET"] {
             assert!(parse(&with_header("Upgrade", Some(good))).is_ok(), "{good}");
         }

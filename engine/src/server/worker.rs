@@ -1040,6 +1040,13 @@ impl<H: Handler> Worker<H> {
                 return;
             }
             Ok(ParseStatus::Complete { request, consumed }) => (request, consumed),
+            Ok(ParseStatus::Http { mut request, .. }) => {
+                ctx.chunks.put(held);
+                request.peer = c.socket.peer_addr().ok();
+                let response = self.handler.on_http(&request);
+                self.reject(id, &response);
+                return;
+            }
             Err(e) => {
                 ctx.chunks.put(held);
                 self.reject(id, &e.to_rejection());
