@@ -10,7 +10,7 @@ use super::{Conn, Error, Stream};
 use crate::handler::{Accept, Upgrade};
 use crate::handshake::{
     check_origin, parse_request, write_accept_response, write_rejection, HandshakeConfig,
-    ParseStatus, Rejection, Request,
+    HandshakeError, ParseStatus, Rejection, Request,
 };
 use crate::proto::{self, Role};
 
@@ -74,6 +74,12 @@ impl Upgrader {
             match parse_request(&buf, &self.handshake) {
                 Ok(ParseStatus::Complete { request, consumed }) => break (request, consumed),
                 Ok(ParseStatus::Partial) => {}
+                // Not an upgrade (gorilla: "the client is not using the websocket protocol").
+                Ok(ParseStatus::Http { .. }) => {
+                    let e = HandshakeError::UpgradeNotWebSocket;
+                    reject(&mut stream, &e.to_rejection(), deadline, &mut timeouts);
+                    return Err(Error::Handshake(e));
+                }
                 Err(e) => {
                     reject(&mut stream, &e.to_rejection(), deadline, &mut timeouts);
                     return Err(Error::Handshake(e));
@@ -81,15 +87,13 @@ impl Upgrader {
             }
             // The parser never looks past the limit; one byte more tells it the block is too long.
             let want = (self.handshake.max_request_size + 1).saturating_sub(buf.len());
-            if let Err(e) = read_more(
+            read_more(
                 &mut stream,
                 &mut buf,
                 want.clamp(1, 4096),
                 deadline,
                 &mut timeouts,
-            ) {
-                return Err(e);
-            }
+            )?;
         };
         request.peer = stream.peer_addr();
         if let Err(e) = check_origin(&request, &self.handshake) {
