@@ -4,12 +4,12 @@
 # - server: kosoku drives examples/blocking_echo (thread per connection) -> .ci/expected/blocking-server.txt
 # - client: kosoku listens in fuzzingserver mode and examples/blocking_client (a Dialer) runs every
 #   case against it -> .ci/expected/blocking-client.txt
-# Usage: conformance-blocking.sh OUTDIR (the examples must be built in release mode first:
-#   cargo build --release -p surge --example blocking_echo --example blocking_client)
+# Usage: conformance-blocking.sh OUTDIR (builds both examples in release mode first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-ci-out}
 mkdir -p "$OUT"
+cargo build --release --quiet -p surge --example blocking_echo --example blocking_client
 ECHO=target/release/examples/blocking_echo
 CLIENT=target/release/examples/blocking_client
 
