@@ -4,7 +4,8 @@
 //! - [`proto`]: the sans-IO RFC 6455 core (frames, assembly, close handshake), no sockets, no clock.
 //! - [`handshake`]: the sans-IO HTTP/1.1 upgrade (server and client side).
 //! - [`buf`]: per-worker chunk pools and the per-connection write queue.
-//! - [`server`]: thread-per-core workers (epoll through mio), the [`Handler`] callbacks, timers.
+//! - [`server`]: thread-per-core workers (epoll through mio), the [`Handler`] callbacks, timers,
+//!   topics and cross-thread handles; [`prepared`]: messages encoded once for many connections.
 
 pub mod blocking;
 pub mod buf;
@@ -13,13 +14,15 @@ pub(crate) mod driver;
 pub mod fuzzing;
 pub mod handler;
 pub mod handshake;
+pub mod prepared;
 pub mod proto;
 pub mod server;
 
 pub use handler::{Accept, CloseInfo, Handler, SendStatus, Upgrade};
 pub use handshake::{Rejection, Request};
+pub use prepared::PreparedMessage;
 pub use proto::{CloseCode, Message, MessageKind};
 pub use server::{
-    Backend, BackpressurePolicy, Conn, ConnId, MessageWriter, Server, ServerConfig, ServerHandle,
-    ShutdownTrigger, WorkerCtx,
+    Backend, BackpressurePolicy, Conn, ConnHandle, ConnId, HandleError, MessageWriter, Publisher,
+    Server, ServerConfig, ServerHandle, ShutdownTrigger, WorkerCtx,
 };

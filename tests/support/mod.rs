@@ -152,6 +152,29 @@ impl RawClient {
         c
     }
 
+    /// A client over a stream that already did its upgrade (the 101 head read).
+    pub fn from_stream(stream: TcpStream) -> RawClient {
+        RawClient {
+            stream,
+            buf: Vec::new(),
+            response: String::new(),
+        }
+    }
+
+    /// The next frame, or `None` when none arrives within `limit` (or at EOF).
+    pub fn read_frame_timeout(&mut self, limit: Duration) -> Option<Frame> {
+        self.stream.set_read_timeout(Some(limit)).unwrap();
+        let got = self.read_frame();
+        self.stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        match got {
+            Ok(f) => f,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                None
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+
     fn fill(&mut self) -> io::Result<usize> {
         let mut tmp = [0u8; 64 * 1024];
         let n = self.stream.read(&mut tmp)?;

@@ -4,9 +4,16 @@
 //! larger than a chunk gets a buffer of its own. The worker flushes each connection once per loop
 //! iteration (corking), and a written chunk goes straight back to the pool, so an idle connection's
 //! queue is an empty `VecDeque` with no allocation.
+//!
+//! Besides pooled chunks, the queue holds references to shared frames ([`Bytes`], from a
+//! [`PreparedMessage`](crate::prepared::PreparedMessage)): one iovec pointing into a buffer that
+//! many connections send, kept alive by the reference until the bytes are written (on io_uring,
+//! until the send's completion: the queue itself stays put until then).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+
+use bytes::Bytes;
 
 use super::pool::ChunkPool;
 use crate::proto::Output;
@@ -14,10 +21,32 @@ use crate::proto::Output;
 /// Most chunks handed to one `writev` (the kernel's `IOV_MAX` is 1024; 64 x 16 KiB is plenty).
 const MAX_IOVECS: usize = 64;
 
+/// One piece of the queue: a pooled chunk (appended to while it has room) or a shared frame.
+#[derive(Debug)]
+enum Segment {
+    Chunk(Vec<u8>),
+    Shared(Bytes),
+}
+
+impl Segment {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Segment::Chunk(c) => c,
+            Segment::Shared(b) => b,
+        }
+    }
+
+    fn release(self, pool: &mut ChunkPool) {
+        if let Segment::Chunk(c) = self {
+            pool.put(c);
+        }
+    }
+}
+
 /// Outgoing bytes of one connection.
 #[derive(Debug, Default)]
 pub struct WriteQueue {
-    chunks: VecDeque<Vec<u8>>,
+    chunks: VecDeque<Segment>,
     /// Bytes of the front chunk already written.
     head: usize,
     /// Bytes queued and not yet written.
@@ -56,7 +85,16 @@ impl WriteQueue {
             return;
         }
         self.len += buf.len();
-        self.chunks.push_back(buf);
+        self.chunks.push_back(Segment::Chunk(buf));
+    }
+
+    /// Appends a reference to a shared frame: its bytes are not copied (one more iovec).
+    pub fn push_shared(&mut self, frame: &Bytes) {
+        if frame.is_empty() {
+            return;
+        }
+        self.len += frame.len();
+        self.chunks.push_back(Segment::Shared(frame.clone()));
     }
 
     /// Appends `parts` back to back, into the last chunk when they fit, else into a fresh pooled
@@ -67,19 +105,19 @@ impl WriteQueue {
         if total == 0 {
             return;
         }
-        let fits = self
-            .chunks
-            .back()
-            .is_some_and(|last| last.capacity() - last.len() >= total);
+        let fits = matches!(self.chunks.back(),
+            Some(Segment::Chunk(last)) if last.capacity() - last.len() >= total);
         if !fits {
             let buf = if total > pool.chunk_size() {
                 Vec::with_capacity(total)
             } else {
                 pool.get()
             };
-            self.chunks.push_back(buf);
+            self.chunks.push_back(Segment::Chunk(buf));
         }
-        let last = self.chunks.back_mut().expect("a chunk was just ensured");
+        let Some(Segment::Chunk(last)) = self.chunks.back_mut() else {
+            unreachable!("a chunk was just ensured")
+        };
         let mut start = last.len();
         for p in parts {
             start = last.len();
@@ -106,7 +144,7 @@ impl WriteQueue {
             let mut count = 0;
             for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
                 let from = if i == 0 { self.head } else { 0 };
-                slices[i] = IoSlice::new(&chunk[from..]);
+                slices[i] = IoSlice::new(&chunk.bytes()[from..]);
                 count += 1;
             }
             sink.write_vectored(&slices[..count])?
@@ -138,9 +176,10 @@ impl WriteQueue {
         let mut count = 0;
         for (i, chunk) in self.chunks.iter().take(out.len()).enumerate() {
             let from = if i == 0 { self.head } else { 0 };
+            let bytes = &chunk.bytes()[from..];
             out[i] = libc::iovec {
-                iov_base: chunk[from..].as_ptr() as *mut libc::c_void,
-                iov_len: chunk.len() - from,
+                iov_base: bytes.as_ptr() as *mut libc::c_void,
+                iov_len: bytes.len(),
             };
             count += 1;
         }
@@ -157,7 +196,7 @@ impl WriteQueue {
         self.len -= n;
         while n > 0 {
             let front = self.chunks.front().expect("written bytes were queued");
-            let left = front.len() - self.head;
+            let left = front.bytes().len() - self.head;
             if n < left {
                 self.head += n;
                 return;
@@ -165,7 +204,7 @@ impl WriteQueue {
             n -= left;
             self.head = 0;
             if let Some(chunk) = self.chunks.pop_front() {
-                pool.put(chunk);
+                chunk.release(pool);
             }
         }
         if self.len == 0 {
@@ -177,7 +216,7 @@ impl WriteQueue {
     /// Gives every chunk back and forgets the queued bytes.
     pub fn release(&mut self, pool: &mut ChunkPool) {
         for chunk in self.chunks.drain(..) {
-            pool.put(chunk);
+            chunk.release(pool);
         }
         self.chunks = VecDeque::new();
         self.head = 0;
@@ -283,6 +322,37 @@ mod tests {
         assert!(q.flush(&mut sink, &mut pool).unwrap());
         assert_eq!(sink.calls, 1);
         assert_eq!(sink.got.len(), 900);
+    }
+
+    #[test]
+    fn shared_frames_interleave_with_chunks_in_order() {
+        let mut pool = ChunkPool::new(64, 8);
+        let mut q = WriteQueue::new();
+        let shared = Bytes::from(vec![9u8; 100]);
+        q.append(&[b"ab"], None, &mut pool);
+        q.push_shared(&shared);
+        q.append(&[b"cd"], None, &mut pool);
+        q.push_shared(&shared);
+        assert_eq!(q.len(), 204);
+        assert_eq!(q.chunk_count(), 4, "a chunk after a shared frame is a new one");
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 8];
+        assert_eq!(q.fill_iovecs(&mut iov), 4);
+        assert_eq!(iov[1].iov_base as *const u8, shared.as_ptr(), "no copy");
+        let mut sink = Sink {
+            got: Vec::new(),
+            cap: 37,
+            calls: 0,
+        };
+        q.flush(&mut sink, &mut pool).unwrap();
+        let mut expect = b"ab".to_vec();
+        expect.extend_from_slice(&shared);
+        expect.extend_from_slice(b"cd");
+        expect.extend_from_slice(&shared);
+        assert_eq!(sink.got, expect);
+        assert_eq!(pool.outstanding(), 0);
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! spawns the workers. Each worker creates its handler with the factory on its own thread.
 
 pub mod config;
+pub(crate) mod handle;
+pub(crate) mod mailbox;
 pub(crate) mod registry;
 pub(crate) mod timer;
+pub(crate) mod topics;
 pub(crate) mod worker;
 
 use std::io;
@@ -18,18 +21,20 @@ use std::thread::JoinHandle;
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use config::{Backend, BackpressurePolicy, ServerConfig};
+pub use handle::{ConnHandle, HandleError, Publisher};
 pub use registry::ConnId;
 pub use worker::{Conn, MessageWriter, WorkerCtx};
 
 use crate::driver::{probe, DriverSeed};
 use crate::handler::Handler;
 
-/// State shared between the handle and the workers: only the stop flag and the wakers (never
-/// touched on the hot path).
+/// State shared between the handles and the workers: the stop flag, the wakers, and each
+/// worker's mailbox (commands from other threads, figures for them).
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
-    wakers: Vec<crate::driver::Waker>,
+    pub(crate) wakers: Vec<crate::driver::Waker>,
+    pub(crate) mailboxes: Vec<crossbeam_utils::CachePadded<mailbox::Mailbox>>,
 }
 
 /// A WebSocket server: [`ServerConfig`] plus [`run`](Server::run) or [`start`](Server::start).
@@ -94,6 +99,7 @@ impl Server {
         }
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
+            mailboxes: (0..wakers.len()).map(|_| Default::default()).collect(),
             wakers,
         });
         let cfg = Arc::new(cfg);

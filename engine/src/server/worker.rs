@@ -61,6 +61,11 @@ const FIN_SENT: u8 = 8;
 const PEER_EOF: u8 = 16;
 /// io_uring: a send of this connection's queue is in flight (its chunks must stay put).
 const SENDING: u8 = 32;
+/// Has an entry in the worker's topic table (subscriptions or a handle): unlink it when closing.
+const LINKED: u8 = 64;
+
+#[path = "fanout.rs"]
+mod fanout;
 
 /// Where a connection stands.
 #[derive(Debug)]
@@ -142,6 +147,8 @@ pub struct WorkerCtx<D> {
     cancels: Vec<u64>,
     /// io_uring: queues of removed connections whose send is in flight.
     orphans: Vec<(u64, WriteQueue)>,
+    /// Topics, handles and the mailbox (fanout.rs).
+    fanout: fanout::Fanout,
 }
 
 impl<D> std::fmt::Debug for WorkerCtx<D> {
@@ -154,7 +161,7 @@ impl<D> std::fmt::Debug for WorkerCtx<D> {
 }
 
 impl<D> WorkerCtx<D> {
-    fn new(index: usize, cfg: Arc<ServerConfig>) -> Self {
+    fn new(index: usize, cfg: Arc<ServerConfig>, shared: Arc<Shared>) -> Self {
         let now = Instant::now();
         let cfg_uring = cfg.backend == Backend::IoUring;
         WorkerCtx {
@@ -176,6 +183,7 @@ impl<D> WorkerCtx<D> {
             uring: cfg_uring,
             cancels: Vec::new(),
             orphans: Vec::new(),
+            fanout: fanout::Fanout::new(shared),
         }
     }
 
@@ -394,6 +402,7 @@ impl<D> WorkerCtx<D> {
 
     /// Removes a connection and closes its socket (the kernel drops it from epoll).
     fn remove(&mut self, id: ConnId) {
+        self.unlink(id);
         self.arm(id, None);
         if let Some(mut c) = self.conns.remove(id) {
             if self.uring {
@@ -658,7 +667,7 @@ impl<H: Handler> Worker<H> {
     ) -> Self {
         Worker {
             read_buf: vec![0; cfg.read_buffer_size.max(4096)],
-            ctx: WorkerCtx::new(index, cfg),
+            ctx: WorkerCtx::new(index, cfg, Arc::clone(&shared)),
             handler,
             driver,
             listeners,
@@ -701,6 +710,7 @@ impl<H: Handler> Worker<H> {
             }
             self.fire_timers();
             self.flush_dirty();
+            self.ctx.store_stats();
 
             if let Some(deadline) = self.stop_deadline {
                 if self.ctx.conns.len() == 0 {
@@ -862,6 +872,7 @@ impl<H: Handler> Worker<H> {
 
     fn dispatch_ready(&mut self, token: usize, readable: bool, writable: bool, hup: bool) {
         if token == WAKER_TOKEN {
+            self.ctx.drain_mailbox();
             if self.shared.stop.load(Ordering::Acquire) && self.stop_deadline.is_none() {
                 self.begin_shutdown();
             }
@@ -999,6 +1010,7 @@ impl<H: Handler> Worker<H> {
 
     /// Calls `on_close` if the connection was open and has not had it yet.
     fn close_callback(&mut self, id: ConnId, code: CloseCode, reason: &str, by_peer: bool) {
+        self.ctx.unlink(id);
         let Some(c) = self.ctx.conns.get_mut(id) else {
             return;
         };

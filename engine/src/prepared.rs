@@ -1,0 +1,166 @@
+//! Messages encoded once and sent to many connections (gorilla's `PreparedMessage`).
+//!
+//! A [`PreparedMessage`] holds the whole server frame (header and payload) in one reference-counted
+//! buffer. Sending it to a connection queues a reference to that buffer (one iovec of the
+//! connection's write queue), never a copy of the payload, on any worker: the buffer lives until
+//! the last connection's write of it completes.
+//!
+//! Variants: a connection that negotiated an extension changing the frame (permessage-deflate,
+//! one parameter set per variant) needs other bytes for the same message. Each variant is encoded
+//! at most once, lazily, by the first worker that needs it ([`PreparedMessage::variant`]), and
+//! shared the same way as the plain frame.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::proto::{FrameHeader, MessageKind, OpCode, MAX_HEADER_LEN};
+
+/// Identifies one encoding of a message: 0 is the plain frame; extensions pick their own keys
+/// (e.g. a hash of the negotiated deflate parameters).
+pub type VariantKey = u64;
+
+/// The plain frame's key.
+pub const PLAIN: VariantKey = 0;
+
+/// A message encoded once, shared by every connection it is sent to. Cheap to clone (a reference
+/// count); `Send + Sync`.
+#[derive(Clone)]
+pub struct PreparedMessage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: MessageKind,
+    /// The unmasked server frame: header then payload, FIN set, no RSV bits.
+    plain: Bytes,
+    /// Where the payload starts in `plain`.
+    header_len: u8,
+    /// Other encodings, computed on first use (few: one per negotiated parameter set).
+    variants: Mutex<Vec<(VariantKey, Bytes)>>,
+}
+
+impl std::fmt::Debug for PreparedMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedMessage")
+            .field("kind", &self.inner.kind)
+            .field("payload_len", &self.payload().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreparedMessage {
+    /// Encodes `payload` as one unfragmented frame of `kind`. Text is not re-validated here: use
+    /// [`text`](Self::text) for a `&str`.
+    pub fn new(kind: MessageKind, payload: &[u8]) -> Self {
+        let header = FrameHeader {
+            fin: true,
+            rsv: 0,
+            opcode: match kind {
+                MessageKind::Text => OpCode::Text,
+                MessageKind::Binary => OpCode::Binary,
+            },
+            mask: None,
+            len: payload.len() as u64,
+        };
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = header.encode(&mut head);
+        let mut frame = Vec::with_capacity(n + payload.len());
+        frame.extend_from_slice(&head[..n]);
+        frame.extend_from_slice(payload);
+        PreparedMessage {
+            inner: Arc::new(Inner {
+                kind,
+                plain: Bytes::from(frame),
+                header_len: n as u8,
+                variants: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// A text message.
+    pub fn text(text: &str) -> Self {
+        Self::new(MessageKind::Text, text.as_bytes())
+    }
+
+    /// A binary message.
+    pub fn binary(data: &[u8]) -> Self {
+        Self::new(MessageKind::Binary, data)
+    }
+
+    /// The message kind.
+    pub fn kind(&self) -> MessageKind {
+        self.inner.kind
+    }
+
+    /// The payload (as sent without extensions).
+    pub fn payload(&self) -> &[u8] {
+        &self.inner.plain[usize::from(self.inner.header_len)..]
+    }
+
+    /// The plain frame (header and payload), shared.
+    pub fn frame(&self) -> &Bytes {
+        &self.inner.plain
+    }
+
+    /// The frame for variant `key`, encoding it with `encode(kind, payload)` the first time any
+    /// thread asks (the result is kept with the message and shared from then on). `PLAIN` is the
+    /// plain frame.
+    pub fn variant(
+        &self,
+        key: VariantKey,
+        encode: impl FnOnce(MessageKind, &[u8]) -> Vec<u8>,
+    ) -> Bytes {
+        if key == PLAIN {
+            return self.inner.plain.clone();
+        }
+        let mut variants = self
+            .inner
+            .variants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((_, b)) = variants.iter().find(|(k, _)| *k == key) {
+            return b.clone();
+        }
+        let b = Bytes::from(encode(self.inner.kind, self.payload()));
+        variants.push((key, b.clone()));
+        b
+    }
+
+    /// Whether two handles name the same prepared message.
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.inner, &b.inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_once_and_shares() {
+        let m = PreparedMessage::text("hello");
+        assert_eq!(&m.frame()[..], b"\x81\x05hello");
+        assert_eq!(m.payload(), b"hello");
+        let big = PreparedMessage::binary(&[7u8; 70_000]);
+        assert_eq!(&big.frame()[..2], &[0x82, 127]);
+        assert_eq!(big.payload().len(), 70_000);
+        let c = big.clone();
+        assert!(PreparedMessage::ptr_eq(&c, &big));
+        assert_eq!(c.frame().as_ptr(), big.frame().as_ptr(), "no copy");
+    }
+
+    #[test]
+    fn variants_are_encoded_once() {
+        let m = PreparedMessage::text("abc");
+        let mut calls = 0;
+        let a = m.variant(7, |_, p| {
+            calls += 1;
+            [&[0xc1, p.len() as u8][..], p].concat()
+        });
+        let b = m.variant(7, |_, _| unreachable!("cached"));
+        assert_eq!(calls, 1);
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        assert_eq!(m.variant(PLAIN, |_, _| unreachable!()), m.frame());
+    }
+}

@@ -1,0 +1,254 @@
+//! The worker's side of fanout: prepared sends, topics, and commands from other threads.
+//!
+//! A child module of `worker` (it reaches the connection table directly); `worker.rs` only calls
+//! in at a few points: the waker event drains the mailbox, closing or removing a connection
+//! unlinks it, and each loop turn ends by storing the figures other threads read.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Conn, WorkerCtx, CAN_SEND, LINKED, OVER};
+use crate::handler::SendStatus;
+use crate::prepared::PreparedMessage;
+use crate::server::config::BackpressurePolicy;
+use crate::server::handle::ConnHandle;
+use crate::server::mailbox::Command;
+use crate::server::registry::ConnId;
+use crate::server::topics::TopicTable;
+use crate::server::Shared;
+
+/// Most mailbox commands run per loop turn; the rest wait for the next turn (which comes at
+/// once), so that a flood of commands cannot starve I/O.
+const MAX_COMMANDS_PER_TURN: usize = 4096;
+
+/// A worker's fanout state.
+#[derive(Debug)]
+pub(crate) struct Fanout {
+    topics: TopicTable,
+    shared: Arc<Shared>,
+}
+
+impl Fanout {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Fanout {
+            topics: TopicTable::default(),
+            shared,
+        }
+    }
+}
+
+impl<D> WorkerCtx<D> {
+    /// Queues a shared frame on one connection, applying the backpressure policy (the frame's
+    /// length counts toward the buffered amount like any other bytes).
+    fn send_shared(&mut self, id: ConnId, frame: &Bytes) -> SendStatus {
+        let Some(c) = self.conns.get_mut(id) else {
+            return SendStatus::Closed;
+        };
+        if !c.has(CAN_SEND) {
+            return SendStatus::Closed;
+        }
+        let limit = self.cfg.max_backpressure;
+        let queued = c.queue.len();
+        if queued > 0 && queued.saturating_add(frame.len()) > limit {
+            c.flags |= OVER;
+            match self.cfg.backpressure_policy {
+                BackpressurePolicy::Drop => {
+                    c.dropped = c.dropped.saturating_add(1);
+                    self.dropped += 1;
+                    return SendStatus::Dropped;
+                }
+                BackpressurePolicy::Close(code) => {
+                    let _ = self.start_close(id, code, "backpressure limit");
+                    return SendStatus::Closed;
+                }
+            }
+        }
+        // The plain frame; a connection with a negotiated extension would pick its variant here
+        // (`PreparedMessage::variant`).
+        c.queue.push_shared(frame);
+        let over = c.queue.len() > limit;
+        if over {
+            c.flags |= OVER;
+        }
+        self.mark_dirty(id);
+        if over {
+            if let BackpressurePolicy::Close(code) = self.cfg.backpressure_policy {
+                let _ = self.start_close(id, code, "backpressure limit");
+            }
+            SendStatus::Backpressure
+        } else {
+            SendStatus::Sent
+        }
+    }
+
+    /// Writes `msg` to this worker's subscribers of `topic` (queued now, flushed at the end of the
+    /// loop turn with everything else). Returns how many took it.
+    fn deliver(&mut self, topic: &str, msg: &PreparedMessage) -> usize {
+        // Taken out for the walk: sends never change subscriptions (closing happens later, in
+        // `close_callback`), and this keeps the borrow of the list apart from the connections.
+        let table = std::mem::take(&mut self.fanout.topics);
+        let mut queued = 0;
+        for &id in table.subscribers(topic) {
+            if self.send_shared(id, msg.frame()).is_queued() {
+                queued += 1;
+            }
+        }
+        self.fanout.topics = table;
+        queued
+    }
+
+    /// Sends `msg` to every subscriber of `topic` on every worker: this worker's subscribers now,
+    /// the other workers' through one mailbox command each.
+    pub fn publish(&mut self, topic: &str, msg: &PreparedMessage) {
+        self.deliver(topic, msg);
+        self.fanout
+            .shared
+            .publish_except(Some(self.index), topic, msg);
+    }
+
+    /// This worker's subscribers of `topic`.
+    pub fn subscriber_count(&self, topic: &str) -> usize {
+        self.fanout.topics.subscribers(topic).len()
+    }
+
+    /// The same as [`publish`](Self::publish) from another thread.
+    pub fn publisher(&self) -> crate::server::Publisher {
+        crate::server::Publisher {
+            shared: Arc::clone(&self.fanout.shared),
+        }
+    }
+
+    fn subscribe_id(&mut self, id: ConnId, topic: &str) -> bool {
+        let Some(c) = self.conns.get_mut(id) else {
+            return false;
+        };
+        if c.data.is_none() {
+            return false;
+        }
+        c.flags |= LINKED;
+        self.fanout.topics.subscribe(id, topic)
+    }
+
+    fn unsubscribe_id(&mut self, id: ConnId, topic: &str) -> bool {
+        match self.conns.get(id) {
+            Some(c) if c.has(LINKED) => self.fanout.topics.unsubscribe(id, topic),
+            _ => false,
+        }
+    }
+
+    /// The connection is closed (or gone): drops its subscriptions and fails its handles.
+    pub(super) fn unlink(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(id) {
+            if c.has(LINKED) {
+                c.flags &= !LINKED;
+                self.fanout.topics.unlink(id);
+            }
+        }
+    }
+
+    /// Runs the commands other threads posted (on the waker's event).
+    pub(super) fn drain_mailbox(&mut self) {
+        let shared = Arc::clone(&self.fanout.shared);
+        let mailbox = &shared.mailboxes[self.index];
+        mailbox.disarm();
+        for _ in 0..MAX_COMMANDS_PER_TURN {
+            let Some(cmd) = mailbox.pop() else {
+                return;
+            };
+            self.run_command(cmd);
+        }
+        if !mailbox.is_empty() {
+            let waker = &shared.wakers[self.index];
+            mailbox.rearm(|| {
+                let _ = waker.wake();
+            });
+        }
+    }
+
+    fn run_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Publish { topic, msg } => {
+                self.deliver(&topic, &msg);
+            }
+            Command::Send { id, msg } => {
+                // A stale id (the connection closed since) fails the generation check: discarded.
+                let _ = self.send_shared(id, msg.frame());
+            }
+            Command::Close { id, code, reason } => {
+                let _ = self.start_close(id, code, &reason);
+            }
+            Command::Subscribe { id, topic } => {
+                self.subscribe_id(id, &topic);
+            }
+            Command::Unsubscribe { id, topic } => {
+                self.unsubscribe_id(id, &topic);
+            }
+        }
+    }
+
+    /// Stores the figures other threads read (once per loop turn).
+    pub(super) fn store_stats(&self) {
+        let m = &self.fanout.shared.mailboxes[self.index];
+        m.connections.store(self.conns.len(), Ordering::Relaxed);
+        m.dropped.store(self.dropped, Ordering::Relaxed);
+    }
+}
+
+impl<D> Conn<'_, D> {
+    /// Sends a prepared message: the connection's queue takes a reference to the shared frame,
+    /// no copy. The backpressure policy applies as for any data message.
+    pub fn send_prepared(&mut self, msg: &PreparedMessage) -> SendStatus {
+        self.ctx.send_shared(self.id, msg.frame())
+    }
+
+    /// Subscribes this connection to `topic` (on its worker; publishes from any worker or thread
+    /// reach it). Returns false if it already was subscribed. Subscriptions end with the
+    /// connection.
+    pub fn subscribe(&mut self, topic: &str) -> bool {
+        self.ctx.subscribe_id(self.id, topic)
+    }
+
+    /// Unsubscribes this connection from `topic`; false if it was not subscribed.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        self.ctx.unsubscribe_id(self.id, topic)
+    }
+
+    /// Whether this connection is subscribed to `topic`.
+    pub fn is_subscribed(&self, topic: &str) -> bool {
+        self.entry().has(LINKED) && self.ctx.fanout.topics.is_subscribed(self.id, topic)
+    }
+
+    /// Sends `msg` to every subscriber of `topic` on every worker (this connection too, if it is
+    /// subscribed). See [`WorkerCtx::publish`].
+    pub fn publish(&mut self, topic: &str, msg: &PreparedMessage) {
+        self.ctx.publish(topic, msg);
+    }
+
+    /// A handle to this connection for other threads (`Send + Sync + Clone`): send, close,
+    /// subscribe. Once the connection closes, the handle's calls fail with
+    /// [`HandleError::Closed`](crate::server::HandleError::Closed).
+    pub fn handle(&mut self) -> ConnHandle {
+        let id = self.id;
+        let ctx = &mut *self.ctx;
+        let c = ctx
+            .conns
+            .get_mut(id)
+            .expect("a Conn handle names a live connection");
+        c.flags |= LINKED;
+        let open = c.data.is_some();
+        let alive = ctx
+            .fanout
+            .topics
+            .links_mut(id)
+            .alive
+            .get_or_insert_with(|| Arc::new(AtomicBool::new(open)));
+        ConnHandle {
+            shared: Arc::clone(&ctx.fanout.shared),
+            worker: ctx.index as u32,
+            id,
+            alive: Arc::clone(alive),
+        }
+    }
+}

@@ -1,0 +1,555 @@
+//! Fanout (issue 7): topics across workers, prepared messages, cross-thread handles, slow
+//! consumers. Every test runs once per driver (`per_driver!`, as in tests/uring.rs).
+//!
+//! - 10k subscribers over 2 workers (clients in a child process: 20,000 descriptors per process)
+//!   receive every message published from a non-worker thread, in order.
+//! - A subscriber that never reads is dropped (counted per connection and in total) or closed
+//!   with 1008, per policy, while the other subscribers get everything.
+//! - Handles to closed connections fail cleanly; after shutdown they report `Stopped`.
+//! - A connection's direct sends and topic messages stay in order, from a thread and from a
+//!   callback; a publish from a callback reaches subscribers on both workers.
+//!
+//! Run without `SURGE_BACKEND` set: that variable overrides the configured backend.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{self, BufRead, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{encode_frame, parse_frame, upgrade_request, wait_until, ClientProcess, RawClient};
+use surge::{
+    Accept, Backend, BackpressurePolicy, CloseCode, CloseInfo, Conn, ConnHandle, HandleError,
+    Handler, Message, PreparedMessage, Request, Server, ServerConfig, ServerHandle, Upgrade,
+};
+
+macro_rules! per_driver {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $(#[test] fn $name() { super::$name(surge::Backend::Epoll) })*
+        }
+        mod io_uring {
+            $(#[test] fn $name() {
+                if let Err(why) = surge::Backend::io_uring_support() {
+                    eprintln!("SKIPPED {}: io_uring unavailable: {why}", stringify!($name));
+                    return;
+                }
+                super::$name(surge::Backend::IoUring)
+            })*
+        }
+    };
+}
+
+per_driver!(
+    ten_thousand_subscribers_over_two_workers_get_every_message_in_order,
+    slow_subscriber_is_dropped_and_counted_others_unaffected,
+    slow_subscriber_is_closed_with_1008_others_unaffected,
+    handles_to_closed_connections_fail_cleanly,
+    direct_sends_and_topic_messages_stay_in_order,
+);
+
+/// The 10k tests hold 10k server sockets each: one at a time in this process.
+static BIG: Mutex<()> = Mutex::new(());
+
+const TOPIC: &str = "t";
+const SUBSCRIBERS: usize = 10_000;
+const MESSAGES: usize = 20;
+
+#[derive(Default)]
+struct State {
+    opened: AtomicUsize,
+    per_worker: [AtomicUsize; 2],
+    closed: Mutex<Vec<(String, u16)>>,
+    handles: Mutex<Vec<(String, ConnHandle)>>,
+    /// (path, dropped count, buffered amount) reported on a "stats" message.
+    stats: Mutex<Vec<(String, u32, usize)>>,
+}
+
+/// Subscribes connections whose path starts with `/sub`; "pub:X" publishes X from the callback,
+/// "mix" sends m1 directly, publishes m2, sends m3 directly, "stats" records the counters.
+struct Fan(Arc<State>);
+
+impl Handler for Fan {
+    type Data = String;
+    fn on_upgrade(&mut self, req: &Request) -> Upgrade<String> {
+        Upgrade::Accept(Accept::new(req.path().to_owned()))
+    }
+    fn on_open(&mut self, conn: &mut Conn<'_, String>) {
+        if conn.data().starts_with("/sub") {
+            assert!(conn.subscribe(TOPIC));
+            assert!(!conn.subscribe(TOPIC), "subscribed once");
+            assert!(conn.is_subscribed(TOPIC));
+        }
+        if !conn.data().starts_with("/sub/many") {
+            let h = conn.handle();
+            self.0.handles.lock().unwrap().push((conn.data().clone(), h));
+        }
+        let w = conn.worker().index();
+        self.0.per_worker[w.min(1)].fetch_add(1, Ordering::SeqCst);
+        self.0.opened.fetch_add(1, Ordering::SeqCst);
+    }
+    fn on_message(&mut self, conn: &mut Conn<'_, String>, msg: Message<'_>) {
+        let Message::Text(t) = msg else { return };
+        if let Some(rest) = t.strip_prefix("pub:") {
+            conn.publish(TOPIC, &PreparedMessage::text(rest));
+        } else if t == "mix" {
+            let _ = conn.send_text("m1");
+            conn.publish(TOPIC, &PreparedMessage::text("m2"));
+            let _ = conn.send_prepared(&PreparedMessage::text("m3"));
+        } else if t == "stats" {
+            let entry = (
+                conn.data().clone(),
+                conn.dropped_count(),
+                conn.buffered_amount(),
+            );
+            self.0.stats.lock().unwrap().push(entry);
+        } else if t == "unsub" {
+            assert!(conn.unsubscribe(TOPIC));
+            let _ = conn.send_text("unsubscribed");
+        }
+    }
+    fn on_close(&mut self, path: String, info: &CloseInfo<'_>) {
+        self.0.closed.lock().unwrap().push((path, info.code.0));
+    }
+}
+
+fn start(backend: Backend, cfg: ServerConfig) -> (ServerHandle, Arc<State>) {
+    let state = Arc::new(State::default());
+    let cfg = ServerConfig {
+        bind: vec!["127.0.0.1:0".parse().unwrap()],
+        workers: 2,
+        backend,
+        ..cfg
+    };
+    let s = Arc::clone(&state);
+    let server = Server::new(cfg).start(move |_| Fan(Arc::clone(&s))).unwrap();
+    assert_eq!(server.backend(), backend);
+    (server, state)
+}
+
+fn text(f: &support::Frame) -> String {
+    assert_eq!(f.opcode, 1, "a text frame: {f:?}");
+    String::from_utf8(f.payload.clone()).unwrap()
+}
+
+fn ten_thousand_subscribers_over_two_workers_get_every_message_in_order(backend: Backend) {
+    let _big = BIG.lock().unwrap_or_else(|e| e.into_inner());
+    let (server, state) = start(backend, ServerConfig::default());
+    let started = Instant::now();
+    let mut clients = ClientProcess::spawn("subscriber_process", server.local_addr(), SUBSCRIBERS);
+    assert_eq!(clients.wait("opened", Duration::from_secs(60)), SUBSCRIBERS);
+    assert!(wait_until(Duration::from_secs(10), || {
+        state.opened.load(Ordering::SeqCst) == SUBSCRIBERS
+    }));
+    let per_worker: Vec<usize> = state
+        .per_worker
+        .iter()
+        .map(|a| a.load(Ordering::SeqCst))
+        .collect();
+    assert!(per_worker.iter().all(|&n| n > 0), "both workers: {per_worker:?}");
+    assert!(wait_until(Duration::from_secs(5), || server.connection_count() == SUBSCRIBERS));
+    // Published from this (non-worker) thread: one command per worker per message.
+    let publisher = server.publisher();
+    let t0 = Instant::now();
+    let thread = std::thread::spawn(move || {
+        for i in 0..MESSAGES {
+            let msg = PreparedMessage::text(&format!("seq:{i}"));
+            publisher.publish(TOPIC, &msg).unwrap();
+        }
+    });
+    thread.join().unwrap();
+    clients.command("read");
+    assert_eq!(
+        clients.wait("received", Duration::from_secs(60)),
+        SUBSCRIBERS
+    );
+    println!(
+        "{SUBSCRIBERS} subscribers on workers {per_worker:?}: {} deliveries in {:?} (set up in {:?})",
+        SUBSCRIBERS * MESSAGES,
+        t0.elapsed(),
+        t0 - started
+    );
+    assert_eq!(server.dropped_count(), 0);
+    clients.command("close");
+    assert_eq!(clients.wait("closed", Duration::from_secs(30)), SUBSCRIBERS);
+    clients.finish();
+    assert!(wait_until(Duration::from_secs(10), || {
+        state.closed.lock().unwrap().len() == SUBSCRIBERS
+    }));
+    assert!(wait_until(Duration::from_secs(5), || server.connection_count() == 0));
+    server.shutdown();
+    server.join().unwrap();
+}
+
+/// The child side of the 10k test: connects `ENV_COUNT` subscribers, then on `read` reads
+/// `MESSAGES` messages from each and checks their order, then on `close` closes each with 1000.
+#[test]
+#[ignore = "helper: run by the 10k fanout test in a child process"]
+fn subscriber_process() {
+    let (Ok(addr), Ok(count)) = (
+        std::env::var(support::ENV_ADDR),
+        std::env::var(support::ENV_COUNT),
+    ) else {
+        return;
+    };
+    let addr: SocketAddr = addr.parse().unwrap();
+    let count: usize = count.parse().unwrap();
+    let request = upgrade_request(addr, "/sub/many", "");
+    let mut conns: Vec<(TcpStream, Vec<u8>)> = Vec::with_capacity(count);
+    const BATCH: usize = 256;
+    while conns.len() < count {
+        let start = conns.len();
+        let end = (start + BATCH).min(count);
+        for _ in start..end {
+            let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            conns.push((s, Vec::new()));
+        }
+        for (s, _) in &mut conns[start..end] {
+            s.write_all(request.as_bytes()).unwrap();
+        }
+        for (s, buf) in &mut conns[start..end] {
+            // The head, and maybe more behind it (nothing is published yet, though).
+            let mut tmp = [0u8; 512];
+            let end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let n = s.read(&mut tmp).unwrap();
+                assert!(n > 0, "closed during the handshake");
+                buf.extend_from_slice(&tmp[..n]);
+            };
+            assert!(buf.starts_with(b"HTTP/1.1 101"));
+            buf.drain(..end);
+        }
+    }
+    report("opened", conns.len());
+    expect_command("read");
+    let mut tmp = vec![0u8; 64 * 1024];
+    for (s, buf) in &mut conns {
+        for i in 0..MESSAGES {
+            let frame = loop {
+                if let Some((f, used)) = parse_frame(buf) {
+                    buf.drain(..used);
+                    break f;
+                }
+                let n = s.read(&mut tmp).unwrap();
+                assert!(n > 0, "closed before message {i}");
+                buf.extend_from_slice(&tmp[..n]);
+            };
+            assert_eq!(text(&frame), format!("seq:{i}"));
+        }
+    }
+    report("received", conns.len());
+    expect_command("close");
+    for (s, _) in &mut conns {
+        s.write_all(&encode_frame(true, 0, 8, &support::close_payload(1000, "")))
+            .unwrap();
+    }
+    for (s, _) in &mut conns {
+        let mut sink = Vec::new();
+        match s.read_to_end(&mut sink) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("waiting for the server's FIN: {e}"),
+        }
+    }
+    report("closed", conns.len());
+}
+
+fn report(word: &str, n: usize) {
+    println!("CLIENT {word} {n}");
+    io::stdout().flush().unwrap();
+}
+
+fn expect_command(want: &str) {
+    let mut cmd = String::new();
+    io::stdin().lock().read_line(&mut cmd).unwrap();
+    assert_eq!(cmd.trim(), want);
+}
+
+/// Reads text frames until `n` arrived; returns them.
+fn read_texts(c: &mut RawClient, n: usize) -> Vec<String> {
+    (0..n).map(|_| text(&c.expect_frame())).collect()
+}
+
+/// A client whose receive buffer is small and which never reads.
+fn slow_client(addr: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(upgrade_request(addr, "/sub/slow", "").as_bytes())
+        .unwrap();
+    // The 101 head is all that comes before the client asks for more.
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    s
+}
+
+const FAST: usize = 4;
+const FLOOD: usize = 400;
+const FLOOD_SIZE: usize = 16 * 1024;
+
+/// `FAST` subscribers that read everything, counting what they got in `progress`.
+fn fast_readers(
+    server: &ServerHandle,
+    progress: &Arc<[AtomicUsize; FAST]>,
+) -> Vec<std::thread::JoinHandle<Vec<usize>>> {
+    let addr = server.local_addr();
+    (0..FAST)
+        .map(|i| {
+            let mut c = RawClient::connect(addr, &format!("/sub/fast{i}"));
+            let progress = Arc::clone(progress);
+            std::thread::spawn(move || {
+                (0..FLOOD)
+                    .map(|k| {
+                        let f = c
+                            .read_frame_timeout(Duration::from_secs(5))
+                            .unwrap_or_else(|| panic!("reader {i}: message {k} missing"));
+                        assert_eq!(f.opcode, 2);
+                        assert_eq!(f.payload.len(), FLOOD_SIZE);
+                        progress[i].fetch_add(1, Ordering::SeqCst);
+                        u32::from_be_bytes(f.payload[..4].try_into().unwrap()) as usize
+                    })
+                    .collect()
+            })
+        })
+        .collect()
+}
+
+/// Publishes `FLOOD` messages of `FLOOD_SIZE` bytes (numbered), never more than a few ahead of
+/// the slowest fast reader (so that only the subscriber that never reads goes over the limit).
+fn publish_flood(server: &ServerHandle, progress: &[AtomicUsize; FAST]) {
+    for i in 0..FLOOD {
+        assert!(wait_until(Duration::from_secs(10), || {
+            progress
+                .iter()
+                .all(|p| p.load(Ordering::SeqCst) + 4 >= i)
+        }));
+        let mut payload = vec![0u8; FLOOD_SIZE];
+        payload[..4].copy_from_slice(&(i as u32).to_be_bytes());
+        server
+            .publish(TOPIC, &PreparedMessage::binary(&payload))
+            .unwrap();
+    }
+}
+
+fn slow_config(policy: BackpressurePolicy) -> ServerConfig {
+    let mut cfg = ServerConfig {
+        max_backpressure: 256 * 1024,
+        backpressure_policy: policy,
+        ..ServerConfig::default()
+    };
+    cfg.proto.close_timeout = Duration::from_secs(3);
+    cfg
+}
+
+fn slow_subscriber_is_dropped_and_counted_others_unaffected(backend: Backend) {
+    let (server, state) = start(backend, slow_config(BackpressurePolicy::Drop));
+    let addr = server.local_addr();
+    let mut slow = slow_client(addr);
+    let progress = Arc::new([const { AtomicUsize::new(0) }; FAST]);
+    let readers = fast_readers(&server, &progress);
+    assert!(wait_until(Duration::from_secs(5), || {
+        state.opened.load(Ordering::SeqCst) == FAST + 1
+    }));
+    publish_flood(&server, &progress);
+    for r in readers {
+        assert_eq!(r.join().unwrap(), (0..FLOOD).collect::<Vec<_>>(), "in order, none lost");
+    }
+    assert!(wait_until(Duration::from_secs(5), || server.dropped_count() > 0));
+    let total = server.dropped_count();
+    // The slow one asks for its counters (its own direction is not blocked).
+    slow.write_all(&encode_frame(true, 0, 1, b"stats")).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        !state.stats.lock().unwrap().is_empty()
+    }));
+    let (path, dropped, buffered) = state.stats.lock().unwrap()[0].clone();
+    assert_eq!(path, "/sub/slow");
+    assert_eq!(u64::from(dropped), total, "every drop was the slow one's");
+    assert!(dropped as usize > FLOOD / 2, "dropped {dropped}");
+    assert!(
+        buffered <= 256 * 1024 + FLOOD_SIZE + 16,
+        "memory bounded: {buffered} B buffered"
+    );
+    // The fast readers' clients are gone (their threads ended); the slow one is still open.
+    assert!(
+        !state.closed.lock().unwrap().iter().any(|(p, _)| p == "/sub/slow"),
+        "dropped, not closed"
+    );
+    // What it did get is in order, without gaps before the first drop.
+    let mut c = RawClient::from_stream(slow);
+    let mut last = None;
+    while let Some(f) = c.read_frame_timeout(Duration::from_millis(300)) {
+        let n = u32::from_be_bytes(f.payload[..4].try_into().unwrap());
+        assert!(last.map_or(true, |l| n > l), "in order");
+        last = Some(n);
+    }
+    assert!(last.is_some());
+    server.shutdown();
+    server.join().unwrap();
+}
+
+fn slow_subscriber_is_closed_with_1008_others_unaffected(backend: Backend) {
+    let policy = BackpressurePolicy::Close(CloseCode::POLICY);
+    let (server, state) = start(backend, slow_config(policy));
+    let addr = server.local_addr();
+    let slow = slow_client(addr);
+    let progress = Arc::new([const { AtomicUsize::new(0) }; FAST]);
+    let readers = fast_readers(&server, &progress);
+    assert!(wait_until(Duration::from_secs(5), || {
+        state.opened.load(Ordering::SeqCst) == FAST + 1
+    }));
+    publish_flood(&server, &progress);
+    for r in readers {
+        assert_eq!(r.join().unwrap(), (0..FLOOD).collect::<Vec<_>>(), "in order, none lost");
+    }
+    // The slow one now reads: data, then the close 1008 that ended it.
+    let mut c = RawClient::from_stream(slow);
+    let close = c.read_until_close().expect("a close frame");
+    assert_eq!(close.close_code().unwrap().0, 1008);
+    c.send(true, 8, &support::close_payload(1008, ""));
+    assert!(wait_until(Duration::from_secs(5), || {
+        state
+            .closed
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(p, _)| p == "/sub/slow")
+    }));
+    assert_eq!(server.dropped_count(), 0, "closed, not dropped");
+    server.shutdown();
+    server.join().unwrap();
+}
+
+fn handles_to_closed_connections_fail_cleanly(backend: Backend) {
+    let (server, state) = start(backend, ServerConfig::default());
+    let addr = server.local_addr();
+    let mut a = RawClient::connect(addr, "/a");
+    let mut b = RawClient::connect(addr, "/b");
+    assert!(wait_until(Duration::from_secs(5), || {
+        state.handles.lock().unwrap().len() == 2
+    }));
+    let handle = |p: &str| {
+        let hs = state.handles.lock().unwrap();
+        hs.iter().find(|(q, _)| q == p).unwrap().1.clone()
+    };
+    let (ha, hb) = (handle("/a"), handle("/b"));
+    // Usable from any thread.
+    let h = ha.clone();
+    std::thread::spawn(move || h.send_text("from a thread").unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(text(&a.expect_frame()), "from a thread");
+    assert!(ha.is_open());
+    // Subscribe through the handle, then a publish reaches it.
+    hb.subscribe(TOPIC).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        server.publish(TOPIC, &PreparedMessage::text("ping")).unwrap();
+        b.read_frame_timeout(Duration::from_millis(50)).is_some()
+    }));
+    // a closes: its handle fails from on_close on.
+    a.send(true, 8, &support::close_payload(1000, ""));
+    assert!(a.read_until_close().is_some());
+    assert!(wait_until(Duration::from_secs(5), || {
+        state.closed.lock().unwrap().len() == 1
+    }));
+    assert!(!ha.is_open());
+    assert_eq!(ha.send_text("late"), Err(HandleError::Closed));
+    assert_eq!(ha.close(CloseCode::NORMAL, ""), Err(HandleError::Closed));
+    assert_eq!(ha.subscribe(TOPIC), Err(HandleError::Closed));
+    // b is unaffected, and can be closed through its handle.
+    hb.send_text("still here").unwrap();
+    loop {
+        let t = text(&b.expect_frame());
+        if t == "still here" {
+            break;
+        }
+        assert_eq!(t, "ping");
+    }
+    hb.close(CloseCode::NORMAL, "bye").unwrap();
+    let close = b.read_until_close().unwrap();
+    assert_eq!(close.close_code().unwrap(), (1000, "bye".to_owned()));
+    b.send(true, 8, &support::close_payload(1000, ""));
+    assert!(wait_until(Duration::from_secs(5), || {
+        state.closed.lock().unwrap().len() == 2
+    }));
+    assert_eq!(hb.send_text("x"), Err(HandleError::Closed));
+    server.shutdown();
+    assert_eq!(hb.send_text("x"), Err(HandleError::Stopped));
+    assert_eq!(
+        server.publish(TOPIC, &PreparedMessage::text("x")),
+        Err(HandleError::Stopped)
+    );
+    server.join().unwrap();
+}
+
+fn direct_sends_and_topic_messages_stay_in_order(backend: Backend) {
+    let (server, state) = start(backend, ServerConfig::default());
+    let addr = server.local_addr();
+    // Enough subscribers that both workers have some (SO_REUSEPORT spreads them by hash).
+    let mut subs: Vec<RawClient> = (0..16)
+        .map(|i| RawClient::connect(addr, &format!("/sub/{i}")))
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || {
+        state.handles.lock().unwrap().len() == 16
+    }));
+    let per_worker: Vec<usize> = state
+        .per_worker
+        .iter()
+        .map(|a| a.load(Ordering::SeqCst))
+        .collect();
+    let h0 = {
+        let hs = state.handles.lock().unwrap();
+        hs.iter().find(|(p, _)| p == "/sub/0").unwrap().1.clone()
+    };
+    // From a thread: direct sends through a handle interleaved with publishes.
+    let publisher = server.publisher();
+    std::thread::spawn(move || {
+        for i in 0..100 {
+            h0.send_text(&format!("d{i}")).unwrap();
+            publisher
+                .publish(TOPIC, &PreparedMessage::text(&format!("p{i}")))
+                .unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    let want: Vec<String> = (0..100).flat_map(|i| [format!("d{i}"), format!("p{i}")]).collect();
+    assert_eq!(read_texts(&mut subs[0], 200), want);
+    let topic_only: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
+    for c in &mut subs[1..] {
+        assert_eq!(read_texts(c, 100), topic_only);
+    }
+    // From a callback: m1 direct, m2 published (reaching both workers), m3 direct.
+    subs[3].send(true, 1, b"mix");
+    assert_eq!(read_texts(&mut subs[3], 3), ["m1", "m2", "m3"]);
+    for (i, c) in subs.iter_mut().enumerate() {
+        if i != 3 {
+            assert_eq!(read_texts(c, 1), ["m2"], "subscriber {i} (workers {per_worker:?})");
+        }
+    }
+    // A publish from a callback, after one unsubscribed.
+    subs[5].send(true, 1, b"unsub");
+    assert_eq!(read_texts(&mut subs[5], 1), ["unsubscribed"]);
+    subs[0].send(true, 1, b"pub:last");
+    for (i, c) in subs.iter_mut().enumerate() {
+        if i == 5 {
+            assert!(c.read_frame_timeout(Duration::from_millis(200)).is_none());
+        } else {
+            assert_eq!(read_texts(c, 1), ["last"]);
+        }
+    }
+    server.shutdown();
+    server.join().unwrap();
+}
