@@ -6,9 +6,9 @@
 //! Then open http://127.0.0.1:8080/ in two browser tabs: the page and the WebSocket endpoint
 //! (ws://127.0.0.1:8080/ws?nick=NAME) share the port; the page comes from `Handler::on_http`.
 //!
-//! One worker: a worker sees only its own connections, and broadcasting across workers needs the
-//! topics of a later issue. With `workers = 1` every client is on the same loop, and a broadcast is
-//! a walk over `WorkerCtx::for_each_conn`.
+//! Two workers: every client subscribes to the topic `room`, and a line is published to it once
+//! (`PreparedMessage`: encoded once, shared by every recipient); each worker writes it to its own
+//! subscribers, whichever worker the sender is on.
 //!
 //! Ctrl-C (SIGINT) or SIGTERM closes every connection with 1001 and exits.
 
@@ -16,9 +16,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use surge::{
-    Accept, CloseInfo, Conn, Handler, Message, Rejection, Request, Server, ServerConfig, Upgrade,
-    WorkerCtx,
+    Accept, CloseInfo, Conn, Handler, Message, PreparedMessage, Rejection, Request, Server,
+    ServerConfig, Upgrade, WorkerCtx,
 };
+
+/// The one room's topic.
+const ROOM: &str = "room";
 
 /// The application timer that announces departures (`on_close` has no access to the worker).
 const LEAVE_TIMER: u64 = 1;
@@ -32,10 +35,9 @@ struct Chat {
 
 impl Chat {
     fn broadcast(worker: &mut WorkerCtx<String>, text: &str) {
-        worker.for_each_conn(|c| {
-            // A slow reader's messages are dropped past the backpressure limit; the room goes on.
-            let _ = c.send_text(text);
-        });
+        // To every subscriber on every worker. A slow reader's messages are dropped past the
+        // backpressure limit; the room goes on.
+        worker.publish(ROOM, &PreparedMessage::text(text));
     }
 }
 
@@ -79,7 +81,9 @@ impl Handler for Chat {
             conn.worker()
                 .set_interval(Duration::from_millis(200), LEAVE_TIMER);
         }
-        let here = conn.worker().conn_ids().len();
+        conn.subscribe(ROOM);
+        // Server-wide, as of each worker's last loop turn.
+        let here = conn.worker().publisher().connection_count().max(1);
         let text = format!("* {} joined ({here} here)", conn.data());
         Self::broadcast(conn.worker(), &text);
     }
@@ -150,8 +154,7 @@ fn main() -> std::io::Result<()> {
         }
     }
     let mut cfg = ServerConfig::bind(SocketAddr::new(host, port));
-    // One worker: see the module comment.
-    cfg.workers = 1;
+    cfg.workers = 2;
     cfg.proto.max_message_size = 4096;
     cfg.max_backpressure = 256 * 1024;
 
