@@ -85,7 +85,11 @@ impl Handler for Fan {
         }
         if !conn.data().starts_with("/sub/many") {
             let h = conn.handle();
-            self.0.handles.lock().unwrap().push((conn.data().clone(), h));
+            self.0
+                .handles
+                .lock()
+                .unwrap()
+                .push((conn.data().clone(), h));
         }
         let w = conn.worker().index();
         self.0.per_worker[w.min(1)].fetch_add(1, Ordering::SeqCst);
@@ -125,7 +129,9 @@ fn start(backend: Backend, cfg: ServerConfig) -> (ServerHandle, Arc<State>) {
         ..cfg
     };
     let s = Arc::clone(&state);
-    let server = Server::new(cfg).start(move |_| Fan(Arc::clone(&s))).unwrap();
+    let server = Server::new(cfg)
+        .start(move |_| Fan(Arc::clone(&s)))
+        .unwrap();
     assert_eq!(server.backend(), backend);
     (server, state)
 }
@@ -149,8 +155,13 @@ fn ten_thousand_subscribers_over_two_workers_get_every_message_in_order(backend:
         .iter()
         .map(|a| a.load(Ordering::SeqCst))
         .collect();
-    assert!(per_worker.iter().all(|&n| n > 0), "both workers: {per_worker:?}");
-    assert!(wait_until(Duration::from_secs(5), || server.connection_count() == SUBSCRIBERS));
+    assert!(
+        per_worker.iter().all(|&n| n > 0),
+        "both workers: {per_worker:?}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || server
+        .connection_count()
+        == SUBSCRIBERS));
     // Published from this (non-worker) thread: one command per worker per message.
     let publisher = server.publisher();
     let t0 = Instant::now();
@@ -179,7 +190,9 @@ fn ten_thousand_subscribers_over_two_workers_get_every_message_in_order(backend:
     assert!(wait_until(Duration::from_secs(10), || {
         state.closed.lock().unwrap().len() == SUBSCRIBERS
     }));
-    assert!(wait_until(Duration::from_secs(5), || server.connection_count() == 0));
+    assert!(wait_until(Duration::from_secs(5), || server
+        .connection_count()
+        == 0));
     server.shutdown();
     server.join().unwrap();
 }
@@ -332,9 +345,7 @@ fn fast_readers(
 fn publish_flood(server: &ServerHandle, progress: &[AtomicUsize; FAST]) {
     for i in 0..FLOOD {
         assert!(wait_until(Duration::from_secs(10), || {
-            progress
-                .iter()
-                .all(|p| p.load(Ordering::SeqCst) + 4 >= i)
+            progress.iter().all(|p| p.load(Ordering::SeqCst) + 4 >= i)
         }));
         let mut payload = vec![0u8; FLOOD_SIZE];
         payload[..4].copy_from_slice(&(i as u32).to_be_bytes());
@@ -365,9 +376,15 @@ fn slow_subscriber_is_dropped_and_counted_others_unaffected(backend: Backend) {
     }));
     publish_flood(&server, &progress);
     for r in readers {
-        assert_eq!(r.join().unwrap(), (0..FLOOD).collect::<Vec<_>>(), "in order, none lost");
+        assert_eq!(
+            r.join().unwrap(),
+            (0..FLOOD).collect::<Vec<_>>(),
+            "in order, none lost"
+        );
     }
-    assert!(wait_until(Duration::from_secs(5), || server.dropped_count() > 0));
+    assert!(wait_until(Duration::from_secs(5), || server
+        .dropped_count()
+        > 0));
     let total = server.dropped_count();
     // The slow one asks for its counters (its own direction is not blocked).
     slow.write_all(&encode_frame(true, 0, 1, b"stats")).unwrap();
@@ -384,7 +401,12 @@ fn slow_subscriber_is_dropped_and_counted_others_unaffected(backend: Backend) {
     );
     // The fast readers' clients are gone (their threads ended); the slow one is still open.
     assert!(
-        !state.closed.lock().unwrap().iter().any(|(p, _)| p == "/sub/slow"),
+        !state
+            .closed
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(p, _)| p == "/sub/slow"),
         "dropped, not closed"
     );
     // What it did get is in order, without gaps before the first drop.
@@ -392,7 +414,7 @@ fn slow_subscriber_is_dropped_and_counted_others_unaffected(backend: Backend) {
     let mut last = None;
     while let Some(f) = c.read_frame_timeout(Duration::from_millis(300)) {
         let n = u32::from_be_bytes(f.payload[..4].try_into().unwrap());
-        assert!(last.map_or(true, |l| n > l), "in order");
+        assert!(last < Some(n), "in order");
         last = Some(n);
     }
     assert!(last.is_some());
@@ -412,7 +434,11 @@ fn slow_subscriber_is_closed_with_1008_others_unaffected(backend: Backend) {
     }));
     publish_flood(&server, &progress);
     for r in readers {
-        assert_eq!(r.join().unwrap(), (0..FLOOD).collect::<Vec<_>>(), "in order, none lost");
+        assert_eq!(
+            r.join().unwrap(),
+            (0..FLOOD).collect::<Vec<_>>(),
+            "in order, none lost"
+        );
     }
     // The slow one now reads: data, then the close 1008 that ended it.
     let mut c = RawClient::from_stream(slow);
@@ -455,7 +481,9 @@ fn handles_to_closed_connections_fail_cleanly(backend: Backend) {
     // Subscribe through the handle, then a publish reaches it.
     hb.subscribe(TOPIC).unwrap();
     assert!(wait_until(Duration::from_secs(5), || {
-        server.publish(TOPIC, &PreparedMessage::text("ping")).unwrap();
+        server
+            .publish(TOPIC, &PreparedMessage::text("ping"))
+            .unwrap();
         b.read_frame_timeout(Duration::from_millis(50)).is_some()
     }));
     // a closes: its handle fails from on_close on.
@@ -525,7 +553,9 @@ fn direct_sends_and_topic_messages_stay_in_order(backend: Backend) {
     })
     .join()
     .unwrap();
-    let want: Vec<String> = (0..100).flat_map(|i| [format!("d{i}"), format!("p{i}")]).collect();
+    let want: Vec<String> = (0..100)
+        .flat_map(|i| [format!("d{i}"), format!("p{i}")])
+        .collect();
     assert_eq!(read_texts(&mut subs[0], 200), want);
     let topic_only: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
     for c in &mut subs[1..] {
@@ -536,7 +566,11 @@ fn direct_sends_and_topic_messages_stay_in_order(backend: Backend) {
     assert_eq!(read_texts(&mut subs[3], 3), ["m1", "m2", "m3"]);
     for (i, c) in subs.iter_mut().enumerate() {
         if i != 3 {
-            assert_eq!(read_texts(c, 1), ["m2"], "subscriber {i} (workers {per_worker:?})");
+            assert_eq!(
+                read_texts(c, 1),
+                ["m2"],
+                "subscriber {i} (workers {per_worker:?})"
+            );
         }
     }
     // A publish from a callback, after one unsubscribed.

@@ -168,7 +168,12 @@ impl RawClient {
         self.stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         match got {
             Ok(f) => f,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 None
             }
             Err(e) => panic!("read: {e}"),

@@ -334,7 +334,11 @@ mod tests {
         q.append(&[b"cd"], None, &mut pool);
         q.push_shared(&shared);
         assert_eq!(q.len(), 204);
-        assert_eq!(q.chunk_count(), 4, "a chunk after a shared frame is a new one");
+        assert_eq!(
+            q.chunk_count(),
+            4,
+            "a chunk after a shared frame is a new one"
+        );
         let mut iov = [libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,

@@ -21,15 +21,24 @@ use crate::proto::CloseCode;
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Send a prepared message to one connection (if it is still the same connection).
-    Send { id: ConnId, msg: PreparedMessage },
+    Send {
+        id: ConnId,
+        msg: PreparedMessage,
+    },
     /// Start one connection's close handshake.
     Close {
         id: ConnId,
         code: CloseCode,
         reason: Box<str>,
     },
-    Subscribe { id: ConnId, topic: Arc<str> },
-    Unsubscribe { id: ConnId, topic: Arc<str> },
+    Subscribe {
+        id: ConnId,
+        topic: Arc<str>,
+    },
+    Unsubscribe {
+        id: ConnId,
+        topic: Arc<str>,
+    },
     /// Deliver to this worker's subscribers of `topic`.
     Publish {
         topic: Arc<str>,
