@@ -742,3 +742,28 @@ fn client_masks_with_changing_keys() {
     // Zero payload XOR key = key repeated.
     assert_eq!(a[6..10], a[2..6]);
 }
+
+#[test]
+fn control_frame_split_inside_an_assembled_message_shares_the_buffer() {
+    // A ping split across reads while a fragmented message is being assembled: both live in the
+    // one assembly buffer, and neither corrupts the other, however the input is split.
+    let ping: Vec<u8> = (0..100u8).collect();
+    let input = [
+        masked(0x01, KEY, "first half, ".as_bytes()),
+        masked(0x89, KEY, &ping),
+        masked(0x8A, KEY, b"pong data"),
+        masked(0x80, KEY, "second half".as_bytes()),
+        masked(0x89, KEY, b"after"),
+    ]
+    .concat();
+    let (ev, _) = check_all_splits(Role::Server, &input);
+    assert_eq!(
+        ev,
+        vec![
+            Ev::Ping(ping),
+            Ev::Pong(b"pong data".to_vec()),
+            Ev::Text("first half, second half".into()),
+            Ev::Ping(b"after".to_vec()),
+        ]
+    );
+}

@@ -143,6 +143,17 @@ enum Ready {
     ControlBuffered(OpCode),
 }
 
+/// Assembly-buffer bytes that belonged to the event last handed out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Settle {
+    #[default]
+    Nothing,
+    /// A whole assembled message.
+    All,
+    /// A control payload behind `ctrl_at`.
+    Control,
+}
+
 /// Receive state of one connection. Small (no inline payload storage) and allocation-free when idle.
 #[derive(Debug, Default)]
 pub struct Decoder {
@@ -170,10 +181,11 @@ pub struct Decoder {
     utf8: Utf8Stream,
     /// Assembly buffer for the message in progress; empty and without capacity when idle.
     assembly: Vec<u8>,
-    /// The last assembled message was handed out and the buffer can be cleared.
-    delivered: bool,
-    /// Payload of a control frame split across reads.
-    control: Vec<u8>,
+    /// What to drop from the assembly buffer once the last event is done with.
+    settle: Settle,
+    /// Where the payload of a control frame split across reads starts in the assembly buffer
+    /// (behind the bytes of a message in progress, if any): one buffer serves both.
+    ctrl_at: usize,
     /// A close frame was received: nothing after it is read.
     closed: bool,
     /// We sent a close: data messages are consumed without being reported.
@@ -216,16 +228,21 @@ impl Decoder {
     /// Gives the assembly buffers back to `pool` when no message is in progress, so that an idle
     /// connection holds no buffer. The caller does this once it is done with the events of a read.
     pub fn recycle(&mut self, pool: &mut impl BufferPool) {
-        if self.msg.is_none() && self.assembly.capacity() != 0 {
+        self.settle();
+        let control_pending = self.in_frame && self.frame_op.is_some_and(OpCode::is_control);
+        if self.msg.is_none() && !control_pending && self.assembly.capacity() != 0 {
             let mut buf = std::mem::take(&mut self.assembly);
             buf.clear();
             pool.give(buf);
         }
-        self.delivered = false;
-        if !self.in_frame && self.control.capacity() != 0 {
-            let mut buf = std::mem::take(&mut self.control);
-            buf.clear();
-            pool.give(buf);
+    }
+
+    /// Drops the bytes of the event last handed out from the assembly buffer.
+    fn settle(&mut self) {
+        match std::mem::take(&mut self.settle) {
+            Settle::Nothing => {}
+            Settle::All => self.assembly.clear(),
+            Settle::Control => self.assembly.truncate(self.ctrl_at),
         }
     }
 
@@ -244,10 +261,7 @@ impl Decoder {
             // "the endpoint MUST NOT ... after receiving a Close frame" process more data: it is discarded.
             return Ok((input.len(), None));
         }
-        if self.delivered {
-            self.assembly.clear();
-            self.delivered = false;
-        }
+        self.settle();
         let mut pos = 0;
         let ready = loop {
             if !self.in_frame {
@@ -270,7 +284,11 @@ impl Decoder {
                             opcode: h.opcode,
                         };
                     }
-                    self.control.clear();
+                    if self.assembly.capacity() == 0 {
+                        self.assembly = pool.take();
+                        self.assembly.clear();
+                    }
+                    self.ctrl_at = self.assembly.len();
                 } else {
                     let kind = self.check_data_header(&h, cfg)?;
                     if self.msg.is_none() && h.fin && h.len <= avail {
@@ -314,11 +332,12 @@ impl Decoder {
             let frame_done = self.remaining == 0;
             let opcode = self.frame_op.unwrap_or(OpCode::Binary);
             if opcode.is_control() {
-                self.control.extend_from_slice(&input[start..end]);
+                self.assembly.extend_from_slice(&input[start..end]);
                 if !frame_done {
                     return Ok((pos, None));
                 }
                 self.in_frame = false;
+                self.settle = Settle::Control;
                 break Ready::ControlBuffered(opcode);
             }
 
@@ -359,11 +378,11 @@ impl Decoder {
                 self.assembly.extend_from_slice(&input[start..end]);
                 if msg_done {
                     self.msg = None;
-                    self.delivered = true;
                     if self.discard {
                         self.assembly.clear();
                         continue;
                     }
+                    self.settle = Settle::All;
                     break Ready::Assembled(kind);
                 }
             }
@@ -398,7 +417,7 @@ impl Decoder {
                 control_event(&mut this.closed, opcode, &input[start..end])?
             }
             Ready::ControlBuffered(opcode) => {
-                control_event(&mut this.closed, opcode, &this.control)?
+                control_event(&mut this.closed, opcode, &this.assembly[this.ctrl_at..])?
             }
         };
         Ok((pos, Some(event)))

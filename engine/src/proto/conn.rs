@@ -115,7 +115,10 @@ pub struct Conn {
     activity: bool,
     /// permessage-deflate was negotiated: RSV1 is allowed on data frames (RFC 7692 section 6).
     compression: bool,
-    timer: Option<(Instant, Timer)>,
+    /// When the armed timer is due (`None`: no timer), and what it is for. Kept apart so the kind
+    /// packs with the flags instead of padding a tuple.
+    deadline: Option<Instant>,
+    timer: Timer,
 }
 
 impl Conn {
@@ -127,14 +130,15 @@ impl Conn {
             state: State::Open,
             activity: false,
             compression: false,
-            timer: None,
+            deadline: None,
+            timer: Timer::Close,
         }
     }
 
     /// Arms keepalive, if configured. Call once when the connection opens.
     pub fn start(&mut self, now: Instant, cfg: &Config) {
         if let Some(idle) = cfg.idle_timeout {
-            self.timer = Some((now + idle, Timer::Idle));
+            self.arm(now + idle, Timer::Idle);
         }
     }
 
@@ -201,7 +205,7 @@ impl Conn {
                     let _ = self.encoder.close(out, Some(e.close_code()), "");
                 }
                 self.state = State::Closed;
-                self.timer = None;
+                self.deadline = None;
                 return Err(e);
             }
         };
@@ -222,7 +226,7 @@ impl Conn {
                     let _ = self.encoder.close(out, echo, "");
                 }
                 self.state = State::Closed;
-                self.timer = None;
+                self.deadline = None;
             }
             _ => {}
         }
@@ -303,7 +307,7 @@ impl Conn {
         self.state = State::CloseSent;
         // "After sending a Close frame, the endpoint ... MAY discard" further data.
         self.decoder.discard_data();
-        self.timer = Some((now + cfg.close_timeout, Timer::Close));
+        self.arm(now + cfg.close_timeout, Timer::Close);
         Ok(())
     }
 
@@ -314,9 +318,14 @@ impl Conn {
         }
     }
 
+    fn arm(&mut self, at: Instant, timer: Timer) {
+        self.deadline = Some(at);
+        self.timer = timer;
+    }
+
     /// When [`Conn::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timer.map(|(at, _)| at)
+        self.deadline
     }
 
     /// Advances timers to `now`. Keepalive is lazy: receiving only sets a flag, and an expired idle
@@ -328,7 +337,7 @@ impl Conn {
         cfg: &Config,
         out: &mut impl Output,
     ) -> TimeoutAction {
-        let Some((at, timer)) = self.timer else {
+        let (Some(at), timer) = (self.deadline, self.timer) else {
             return TimeoutAction::None;
         };
         if now < at {
@@ -337,20 +346,21 @@ impl Conn {
         match timer {
             Timer::Close => {
                 self.state = State::Closed;
-                self.timer = None;
+                self.deadline = None;
                 TimeoutAction::Closed
             }
             Timer::Idle | Timer::Pong if std::mem::take(&mut self.activity) => {
-                self.timer = cfg.idle_timeout.map(|idle| (now + idle, Timer::Idle));
+                self.deadline = cfg.idle_timeout.map(|idle| now + idle);
+                self.timer = Timer::Idle;
                 TimeoutAction::None
             }
             Timer::Idle => {
                 if self.state == State::Open && self.encoder.control(out, OpCode::Ping, b"").is_ok()
                 {
-                    self.timer = Some((now + cfg.pong_timeout, Timer::Pong));
+                    self.arm(now + cfg.pong_timeout, Timer::Pong);
                     TimeoutAction::PingSent
                 } else {
-                    self.timer = None;
+                    self.deadline = None;
                     TimeoutAction::None
                 }
             }
@@ -360,7 +370,7 @@ impl Conn {
                     .encoder
                     .close(out, Some(CloseCode::GOING_AWAY), "keepalive timeout");
                 self.state = State::Closed;
-                self.timer = None;
+                self.deadline = None;
                 TimeoutAction::Closed
             }
         }
