@@ -48,8 +48,10 @@ trap 'kill $kpid 2>/dev/null || true' EXIT
 # The client retries its first dial while kosoku starts listening.
 timeout 900 "$CLIENT" --server "ws://127.0.0.1:$port" --agent surge-blocking \
   >"$OUT/blocking-client.log" 2>&1 || { tail -20 "$OUT/blocking-client.log"; echo "blocking_client failed"; exit 1; }
-for _ in $(seq 1 100); do
-  [ -s "$OUT/kosoku-blocking-client/index.json" ] && break
+# kosoku writes the report on /updateReports; wait until it is whole (parses), not merely present.
+for _ in $(seq 1 300); do
+  python3 -c 'import json, sys; json.load(open(sys.argv[1]))' \
+    "$OUT/kosoku-blocking-client/index.json" 2>/dev/null && break
   sleep 0.1
 done
 kill $kpid 2>/dev/null || true
