@@ -7,6 +7,8 @@
 //!   trip p50/p99/p99.9/max, per system. Systems: `surge` (blocking loop), `surge-busy` (busy-poll),
 //!   `tokio-tungstenite`, each a child process built from this crate; or `--url` for any server.
 
+mod fanout;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -28,6 +30,8 @@ struct Cli {
 enum Cmd {
     /// Round-trip latency of one connection at a fixed rate.
     Latency(LatencyArgs),
+    /// One publisher, many subscribers: deliveries/s and publish-to-receive latency (fanout.rs).
+    Fanout(fanout::FanoutArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -300,5 +304,6 @@ fn latency(args: LatencyArgs) -> std::io::Result<()> {
 fn main() -> std::io::Result<()> {
     match Cli::parse().cmd {
         Cmd::Latency(args) => latency(args),
+        Cmd::Fanout(args) => fanout::run(args),
     }
 }

@@ -1,0 +1,88 @@
+//! The peer of `surge-bench fanout`, written the usual way over tokio-tungstenite: a task and an
+//! unbounded channel per subscriber (`/sub`), a registry of their senders behind a mutex; each
+//! binary message received on `/pub` is cloned into every subscriber's channel, and each
+//! subscriber's task writes what its channel yields. `peer-tokio-tungstenite-broadcast --port P
+//! --workers N`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+
+type Registry = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>>;
+
+fn main() -> std::io::Result<()> {
+    let mut port = 9001u16;
+    let mut workers = 1usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().expect("flag value");
+        match flag.as_str() {
+            "--port" => port = value.parse().expect("port"),
+            "--workers" => workers = value.parse().expect("workers"),
+            "--backend" => {}
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(("0.0.0.0", port)).await?;
+        println!("listening on {}", listener.local_addr()?);
+        let registry: Registry = Arc::default();
+        let mut next_id = 0u64;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            next_id += 1;
+            let id = next_id;
+            let registry = Arc::clone(&registry);
+            tokio::spawn(async move {
+                let mut path = String::new();
+                let callback = |req: &Request, resp: Response| {
+                    path = req.uri().path().to_owned();
+                    Ok(resp)
+                };
+                let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                    return;
+                };
+                let (mut sink, mut stream) = ws.split();
+                if path == "/pub" {
+                    while let Some(Ok(msg)) = stream.next().await {
+                        if msg.is_binary() {
+                            let subs = registry.lock().unwrap();
+                            for tx in subs.values() {
+                                let _ = tx.send(msg.clone());
+                            }
+                        } else if msg.is_close() {
+                            break;
+                        }
+                    }
+                    return;
+                }
+                let (tx, mut rx) = mpsc::unbounded_channel();
+                registry.lock().unwrap().insert(id, tx);
+                let writer = tokio::spawn(async move {
+                    while let Some(m) = rx.recv().await {
+                        if sink.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                while let Some(Ok(msg)) = stream.next().await {
+                    if msg.is_close() {
+                        break;
+                    }
+                }
+                registry.lock().unwrap().remove(&id);
+                writer.abort();
+            });
+        }
+    })
+}

@@ -1,0 +1,53 @@
+//! The surge side of `surge-bench fanout`: connections to `/sub` subscribe to one topic; each
+//! binary message received on `/pub` is published to it (encoded once, shared by every
+//! subscriber on every worker). `surge-broadcast --port P --workers N [--backend B]`.
+
+use std::net::SocketAddr;
+
+use surge::{
+    Accept, Backend, Conn, Handler, Message, PreparedMessage, Request, Server, ServerConfig,
+    Upgrade,
+};
+
+const TOPIC: &str = "all";
+
+struct Broadcast;
+
+impl Handler for Broadcast {
+    /// Whether the connection is the publisher.
+    type Data = bool;
+    fn on_upgrade(&mut self, req: &Request) -> Upgrade<bool> {
+        Upgrade::Accept(Accept::new(req.path() == "/pub"))
+    }
+    fn on_open(&mut self, conn: &mut Conn<'_, bool>) {
+        if !*conn.data() {
+            conn.subscribe(TOPIC);
+        }
+    }
+    fn on_message(&mut self, conn: &mut Conn<'_, bool>, msg: Message<'_>) {
+        if let (true, Message::Binary(b)) = (*conn.data(), msg) {
+            conn.publish(TOPIC, &PreparedMessage::binary(b));
+        }
+    }
+}
+
+fn main() -> std::io::Result<()> {
+    let mut cfg = ServerConfig::default();
+    let mut port = 9001u16;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().expect("flag value");
+        match flag.as_str() {
+            "--port" => port = value.parse().expect("port"),
+            "--workers" => cfg.workers = value.parse().expect("workers"),
+            "--backend" => cfg.backend = value.parse::<Backend>().expect("backend"),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    cfg.bind = vec![SocketAddr::from(([0, 0, 0, 0], port))];
+    cfg.origin = surge::handshake::OriginPolicy::AllowAll;
+    cfg.backlog = 4096;
+    let handle = Server::new(cfg).start(|_| Broadcast)?;
+    println!("listening on {}", handle.local_addr());
+    handle.join()
+}
