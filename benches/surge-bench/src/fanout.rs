@@ -172,11 +172,7 @@ fn run_system(args: &FanoutArgs, system: &str, n: usize) -> std::io::Result<()> 
         left -= count;
         k += 1;
         let mut cmd = Command::new(&exe);
-        cmd.args([
-            "fanout",
-            "--client",
-            &format!("{addr},{count},127.0.1.{k}"),
-        ]);
+        cmd.args(["fanout", "--client", &format!("{addr},{count},127.0.1.{k}")]);
         clients.push(Proc::spawn(cmd)?);
     }
     for c in &clients {
@@ -229,7 +225,12 @@ fn run_system(args: &FanoutArgs, system: &str, n: usize) -> std::io::Result<()> 
             let mut parts = line.split(' ');
             parts.next();
             delivered += parts.next().unwrap_or("0").parse::<u64>().unwrap_or(0);
-            for pair in parts.next().unwrap_or("").split(',').filter(|p| !p.is_empty()) {
+            for pair in parts
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .filter(|p| !p.is_empty())
+            {
                 let (v, c) = pair.split_once(':').expect("value:count");
                 let _ = hist.record_n(v.parse().expect("value"), c.parse().expect("count"));
             }
