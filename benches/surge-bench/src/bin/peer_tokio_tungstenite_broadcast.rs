@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 type Registry = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>>;
 
+// The handshake callback's error type is tungstenite's (an HTTP response), not ours.
+#[allow(clippy::result_large_err)]
 fn main() -> std::io::Result<()> {
     let mut port = 9001u16;
     let mut workers = 1usize;
