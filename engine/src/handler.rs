@@ -19,7 +19,9 @@
 
 use crate::handshake::{Rejection, Request};
 use crate::proto::{CloseCode, Message, MessageKind};
+use crate::server::worker::dial::ConnectError;
 use crate::server::worker::{Conn, WorkerCtx};
+use crate::server::ConnId;
 
 /// What [`Handler::on_upgrade`] decides.
 #[derive(Debug)]
@@ -151,6 +153,26 @@ pub trait Handler: 'static {
     /// The buffered amount fell under the backpressure limit after being over it.
     fn on_drain(&mut self, conn: &mut Conn<'_, Self::Data>) {
         let _ = conn;
+    }
+
+    /// The worker starts, before its first poll: a client opens its connections here (or arms a
+    /// timer that does, for a ramp).
+    fn on_start(&mut self, worker: &mut WorkerCtx<Self::Data>) {
+        let _ = worker;
+    }
+
+    /// An outgoing connection opened with [`WorkerCtx::connect`] never opened: the connect failed,
+    /// the server refused the upgrade ([`ConnectError::status`] gives its HTTP status), the
+    /// response was invalid, the handshake timed out, or the worker is shutting down. `data` is
+    /// the value given to `connect`; no `on_close` follows.
+    fn on_connect_error(
+        &mut self,
+        worker: &mut WorkerCtx<Self::Data>,
+        id: ConnId,
+        data: Self::Data,
+        error: &ConnectError,
+    ) {
+        let _ = (worker, id, data, error);
     }
 
     /// An application timer set with [`WorkerCtx::set_timeout`] or [`WorkerCtx::set_interval`].

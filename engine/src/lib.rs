@@ -23,6 +23,7 @@ pub use handshake::{Rejection, Request};
 pub use prepared::PreparedMessage;
 pub use proto::{CloseCode, Message, MessageKind};
 pub use server::{
-    Backend, BackpressurePolicy, Conn, ConnHandle, ConnId, HandleError, MessageWriter, Publisher,
-    Server, ServerConfig, ServerHandle, ShutdownTrigger, WorkerCtx,
+    Backend, BackpressurePolicy, Client, Conn, ConnHandle, ConnId, ConnectError, ConnectRequest,
+    HandleError, MessageWriter, Publisher, Server, ServerConfig, ServerHandle, ShutdownTrigger,
+    WorkerCtx,
 };

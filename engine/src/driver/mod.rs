@@ -32,6 +32,9 @@ pub(crate) enum IoEvent {
         writable: bool,
         hup: bool,
     },
+    /// uring: the connect poll of connection `token` completed (`res`: the poll mask, or -errno;
+    /// the connect's own outcome is the socket's `SO_ERROR`).
+    Connected { token: u64, res: i32 },
     /// uring: the worker's eventfd was written.
     Wake,
     /// uring: listener `listener` accepted descriptor `fd` (now owned by the worker).
@@ -167,6 +170,19 @@ impl Driver {
             Driver::Epoll(d) => d.register_conn(stream, token),
             Driver::Uring(d) => {
                 d.arm_recv(stream.as_raw_fd(), token as u64);
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts watching an outgoing connection whose non-blocking connect is under way: on epoll the
+    /// same edge-triggered registration as any connection (the connect's end is a writable edge);
+    /// on uring a connect poll, the multishot receive being armed once connected.
+    pub(crate) fn register_dial(&mut self, stream: &mut TcpStream, token: usize) -> io::Result<()> {
+        match self {
+            Driver::Epoll(d) => d.register_conn(stream, token),
+            Driver::Uring(d) => {
+                d.poll_connect(stream.as_raw_fd(), token as u64);
                 Ok(())
             }
         }

@@ -43,6 +43,7 @@ const SEND: u64 = 3;
 const WAKE: u64 = 4;
 const CANCEL: u64 = 5;
 const RETRY: u64 = 6;
+const CONNECT: u64 = 7;
 
 fn ud(kind: u64, payload: u64) -> u64 {
     debug_assert!(payload <= PAYLOAD);
@@ -403,6 +404,23 @@ impl UringDriver {
         unsafe { self.push(e) };
     }
 
+    /// Waits for the non-blocking `connect(2)` of connection `token` to finish: a one-shot
+    /// `POLL_ADD` for `POLLOUT` (the readiness approach, rather than `IORING_OP_CONNECT`: the
+    /// socket was already connected with a plain syscall, so no address has to outlive the
+    /// submission). Its completion is an [`IoEvent::Connected`]; the caller then reads `SO_ERROR`.
+    pub(crate) fn poll_connect(&mut self, fd: RawFd, token: u64) {
+        let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
+            .build()
+            .user_data(ud(CONNECT, token));
+        // SAFETY: a poll names no user memory.
+        unsafe { self.push(e) };
+    }
+
+    /// Cancels connection `token`'s connect poll (its socket is being closed).
+    pub(crate) fn cancel_connect(&mut self, token: u64) {
+        self.cancel(ud(CONNECT, token));
+    }
+
     /// Cancels connection `token`'s receive (before its descriptor is closed).
     pub(crate) fn cancel_recv(&mut self, token: u64) {
         self.cancel(ud(RECV, token));
@@ -593,6 +611,10 @@ impl UringDriver {
                         });
                     }
                 }
+                CONNECT => out.push(IoEvent::Connected {
+                    token: payload,
+                    res,
+                }),
                 WAKE => {
                     out.push(IoEvent::Wake);
                     rearm_wake = true;

@@ -4,6 +4,7 @@
 //! thread, so that bind errors surface there and port 0 resolves to one port for all workers), then
 //! spawns the workers. Each worker creates its handler with the factory on its own thread.
 
+mod client;
 pub mod config;
 pub(crate) mod handle;
 pub(crate) mod mailbox;
@@ -20,9 +21,11 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub use client::Client;
 pub use config::{Backend, BackpressurePolicy, ServerConfig};
 pub use handle::{ConnHandle, HandleError, Publisher};
 pub use registry::ConnId;
+pub use worker::dial::{ConnectError, ConnectRequest};
 pub use worker::{Conn, MessageWriter, WorkerCtx};
 
 use crate::driver::{probe, DriverSeed};
@@ -66,10 +69,21 @@ impl Server {
         H: Handler,
         F: Fn(usize) -> H + Send + Sync + 'static,
     {
+        self.launch(factory, false)
+    }
+
+    /// [`start`](Self::start); `unbound`: no listener at all (a client-only runtime).
+    pub(crate) fn launch<H, F>(self, factory: F, unbound: bool) -> io::Result<ServerHandle>
+    where
+        H: Handler,
+        F: Fn(usize) -> H + Send + Sync + 'static,
+    {
         let mut cfg = self.config;
         cfg.proto.role = crate::proto::Role::Server;
         let workers = cfg.workers.max(1);
-        if cfg.bind.is_empty() {
+        if unbound {
+            cfg.bind.clear();
+        } else if cfg.bind.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "no bind address",
@@ -202,7 +216,7 @@ impl ServerHandle {
         self.backend
     }
 
-    /// The first bound address.
+    /// The first bound address. Panics for a [`Client`] runtime, which has none.
     pub fn local_addr(&self) -> SocketAddr {
         self.addrs[0]
     }

@@ -34,6 +34,9 @@ use crate::handshake::{
 };
 use crate::proto::{self, CloseCode, Encoder, Event, Message, MessageKind, OpCode, Role, State};
 
+pub(crate) mod dial;
+use dial::{ClientState, ConnectError, Dial, CLIENT};
+
 /// Token of the worker's waker.
 pub(crate) const WAKER_TOKEN: usize = usize::MAX;
 /// Token of listener `i`: counting down from below the waker (connection tokens have the top bit
@@ -78,6 +81,8 @@ enum Stage {
     Busy,
     /// Flushing the last bytes, then FIN, then discarding input until EOF or the deadline.
     Draining,
+    /// An outgoing connection: connecting, then reading the upgrade response (see `dial.rs`).
+    Dial(Box<Dial>),
 }
 
 /// One connection: the registry's slot content. Kept small (see the `entry_size` test): no peer
@@ -149,6 +154,8 @@ pub struct WorkerCtx<D> {
     orphans: Vec<(u64, WriteQueue)>,
     /// Topics, handles and the mailbox (fanout.rs).
     fanout: fanout::Fanout,
+    /// Outgoing connections: pending upgrades, the masking encoder, the client-role settings.
+    client: ClientState<D>,
 }
 
 impl<D> std::fmt::Debug for WorkerCtx<D> {
@@ -164,6 +171,7 @@ impl<D> WorkerCtx<D> {
     fn new(index: usize, cfg: Arc<ServerConfig>, shared: Arc<Shared>) -> Self {
         let now = Instant::now();
         let cfg_uring = cfg.backend == Backend::IoUring;
+        let cfg_proto = cfg.proto.clone();
         WorkerCtx {
             index,
             conns: Registry::new(),
@@ -184,6 +192,7 @@ impl<D> WorkerCtx<D> {
             cancels: Vec::new(),
             orphans: Vec::new(),
             fanout: fanout::Fanout::new(shared),
+            client: ClientState::new(&cfg_proto),
         }
     }
 
@@ -361,15 +370,20 @@ impl<D> WorkerCtx<D> {
             queue: &mut c.queue,
             pool: &mut self.chunks,
         };
+        let encoder = if c.flags & CLIENT != 0 {
+            &mut self.client.encoder
+        } else {
+            &mut self.encoder
+        };
         let result = match op {
-            OpCode::Ping | OpCode::Pong => self.encoder.control(&mut out, op, payload),
+            OpCode::Ping | OpCode::Pong => encoder.control(&mut out, op, payload),
             OpCode::Text | OpCode::Binary if fin => {
                 let kind = if op == OpCode::Text {
                     MessageKind::Text
                 } else {
                     MessageKind::Binary
                 };
-                self.encoder.message(
+                encoder.message(
                     &mut out,
                     kind,
                     payload,
@@ -378,7 +392,7 @@ impl<D> WorkerCtx<D> {
                 )
             }
             _ => {
-                self.encoder.raw_frame(&mut out, op, fin, 0, payload);
+                encoder.raw_frame(&mut out, op, fin, 0, payload);
                 Ok(())
             }
         };
@@ -416,6 +430,7 @@ impl<D> WorkerCtx<D> {
             match c.stage {
                 Stage::Handshake(buf) => self.chunks.put(buf),
                 Stage::Open(mut p) => p.recycle(&mut self.assembly),
+                Stage::Dial(d) => self.client.forget(id, *d, &mut self.chunks, self.uring),
                 _ => {}
             }
         }
@@ -683,6 +698,7 @@ impl<H: Handler> Worker<H> {
         for (i, l) in self.listeners.iter_mut().enumerate() {
             self.driver.register_listener(l, listener_token(i), i)?;
         }
+        self.handler.on_start(&mut self.ctx);
         loop {
             let now = Instant::now();
             let mut timeout = if self.pending_reads.is_empty() {
@@ -695,6 +711,7 @@ impl<H: Handler> Worker<H> {
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
             self.hand_over_removed();
+            self.register_dials();
             self.poll(timeout)?;
             self.ctx.now = Instant::now();
 
@@ -852,6 +869,7 @@ impl<H: Handler> Worker<H> {
                 // The next send, or what follows an emptied queue (on_drain, FIN, removal).
                 ctx.mark_dirty(id);
             }
+            IoEvent::Connected { token, res } => self.dial_polled(ConnId(token), res),
             IoEvent::Ready { .. } | IoEvent::Wake => unreachable!("handled by dispatch"),
         }
     }
@@ -886,6 +904,9 @@ impl<H: Handler> Worker<H> {
             return;
         }
         let id = ConnId(token as u64);
+        if !self.dial_event(id) {
+            return;
+        }
         if readable {
             self.on_readable(id, hup);
         }
@@ -990,6 +1011,7 @@ impl<H: Handler> Worker<H> {
         match c.stage {
             Stage::Handshake(_) => self.handshake_bytes(id, input),
             Stage::Open(_) => self.ws_bytes(id, input),
+            Stage::Dial(_) => self.dial_bytes(id, input),
             Stage::Busy | Stage::Draining => {}
         }
     }
@@ -1011,6 +1033,10 @@ impl<H: Handler> Worker<H> {
     /// Calls `on_close` if the connection was open and has not had it yet.
     fn close_callback(&mut self, id: ConnId, code: CloseCode, reason: &str, by_peer: bool) {
         self.ctx.unlink(id);
+        if self.is_dialing(id) {
+            self.dial_failed(id, ConnectError::Closed);
+            return;
+        }
         let Some(c) = self.ctx.conns.get_mut(id) else {
             return;
         };
@@ -1159,12 +1185,12 @@ impl<H: Handler> Worker<H> {
                 pool: &mut ctx.chunks,
             };
             let had = out.queue.len();
-            let result = core.read(
-                &mut input[pos..],
-                &ctx.cfg.proto,
-                &mut out,
-                &mut ctx.assembly,
-            );
+            let proto_cfg = if c.flags & CLIENT != 0 {
+                &ctx.client.proto
+            } else {
+                &ctx.cfg.proto
+            };
+            let result = core.read(&mut input[pos..], proto_cfg, &mut out, &mut ctx.assembly);
             let wrote = out.queue.len() != had;
             if wrote {
                 ctx.mark_dirty(id);
@@ -1275,6 +1301,7 @@ impl<H: Handler> Worker<H> {
         c.timer = 0;
         match &mut c.stage {
             Stage::Handshake(_) | Stage::Draining => ctx.remove(id),
+            Stage::Dial(_) => self.dial_failed(id, ConnectError::Timeout),
             Stage::Open(core) => {
                 let was_closing = core.state() == State::CloseSent;
                 let mut out = QueueOutput {
@@ -1372,6 +1399,8 @@ impl<H: Handler> Worker<H> {
             );
             if stage_is_handshake {
                 self.ctx.remove(id);
+            } else if self.is_dialing(id) {
+                self.dial_failed(id, ConnectError::Shutdown);
             } else {
                 let _ = self
                     .ctx

@@ -1,0 +1,583 @@
+//! Outgoing connections: the client side of the engine.
+//!
+//! [`WorkerCtx::connect`] opens a socket (bound first to a chosen source address with
+//! `IP_BIND_ADDRESS_NO_PORT`, when asked), starts a non-blocking `connect(2)` and queues the
+//! upgrade request; the connection is registered with the driver before the next poll. It then
+//! lives in the worker's registry like an accepted one, in its own stage:
+//!
+//! `Dial` (connecting, then reading the response into a pooled buffer) -> `Open` with a
+//! client-role protocol core (frames we send are masked, frames we receive must not be) ->
+//! `Draining`, exactly as for the server side.
+//!
+//! - epoll: the socket is registered edge-triggered for both directions, as any connection; the
+//!   connect's end is its first writable edge (or an error edge), and `SO_ERROR` says how it went.
+//! - io_uring: a one-shot `POLL_ADD(POLLOUT)` waits for the connect's end ([`IoEvent::Connected`]),
+//!   then `SO_ERROR` is read and the multishot receive is armed. (The readiness approach rather than
+//!   `IORING_OP_CONNECT`: the connect is one plain syscall, no address must outlive a submission.)
+//!
+//! The handler hears of a connection that never opens through [`Handler::on_connect_error`]
+//! (refused connect, a refused or invalid upgrade response with its status, the handshake
+//! timeout, EOF before the response); an opened one gets `on_open` and, later, `on_close`, as on
+//! the server side. Until the upgrade completes the user data waits in the worker's client state,
+//! so `WorkerCtx::conn` does not see a connection that is not open yet.
+//!
+//! Compression (permessage-deflate) is not offered yet: the hook is [`extension_offer`], which
+//! returns what a client offers, and the response's accepted extensions (checked by
+//! `parse_response` against the offer) are where the connection's deflate state would start.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::{Conn, Connection, Stage, Worker, WorkerCtx, CAN_SEND};
+use crate::buf::{ChunkPool, WriteQueue};
+use crate::driver::Driver;
+use crate::handler::Handler;
+use crate::handshake::client::{
+    parse_response, ClientHandshakeError, ClientRequest, ExpectedResponse, Response, ResponseStatus,
+};
+use crate::proto::{self, Encoder, Role};
+use crate::server::registry::ConnId;
+
+/// Connection flag: an outgoing connection (client role: our frames are masked).
+pub(super) const CLIENT: u8 = 64;
+
+/// What to connect to and how: [`WorkerCtx::connect`]'s argument.
+#[derive(Clone, Debug)]
+pub struct ConnectRequest {
+    /// `ws://host:port/path?query` (`wss` is not supported: no TLS in the engine).
+    pub url: String,
+    /// Extra request headers (names and values must not contain CR or LF).
+    pub headers: Vec<(String, String)>,
+    /// Subprotocols offered, in order of preference.
+    pub subprotocols: Vec<String>,
+    /// Local address to connect from (any port): e.g. one of 127.x.y.z, so that one machine
+    /// opens far more than the ~28k connections one address pair allows. Bound with
+    /// `IP_BIND_ADDRESS_NO_PORT`, so the port is picked at connect time per destination.
+    pub source_addr: Option<IpAddr>,
+    /// Time from `connect` to a complete upgrade response (default: the configuration's
+    /// `handshake_timeout`).
+    pub handshake_timeout: Option<Duration>,
+}
+
+impl ConnectRequest {
+    /// A request for `url` with no extra headers, no subprotocols, any source address and the
+    /// default handshake timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        ConnectRequest {
+            url: url.into(),
+            headers: Vec::new(),
+            subprotocols: Vec::new(),
+            source_addr: None,
+            handshake_timeout: None,
+        }
+    }
+
+    /// Adds a request header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Offers a subprotocol (call again for more, in order of preference).
+    pub fn subprotocol(mut self, protocol: impl Into<String>) -> Self {
+        self.subprotocols.push(protocol.into());
+        self
+    }
+
+    /// Connects from this local address.
+    pub fn source(mut self, addr: IpAddr) -> Self {
+        self.source_addr = Some(addr);
+        self
+    }
+
+    /// Sets the handshake timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = Some(timeout);
+        self
+    }
+}
+
+/// Why an outgoing connection never opened: [`Handler::on_connect_error`]'s reason.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The TCP connect failed (refused, unreachable, reset).
+    Io(io::Error),
+    /// The server's response was not an acceptable 101: a refusal (see [`status`](Self::status))
+    /// or an invalid upgrade response.
+    Handshake(ClientHandshakeError),
+    /// No complete upgrade response within the handshake timeout.
+    Timeout,
+    /// The connection ended (EOF or an error) before the complete response.
+    Closed,
+    /// The worker is shutting down.
+    Shutdown,
+}
+
+impl ConnectError {
+    /// The HTTP status of a refused upgrade (e.g. 403); `None` for other failures.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ConnectError::Handshake(e) => e.refused_status(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::Io(e) => write!(f, "connect failed: {e}"),
+            ConnectError::Handshake(e) => e.fmt(f),
+            ConnectError::Timeout => f.write_str("websocket: handshake timed out"),
+            ConnectError::Closed => f.write_str("websocket: connection closed during handshake"),
+            ConnectError::Shutdown => f.write_str("websocket: worker shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// The extension offer of outgoing connections. The hook for permessage-deflate on the client
+/// side: once the engine compresses, this returns its offer (from the configuration) and the
+/// accepted parameters in the response set up the connection's deflate state in
+/// `Worker::dial_bytes`.
+pub(crate) fn extension_offer() -> Option<&'static str> {
+    None
+}
+
+/// An outgoing connection before its upgrade completes (boxed in `Stage::Dial`: the stage stays
+/// small for the far more numerous open connections).
+#[derive(Debug)]
+pub(crate) struct Dial {
+    expected: ExpectedResponse,
+    /// Response bytes of an incomplete response (pooled buffer; empty until needed).
+    buf: Vec<u8>,
+    /// The TCP connect has completed.
+    connected: bool,
+}
+
+/// A worker's client-side state.
+pub(crate) struct ClientState<D> {
+    /// User data of connections whose upgrade is under way.
+    pending: HashMap<ConnId, D>,
+    /// Connections to register with the driver before the next poll.
+    fresh: Vec<ConnId>,
+    /// io_uring: connect polls to cancel (their sockets are gone).
+    cancels: Vec<u64>,
+    /// Frames the data sends of client connections (masked with a fresh key per frame).
+    pub(super) encoder: Encoder,
+    /// The protocol settings with the client role (frames received must not be masked).
+    pub(super) proto: proto::Config,
+    /// xorshift64* for handshake nonces, seeded from the OS.
+    rng: u64,
+}
+
+impl<D> fmt::Debug for ClientState<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientState")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn os_seed() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::getrandom(&mut b);
+    u64::from_ne_bytes(b) | 1
+}
+
+impl<D> ClientState<D> {
+    pub(crate) fn new(server_proto: &proto::Config) -> Self {
+        let mut proto = server_proto.clone();
+        proto.role = Role::Client;
+        ClientState {
+            pending: HashMap::new(),
+            fresh: Vec::new(),
+            cancels: Vec::new(),
+            encoder: Encoder::new(Role::Client, os_seed()),
+            proto,
+            rng: os_seed(),
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A connection in the `Dial` stage leaves the registry.
+    pub(super) fn forget(&mut self, id: ConnId, dial: Dial, chunks: &mut ChunkPool, uring: bool) {
+        self.pending.remove(&id);
+        if dial.buf.capacity() != 0 {
+            chunks.put(dial.buf);
+        }
+        if uring && !dial.connected {
+            self.cancels.push(id.0);
+        }
+    }
+}
+
+/// Splits `ws://host:port/path` into host, port and path (with its query).
+pub(crate) fn parse_url(url: &str) -> io::Result<(String, u16, String)> {
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{url:?}: {why}"));
+    let rest = if let Some(r) = url.strip_prefix("ws://") {
+        r
+    } else if url.starts_with("wss://") {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "wss:// is not supported (no TLS in the engine)",
+        ));
+    } else {
+        return Err(bad("not a ws:// URL"));
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'?' => (&rest[..i], format!("/{}", &rest[i..])),
+        Some(i) => (&rest[..i], rest[i..].to_owned()),
+        None => (rest, "/".to_owned()),
+    };
+    if authority.contains('@') {
+        return Err(bad("user information is not supported"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let end = v6.find(']').ok_or_else(|| bad("unclosed '['"))?;
+        let port = match &v6[end + 1..] {
+            "" => 80,
+            p => p
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| bad("bad port"))?,
+        };
+        (v6[..end].to_owned(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad("bad port"))?),
+            None => (authority.to_owned(), 80),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    Ok((host, port, path))
+}
+
+fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address found")))
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT` (Linux 4.2): a bind without a port does not reserve one; the port
+/// is chosen at connect time, per destination, so many addresses can share the port range.
+const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
+
+/// A non-blocking TCP socket, bound to `source` if given, with its connect under way.
+fn start_connect(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    nodelay: bool,
+) -> io::Result<mio::net::TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    if nodelay {
+        socket.set_nodelay(true)?;
+    }
+    if let Some(src) = source {
+        if src.is_ipv4() {
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt reads `size_of::<c_int>()` bytes of `one`, a live local; the
+            // descriptor is the socket's own.
+            let r = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    IP_BIND_ADDRESS_NO_PORT,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        socket.bind(&SocketAddr::new(src, 0).into())?;
+    }
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(mio::net::TcpStream::from_std(socket.into()))
+}
+
+impl<D> WorkerCtx<D> {
+    /// Opens an outgoing WebSocket connection from this worker, driven by the same loop and driver
+    /// as accepted ones, with the same handler: `on_open` once the server's 101 is checked, then
+    /// `on_message` etc., or [`Handler::on_connect_error`] (with `data` back) if it never opens.
+    ///
+    /// Returns at once with the connection's id; an `Err` means nothing was started (bad URL,
+    /// unresolvable host, no descriptor left, source address not bindable, immediate refusal).
+    /// The host is resolved here, blocking, unless it is an IP literal.
+    pub fn connect(&mut self, req: &ConnectRequest, data: D) -> io::Result<ConnId> {
+        let (host, port, path) = parse_url(&req.url)?;
+        let addr = resolve(&host, port)?;
+        let socket = start_connect(addr, req.source_addr, self.cfg.tcp_nodelay)?;
+        let mut request = ClientRequest::new(host, port, path);
+        for p in &req.subprotocols {
+            request = request.subprotocol(p.clone());
+        }
+        if let Some(offer) = extension_offer() {
+            request = request.extensions(offer);
+        }
+        for (name, value) in &req.headers {
+            request = request.header(name.clone(), value.clone());
+        }
+        let mut nonce = [0u8; 16];
+        nonce[..8].copy_from_slice(&self.client.next_u64().to_ne_bytes());
+        nonce[8..].copy_from_slice(&self.client.next_u64().to_ne_bytes());
+        let mut bytes = self.chunks.get();
+        let expected = request.write_with_nonce(&mut bytes, nonce);
+        let mut queue = WriteQueue::new();
+        queue.push_chunk(bytes, &mut self.chunks);
+        let id = self.conns.insert(Connection {
+            socket,
+            timer: 0,
+            dropped: 0,
+            flags: CLIENT,
+            subprotocol: 0,
+            queue,
+            stage: Stage::Dial(Box::new(Dial {
+                expected,
+                buf: Vec::new(),
+                connected: false,
+            })),
+            data: None,
+        });
+        self.client.pending.insert(id, data);
+        self.client.fresh.push(id);
+        let timeout = req.handshake_timeout.unwrap_or(self.cfg.handshake_timeout);
+        let deadline = self.now + timeout;
+        self.arm(id, Some(deadline));
+        Ok(id)
+    }
+
+    /// Outgoing connections whose upgrade is still under way on this worker.
+    pub fn pending_connects(&self) -> usize {
+        self.client.pending.len()
+    }
+}
+
+impl<H: Handler> Worker<H> {
+    /// Registers the connections opened since the last poll, and (io_uring) cancels the connect
+    /// polls of those removed meanwhile.
+    pub(super) fn register_dials(&mut self) {
+        if let Driver::Uring(d) = &mut self.driver {
+            for token in self.ctx.client.cancels.drain(..) {
+                d.cancel_connect(token);
+            }
+        }
+        while let Some(id) = self.ctx.client.fresh.pop() {
+            let Some(c) = self.ctx.conns.get_mut(id) else {
+                continue;
+            };
+            if let Err(e) = self.driver.register_dial(&mut c.socket, id.0 as usize) {
+                self.dial_failed(id, ConnectError::Io(e));
+            }
+        }
+    }
+
+    /// An epoll event for `id`: if it is an outgoing connection still connecting, this is the
+    /// connect's end. Returns whether the connection is still there.
+    pub(super) fn dial_event(&mut self, id: ConnId) -> bool {
+        match self.ctx.conns.get(id).map(|c| &c.stage) {
+            None => false,
+            Some(Stage::Dial(d)) if !d.connected => self.dial_connected(id),
+            Some(_) => true,
+        }
+    }
+
+    /// io_uring: the connect poll of `id` completed.
+    pub(super) fn dial_polled(&mut self, id: ConnId, res: i32) {
+        if !matches!(
+            self.ctx.conns.get(id).map(|c| &c.stage),
+            Some(Stage::Dial(d)) if !d.connected
+        ) {
+            return; // stale (removed, or its slot reused)
+        }
+        if res < 0 && res != -libc::EINTR {
+            if res == -libc::ECANCELED {
+                return;
+            }
+            self.dial_failed(id, ConnectError::Io(io::Error::from_raw_os_error(-res)));
+            return;
+        }
+        if self.dial_connected(id) {
+            let c = self.ctx.conns.get(id).expect("still there");
+            let fd = c.socket.as_raw_fd();
+            if let Driver::Uring(d) = &mut self.driver {
+                if matches!(&c.stage, Stage::Dial(dial) if dial.connected) {
+                    d.arm_recv(fd, id.0);
+                } else {
+                    d.poll_connect(fd, id.0); // not connected yet: wait again
+                }
+            }
+        }
+    }
+
+    /// Reads the connect's outcome (`SO_ERROR`); on success the request is flushed. Returns whether
+    /// the connection is still there.
+    fn dial_connected(&mut self, id: ConnId) -> bool {
+        let Some(c) = self.ctx.conns.get_mut(id) else {
+            return false;
+        };
+        match c.socket.take_error() {
+            Ok(None) => {}
+            Ok(Some(e)) | Err(e) => {
+                self.dial_failed(id, ConnectError::Io(e));
+                return false;
+            }
+        }
+        // No error and a peer: connected. (No peer yet: a spurious wake-up, wait for the next.)
+        match c.socket.peer_addr() {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return true,
+            Err(e) => {
+                self.dial_failed(id, ConnectError::Io(e));
+                return false;
+            }
+        }
+        if let Stage::Dial(d) = &mut c.stage {
+            d.connected = true;
+        }
+        self.ctx.mark_dirty(id);
+        true
+    }
+
+    /// Bytes of the server's response (and maybe the first frames behind it).
+    pub(super) fn dial_bytes(&mut self, id: ConnId, new: &mut [u8]) {
+        let ctx = &mut self.ctx;
+        let Some(c) = ctx.conns.get_mut(id) else {
+            return;
+        };
+        let Stage::Dial(dial) = &mut c.stage else {
+            return;
+        };
+        let mut held = std::mem::take(&mut dial.buf);
+        if held.capacity() != 0 {
+            held.extend_from_slice(new);
+        }
+        let status = {
+            let bytes: &[u8] = if held.capacity() != 0 { &held } else { new };
+            parse_response(bytes, &dial.expected)
+        };
+        let (response, consumed) = match status {
+            Ok(ResponseStatus::Partial) => {
+                if held.capacity() == 0 {
+                    held = ctx.chunks.get();
+                    held.extend_from_slice(new);
+                }
+                dial.buf = held;
+                return;
+            }
+            Ok(ResponseStatus::Complete { response, consumed }) => (response, consumed),
+            Err(e) => {
+                if held.capacity() != 0 {
+                    ctx.chunks.put(held);
+                }
+                self.dial_failed(id, ConnectError::Handshake(e));
+                return;
+            }
+        };
+        self.dial_open(id, &response);
+        // Frames the server sent right behind its response.
+        if held.capacity() != 0 {
+            if consumed < held.len() && self.ctx.conns.get(id).is_some() {
+                self.process_input(id, &mut held[consumed..]);
+            }
+            self.ctx.chunks.put(held);
+        } else if consumed < new.len() && self.ctx.conns.get(id).is_some() {
+            self.process_input(id, &mut new[consumed..]);
+        }
+    }
+
+    /// The upgrade succeeded: the connection opens with a client-role protocol core.
+    fn dial_open(&mut self, id: ConnId, response: &Response) {
+        let ctx = &mut self.ctx;
+        let index = match response.subprotocol() {
+            None => 0,
+            Some(p) => match ctx.protocols.iter().position(|q| q == p) {
+                Some(i) => i + 1,
+                None if ctx.protocols.len() < 255 => {
+                    ctx.protocols.push(p.to_owned());
+                    ctx.protocols.len()
+                }
+                None => 0,
+            },
+        };
+        // Compression hook: `response.extensions()` holds what the server accepted of
+        // `extension_offer()` (nothing while the offer is empty).
+        let seed = ctx.client.next_u64();
+        let c = ctx.conns.get_mut(id).expect("still registered");
+        let mut core = proto::Conn::new(Role::Client, seed);
+        core.start(ctx.now, &ctx.client.proto);
+        c.stage = Stage::Open(core);
+        c.subprotocol = index as u8;
+        c.data = ctx.client.pending.remove(&id);
+        c.flags |= CAN_SEND;
+        ctx.arm(id, None);
+        ctx.sync_timer(id);
+        self.handler.on_open(&mut Conn {
+            ctx: &mut self.ctx,
+            id,
+        });
+    }
+
+    /// The connection never opened: removed, and the handler told (with its data back).
+    pub(super) fn dial_failed(&mut self, id: ConnId, err: ConnectError) {
+        let data = self.ctx.client.pending.remove(&id);
+        self.ctx.remove(id);
+        if let Some(data) = data {
+            self.handler.on_connect_error(&mut self.ctx, id, data, &err);
+        }
+    }
+
+    /// Whether `id` is an outgoing connection whose upgrade is under way.
+    pub(super) fn is_dialing(&self, id: ConnId) -> bool {
+        matches!(
+            self.ctx.conns.get(id).map(|c| &c.stage),
+            Some(Stage::Dial(_))
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn urls() {
+        let p = |u: &str| parse_url(u).unwrap();
+        assert_eq!(p("ws://a:1/x?y"), ("a".into(), 1, "/x?y".into()));
+        assert_eq!(p("ws://a"), ("a".into(), 80, "/".into()));
+        assert_eq!(p("ws://a:9?q=1"), ("a".into(), 9, "/?q=1".into()));
+        assert_eq!(p("ws://[::1]:7/"), ("::1".into(), 7, "/".into()));
+        assert!(parse_url("http://a/").is_err());
+        assert!(parse_url("wss://a/").is_err());
+        assert!(parse_url("ws://a:x/").is_err());
+        assert!(parse_url("ws://:1/").is_err());
+    }
+}

@@ -1,0 +1,366 @@
+//! The engine's client (`WorkerCtx::connect`, `Client`): against the engine's server on both
+//! drivers (generated once per driver by `per_driver!`, as in tests/uring.rs), against a
+//! tungstenite server, a refused upgrade, the handshake timeout, a refused connect and source
+//! address binding.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use surge::{
+    Accept, Backend, Client, CloseCode, CloseInfo, Conn, ConnId, ConnectError, ConnectRequest,
+    Handler, Message, Rejection, Request, Server, ServerConfig, ServerHandle, Upgrade, WorkerCtx,
+};
+
+macro_rules! per_driver {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $(#[test] fn $name() { super::$name(surge::Backend::Epoll) })*
+        }
+        mod io_uring {
+            $(#[test] fn $name() {
+                if let Err(why) = surge::Backend::io_uring_support() {
+                    eprintln!("SKIPPED {}: io_uring unavailable: {why}", stringify!($name));
+                    return;
+                }
+                super::$name(surge::Backend::IoUring)
+            })*
+        }
+    };
+}
+
+per_driver!(
+    echo_against_the_engine_server,
+    refused_upgrade_reports_status
+);
+
+/// What the client saw.
+#[derive(Debug)]
+enum Ev {
+    Open {
+        subprotocol: Option<String>,
+    },
+    /// A connection went through its whole script and closed.
+    Done {
+        code: u16,
+    },
+    Failed {
+        status: Option<u16>,
+        error: String,
+    },
+}
+
+/// Opens every request at start; each open connection sends `script` one message at a time,
+/// checks each echo, then closes with 1000.
+struct Scripted {
+    requests: Vec<ConnectRequest>,
+    script: Arc<Vec<Vec<u8>>>,
+    tx: Sender<Ev>,
+}
+
+impl Handler for Scripted {
+    /// The index of the next message of the script to be echoed.
+    type Data = usize;
+
+    fn on_upgrade(&mut self, _req: &Request) -> Upgrade<usize> {
+        Upgrade::Reject(Rejection::new(404, "client only"))
+    }
+
+    fn on_start(&mut self, worker: &mut WorkerCtx<usize>) {
+        for r in &self.requests {
+            worker.connect(r, 0).unwrap();
+        }
+    }
+
+    fn on_open(&mut self, conn: &mut Conn<'_, usize>) {
+        let _ = self.tx.send(Ev::Open {
+            subprotocol: conn.subprotocol().map(str::to_owned),
+        });
+        assert!(conn.send_binary(&self.script[0]).is_queued());
+    }
+
+    fn on_message(&mut self, conn: &mut Conn<'_, usize>, msg: Message<'_>) {
+        let i = *conn.data();
+        let got = match msg {
+            Message::Binary(b) => b,
+            Message::Text(t) => t.as_bytes(),
+        };
+        assert_eq!(got.len(), self.script[i].len(), "message {i}");
+        assert!(got == &self.script[i][..], "message {i} intact");
+        *conn.data_mut() = i + 1;
+        if i + 1 < self.script.len() {
+            assert!(conn.send_binary(&self.script[i + 1]).is_queued());
+        } else {
+            let _ = conn.close(CloseCode::NORMAL, "done");
+        }
+    }
+
+    fn on_close(&mut self, sent: usize, info: &CloseInfo<'_>) {
+        assert_eq!(sent, self.script.len(), "closed before the script's end");
+        let _ = self.tx.send(Ev::Done { code: info.code.0 });
+    }
+
+    fn on_connect_error(
+        &mut self,
+        _worker: &mut WorkerCtx<usize>,
+        _id: ConnId,
+        _data: usize,
+        error: &ConnectError,
+    ) {
+        let _ = self.tx.send(Ev::Failed {
+            status: error.status(),
+            error: error.to_string(),
+        });
+    }
+}
+
+fn run_client(
+    backend: Backend,
+    workers: usize,
+    requests: Vec<ConnectRequest>,
+    script: Vec<Vec<u8>>,
+) -> (ServerHandle, Receiver<Ev>) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let script = Arc::new(script);
+    let cfg = ServerConfig {
+        workers,
+        backend,
+        max_backpressure: 64 << 20,
+        ..ServerConfig::default()
+    };
+    let per_worker = requests.len().div_ceil(workers);
+    let requests = Arc::new(requests);
+    let client = Client::new(cfg)
+        .start(move |i| Scripted {
+            requests: requests
+                .iter()
+                .skip(i * per_worker)
+                .take(per_worker)
+                .cloned()
+                .collect(),
+            script: Arc::clone(&script),
+            tx: tx.lock().unwrap().clone(),
+        })
+        .unwrap();
+    assert_eq!(client.backend(), backend);
+    assert!(client.local_addrs().is_empty());
+    (client, rx)
+}
+
+fn recv(rx: &Receiver<Ev>) -> Ev {
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("client event")
+}
+
+struct Echo;
+impl Handler for Echo {
+    type Data = ();
+    fn on_upgrade(&mut self, req: &Request) -> Upgrade<()> {
+        if req.path() == "/deny" {
+            return Upgrade::Reject(Rejection::new(403, "no"));
+        }
+        let mut a = Accept::new(());
+        if req.protocols().any(|p| p == "chat") {
+            a.subprotocol = Some("chat".into());
+        }
+        Upgrade::Accept(a)
+    }
+    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+        let _ = conn.send(msg);
+    }
+}
+
+fn server(backend: Backend) -> ServerHandle {
+    let cfg = ServerConfig {
+        bind: vec!["127.0.0.1:0".parse().unwrap()],
+        workers: 2,
+        backend,
+        max_backpressure: 64 << 20,
+        ..ServerConfig::default()
+    };
+    Server::new(cfg).start(|_| Echo).unwrap()
+}
+
+fn script() -> Vec<Vec<u8>> {
+    [0usize, 1, 125, 126, 65535, 65536, 300_000, 2 << 20, 20]
+        .iter()
+        .map(|&n| (0..n).map(|i| (i * 7 + n) as u8).collect())
+        .collect()
+}
+
+fn echo_against_the_engine_server(backend: Backend) {
+    let server = server(backend);
+    let url = format!("ws://{}/echo?x=1", server.local_addr());
+    let n = 40;
+    let requests = (0..n)
+        .map(|i| {
+            let r = ConnectRequest::new(url.clone()).header("X-Test", "1");
+            if i % 2 == 0 {
+                r.subprotocol("chat")
+            } else {
+                r
+            }
+        })
+        .collect();
+    let (client, rx) = run_client(backend, 2, requests, script());
+    let (mut opened, mut chat, mut done) = (0, 0, 0);
+    while done < n {
+        match recv(&rx) {
+            Ev::Open { subprotocol } => {
+                opened += 1;
+                chat += usize::from(subprotocol.as_deref() == Some("chat"));
+            }
+            Ev::Done { code } => {
+                assert_eq!(code, 1000, "the server's close echo");
+                done += 1;
+            }
+            Ev::Failed { error, .. } => panic!("connect failed: {error}"),
+        }
+    }
+    assert_eq!((opened, chat), (n, n / 2));
+    client.shutdown();
+    client.join().unwrap();
+    server.shutdown();
+    server.join().unwrap();
+}
+
+fn refused_upgrade_reports_status(backend: Backend) {
+    let server = server(backend);
+    let url = format!("ws://{}/deny", server.local_addr());
+    let (client, rx) = run_client(backend, 1, vec![ConnectRequest::new(url)], script());
+    match recv(&rx) {
+        Ev::Failed { status, error } => assert_eq!(status, Some(403), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    client.shutdown();
+    client.join().unwrap();
+    server.shutdown();
+    server.join().unwrap();
+}
+
+#[test]
+fn against_a_tungstenite_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut ws = tungstenite::accept(s).unwrap();
+        loop {
+            match ws.read() {
+                Ok(m @ (tungstenite::Message::Binary(_) | tungstenite::Message::Text(_))) => {
+                    ws.send(m).unwrap()
+                }
+                Ok(tungstenite::Message::Close(_)) => {
+                    // Flushes tungstenite's close echo.
+                    let _ = ws.flush();
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let (client, rx) = run_client(Backend::Epoll, 1, vec![ConnectRequest::new(url)], script());
+    assert!(matches!(recv(&rx), Ev::Open { .. }));
+    match recv(&rx) {
+        Ev::Done { code } => assert_eq!(code, 1000),
+        other => panic!("{other:?}"),
+    }
+    peer.join().unwrap();
+    client.shutdown();
+    client.join().unwrap();
+}
+
+#[test]
+fn handshake_timeout_and_refused_connect() {
+    // Accepts (the kernel's backlog does) and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("ws://{}/", silent.local_addr().unwrap());
+    // Nobody listens here.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("ws://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let started = Instant::now();
+    let requests = vec![
+        ConnectRequest::new(silent_url).timeout(Duration::from_millis(300)),
+        ConnectRequest::new(closed_url),
+    ];
+    let (client, rx) = run_client(Backend::Epoll, 1, requests, script());
+    let mut errors = vec![recv(&rx), recv(&rx)]
+        .into_iter()
+        .map(|e| match e {
+            Ev::Failed { error, .. } => error,
+            other => panic!("{other:?}"),
+        })
+        .collect::<Vec<_>>();
+    errors.sort();
+    assert!(errors[0].contains("connect failed"), "{errors:?}");
+    assert!(errors[1].contains("timed out"), "{errors:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(290) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    client.shutdown();
+    client.join().unwrap();
+}
+
+/// Records the peer address of each upgrade request.
+struct Peers(Sender<SocketAddr>);
+impl Handler for Peers {
+    type Data = ();
+    fn on_upgrade(&mut self, req: &Request) -> Upgrade<()> {
+        let _ = self.0.send(req.peer().unwrap());
+        Upgrade::Accept(Accept::new(()))
+    }
+    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+        let _ = conn.send(msg);
+    }
+}
+
+#[test]
+fn source_address_binding() {
+    let (ptx, prx) = mpsc::channel();
+    let ptx = Mutex::new(ptx);
+    let cfg = ServerConfig {
+        bind: vec!["127.0.0.1:0".parse().unwrap()],
+        workers: 1,
+        ..ServerConfig::default()
+    };
+    let server = Server::new(cfg)
+        .start(move |_| Peers(ptx.lock().unwrap().clone()))
+        .unwrap();
+    let url = format!("ws://{}/", server.local_addr());
+    let sources: Vec<IpAddr> = ["127.0.0.2", "127.0.0.3", "127.1.2.3"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let requests = sources
+        .iter()
+        .map(|&s| ConnectRequest::new(url.clone()).source(s))
+        .collect();
+    let (client, rx) = run_client(Backend::Epoll, 1, requests, vec![b"hi".to_vec()]);
+    let mut seen: Vec<IpAddr> = (0..3)
+        .map(|_| prx.recv_timeout(Duration::from_secs(10)).unwrap().ip())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, sources);
+    for _ in 0..3 {
+        loop {
+            match recv(&rx) {
+                Ev::Open { .. } => continue,
+                Ev::Done { .. } => break,
+                Ev::Failed { error, .. } => panic!("{error}"),
+            }
+        }
+    }
+    client.shutdown();
+    client.join().unwrap();
+    server.shutdown();
+    server.join().unwrap();
+}
