@@ -21,19 +21,25 @@ for driver in ${SURGE_CI_DRIVERS:-epoll io_uring}; do
       continue
     fi
   fi
-  port=$((9100 + RANDOM % 800))
   dir="$OUT/kosoku-client-$driver"
   log="$OUT/kosoku-client-$driver.log"
-  rm -rf "$dir"
-  # kosoku exits non-zero when any case is not OK (the UNIMPLEMENTED compression cases): the
-  # verdict is autobahn.py's, from the report.
-  PYTHONUNBUFFERED=1 kosoku -m fuzzingserver -o "$dir" "127.0.0.1:$port" >"$log" 2>&1 &
-  pid=$!
-  trap 'kill $pid 2>/dev/null || true' EXIT
-  for _ in $(seq 1 100); do
+  # A free port from the kernel; another job may take it meanwhile, so retry a few times.
+  for attempt in 1 2 3 4 5; do
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    rm -rf "$dir"
+    # kosoku exits non-zero when any case is not OK (the UNIMPLEMENTED compression cases): the
+    # verdict is autobahn.py's, from the report.
+    PYTHONUNBUFFERED=1 kosoku -m fuzzingserver -o "$dir" "127.0.0.1:$port" >"$log" 2>&1 &
+    pid=$!
+    trap 'kill $pid 2>/dev/null || true' EXIT
+    for _ in $(seq 1 100); do
+      grep -qs "listening on" "$log" && break
+      kill -0 $pid 2>/dev/null || break
+      sleep 0.1
+    done
     grep -qs "listening on" "$log" && break
-    kill -0 $pid 2>/dev/null || { cat "$log"; echo "kosoku died"; exit 1; }
-    sleep 0.1
+    kill $pid 2>/dev/null || true
+    echo "kosoku did not start on port $port (attempt $attempt): $(tail -1 "$log")"
   done
   grep -q "listening on" "$log" || { cat "$log"; echo "kosoku did not start"; exit 1; }
   "$CLIENT" --url "ws://127.0.0.1:$port" --backend "$driver" >"$OUT/client-$driver.log" 2>&1 || {
@@ -41,7 +47,7 @@ for driver in ${SURGE_CI_DRIVERS:-epoll io_uring}; do
   grep -q "(backend $driver)" "$OUT/client-$driver.log" || {
     cat "$OUT/client-$driver.log"; echo "the client runs another backend"; exit 1; }
   # kosoku writes its report once updateReports is in; it keeps serving: stop it.
-  for _ in $(seq 1 50); do [ -s "$dir/index.json" ] && break; sleep 0.1; done
+  for _ in $(seq 1 100); do grep -qs "wrote reports" "$log" && break; sleep 0.1; done
   kill $pid 2>/dev/null || true
   wait $pid 2>/dev/null || true
   trap - EXIT
