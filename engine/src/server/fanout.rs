@@ -7,9 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
-
-use super::{Conn, WorkerCtx, CAN_SEND, LINKED, OVER};
+use super::{Conn, WorkerCtx, CAN_SEND, CLIENT, LINKED, OVER};
 use crate::handler::SendStatus;
 use crate::prepared::PreparedMessage;
 use crate::server::config::BackpressurePolicy;
@@ -42,10 +40,17 @@ impl Fanout {
 impl<D> WorkerCtx<D> {
     /// Queues a shared frame on one connection, applying the backpressure policy (the frame's
     /// length counts toward the buffered amount like any other bytes).
-    fn send_shared(&mut self, id: ConnId, frame: &Bytes) -> SendStatus {
+    fn send_shared(&mut self, id: ConnId, msg: &PreparedMessage) -> SendStatus {
+        let frame = msg.frame();
         let Some(c) = self.conns.get_mut(id) else {
             return SendStatus::Closed;
         };
+        if c.flags & CLIENT != 0 {
+            // An outgoing connection masks every frame with its own key: the shared (unmasked)
+            // frame cannot go out as is, so the payload is framed for it alone.
+            let op = msg.kind().opcode();
+            return self.send_frame(id, op, msg.payload(), true, false);
+        }
         if !c.has(CAN_SEND) {
             return SendStatus::Closed;
         }
@@ -91,7 +96,7 @@ impl<D> WorkerCtx<D> {
         let table = std::mem::take(&mut self.fanout.topics);
         let mut queued = 0;
         for &id in table.subscribers(topic) {
-            if self.send_shared(id, msg.frame()).is_queued() {
+            if self.send_shared(id, msg).is_queued() {
                 queued += 1;
             }
         }
@@ -174,7 +179,7 @@ impl<D> WorkerCtx<D> {
             }
             Command::Send { id, msg } => {
                 // A stale id (the connection closed since) fails the generation check: discarded.
-                let _ = self.send_shared(id, msg.frame());
+                let _ = self.send_shared(id, &msg);
             }
             Command::Close { id, code, reason } => {
                 let _ = self.start_close(id, code, &reason);
@@ -200,7 +205,7 @@ impl<D> Conn<'_, D> {
     /// Sends a prepared message: the connection's queue takes a reference to the shared frame,
     /// no copy. The backpressure policy applies as for any data message.
     pub fn send_prepared(&mut self, msg: &PreparedMessage) -> SendStatus {
-        self.ctx.send_shared(self.id, msg.frame())
+        self.ctx.send_shared(self.id, msg)
     }
 
     /// Subscribes this connection to `topic` (on its worker; publishes from any worker or thread

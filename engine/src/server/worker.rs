@@ -35,7 +35,7 @@ use crate::handshake::{
 use crate::proto::{self, CloseCode, Encoder, Event, Message, MessageKind, OpCode, Role, State};
 
 pub(crate) mod dial;
-use dial::{ClientState, ConnectError, Dial, CLIENT};
+use dial::{ClientState, ConnectError, Dial};
 
 /// Token of the worker's waker.
 pub(crate) const WAKER_TOKEN: usize = usize::MAX;
@@ -66,6 +66,8 @@ const PEER_EOF: u8 = 16;
 const SENDING: u8 = 32;
 /// Has an entry in the worker's topic table (subscriptions or a handle): unlink it when closing.
 const LINKED: u8 = 64;
+/// An outgoing connection (client role: our frames are masked); see `dial.rs`.
+const CLIENT: u8 = 128;
 
 #[path = "fanout.rs"]
 mod fanout;

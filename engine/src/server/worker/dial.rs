@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{Conn, Connection, Stage, Worker, WorkerCtx, CAN_SEND};
+use super::{Conn, Connection, Stage, Worker, WorkerCtx, CAN_SEND, CLIENT};
 use crate::buf::{ChunkPool, WriteQueue};
 use crate::driver::Driver;
 use crate::handler::Handler;
@@ -43,9 +43,6 @@ use crate::handshake::client::{
 };
 use crate::proto::{self, Encoder, Role};
 use crate::server::registry::ConnId;
-
-/// Connection flag: an outgoing connection (client role: our frames are masked).
-pub(super) const CLIENT: u8 = 64;
 
 /// What to connect to and how: [`WorkerCtx::connect`]'s argument.
 #[derive(Clone, Debug)]
