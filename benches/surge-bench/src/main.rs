@@ -7,7 +7,9 @@
 //!   trip p50/p99/p99.9/max, per system. Systems: `surge` (blocking loop), `surge-busy` (busy-poll),
 //!   `tokio-tungstenite`, each a child process built from this crate; or `--url` for any server.
 
+mod echo;
 mod fanout;
+mod load;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -32,6 +34,25 @@ enum Cmd {
     Latency(LatencyArgs),
     /// One publisher, many subscribers: deliveries/s and publish-to-receive latency (fanout.rs).
     Fanout(fanout::FanoutArgs),
+    /// Echo throughput and latency: N connections from the surge engine's client (closed loop, or
+    /// open loop with --rate), against surge (or --url, or --systems).
+    Echo(echo::EchoArgs),
+    /// The echo workload against surge (each driver) and the peers, one after another, with ratios.
+    Compare(echo::EchoArgs),
+    /// Ramp to N idle connections, hold: server memory per connection and the connect rate.
+    Idle(IdleArgs),
+    /// A load-generator process (started by echo, compare and idle).
+    #[command(hide = true)]
+    Load(load::LoadArgs),
+}
+
+#[derive(Parser, Debug)]
+struct IdleArgs {
+    #[command(flatten)]
+    common: echo::EchoArgs,
+    /// Seconds to hold the connections before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    hold: f64,
 }
 
 #[derive(Parser, Debug)]
@@ -70,14 +91,23 @@ struct LatencyArgs {
 struct ServerProc {
     child: Child,
     addr: String,
+    /// surge-echo only: its stdin and stdout, to ask for its heap bytes.
+    io: std::sync::Mutex<
+        Option<(
+            std::process::ChildStdin,
+            BufReader<std::process::ChildStdout>,
+        )>,
+    >,
 }
 
 impl ServerProc {
     fn spawn(binary: &str, args: &[String]) -> std::io::Result<ServerProc> {
         let exe = std::env::current_exe()?;
         let path = exe.with_file_name(binary);
+        let ours = binary == "surge-echo";
         let mut child = Command::new(&path)
             .args(args)
+            .stdin(if ours { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -92,14 +122,39 @@ impl ServerProc {
             })?;
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
+        let mut stdout = BufReader::new(stdout);
+        stdout.read_line(&mut line)?;
         let addr = line
             .trim()
             .strip_prefix("listening on ")
             .and_then(|s| s.split_whitespace().next())
             .ok_or_else(|| std::io::Error::other(format!("{binary} did not start: {line:?}")))?
             .to_owned();
-        Ok(ServerProc { child, addr })
+        let io = match child.stdin.take() {
+            Some(stdin) if ours => Some((stdin, stdout)),
+            _ => None,
+        };
+        Ok(ServerProc {
+            child,
+            addr,
+            io: std::sync::Mutex::new(io),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Heap bytes in use (surge-echo counts its allocations; `None` for peers).
+    fn heap_bytes(&self) -> Option<u64> {
+        use std::io::Write;
+        let mut io = self.io.lock().ok()?;
+        let (stdin, stdout) = io.as_mut()?;
+        writeln!(stdin, "heap").ok()?;
+        stdin.flush().ok()?;
+        let mut line = String::new();
+        stdout.read_line(&mut line).ok()?;
+        line.trim().strip_prefix("heap ")?.parse().ok()
     }
 
     /// User plus system CPU seconds the process has used (from /proc).
@@ -305,5 +360,16 @@ fn main() -> std::io::Result<()> {
     match Cli::parse().cmd {
         Cmd::Latency(args) => latency(args),
         Cmd::Fanout(args) => fanout::run(args),
+        Cmd::Echo(args) => echo::echo(args),
+        Cmd::Compare(mut args) => {
+            if args.systems == ["surge"] {
+                args.systems = ["surge-epoll", "surge-io_uring", "tokio-tungstenite"]
+                    .map(String::from)
+                    .to_vec();
+            }
+            echo::echo(args)
+        }
+        Cmd::Idle(args) => echo::idle(args.common, args.hold),
+        Cmd::Load(args) => load::run(args),
     }
 }

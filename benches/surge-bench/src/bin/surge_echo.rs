@@ -1,10 +1,43 @@
 //! The surge echo server as the harness runs it: a child process like every peer, so that each system
 //! is measured the same way. `surge-echo --port P --workers N [--busy-poll-us US] [--backend B]`.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::BufRead;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use surge::{Accept, Backend, Conn, Handler, Message, Request, Server, ServerConfig, Upgrade};
+
+/// Counts heap bytes in use, for `surge-bench idle` (asked with a `heap` line on stdin).
+struct Counting;
+
+static HEAP: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        HEAP.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        HEAP.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        HEAP.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 struct Echo;
 
@@ -38,5 +71,16 @@ fn main() -> std::io::Result<()> {
     cfg.origin = surge::handshake::OriginPolicy::AllowAll;
     let handle = Server::new(cfg).start(|_| Echo)?;
     println!("listening on {}", handle.local_addr());
+    std::thread::spawn(|| {
+        for line in std::io::stdin().lock().lines() {
+            match line {
+                Ok(l) if l.trim() == "heap" => {
+                    println!("heap {}", HEAP.load(Ordering::Relaxed));
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
     handle.join()
 }

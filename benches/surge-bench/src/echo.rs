@@ -1,0 +1,662 @@
+//! `echo`, `compare` and `idle`: the parent side. It starts the server under test (a child process,
+//! unless `--url`), spreads the connections over load-generator child processes (`load.rs`, the
+//! surge engine's client; several processes and 127.x.y.z source addresses past 5,000
+//! connections), drives their phases, and aggregates their histograms.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use clap::Parser;
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::Histogram;
+
+use crate::load::{cpu_seconds, new_histogram};
+use crate::{free_port, ServerProc};
+
+#[derive(Parser, Debug, Clone)]
+pub struct EchoArgs {
+    /// A server to measure (`ws://host:port/path`) instead of starting the systems.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Systems, one after another: surge (auto backend), surge-epoll, surge-io_uring,
+    /// tokio-tungstenite, fastwebsockets.
+    #[arg(long, value_delimiter = ',', default_value = "surge")]
+    pub systems: Vec<String>,
+    /// Connections.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    pub connections: usize,
+    /// Payload bytes per message (binary).
+    #[arg(short, long, default_value_t = 20)]
+    pub size: usize,
+    /// Messages in flight per connection (closed loop).
+    #[arg(long, default_value_t = 1)]
+    pub inflight: usize,
+    /// Open loop: total messages per second (0: closed loop, uWebSockets' load_test method).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Seconds measured per system (after the warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Seconds of warm-up per system, not recorded.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Worker threads of the server under test.
+    #[arg(long, default_value_t = 1)]
+    pub server_workers: usize,
+    /// Load-generator processes (0: one per 5,000 connections).
+    #[arg(long, default_value_t = 0)]
+    pub client_procs: usize,
+    /// Worker threads per load-generator process.
+    #[arg(long, default_value_t = 1)]
+    pub client_workers: usize,
+    /// The load generator's backend (epoll, io_uring).
+    #[arg(long, default_value = "epoll")]
+    pub client_backend: String,
+    /// New connections per second, all processes together.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub ramp_rate: f64,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One system's figures.
+#[derive(Debug)]
+pub struct EchoResult {
+    pub system: String,
+    pub opened: usize,
+    pub msgs: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub hist: Histogram<u64>,
+    pub client_cpu: f64,
+    pub server_cpu: Option<f64>,
+}
+
+impl EchoResult {
+    pub fn msgs_per_s(&self) -> f64 {
+        self.msgs as f64 / self.seconds
+    }
+    fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / self.seconds / 1e6
+    }
+    pub fn us(&self, q: f64) -> f64 {
+        let v = if q >= 1.0 {
+            self.hist.max()
+        } else {
+            self.hist.value_at_quantile(q)
+        };
+        v as f64 / 1000.0
+    }
+}
+
+/// The server binary and flags of a system.
+fn server_for(
+    system: &str,
+    workers: usize,
+    port: u16,
+) -> std::io::Result<(&'static str, Vec<String>)> {
+    let mut args = vec![
+        "--port".to_owned(),
+        port.to_string(),
+        "--workers".to_owned(),
+        workers.to_string(),
+    ];
+    let binary = match system {
+        "surge" => "surge-echo",
+        "surge-epoll" | "surge-io_uring" => {
+            args.extend(["--backend".to_owned(), system["surge-".len()..].to_owned()]);
+            "surge-echo"
+        }
+        "tokio-tungstenite" => "peer-tokio-tungstenite",
+        "fastwebsockets" => "peer-fastwebsockets",
+        other => return Err(std::io::Error::other(format!("unknown system {other}"))),
+    };
+    Ok((binary, args))
+}
+
+/// A load-generator child process.
+struct LoadProc {
+    child: Child,
+    stdin: ChildStdin,
+}
+
+impl Drop for LoadProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the children said.
+enum Said {
+    Progress {
+        opened: usize,
+        msgs: u64,
+    },
+    Open {
+        opened: usize,
+        failed: usize,
+        secs: f64,
+    },
+    Result(Box<(u64, u64, u64, f64, Histogram<u64>)>),
+    Gone,
+}
+
+fn parse_line(line: &str) -> Option<Said> {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    match *w.first()? {
+        "progress" => Some(Said::Progress {
+            opened: w.get(1)?.parse().ok()?,
+            msgs: w.get(3)?.parse().ok()?,
+        }),
+        "open" => Some(Said::Open {
+            opened: w.get(1)?.parse().ok()?,
+            failed: w.get(2)?.parse().ok()?,
+            secs: w.get(3)?.parse().ok()?,
+        }),
+        "result" => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(w.get(5)?)
+                .ok()?;
+            let hist: Histogram<u64> = Deserializer::new()
+                .deserialize(&mut std::io::Cursor::new(bytes))
+                .ok()?;
+            Some(Said::Result(Box::new((
+                w.get(1)?.parse().ok()?,
+                w.get(2)?.parse().ok()?,
+                w.get(3)?.parse().ok()?,
+                w.get(4)?.parse().ok()?,
+                hist,
+            ))))
+        }
+        _ => None,
+    }
+}
+
+/// The load generators of one run.
+pub struct Fleet {
+    procs: Vec<LoadProc>,
+    rx: mpsc::Receiver<(usize, Said)>,
+    /// Per process: last progress.
+    opened: Vec<usize>,
+    msgs: Vec<u64>,
+}
+
+impl Fleet {
+    /// Starts the load generators for `n` connections to `url`.
+    pub fn spawn(url: &str, n: usize, args: &EchoArgs) -> std::io::Result<Fleet> {
+        let procs = if args.client_procs > 0 {
+            args.client_procs
+        } else {
+            n.div_ceil(5_000).max(1)
+        };
+        let spread = procs > 1 || n > 5_000;
+        let exe = std::env::current_exe()?;
+        let (tx, rx) = mpsc::channel();
+        let mut list = Vec::new();
+        for i in 0..procs {
+            let share = n / procs + usize::from(i < n % procs);
+            let mut child = Command::new(&exe)
+                .arg("load")
+                .args(["--url", url])
+                .args(["--connections", &share.to_string()])
+                .args(["--size", &args.size.to_string()])
+                .args(["--inflight", &args.inflight.to_string()])
+                .args(["--rate", &(args.rate / procs as f64).to_string()])
+                .args(["--source", &if spread { i + 1 } else { 0 }.to_string()])
+                .args(["--workers", &args.client_workers.to_string()])
+                .args(["--ramp-rate", &(args.ramp_rate / procs as f64).to_string()])
+                .args(["--backend", &args.client_backend])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()?;
+            let stdout = child.stdout.take().expect("piped");
+            let stdin = child.stdin.take().expect("piped");
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(said) = parse_line(&line) {
+                        if tx.send((i, said)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                let _ = tx.send((i, Said::Gone));
+            });
+            list.push(LoadProc { child, stdin });
+        }
+        Ok(Fleet {
+            opened: vec![0; procs],
+            msgs: vec![0; procs],
+            procs: list,
+            rx,
+        })
+    }
+
+    fn next(&mut self, timeout: Duration) -> Option<(usize, Said)> {
+        let got = self.rx.recv_timeout(timeout).ok()?;
+        match &got.1 {
+            Said::Progress { opened, msgs } => {
+                self.opened[got.0] = *opened;
+                self.msgs[got.0] = *msgs;
+            }
+            Said::Open { opened, .. } => self.opened[got.0] = *opened,
+            _ => {}
+        }
+        Some(got)
+    }
+
+    /// Waits until every process has opened (or failed) its connections; returns opened, failed
+    /// and the slowest ramp's seconds.
+    pub fn wait_open(&mut self, label: &str, n: usize) -> std::io::Result<(usize, usize, f64)> {
+        let mut done = 0;
+        let (mut opened, mut failed, mut secs) = (0, 0, 0f64);
+        while done < self.procs.len() {
+            match self.next(Duration::from_secs(60)) {
+                Some((
+                    _,
+                    Said::Open {
+                        opened: o,
+                        failed: f,
+                        secs: s,
+                    },
+                )) => {
+                    done += 1;
+                    opened += o;
+                    failed += f;
+                    secs = secs.max(s);
+                }
+                Some((_, Said::Gone)) => {
+                    return Err(std::io::Error::other("a load generator exited early"))
+                }
+                Some(_) => {}
+                None => return Err(std::io::Error::other("load generators stalled")),
+            }
+            let sum: usize = self.opened.iter().sum();
+            eprint!("\r\x1b[K[{label}] connecting {sum}/{n}");
+        }
+        eprint!("\r\x1b[K");
+        Ok((opened, failed, secs))
+    }
+
+    fn send(&mut self, line: &str) {
+        for p in &mut self.procs {
+            let _ = writeln!(p.stdin, "{line}");
+            let _ = p.stdin.flush();
+        }
+    }
+
+    /// Process ids of the load generators.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(|p| p.child.id()).collect()
+    }
+}
+
+/// Runs the echo workload against `url`; `server` (if ours) is sampled for CPU time.
+pub fn measure(
+    label: &str,
+    url: &str,
+    server: Option<&ServerProc>,
+    args: &EchoArgs,
+) -> std::io::Result<EchoResult> {
+    let mut fleet = Fleet::spawn(url, args.connections, args)?;
+    let (opened, failed, ramp) = fleet.wait_open(label, args.connections)?;
+    if failed > 0 {
+        eprintln!("[{label}] {failed} connections failed to open");
+    }
+    eprintln!(
+        "[{label}] {opened} connections open in {ramp:.2} s; {} x {} B, {}",
+        args.inflight,
+        args.size,
+        if args.rate > 0.0 {
+            format!("open loop at {} msg/s", args.rate)
+        } else {
+            "closed loop".to_owned()
+        }
+    );
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let duration = Duration::from_secs_f64(args.duration);
+    fleet.send(&format!(
+        "go {} {}",
+        warmup.as_millis(),
+        duration.as_millis()
+    ));
+    let start = Instant::now();
+    let record_at = start + warmup;
+    let end = record_at + duration;
+    let mut server_cpu0 = None;
+    let mut last = (Instant::now(), 0u64);
+    let mut results = Vec::new();
+    while results.len() < fleet.procs.len() {
+        let now = Instant::now();
+        if server_cpu0.is_none() && now >= record_at {
+            server_cpu0 = server.and_then(ServerProc::cpu_seconds);
+        }
+        if server_cpu0.is_some() && now >= end && results.is_empty() {
+            // (sampled once, below)
+        }
+        match fleet.next(Duration::from_millis(50)) {
+            Some((_, Said::Result(r))) => results.push(*r),
+            Some((_, Said::Gone)) => {
+                return Err(std::io::Error::other("a load generator exited early"))
+            }
+            Some((_, Said::Progress { .. })) => {
+                let total: u64 = fleet.msgs.iter().sum();
+                let now = Instant::now();
+                let dt = now.duration_since(last.0).as_secs_f64();
+                if dt >= 0.5 {
+                    let phase = if now < record_at {
+                        "warm-up"
+                    } else {
+                        "measuring"
+                    };
+                    eprint!(
+                        "\r\x1b[K[{label}] {phase} {:.1} s  {:.0} msg/s",
+                        now.duration_since(start).as_secs_f64(),
+                        (total - last.1) as f64 / dt
+                    );
+                    last = (now, total);
+                }
+            }
+            _ => {}
+        }
+        if Instant::now() > end + Duration::from_secs(30) {
+            return Err(std::io::Error::other("no result from the load generators"));
+        }
+    }
+    let server_cpu = match (server_cpu0, server.and_then(ServerProc::cpu_seconds)) {
+        // The children report right after the measured window: close enough to its end.
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    eprint!("\r\x1b[K");
+    let mut hist = new_histogram();
+    let (mut msgs, mut bytes, mut errors, mut client_cpu) = (0, 0, 0, 0.0);
+    for (m, b, e, c, h) in &results {
+        msgs += m;
+        bytes += b;
+        errors += e;
+        client_cpu += c;
+        hist.add(h).expect("same bounds");
+    }
+    Ok(EchoResult {
+        system: label.to_owned(),
+        opened,
+        msgs,
+        bytes,
+        errors,
+        seconds: duration.as_secs_f64(),
+        hist,
+        client_cpu,
+        server_cpu,
+    })
+}
+
+/// Runs every system (or `--url`) one after another.
+pub fn run_all(args: &EchoArgs) -> std::io::Result<Vec<EchoResult>> {
+    let mut results = Vec::new();
+    if let Some(url) = &args.url {
+        results.push(measure(url, url, None, args)?);
+        return Ok(results);
+    }
+    for system in &args.systems {
+        let port = free_port();
+        let (binary, sargs) = server_for(system, args.server_workers, port)?;
+        let server = ServerProc::spawn(binary, &sargs)?;
+        let r = measure(
+            system,
+            &format!("ws://{}/", server.addr),
+            Some(&server),
+            args,
+        )?;
+        drop(server);
+        print_row_header_once(&results);
+        print_row(&r);
+        results.push(r);
+        // Let the sockets of the last run go (TIME_WAIT is per address pair; the next run uses
+        // another port).
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(results)
+}
+
+fn print_row_header_once(done: &[EchoResult]) {
+    if done.is_empty() {
+        print_header();
+    }
+}
+
+fn print_header() {
+    println!(
+        "{:<18} {:>7} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}",
+        "system",
+        "conns",
+        "msg/s",
+        "MB/s",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "max us",
+        "cli cpu",
+        "srv cpu",
+        "errors"
+    );
+}
+
+fn print_row(r: &EchoResult) {
+    println!(
+        "{:<18} {:>7} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>8} {:>6}",
+        r.system,
+        r.opened,
+        r.msgs_per_s(),
+        r.mb_per_s(),
+        r.us(0.5),
+        r.us(0.99),
+        r.us(0.999),
+        r.us(1.0),
+        r.client_cpu / r.seconds,
+        r.server_cpu
+            .map_or("-".to_owned(), |c| format!("{:.2}", c / r.seconds)),
+        r.errors
+    );
+}
+
+/// Ratios of every surge run to every peer.
+pub fn print_ratios(results: &[EchoResult]) {
+    let peers: Vec<&EchoResult> = results
+        .iter()
+        .filter(|r| !r.system.starts_with("surge"))
+        .collect();
+    for s in results.iter().filter(|r| r.system.starts_with("surge")) {
+        for p in &peers {
+            println!(
+                "{} vs {}: {:.2}x msg/s, p99 {:.2}x ({})",
+                s.system,
+                p.system,
+                s.msgs_per_s() / p.msgs_per_s().max(1e-9),
+                s.us(0.99) / p.us(0.99).max(1e-9),
+                if s.us(0.99) <= p.us(0.99) {
+                    "no worse"
+                } else {
+                    "worse"
+                }
+            );
+        }
+    }
+}
+
+pub fn write_json(
+    path: &PathBuf,
+    bench: &str,
+    args: &EchoArgs,
+    results: &[EchoResult],
+) -> std::io::Result<()> {
+    let rows: Vec<String> = results
+        .iter()
+        .map(|r| {
+            format!(
+                "{{\"system\":\"{}\",\"connections\":{},\"msgs_per_s\":{:.1},\"mb_per_s\":{:.2},\
+                 \"p50_us\":{:.2},\"p99_us\":{:.2},\"p999_us\":{:.2},\"max_us\":{:.2},\
+                 \"client_cpu\":{:.3},\"server_cpu\":{},\"errors\":{}}}",
+                r.system,
+                r.opened,
+                r.msgs_per_s(),
+                r.mb_per_s(),
+                r.us(0.5),
+                r.us(0.99),
+                r.us(0.999),
+                r.us(1.0),
+                r.client_cpu / r.seconds,
+                r.server_cpu
+                    .map_or("null".to_owned(), |c| format!("{:.3}", c / r.seconds)),
+                r.errors
+            )
+        })
+        .collect();
+    std::fs::write(
+        path,
+        format!(
+            "{{\"bench\":\"{bench}\",\"connections\":{},\"size\":{},\"inflight\":{},\"rate\":{},\
+             \"duration\":{},\"results\":[{}]}}\n",
+            args.connections,
+            args.size,
+            args.inflight,
+            args.rate,
+            args.duration,
+            rows.join(",")
+        ),
+    )
+}
+
+pub fn echo(args: EchoArgs) -> std::io::Result<()> {
+    let results = run_all(&args)?;
+    if args.url.is_some() {
+        print_header();
+        for r in &results {
+            print_row(r);
+        }
+    }
+    if results.len() > 1 {
+        print_ratios(&results);
+    }
+    if let Some(path) = &args.json {
+        write_json(path, "echo", &args, &results)?;
+    }
+    Ok(())
+}
+
+/// Kernel TCP memory in pages (/proc/net/sockstat "TCP: ... mem N").
+fn tcp_mem_pages() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let i = w.iter().position(|x| *x == "mem")?;
+    w.get(i + 1)?.parse().ok()
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// `idle`: ramp to N connections, hold, report memory per connection and the connect rate.
+pub fn idle(args: EchoArgs, hold: f64) -> std::io::Result<()> {
+    let page = 4096u64.max(
+        // SAFETY: sysconf has no preconditions.
+        unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64,
+    );
+    println!(
+        "{:<18} {:>7} {:>10} {:>12} {:>12} {:>12} {:>12}",
+        "system", "conns", "ramp s", "conn/s", "rss B/conn", "heap B/conn", "kernel B/conn"
+    );
+    let systems: Vec<String> = match &args.url {
+        Some(u) => vec![u.clone()],
+        None => args.systems.clone(),
+    };
+    let mut rows = Vec::new();
+    for system in systems {
+        let server = match &args.url {
+            Some(_) => None,
+            None => {
+                let port = free_port();
+                let (binary, sargs) = server_for(&system, args.server_workers, port)?;
+                Some(ServerProc::spawn(binary, &sargs)?)
+            }
+        };
+        let url = match (&server, &args.url) {
+            (Some(s), _) => format!("ws://{}/", s.addr),
+            (None, Some(u)) => u.clone(),
+            _ => unreachable!(),
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let rss0 = server.as_ref().and_then(|s| rss_bytes(s.pid()));
+        let heap0 = server.as_ref().and_then(ServerProc::heap_bytes);
+        let mem0 = tcp_mem_pages();
+        let mut fleet = Fleet::spawn(&url, args.connections, &args)?;
+        let (opened, failed, ramp) = fleet.wait_open(&system, args.connections)?;
+        std::thread::sleep(Duration::from_secs_f64(hold));
+        let rss1 = server.as_ref().and_then(|s| rss_bytes(s.pid()));
+        let heap1 = server.as_ref().and_then(ServerProc::heap_bytes);
+        let mem1 = tcp_mem_pages();
+        let per = |a: Option<u64>, b: Option<u64>, scale: u64| match (a, b) {
+            (Some(a), Some(b)) if opened > 0 => {
+                format!(
+                    "{:.0}",
+                    (b as f64 - a as f64) * scale as f64 / opened as f64
+                )
+            }
+            _ => "-".to_owned(),
+        };
+        let row = (
+            system.clone(),
+            opened,
+            ramp,
+            opened as f64 / ramp.max(1e-9),
+            per(rss0, rss1, 1),
+            per(heap0, heap1, 1),
+            // Both ends of each connection are on this machine: half the pages are the server's.
+            per(mem0.map(|m| m * page / 2), mem1.map(|m| m * page / 2), 1),
+        );
+        println!(
+            "{:<18} {:>7} {:>10.2} {:>12.0} {:>12} {:>12} {:>12}",
+            row.0, row.1, row.2, row.3, row.4, row.5, row.6
+        );
+        if failed > 0 {
+            println!("  ({failed} connections failed)");
+        }
+        fleet.send("quit");
+        let _ = fleet.pids();
+        drop(fleet);
+        drop(server);
+        rows.push(row);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if let Some(path) = &args.json {
+        let items: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{{\"system\":\"{}\",\"connections\":{},\"ramp_s\":{:.3},\"connects_per_s\":{:.0},\
+                     \"rss_per_conn\":\"{}\",\"heap_per_conn\":\"{}\",\"kernel_per_conn\":\"{}\"}}",
+                    r.0, r.1, r.2, r.3, r.4, r.5, r.6
+                )
+            })
+            .collect();
+        std::fs::write(
+            path,
+            format!("{{\"bench\":\"idle\",\"results\":[{}]}}\n", items.join(",")),
+        )?;
+    }
+    let _ = cpu_seconds("self");
+    Ok(())
+}
