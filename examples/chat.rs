@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --example chat -- --port 8080
 //! ```
-//! Then open http://127.0.0.1:8080/ in two browser tabs: the page and the WebSocket endpoint
+//! Then open http://127.0.0.1:8080/?nick=ann in two browser tabs: the page and the WebSocket endpoint
 //! (ws://127.0.0.1:8080/ws?nick=NAME) share the port; the page comes from `Handler::on_http`.
 //!
 //! Two workers: every client subscribes to the topic `room`, and a line is published to it once
@@ -120,7 +120,7 @@ form { display: flex; gap: .5em; margin-top: .5em; } #text { flex: 1; }
 <form id="form"><input id="text" autocomplete="off" placeholder="say something" autofocus>
 <button>Send</button></form>
 <script>
-const nick = prompt("Nickname?") || "";
+const nick = new URLSearchParams(location.search).get("nick") || ""; // e.g. /?nick=ann
 const url = `ws://${location.host}/ws?nick=${encodeURIComponent(nick)}`;
 const log = document.getElementById("log");
 const show = (t) => { const d = document.createElement("div"); d.textContent = t;
