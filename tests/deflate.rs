@@ -834,36 +834,41 @@ fn accept_response(
 
 // ---- memory per connection -----------------------------------------------------------------------
 
-/// Heap bytes a connection's state holds after it has sent and received one message.
-fn held_bytes(p: DeflateParams, level: u8) -> isize {
-    let msg = corpus(1, 1).remove(0);
+/// Heap bytes a connection's state holds after it has sent and received `n` messages (the worker's
+/// pooled compressors and inflaters excluded: they are warmed first and shared by every connection).
+fn held_bytes(p: DeflateParams, level: u8, n: usize) -> isize {
+    let msgs = corpus(n, 1);
     let c = cfg(DeflateMode::NoContextTakeover);
     let mut pool = DeflatePool::new(level);
     let mut other = DeflateState::new(p, Role::Client);
-    let mut w = Vec::new();
-    other.compress(&msg, &c, &mut pool, &mut w);
-    // Warm the pool so that its state is not counted.
-    let mut warm = DeflateState::new(
-        params(
-            true,
-            true,
-            p.server_max_window_bits,
-            p.client_max_window_bits,
-        ),
-        Role::Server,
-    );
+    // The messages that went compressed, and their wire bytes.
+    let (msgs, wires): (Vec<Vec<u8>>, Vec<Vec<u8>>) = msgs
+        .into_iter()
+        .filter_map(|m| {
+            let mut w = Vec::new();
+            other.compress(&m, &c, &mut pool, &mut w).then_some((m, w))
+        })
+        .unzip();
+    // Warm the pool (the same kind of state, then dropped) so that its state is not counted.
+    let mut warm = DeflateState::new(p, Role::Server);
     let mut scratch = Vec::new();
-    warm.compress(&msg, &c, &mut pool, &mut scratch);
-    warm.decompress(&w, true, true, &c, &mut pool, &mut Vec::new())
+    warm.compress(&msgs[0], &c, &mut pool, &mut scratch);
+    warm.decompress(&wires[0], true, true, &c, &mut pool, &mut Vec::new())
         .unwrap();
+    drop(warm);
 
     let before = live();
     let mut st = DeflateState::new(p, Role::Server);
     let mut out = Vec::new();
-    st.compress(&msg, &c, &mut pool, &mut out);
     let mut inflated = Vec::new();
-    st.decompress(&w, true, true, &c, &mut pool, &mut inflated)
-        .unwrap();
+    for (m, w) in msgs.iter().zip(&wires) {
+        out.clear();
+        st.compress(m, &c, &mut pool, &mut out);
+        inflated.clear();
+        st.decompress(w, true, true, &c, &mut pool, &mut inflated)
+            .unwrap();
+        assert_eq!(&inflated, m);
+    }
     drop((out, inflated));
     let held = live() - before;
     std::hint::black_box(&st);
@@ -873,18 +878,22 @@ fn held_bytes(p: DeflateParams, level: u8) -> isize {
 #[test]
 fn memory_per_connection() {
     // Without context takeover a connection holds nothing: the pool's state is shared.
-    assert_eq!(held_bytes(params(true, true, 15, 15), 1), 0);
+    assert_eq!(held_bytes(params(true, true, 15, 15), 1, 100), 0);
     let mut report = String::new();
     for bits in [9u8, 10, 12, 15] {
-        let both = held_bytes(params(false, false, bits, bits), 1);
-        let send_only = held_bytes(params(false, true, bits, bits), 1);
+        let one = held_bytes(params(false, false, bits, bits), 1, 1);
+        let both = held_bytes(params(false, false, bits, bits), 1, 100);
+        let send_only = held_bytes(params(false, true, bits, bits), 1, 100);
         report.push_str(&format!(
-            "window {bits}: takeover both ways {both} B, send only {send_only} B\n"
+            "window {bits}: after one message each way {one} B; after 100: takeover both ways \
+             {both} B, send only {send_only} B\n"
         ));
-        // zlib-rs: a 128 KiB hash head, 4 bytes per window position, 16 KiB * 7 of literal buffers;
-        // the inflater 32 KiB of window plus its state.
-        assert!(send_only > 0 && both > send_only);
-        assert!(both < 512 << 10, "{report}");
+        // Context takeover keeps only the windows: the last 2^w bytes each way (grown on use),
+        // no compressor or inflater per connection.
+        let window = 1isize << bits.max(9);
+        assert!(send_only > 0 && both > send_only, "{report}");
+        assert!(both <= 2 * window + 256, "{report}");
+        assert!(one < both || bits < 11, "{report}");
     }
     eprintln!("{report}");
 }

@@ -154,6 +154,10 @@ pub struct Variant {
     pub window_bits: u8,
 }
 
+/// Free inflaters a pool keeps (more are only needed while that many connections each have a
+/// compressed message arriving over several reads).
+const MAX_CACHED_INFLATERS: usize = 16;
+
 /// Compression state that no connection keeps between messages: one per worker.
 pub struct DeflatePool {
     level: u8,
@@ -161,8 +165,9 @@ pub struct DeflatePool {
     whole: Option<libdeflater::Compressor>,
     /// zlib-rs compressors for windows 9..=15 (8 uses 9), reset before each message.
     windowed: [Option<Box<Compress>>; 7],
-    /// The inflater for peers without context takeover, reset before each message.
-    inflater: Option<Box<Decompress>>,
+    /// Free inflaters (window 15: a larger window inflates anything made with a smaller one),
+    /// reset, primed with a connection's window and used for one message at a time.
+    inflaters: Vec<Box<Decompress>>,
 }
 
 impl std::fmt::Debug for DeflatePool {
@@ -170,7 +175,7 @@ impl std::fmt::Debug for DeflatePool {
         f.debug_struct("DeflatePool")
             .field("level", &self.level)
             .field("whole", &self.whole.is_some())
-            .field("inflater", &self.inflater.is_some())
+            .field("inflaters", &self.inflaters.len())
             .finish()
     }
 }
@@ -182,7 +187,7 @@ impl DeflatePool {
             level: level.min(9),
             whole: None,
             windowed: Default::default(),
-            inflater: None,
+            inflaters: Vec::new(),
         }
     }
 
@@ -206,9 +211,22 @@ impl DeflatePool {
         slot.get_or_insert_with(|| Box::new(new_compressor(level, bits)))
     }
 
-    fn inflater(&mut self) -> &mut Decompress {
-        self.inflater
-            .get_or_insert_with(|| Box::new(Decompress::new_with_window_bits(false, 15)))
+    /// A reset inflater (from the free list, or new).
+    fn take_inflater(&mut self) -> Box<Decompress> {
+        match self.inflaters.pop() {
+            Some(mut d) => {
+                d.reset(false);
+                d
+            }
+            None => Box::new(Decompress::new_with_window_bits(false, MAX_WINDOW_BITS)),
+        }
+    }
+
+    /// Gives an inflater back (a few are kept: one per message being inflated at once).
+    fn give_inflater(&mut self, d: Box<Decompress>) {
+        if self.inflaters.len() < MAX_CACHED_INFLATERS {
+            self.inflaters.push(d);
+        }
     }
 }
 
@@ -283,15 +301,59 @@ fn compress_stream(c: &mut Compress, payload: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// Appends `data` to a sliding window of at most `size` bytes (the last `size` bytes of everything
+/// appended). The buffer grows geometrically up to `size`, never past it, so a connection that has
+/// sent little holds little.
+fn push_window(win: &mut Vec<u8>, data: &[u8], size: usize) {
+    if data.len() >= size {
+        win.clear();
+        win.reserve_exact(size.saturating_sub(win.capacity()));
+        win.extend_from_slice(&data[data.len() - size..]);
+        return;
+    }
+    let needed = (win.len() + data.len()).min(size);
+    if needed > win.capacity() {
+        let target = needed.max(win.capacity().saturating_mul(2).min(size));
+        win.reserve_exact(target - win.len());
+    }
+    let keep = size - data.len();
+    if win.len() > keep {
+        win.drain(..win.len() - keep);
+    }
+    win.extend_from_slice(data);
+}
+
+/// The window size in bytes for `bits` as zlib uses it (8 is compressed with 9, see the module
+/// documentation).
+fn window_size(bits: u8) -> usize {
+    1 << zlib_window_bits(bits)
+}
+
 /// One connection's permessage-deflate state.
+///
+/// Context takeover without a compressor per connection: what the peer's inflater remembers of our
+/// stream is exactly the last `2^w` bytes we sent compressed, and what ours must remember of the
+/// peer's is the last `2^w` bytes it sent. So a connection keeps only those bytes (`sent`,
+/// `received`: plain buffers, grown on use up to the window) and each message is compressed by the
+/// worker's compressor, reset and primed with `sent` as a preset dictionary (zlib's
+/// `deflateSetDictionary` on a raw stream, through flate2), then flushed with `Z_SYNC_FLUSH`; the
+/// window is then advanced by the message. Inflating is the same with `inflateSetDictionary`. The
+/// LZ77 matches the compressor can find are the same as with a compressor kept per connection; only
+/// the Huffman state of an unfinished block differs, and a sync flush ends the block anyway. A message
+/// that does not shrink, or that the application sends uncompressed, does not enter the window, so
+/// either may go out uncompressed even with context takeover.
 #[derive(Debug)]
 pub struct DeflateState {
     send: Direction,
     recv: Direction,
-    /// Our streaming compressor, kept between messages (context takeover only; created on first use).
-    compressor: Option<Box<Compress>>,
-    /// The peer's stream, kept between messages (context takeover only; created on first use).
-    inflater: Option<Box<Decompress>>,
+    /// The last bytes we sent compressed (context takeover only; empty until the first).
+    sent: Vec<u8>,
+    /// The last bytes the peer sent compressed, inflated (context takeover only).
+    received: Vec<u8>,
+    /// The worker's inflater, taken while a message arrives in pieces over several reads.
+    inflating: Option<Box<Decompress>>,
+    /// UTF-8 of a compressed text message delivered in pieces.
+    utf8: surge_simd::Utf8Stream,
 }
 
 impl DeflateState {
@@ -300,8 +362,10 @@ impl DeflateState {
         DeflateState {
             send: params.send(role),
             recv: params.recv(role),
-            compressor: None,
-            inflater: None,
+            sent: Vec::new(),
+            received: Vec::new(),
+            inflating: None,
+            utf8: surge_simd::Utf8Stream::new(),
         }
     }
 
@@ -324,16 +388,36 @@ impl DeflateState {
 
     /// Whether this connection holds compression state between messages.
     pub fn holds_state(&self) -> bool {
-        self.compressor.is_some() || self.inflater.is_some()
+        self.sent.capacity() != 0 || self.received.capacity() != 0 || self.inflating.is_some()
+    }
+
+    /// Heap bytes this connection's state holds (its windows and a borrowed inflater aside).
+    pub fn held_bytes(&self) -> usize {
+        self.sent.capacity() + self.received.capacity()
+    }
+
+    /// Compresses one whole message into `out` (appended) and advances our window: see
+    /// [`DeflateState::compress_pending`] and [`DeflateState::commit`].
+    pub fn compress(
+        &mut self,
+        payload: &[u8],
+        cfg: &DeflateConfig,
+        pool: &mut DeflatePool,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let compressed = self.compress_pending(payload, cfg, pool, out);
+        if compressed {
+            self.commit(payload);
+        }
+        compressed
     }
 
     /// Compresses one whole message into `out` (appended) unless it is shorter than
-    /// `cfg.min_size`. `true`: send `out` with RSV1 set on the first frame; `false`: send `payload`
-    /// uncompressed (RSV1 clear). For the per-message opt-out, do not call this.
-    ///
-    /// Without context takeover a message that does not shrink is sent uncompressed too. With context
-    /// takeover it cannot be: the peer's window must see every byte our compressor's window saw.
-    pub fn compress(
+    /// `cfg.min_size` or (without context takeover) does not shrink. `true`: send `out` with RSV1 set on the first frame, then
+    /// call [`DeflateState::commit`] with the same payload once it is queued (not if it is dropped);
+    /// `false`: send `payload` uncompressed (RSV1 clear). For the per-message opt-out, do not call
+    /// this.
+    pub fn compress_pending(
         &mut self,
         payload: &[u8],
         cfg: &DeflateConfig,
@@ -346,34 +430,49 @@ impl DeflateState {
         let start = out.len();
         if self.send.no_context_takeover {
             compress_variant(payload, self.variant(), pool, out);
-            if out.len() - start >= payload.len() {
-                out.truncate(start);
-                return false;
+        } else {
+            let c = pool.windowed(self.send.window_bits);
+            c.reset();
+            if !self.sent.is_empty() {
+                c.set_dictionary(&self.sent)
+                    .expect("a raw deflate stream takes a dictionary after a reset");
             }
+            compress_stream(c, payload, out);
+            // Sent compressed even when it did not shrink: the message then enters both windows and
+            // the next similar message refers to it.
             return true;
         }
-        let send = self.send;
-        let c = self
-            .compressor
-            .get_or_insert_with(|| Box::new(new_compressor(pool.level, send.window_bits)));
-        compress_stream(c, payload, out);
+        if out.len() - start >= payload.len() {
+            out.truncate(start);
+            return false;
+        }
         true
+    }
+
+    /// The message compressed by [`DeflateState::compress_pending`] was sent: the peer's window now
+    /// holds it, so ours does too.
+    pub fn commit(&mut self, payload: &[u8]) {
+        if !self.send.no_context_takeover {
+            push_window(&mut self.sent, payload, window_size(self.send.window_bits));
+        }
     }
 
     /// A message compressed without context takeover (a prepared message from
     /// [`compress_variant`]) was sent here. With context takeover the peer's window now holds bytes
-    /// that our compressor's window does not: our compressor is reset, which only makes it refer to
-    /// less history than the peer holds, and that is always valid.
+    /// that ours does not (and libdeflate's output may end the peer's stream): our window is
+    /// forgotten, which only makes us refer to less history than the peer holds, and that is always
+    /// valid.
     pub fn sent_independent(&mut self) {
-        if let Some(c) = &mut self.compressor {
-            c.reset();
-        }
+        self.sent.clear();
     }
 
     /// Inflates one piece of a compressed message, appending to `out`; `fin` marks the message's last
     /// piece. The first piece of each message must come with `first`. `out.len()` may not exceed
     /// `cfg.max_decompressed`: beyond it, [`Error::MessageTooBig`] (1009), and `out` never grows past
     /// one byte more than the limit. Corrupt data is [`Error::CompressedDataInvalid`] (1007).
+    ///
+    /// The inflater is the worker's; between the first and the last piece of a message it is held by
+    /// the connection (a message arriving over several reads), and given back with the last.
     pub fn decompress(
         &mut self,
         input: &[u8],
@@ -383,30 +482,74 @@ impl DeflateState {
         pool: &mut DeflatePool,
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
-        let recv = self.recv;
-        let d: &mut Decompress = if recv.no_context_takeover {
-            pool.inflater()
-        } else {
-            self.inflater.get_or_insert_with(|| {
-                Box::new(Decompress::new_with_window_bits(
-                    false,
-                    zlib_window_bits(recv.window_bits),
-                ))
-            })
+        let mut d = match self.inflating.take() {
+            Some(d) if !first => d,
+            held => {
+                if let Some(d) = held {
+                    pool.give_inflater(d);
+                }
+                let mut d = pool.take_inflater();
+                if !self.recv.no_context_takeover && !self.received.is_empty() {
+                    d.set_dictionary(&self.received)
+                        .map_err(|_| Error::CompressedDataInvalid)?;
+                }
+                d
+            }
         };
-        if first && recv.no_context_takeover {
-            d.reset(false);
-        }
         let max = cfg.max_decompressed;
-        let mut ended = inflate(d, input, out, max)?;
-        if fin && !ended {
-            // "Append 4 octets of 0x00 0x00 0xff 0xff to the tail end of the payload of the message" (7.2.2)
-            ended = inflate(d, &TAIL, out, max)?;
+        let start = out.len();
+        let result = (|| {
+            let mut ended = inflate(&mut d, input, out, max)?;
+            if fin && !ended {
+                // "Append 4 octets of 0x00 0x00 0xff 0xff to the tail end of the payload of the
+                // message" (7.2.2)
+                ended = inflate(&mut d, &TAIL, out, max)?;
+            }
+            if ended {
+                // A block with BFINAL set ended the stream (7.2.3.3): what follows is a new stream.
+                d.reset(false);
+            }
+            Ok(())
+        })();
+        if result.is_ok() && !self.recv.no_context_takeover {
+            push_window(
+                &mut self.received,
+                &out[start..],
+                window_size(self.recv.window_bits),
+            );
         }
-        if ended {
-            // A block with BFINAL set ended the stream (7.2.3.3): what follows is a new stream. The
-            // window is lost with it; a peer that ends its streams does not take over context.
-            d.reset(false);
+        if fin || result.is_err() {
+            pool.give_inflater(d);
+        } else {
+            self.inflating = Some(d);
+        }
+        result
+    }
+
+    /// Inflates one piece of a compressed message delivered in pieces (`stream_fragments`) into
+    /// `out` (cleared first), validating text as a stream: a piece may end inside a code point that
+    /// the next completes (1007 as soon as the bytes cannot be UTF-8).
+    #[allow(clippy::too_many_arguments)]
+    pub fn decompress_piece(
+        &mut self,
+        kind: MessageKind,
+        input: &[u8],
+        first: bool,
+        fin: bool,
+        cfg: &DeflateConfig,
+        pool: &mut DeflatePool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        out.clear();
+        if first {
+            self.utf8.reset();
+        }
+        self.decompress(input, first, fin, cfg, pool, out)?;
+        if kind == MessageKind::Text {
+            self.utf8.feed(out).map_err(|_| Error::InvalidUtf8)?;
+            if fin {
+                self.utf8.finish().map_err(|_| Error::InvalidUtf8)?;
+            }
         }
         Ok(())
     }
