@@ -1,14 +1,18 @@
 //! The conformance target: echoes every text and binary message back unchanged.
 //!
 //! ```text
-//! cargo run --release --example echo -- --port 9001 --workers 2 --backend auto --host 127.0.0.1
+//! cargo run --release --example echo -- --port 9001 --workers 2 --backend auto --host 127.0.0.1 \
+//!     --deflate off|no-context|context
 //! ```
+//! `--deflate`: permessage-deflate off (the default), without context takeover, or with context
+//! takeover (windows of 15 bits).
 //! Prints `listening on ADDR (backend epoll|io_uring)` once ready (`SURGE_BACKEND` overrides
 //! `--backend`); Ctrl-C (SIGINT) or SIGTERM closes every connection with
 //! 1001 and exits.
 
 use std::net::{IpAddr, SocketAddr};
 
+use surge::proto::DeflateMode;
 use surge::{Accept, Backend, Conn, Handler, Message, Request, Server, ServerConfig, Upgrade};
 
 struct Echo;
@@ -26,8 +30,24 @@ impl Handler for Echo {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: echo [--port 9001] [--workers N] [--backend auto|epoll|io_uring] [--host 127.0.0.1]");
+    eprintln!(
+        "usage: echo [--port 9001] [--workers N] [--backend auto|epoll|io_uring] [--host 127.0.0.1] \
+         [--deflate off|no-context|context]"
+    );
     std::process::exit(2)
+}
+
+/// `off`, `no-context` or `context` (context takeover with 15-bit windows).
+pub fn deflate_mode(s: &str) -> Option<DeflateMode> {
+    Some(match s {
+        "off" => DeflateMode::Disabled,
+        "no-context" => DeflateMode::NoContextTakeover,
+        "context" => DeflateMode::ContextTakeover {
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+        },
+        _ => return None,
+    })
 }
 
 fn main() -> std::io::Result<()> {
@@ -42,6 +62,7 @@ fn main() -> std::io::Result<()> {
             "--workers" => cfg.workers = value.parse().unwrap_or_else(|_| usage()),
             "--backend" => cfg.backend = value.parse::<Backend>().unwrap_or_else(|_| usage()),
             "--host" => host = value.parse().unwrap_or_else(|_| usage()),
+            "--deflate" => cfg.deflate.mode = deflate_mode(&value).unwrap_or_else(|| usage()),
             _ => usage(),
         }
     }

@@ -257,9 +257,22 @@ impl Decoder {
         cfg: &DecoderConfig,
         pool: &mut impl BufferPool,
     ) -> Result<(usize, Option<Event<'a>>), Error> {
+        self.decode_ext(input, cfg, pool).map(|(n, ev, _)| (n, ev))
+    }
+
+    /// [`Decoder::decode`], also returning the message's kind when the event is a data message (or
+    /// piece) that was compressed: such a message is delivered as `Message::Binary` holding the
+    /// compressed bytes, for an extension to inflate. (The event borrows the decoder, so this
+    /// cannot be asked afterwards with [`Decoder::compressed_kind`] while the event is in use.)
+    pub fn decode_ext<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        cfg: &DecoderConfig,
+        pool: &mut impl BufferPool,
+    ) -> Result<(usize, Option<Event<'a>>, Option<MessageKind>), Error> {
         if self.closed {
             // "the endpoint MUST NOT ... after receiving a Close frame" process more data: it is discarded.
-            return Ok((input.len(), None));
+            return Ok((input.len(), None, None));
         }
         self.settle();
         let mut pos = 0;
@@ -267,7 +280,7 @@ impl Decoder {
             if !self.in_frame {
                 let (h, n) = match self.parse_header(input, pos, cfg)? {
                     Some(found) => found,
-                    None => return Ok((input.len(), None)),
+                    None => return Ok((input.len(), None, None)),
                 };
                 pos += n;
                 let avail = (input.len() - pos) as u64;
@@ -334,7 +347,7 @@ impl Decoder {
             if opcode.is_control() {
                 self.assembly.extend_from_slice(&input[start..end]);
                 if !frame_done {
-                    return Ok((pos, None));
+                    return Ok((pos, None, None));
                 }
                 self.in_frame = false;
                 self.settle = Settle::Control;
@@ -388,12 +401,18 @@ impl Decoder {
             }
             if !frame_done {
                 debug_assert_eq!(pos, input.len());
-                return Ok((pos, None));
+                return Ok((pos, None, None));
             }
         };
 
         let input: &'a [u8] = input;
         let this: &'a mut Self = self;
+        let compressed = match ready {
+            Ready::Input { .. } | Ready::Assembled(_) | Ready::Fragment { .. } => {
+                this.msg_kind.filter(|_| this.msg_compressed)
+            }
+            _ => None,
+        };
         let event = match ready {
             Ready::Input { start, end, kind } => {
                 Event::Message(message(kind, &input[start..end], this.msg_compressed)?)
@@ -420,7 +439,7 @@ impl Decoder {
                 control_event(&mut this.closed, opcode, &this.assembly[this.ctrl_at..])?
             }
         };
-        Ok((pos, Some(event)))
+        Ok((pos, Some(event), compressed))
     }
 
     /// Parses the next header, from the input or completing one split across reads. `None`: the input

@@ -189,15 +189,29 @@ impl Conn {
         out: &mut impl Output,
         pool: &mut impl BufferPool,
     ) -> Result<(usize, Option<Event<'a>>), Error> {
+        self.read_ext(input, cfg, out, pool)
+            .map(|(n, ev, _)| (n, ev))
+    }
+
+    /// [`Conn::read`], also returning the kind of a compressed data message (or piece) that the event
+    /// holds, still compressed (see [`Decoder::decode_ext`]). Inflate it, then call
+    /// [`Conn::fail`] if it does not inflate or is too big.
+    pub fn read_ext<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        cfg: &Config,
+        out: &mut impl Output,
+        pool: &mut impl BufferPool,
+    ) -> Result<(usize, Option<Event<'a>>, Option<MessageKind>), Error> {
         if self.state == State::Closed {
-            return Ok((input.len(), None));
+            return Ok((input.len(), None, None));
         }
         self.activity = true;
         let mut dcfg = cfg.decoder();
         if self.compression {
             dcfg.rules.allowed_rsv |= RSV1;
         }
-        let (n, ev) = match self.decoder.decode(input, &dcfg, pool) {
+        let (n, ev, compressed) = match self.decoder.decode_ext(input, &dcfg, pool) {
             Ok(found) => found,
             Err(e) => {
                 // Fail the connection: a close with the error's code (unless one was sent), then done.
@@ -230,7 +244,19 @@ impl Conn {
             }
             _ => {}
         }
-        Ok((n, ev))
+        Ok((n, ev, compressed))
+    }
+
+    /// Fails the connection because of an error found above the frame layer (a compressed message
+    /// that does not inflate, inflates past the limit, or is not UTF-8): as for a protocol error in
+    /// [`Conn::read`], a close with the error's code is written to `out` (unless one was sent) and
+    /// the state is `Closed`.
+    pub fn fail(&mut self, out: &mut impl Output, error: &Error) {
+        if !self.encoder.close_sent() {
+            let _ = self.encoder.close(out, Some(error.close_code()), "");
+        }
+        self.state = State::Closed;
+        self.deadline = None;
     }
 
     /// Gives idle assembly buffers back to the pool.

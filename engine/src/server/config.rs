@@ -123,6 +123,10 @@ pub struct ServerConfig {
     /// (off) and pong deadline (10 s), automatic pong (on), fragment streaming (off). The role is
     /// always server.
     pub proto: proto::Config,
+    /// permessage-deflate (RFC 7692): the mode to negotiate (default `Disabled`), the minimum size
+    /// below which messages go uncompressed (64 B) and the level (1). The largest inflated message is
+    /// the smaller of `deflate.max_decompressed` and `proto.max_message_size`.
+    pub deflate: proto::DeflateConfig,
 }
 
 impl Default for ServerConfig {
@@ -147,6 +151,7 @@ impl Default for ServerConfig {
             busy_poll: None,
             shutdown_timeout: Duration::from_secs(5),
             proto: proto::Config::server(),
+            deflate: proto::DeflateConfig::default(),
         }
     }
 }

@@ -36,6 +36,8 @@ use crate::proto::{self, CloseCode, Encoder, Event, Message, MessageKind, OpCode
 
 pub(crate) mod dial;
 use dial::{ClientState, ConnectError, Dial};
+mod compression;
+use compression::{Compression, Inflated};
 
 /// Token of the worker's waker.
 pub(crate) const WAKER_TOKEN: usize = usize::MAX;
@@ -102,6 +104,8 @@ pub(crate) struct Connection<D> {
     queue: WriteQueue,
     stage: Stage,
     data: Option<D>,
+    /// permessage-deflate, when negotiated (see `compression.rs`).
+    deflate: Option<Box<proto::DeflateState>>,
 }
 
 impl<D> Connection<D> {
@@ -158,6 +162,8 @@ pub struct WorkerCtx<D> {
     fanout: fanout::Fanout,
     /// Outgoing connections: pending upgrades, the masking encoder, the client-role settings.
     client: ClientState<D>,
+    /// permessage-deflate: the worker's pooled compressors and buffers.
+    compression: Compression,
 }
 
 impl<D> std::fmt::Debug for WorkerCtx<D> {
@@ -184,6 +190,7 @@ impl<D> WorkerCtx<D> {
             now,
             hs_cfg: cfg.handshake(),
             protocols: cfg.subprotocols.iter().take(255).cloned().collect(),
+            compression: Compression::new(&cfg),
             cfg,
             app_timers: HashMap::new(),
             timer_seq: 0,
@@ -346,6 +353,19 @@ impl<D> WorkerCtx<D> {
         fin: bool,
         exempt: bool,
     ) -> SendStatus {
+        self.send_frame_rsv(id, op, payload, fin, exempt, 0)
+    }
+
+    /// [`WorkerCtx::send_frame`] with RSV bits on a whole message's first frame (RSV1: compressed).
+    fn send_frame_rsv(
+        &mut self,
+        id: ConnId,
+        op: OpCode,
+        payload: &[u8],
+        fin: bool,
+        exempt: bool,
+        rsv: u8,
+    ) -> SendStatus {
         let Some(c) = self.conns.get_mut(id) else {
             return SendStatus::Closed;
         };
@@ -390,7 +410,7 @@ impl<D> WorkerCtx<D> {
                     kind,
                     payload,
                     self.cfg.proto.max_send_frame_size,
-                    0,
+                    rsv,
                 )
             }
             _ => {
@@ -481,13 +501,13 @@ impl<'a, D> Conn<'a, D> {
     /// Sends a text message.
     pub fn send_text(&mut self, text: &str) -> SendStatus {
         self.ctx
-            .send_frame(self.id, OpCode::Text, text.as_bytes(), true, false)
+            .send_message(self.id, MessageKind::Text, text.as_bytes(), true)
     }
 
     /// Sends a binary message.
     pub fn send_binary(&mut self, data: &[u8]) -> SendStatus {
         self.ctx
-            .send_frame(self.id, OpCode::Binary, data, true, false)
+            .send_message(self.id, MessageKind::Binary, data, true)
     }
 
     /// Sends a message of either kind (an echo server passes the received one straight back).
@@ -951,6 +971,7 @@ impl<H: Handler> Worker<H> {
                 queue: WriteQueue::new(),
                 stage: Stage::Handshake(Vec::new()),
                 data: None,
+                deflate: None,
             });
             let c = self.ctx.conns.get_mut(id).expect("just inserted");
             if self
@@ -1123,12 +1144,18 @@ impl<H: Handler> Worker<H> {
                 None => 0,
             },
         };
+        let deflate = ctx.compression.negotiate(&request);
         let mut resp = ctx.chunks.get();
-        write_accept_response(&mut resp, request.key(), chosen, None, &accept.headers);
+        let ext = deflate.as_ref().map(|(_, ext)| ext.as_str());
+        write_accept_response(&mut resp, request.key(), chosen, ext, &accept.headers);
         drop(request);
         let c = ctx.conns.get_mut(id).expect("still registered");
         c.queue.push_chunk(resp, &mut ctx.chunks);
         let mut core = proto::Conn::new(Role::Server, 0);
+        if let Some((state, _)) = deflate {
+            core.enable_compression();
+            c.deflate = Some(state);
+        }
         core.start(ctx.now, &ctx.cfg.proto);
         c.stage = Stage::Open(core);
         c.subprotocol = index as u8;
@@ -1192,14 +1219,14 @@ impl<H: Handler> Worker<H> {
             } else {
                 &ctx.cfg.proto
             };
-            let result = core.read(&mut input[pos..], proto_cfg, &mut out, &mut ctx.assembly);
+            let result = core.read_ext(&mut input[pos..], proto_cfg, &mut out, &mut ctx.assembly);
             let wrote = out.queue.len() != had;
             if wrote {
                 ctx.mark_dirty(id);
             }
             // The core's state changes only with a close event or an error; both clear CAN_SEND
             // through `close_callback` below.
-            let (n, event) = match result {
+            let (n, event, compressed) = match result {
                 Ok(found) => found,
                 Err(e) => {
                     // The core queued a close with the error's code; bytes after the bad frame are
@@ -1216,8 +1243,20 @@ impl<H: Handler> Worker<H> {
                 ctx: &mut self.ctx,
                 id,
             };
+            let mut inflated = Inflated::Delivered;
             match event {
-                Event::Message(m) => self.handler.on_message(&mut conn, m),
+                Event::Message(m) => match compressed {
+                    None => self.handler.on_message(&mut conn, m),
+                    Some(kind) => inflated = self.deliver_compressed(id, kind, m.as_bytes(), None),
+                },
+                Event::Fragment {
+                    kind,
+                    data,
+                    first,
+                    last,
+                } if compressed.is_some() => {
+                    inflated = self.deliver_compressed(id, kind, data, Some((first, last)));
+                }
                 Event::Fragment {
                     kind,
                     data,
@@ -1230,6 +1269,19 @@ impl<H: Handler> Worker<H> {
                     self.close_callback(id, code, reason, true);
                     closed_by_peer = true;
                 }
+            }
+            if let Inflated::Failed(e) = inflated {
+                // As for a protocol error: the core queues a close with the error's code.
+                let ctx = &mut self.ctx;
+                let c = ctx.conns.get_mut(id).expect("still registered");
+                let mut out = QueueOutput {
+                    queue: &mut c.queue,
+                    pool: &mut ctx.chunks,
+                };
+                core.fail(&mut out, &e);
+                ctx.mark_dirty(id);
+                self.close_callback(id, e.close_code(), "", false);
+                break;
             }
             // A close the handler asked for while the core was out.
             if let Some((pid, code, reason)) = self.ctx.pending_close.take() {
@@ -1433,7 +1485,11 @@ mod tests {
         let entry = Registry::<Connection<()>>::slot_size();
         let core = std::mem::size_of::<proto::Conn>();
         let queue = std::mem::size_of::<WriteQueue>();
-        println!("slot {entry} B (protocol core {core} B, write queue {queue} B)");
+        println!(
+            "slot {entry} B (connection {} B, stage {} B, protocol core {core} B, write queue {queue} B)",
+            std::mem::size_of::<Connection<()>>(),
+            std::mem::size_of::<Stage>()
+        );
         assert!(entry <= 256, "slot of {entry} bytes");
     }
 }

@@ -363,6 +363,7 @@ impl<D> WorkerCtx<D> {
                 connected: false,
             })),
             data: None,
+            deflate: None,
         });
         self.client.pending.insert(id, data);
         self.client.fresh.push(id);

@@ -1,0 +1,179 @@
+//! permessage-deflate (RFC 7692) in the engine: negotiation at upgrade, inflating received messages
+//! between the protocol core and the handler, deflating sent ones. The sans-IO parts are
+//! `proto::deflate` and `handshake::deflate_negotiation`; this module only joins them to the worker.
+//!
+//! What is held where: per worker a [`DeflatePool`] (compressors and inflaters, shared by every
+//! connection) and two buffers (inflated messages, compressed messages), taken out while in use;
+//! per connection an `Option<Box<DeflateState>>` (8 bytes in the slot; `None` without compression),
+//! whose windows are allocated on the first compressed message (context takeover only).
+
+use super::{Conn, Worker, WorkerCtx};
+use crate::handler::{Handler, SendStatus};
+use crate::handshake::{deflate_negotiation::negotiate, Request};
+use crate::proto::{
+    DeflateConfig, DeflatePool, DeflateState, Error, Message, MessageKind, Role, RSV1,
+};
+use crate::ServerConfig;
+
+/// Buffers larger than this are freed after use rather than kept for the next message.
+const MAX_KEPT_BUFFER: usize = 1 << 20;
+
+/// A worker's permessage-deflate state.
+#[derive(Debug)]
+pub(super) struct Compression {
+    cfg: DeflateConfig,
+    pool: DeflatePool,
+    /// Where received messages are inflated (taken out while the handler has the message).
+    inflated: Vec<u8>,
+    /// Where sent messages are compressed (taken out while the frame is queued).
+    deflated: Vec<u8>,
+}
+
+impl Compression {
+    pub(super) fn new(cfg: &ServerConfig) -> Self {
+        let mut dcfg = cfg.deflate;
+        dcfg.max_decompressed = dcfg.max_decompressed.min(cfg.proto.max_message_size);
+        Compression {
+            cfg: dcfg,
+            pool: DeflatePool::new(dcfg.level),
+            inflated: Vec::new(),
+            deflated: Vec::new(),
+        }
+    }
+
+    /// The first acceptable offer of `request`: the connection's state and the
+    /// `Sec-WebSocket-Extensions` value to answer with.
+    pub(super) fn negotiate(&self, request: &Request) -> Option<(Box<DeflateState>, String)> {
+        let n = negotiate(request.extensions(), self.cfg.mode)?;
+        Some((
+            Box::new(DeflateState::new(n.params, Role::Server)),
+            n.response,
+        ))
+    }
+
+    fn keep(slot: &mut Vec<u8>, mut buf: Vec<u8>) {
+        if buf.capacity() <= MAX_KEPT_BUFFER {
+            buf.clear();
+            *slot = buf;
+        }
+    }
+}
+
+/// What became of a compressed message or piece.
+pub(super) enum Inflated {
+    /// Delivered to the handler.
+    Delivered,
+    /// It does not inflate, inflates past the limit or is not UTF-8: fail the connection.
+    Failed(Error),
+}
+
+impl<H: Handler> Worker<H> {
+    /// Inflates a compressed message (`data`, as received) or piece (`piece`: first, last) and gives
+    /// it to the handler.
+    pub(super) fn deliver_compressed(
+        &mut self,
+        id: crate::ConnId,
+        kind: MessageKind,
+        data: &[u8],
+        piece: Option<(bool, bool)>,
+    ) -> Inflated {
+        let ctx = &mut self.ctx;
+        let comp = &mut ctx.compression;
+        let Some(st) = ctx.conns.get_mut(id).and_then(|c| c.deflate.as_deref_mut()) else {
+            return Inflated::Failed(Error::CompressedDataInvalid);
+        };
+        let mut buf = std::mem::take(&mut comp.inflated);
+        let outcome = match piece {
+            None => match st.decompress_message(kind, data, &comp.cfg, &mut comp.pool, &mut buf) {
+                Ok(msg) => {
+                    let mut conn = Conn {
+                        ctx: &mut self.ctx,
+                        id,
+                    };
+                    self.handler.on_message(&mut conn, msg);
+                    Inflated::Delivered
+                }
+                Err(e) => Inflated::Failed(e),
+            },
+            Some((first, last)) => {
+                match st.decompress_piece(
+                    kind,
+                    data,
+                    first,
+                    last,
+                    &comp.cfg,
+                    &mut comp.pool,
+                    &mut buf,
+                ) {
+                    Ok(()) => {
+                        let mut conn = Conn {
+                            ctx: &mut self.ctx,
+                            id,
+                        };
+                        self.handler.on_fragment(&mut conn, kind, &buf, first, last);
+                        Inflated::Delivered
+                    }
+                    Err(e) => Inflated::Failed(e),
+                }
+            }
+        };
+        Compression::keep(&mut self.ctx.compression.inflated, buf);
+        outcome
+    }
+}
+
+impl<D> WorkerCtx<D> {
+    /// Sends a data message, compressed when the connection negotiated permessage-deflate, `compress`
+    /// allows it and the message is at least `min_size` bytes. Backpressure applies to what goes on
+    /// the wire (the compressed bytes).
+    pub(super) fn send_message(
+        &mut self,
+        id: crate::ConnId,
+        kind: MessageKind,
+        payload: &[u8],
+        compress: bool,
+    ) -> SendStatus {
+        let op = kind.opcode();
+        let st = match self.conns.get_mut(id) {
+            Some(c) if compress && c.has(super::CAN_SEND) => c.deflate.as_deref_mut(),
+            _ => None,
+        };
+        let Some(st) = st else {
+            return self.send_frame(id, op, payload, true, false);
+        };
+        let comp = &mut self.compression;
+        let mut buf = std::mem::take(&mut comp.deflated);
+        let status = if st.compress_pending(payload, &comp.cfg, &mut comp.pool, &mut buf) {
+            let status = self.send_frame_rsv(id, op, &buf, true, false, RSV1);
+            if status.is_queued() {
+                if let Some(st) = self
+                    .conns
+                    .get_mut(id)
+                    .and_then(|c| c.deflate.as_deref_mut())
+                {
+                    st.commit(payload);
+                }
+            }
+            status
+        } else {
+            self.send_frame(id, op, payload, true, false)
+        };
+        Compression::keep(&mut self.compression.deflated, buf);
+        status
+    }
+}
+
+impl<D> Conn<'_, D> {
+    /// Sends a message without compressing it, whatever was negotiated (the per-message opt-out:
+    /// already compressed data, or data that must not share a compression context with other
+    /// messages because an attacker could learn a secret from the compressed sizes).
+    pub fn send_uncompressed(&mut self, msg: Message<'_>) -> SendStatus {
+        self.ctx
+            .send_message(self.id, msg.kind(), msg.as_bytes(), false)
+    }
+
+    /// Whether permessage-deflate was negotiated on this connection.
+    pub fn compression(&self) -> bool {
+        self.entry().deflate.is_some()
+    }
+}
