@@ -5,7 +5,10 @@
 //!     --deflate off|no-context|context
 //! ```
 //! `--deflate`: permessage-deflate off (the default), without context takeover, or with context
-//! takeover (windows of 15 bits).
+//! takeover (windows of 15 bits). `--deflate-min-size N`: messages under N bytes go uncompressed
+//! (default 0 here: every message is compressed; kosoku's Autobahn cases 12.x and 13.x fail with an
+//! internal error, "Strings must be encoded before hashing", when a text echo comes back
+//! uncompressed, which RFC 7692 allows).
 //! Prints `listening on ADDR (backend epoll|io_uring)` once ready (`SURGE_BACKEND` overrides
 //! `--backend`); Ctrl-C (SIGINT) or SIGTERM closes every connection with
 //! 1001 and exits.
@@ -32,7 +35,7 @@ impl Handler for Echo {
 fn usage() -> ! {
     eprintln!(
         "usage: echo [--port 9001] [--workers N] [--backend auto|epoll|io_uring] [--host 127.0.0.1] \
-         [--deflate off|no-context|context]"
+         [--deflate off|no-context|context] [--deflate-min-size 0]"
     );
     std::process::exit(2)
 }
@@ -52,6 +55,7 @@ pub fn deflate_mode(s: &str) -> Option<DeflateMode> {
 
 fn main() -> std::io::Result<()> {
     let mut cfg = ServerConfig::default();
+    cfg.deflate.min_size = 0;
     let mut host: IpAddr = [127, 0, 0, 1].into();
     let mut port = 9001u16;
     let mut args = std::env::args().skip(1);
@@ -63,6 +67,9 @@ fn main() -> std::io::Result<()> {
             "--backend" => cfg.backend = value.parse::<Backend>().unwrap_or_else(|_| usage()),
             "--host" => host = value.parse().unwrap_or_else(|_| usage()),
             "--deflate" => cfg.deflate.mode = deflate_mode(&value).unwrap_or_else(|| usage()),
+            "--deflate-min-size" => {
+                cfg.deflate.min_size = value.parse().unwrap_or_else(|_| usage())
+            }
             _ => usage(),
         }
     }

@@ -70,6 +70,7 @@ pub struct DeflateConfig {
     /// What to negotiate.
     pub mode: DeflateMode,
     /// Messages shorter than this are sent uncompressed (default 64 bytes; deflate rarely wins below).
+    /// 0: every message is compressed, even one that does not shrink.
     pub min_size: usize,
     /// Compression level, 0 (store) to 9 (default 1, as gorilla: the fastest level that compresses).
     pub level: u8,
@@ -413,7 +414,8 @@ impl DeflateState {
     }
 
     /// Compresses one whole message into `out` (appended) unless it is shorter than
-    /// `cfg.min_size` or (without context takeover) does not shrink. `true`: send `out` with RSV1 set on the first frame, then
+    /// `cfg.min_size` or (without context takeover, and unless `min_size` is 0: "compress every
+    /// message") does not shrink. `true`: send `out` with RSV1 set on the first frame, then
     /// call [`DeflateState::commit`] with the same payload once it is queued (not if it is dropped);
     /// `false`: send `payload` uncompressed (RSV1 clear). For the per-message opt-out, do not call
     /// this.
@@ -442,7 +444,7 @@ impl DeflateState {
             // the next similar message refers to it.
             return true;
         }
-        if out.len() - start >= payload.len() {
+        if cfg.min_size > 0 && out.len() - start >= payload.len() {
             out.truncate(start);
             return false;
         }
