@@ -280,28 +280,65 @@ fn main() {
                     black_box(&out);
                 }
             });
-            // Heap held by one connection's state after a message each way (the pool warmed first).
-            let mut warm = DeflateState::new(params(true, bits), Role::Server);
+            // Heap held by one connection's state once its windows are full: after 100 messages
+            // each way (the pool warmed first with the same kind of state, then dropped).
+            let mut warm = DeflateState::new(p, Role::Server);
             let mut scratch = Vec::new();
             warm.compress(&msgs[1], &cfg, &mut pool, &mut scratch);
-            let mut inflated = Vec::with_capacity(8192);
+            let mut inflated = Vec::with_capacity(1 << 20);
             warm.decompress(&wires[0], true, true, &cfg, &mut pool, &mut inflated)
                 .unwrap();
+            drop(warm);
+            let mut w = Vec::with_capacity(1 << 20);
             let before = live();
             let mut st = DeflateState::new(p, Role::Server);
-            let mut w = Vec::new();
-            st.compress(&msgs[1], &cfg, &mut pool, &mut w);
-            drop(w);
-            inflated.clear();
-            // The peer's stream, as the client sent it, inflated by the server.
-            st.decompress(&wires[0], true, true, &cfg, &mut pool, &mut inflated)
-                .unwrap();
+            for (m, wire) in msgs.iter().zip(&wires).take(100) {
+                w.clear();
+                st.compress(m, &cfg, &mut pool, &mut w);
+                // The peer's stream, as the client sent it, inflated by the server.
+                inflated.clear();
+                st.decompress(wire, true, true, &cfg, &mut pool, &mut inflated)
+                    .unwrap();
+            }
             let held = live() - before;
             black_box(&st);
             println!(
                 "| {name} | {level} | {comp:.0} | {decomp:.0} | {:.3} | {} |",
                 wire as f64 / total as f64,
                 kib(held)
+            );
+        }
+    }
+
+    // -- context takeover: a compressor per connection (phase 1) vs the pooled one primed -------
+    println!("\n### Context takeover: a zlib-rs stream kept per connection vs the pool's, primed with the window\n");
+    println!("| window | level | kept stream MiB/s | primed MiB/s | kept ratio | primed ratio |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for bits in [15u8, 12] {
+        for level in [1u8, 6] {
+            let kept = |out: &mut usize| {
+                let mut c =
+                    Compress::new_with_window_bits(Compression::new(u32::from(level)), false, bits);
+                let mut w = Vec::with_capacity(8192);
+                for m in &msgs {
+                    w.clear();
+                    w.reserve(m.len() + 64);
+                    c.compress_vec(m, &mut w, FlushCompress::Sync).unwrap();
+                    *out += w.len() - 4;
+                }
+            };
+            let mut kept_wire = 0;
+            kept(&mut kept_wire);
+            let r_kept = rate(total, || kept(&mut 0));
+            let p = params(false, bits);
+            let wire: usize = compress_all(p, level, &msgs).iter().map(Vec::len).sum();
+            let r_primed = rate(total, || {
+                black_box(compress_all(p, level, &msgs));
+            });
+            println!(
+                "| {bits} | {level} | {r_kept:.0} | {r_primed:.0} | {:.3} | {:.3} |",
+                kept_wire as f64 / total as f64,
+                wire as f64 / total as f64
             );
         }
     }

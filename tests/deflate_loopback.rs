@@ -21,8 +21,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use support::{encode_frame, Frame, RawClient};
 use flate2::{Compress, Compression, FlushCompress};
+use support::{encode_frame, Frame, RawClient};
 use surge::proto::{DeflateConfig, DeflateMode, DeflateParams, DeflatePool, DeflateState, Role};
 use surge::{Accept, Backend, Conn, Handler, Message, Request, Server, ServerConfig, Upgrade};
 
@@ -36,7 +36,8 @@ static PEAK: AtomicIsize = AtomicIsize::new(0);
 // and never allocate.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let now = LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed) + layout.size() as isize;
+        let now =
+            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed) + layout.size() as isize;
         PEAK.fetch_max(now, Ordering::Relaxed);
         // SAFETY: the caller's contract for `alloc` is passed on unchanged.
         unsafe { System.alloc(layout) }
@@ -187,7 +188,8 @@ struct DeflateClient {
 
 impl DeflateClient {
     fn connect(addr: SocketAddr, offer: &str) -> DeflateClient {
-        let raw = RawClient::connect_with(addr, "/", &format!("Sec-WebSocket-Extensions: {offer}\r\n"));
+        let raw =
+            RawClient::connect_with(addr, "/", &format!("Sec-WebSocket-Extensions: {offer}\r\n"));
         let ext = raw
             .response
             .lines()
@@ -244,7 +246,11 @@ fn raw_frames_context_takeover_fragments_and_opt_out(backend: Backend) {
     for _ in 0..3 {
         c.send_compressed(1, msg.as_bytes());
         let (f, data) = c.recv();
-        assert_eq!((f.opcode, f.rsv, f.fin), (1, 4, true), "compressed text echo");
+        assert_eq!(
+            (f.opcode, f.rsv, f.fin),
+            (1, 4, true),
+            "compressed text echo"
+        );
         assert_eq!(data, msg.as_bytes());
         sizes.push(f.payload.len());
     }
@@ -267,10 +273,13 @@ fn raw_frames_context_takeover_fragments_and_opt_out(backend: Backend) {
     // A fragmented compressed message: RSV1 on the first frame only.
     let big: String = (0..40).map(chat).collect();
     let mut w = Vec::new();
-    assert!(c.state.compress(big.as_bytes(), &c.cfg, &mut c.pool, &mut w));
+    assert!(c
+        .state
+        .compress(big.as_bytes(), &c.cfg, &mut c.pool, &mut w));
     let third = w.len() / 3;
     c.raw.write_raw(&encode_frame(false, 4, 1, &w[..third]));
-    c.raw.write_raw(&encode_frame(false, 0, 0, &w[third..2 * third]));
+    c.raw
+        .write_raw(&encode_frame(false, 0, 0, &w[third..2 * third]));
     c.raw.write_raw(&encode_frame(true, 0, 0, &w[2 * third..]));
     let (f, data) = c.recv();
     assert_eq!((f.opcode, f.rsv), (1, 4));
@@ -293,7 +302,10 @@ fn raw_frames_context_takeover_fragments_and_opt_out(backend: Backend) {
     assert_eq!((f.rsv, data.as_slice()), (4, msg.as_bytes()));
 
     c.raw.send(true, 8, &support::close_payload(1000, ""));
-    assert_eq!(c.raw.read_until_close().unwrap().close_code().unwrap().0, 1000);
+    assert_eq!(
+        c.raw.read_until_close().unwrap().close_code().unwrap().0,
+        1000
+    );
 
     // No context takeover asked by the client: still compressed, each message alone.
     let mut c = DeflateClient::connect(
@@ -372,7 +384,12 @@ fn bomb_corrupt_and_invalid_utf8_fail_the_connection(backend: Backend) {
         ..DeflateConfig::default()
     };
     let mut w = Vec::new();
-    st.compress(b"abc\xff\xfe invalid", &cfg, &mut DeflatePool::new(1), &mut w);
+    st.compress(
+        b"abc\xff\xfe invalid",
+        &cfg,
+        &mut DeflatePool::new(1),
+        &mut w,
+    );
     let mut c = RawClient::connect_with(addr, "/", offer);
     c.write_raw(&encode_frame(true, 4, 1, &w));
     expect_close(&mut c, 1007, "compressed text that is not UTF-8");
@@ -388,7 +405,11 @@ fn bomb_corrupt_and_invalid_utf8_fail_the_connection(backend: Backend) {
 fn declined_without_configuration(backend: Backend) {
     let server = start(backend, DeflateMode::Disabled);
     let addr = server.local_addr();
-    let mut c = RawClient::connect_with(addr, "/", "Sec-WebSocket-Extensions: permessage-deflate\r\n");
+    let mut c = RawClient::connect_with(
+        addr,
+        "/",
+        "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+    );
     assert!(
         !c.response.contains("Sec-WebSocket-Extensions"),
         "declined: {}",

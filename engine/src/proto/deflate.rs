@@ -5,23 +5,29 @@
 //! - [`DeflateConfig`]: the server's (or client's) settings, shared by a worker's connections.
 //! - [`DeflateParams`]: what was negotiated for one connection (4 bytes; see
 //!   `handshake::deflate_negotiation`).
-//! - [`DeflateState`]: one connection's compression state: the parameters, resolved for our role, and
-//!   the streaming compressor and inflater that context takeover needs. Both are created on first use
-//!   and only when the LZ77 window must outlive a message; without context takeover a connection holds
-//!   no compression state at all.
-//! - [`DeflatePool`]: per worker, the state that no connection needs to keep between messages: a
-//!   libdeflate compressor for whole messages, zlib-rs compressors for small windows, one inflater.
+//! - [`DeflateState`]: one connection's compression state: the parameters, resolved for our role,
+//!   and, with context takeover only, the last `2^w` bytes sent and received (the LZ77 windows),
+//!   grown on use. No compressor or inflater is kept per connection: see [`DeflateState`].
+//! - [`DeflatePool`]: per worker, the compressors and inflaters: a libdeflate compressor for whole
+//!   messages, zlib-rs compressors per window size, free inflaters.
 //!
 //! Sending ([`DeflateState::compress`]): without context takeover and with a 32 KiB window, a message
 //! is compressed in one call by libdeflate (the fastest; its output ends with a block that has BFINAL
 //! set, which RFC 7692 section 7.2.3.3 allows); otherwise zlib-rs (through flate2) compresses with
-//! `Z_SYNC_FLUSH` and the trailing `0x00 0x00 0xff 0xff` is removed (7.2.1).
+//! `Z_SYNC_FLUSH` and the trailing `0x00 0x00 0xff 0xff` is removed (7.2.1). With context takeover
+//! the pool's zlib-rs compressor is reset and primed with the connection's window as a preset
+//! dictionary (`deflateSetDictionary` on a raw stream) before each message.
 //!
-//! Receiving ([`DeflateState::decompress`]): pieces are inflated into a caller's buffer (from the
-//! worker's buffer pool); the four octets are appended at the end of the message (7.2.2). The maximum
-//! message size applies to the inflated size: the buffer never grows past `max_decompressed + 1` bytes,
-//! so a decompression bomb fails with 1009 after at most one byte of excess output, whatever its
-//! compressed size. Text is validated as UTF-8 once inflated (1007).
+//! Receiving ([`DeflateState::decompress`]): pieces are inflated by a pooled inflater (primed with
+//! the connection's window under context takeover) into a caller's buffer; the four octets are
+//! appended at the end of the message (7.2.2). The maximum message size applies to the inflated
+//! size: the buffer never grows past `max_decompressed + 1` bytes, so a decompression bomb fails with
+//! 1009 after at most one byte of excess output, whatever its compressed size. Text is validated as
+//! UTF-8 once inflated (1007).
+//!
+//! The mode's docs below ([`DeflateMode::ContextTakeover`]) and docs/BENCHMARKS.md give the memory
+//! per connection: the windows only (64 KiB both ways at window 15, 8 KiB at 12), against 418 KiB
+//! and 306 KiB with a zlib-rs stream kept per connection.
 //!
 //! Window bits 8: zlib (and zlib-rs) refuse a raw deflate stream with an 8-bit window and raise 8 to 9
 //! elsewhere. With window bits 9 the compressor never emits a distance beyond `512 - 262 = 250`
@@ -52,9 +58,12 @@ pub enum DeflateMode {
     /// Compression without context takeover in either direction: no state is kept between messages,
     /// so a connection costs nothing extra; the compressor and inflater are the worker's.
     NoContextTakeover,
-    /// Context takeover: each connection keeps a streaming compressor (and an inflater, unless the
-    /// peer agrees to `client_no_context_takeover`) between messages. Better ratios for streams of
-    /// similar messages (chat, JSON pushes) at a memory cost per connection; see docs/BENCHMARKS.md.
+    /// Context takeover: each connection keeps the last `2^w` bytes it sent compressed (and, unless
+    /// the peer agrees to `client_no_context_takeover`, the last `2^w` it received), allocated on
+    /// the first compressed message and grown up to the window; the compressor and inflater are the
+    /// worker's, primed with those bytes for each message. Better ratios for streams of similar
+    /// messages (chat, JSON pushes) for at most `2 x 2^w` bytes per connection; see
+    /// docs/BENCHMARKS.md.
     ContextTakeover {
         /// Largest window the server compresses with (8..=15; a smaller offer wins).
         server_max_window_bits: u8,
@@ -168,6 +177,8 @@ pub struct DeflatePool {
     windowed: [Option<Box<Compress>>; 7],
     /// Free inflaters (window 15: a larger window inflates anything made with a smaller one),
     /// reset, primed with a connection's window and used for one message at a time.
+    #[allow(clippy::vec_box)]
+    // boxed: moved to a connection mid-message and back without copying
     inflaters: Vec<Box<Decompress>>,
 }
 

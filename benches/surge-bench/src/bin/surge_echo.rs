@@ -1,5 +1,6 @@
 //! The surge echo server as the harness runs it: a child process like every peer, so that each system
-//! is measured the same way. `surge-echo --port P --workers N [--busy-poll-us US] [--backend B]`.
+//! is measured the same way. `surge-echo --port P --workers N [--busy-poll-us US] [--backend B]
+//! [--deflate off|no-context|context]`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::BufRead;
@@ -64,6 +65,17 @@ fn main() -> std::io::Result<()> {
                 cfg.busy_poll = Some(Duration::from_micros(value.parse().expect("us")))
             }
             "--backend" => cfg.backend = value.parse::<Backend>().expect("backend"),
+            "--deflate" => {
+                cfg.deflate.mode = match value.as_str() {
+                    "off" => surge::proto::DeflateMode::Disabled,
+                    "no-context" => surge::proto::DeflateMode::NoContextTakeover,
+                    "context" => surge::proto::DeflateMode::ContextTakeover {
+                        server_max_window_bits: 15,
+                        client_max_window_bits: 15,
+                    },
+                    _ => panic!("--deflate off|no-context|context"),
+                }
+            }
             other => panic!("unknown flag {other}"),
         }
     }
