@@ -6,13 +6,15 @@
 //!   bytes in a provided buffer (the worker hands them to the protocol core, then `recycle`s the
 //!   buffer), and send completions; sends own their chunks until the completion arrives.
 //!
-//! [`probe`] decides which one runs (`SURGE_BACKEND`, then a probe of the kernel).
+//! [`probe`] decides which one runs (`SURGE_BACKEND`, then a probe of the kernel), and whether the
+//! uring driver accepts into direct descriptors ([`Socket::Direct`]).
 
 pub(crate) mod epoll;
 pub(crate) mod probe;
 pub(crate) mod uring;
 
 use std::io;
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,55 @@ use std::time::Duration;
 use mio::net::{TcpListener, TcpStream};
 
 use crate::server::config::Backend;
+
+/// A connection's socket.
+#[derive(Debug)]
+pub(crate) enum Socket {
+    /// An ordinary descriptor (epoll; io_uring without direct descriptors): closed on drop.
+    Fd(TcpStream),
+    /// io_uring: a slot in the worker ring's file table (a direct descriptor). It uses no process
+    /// descriptor, so the process fd limit does not bound connections; every operation on it goes
+    /// through the ring, and [`Driver::close`] frees the slot.
+    Direct(u32),
+}
+
+impl Socket {
+    /// The peer's address, asked of the kernel. A direct descriptor has no process fd to ask
+    /// `getpeername` with (and multishot accept returns no address): `Unsupported`.
+    pub(crate) fn peer_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Socket::Fd(s) => s.peer_addr(),
+            Socket::Direct(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    fn stream(&mut self) -> io::Result<&mut TcpStream> {
+        match self {
+            Socket::Fd(s) => Ok(s),
+            Socket::Direct(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+}
+
+/// Epoll reads: only ordinary descriptors are ever read with syscalls.
+impl io::Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream()?.read(buf)
+    }
+}
+
+/// Epoll writes (`writev` of a write queue): only ordinary descriptors.
+impl io::Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream()?.write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.stream()?.write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// One thing the kernel reported.
 #[derive(Debug)]
@@ -37,8 +88,9 @@ pub(crate) enum IoEvent {
     Connected { token: u64, res: i32 },
     /// uring: the worker's eventfd was written.
     Wake,
-    /// uring: listener `listener` accepted descriptor `fd` (now owned by the worker).
-    Accepted { listener: usize, fd: i32 },
+    /// uring: listener `listener` accepted `socket` (now owned by the worker: dropping a direct
+    /// one without [`Driver::close`] keeps its slot until the ring goes).
+    Accepted { listener: usize, socket: Socket },
     /// uring: `len` bytes arrived for connection `token` in provided buffer `bid`; `more`: the
     /// multishot receive stays armed.
     Received {
@@ -92,12 +144,17 @@ impl Waker {
 #[derive(Debug)]
 pub(crate) enum DriverSeed {
     Epoll(epoll::EpollDriver),
-    Uring(Arc<OwnedFd>),
+    Uring { wake: Arc<OwnedFd>, direct: u32 },
 }
 
 impl DriverSeed {
-    /// The seed for `backend` (already resolved: `Epoll` or `IoUring`) and its waker.
-    pub(crate) fn new(backend: Backend, waker_token: usize) -> io::Result<(DriverSeed, Waker)> {
+    /// The seed for `backend` (already resolved: `Epoll` or `IoUring`) and its waker. `direct`: the
+    /// size of the direct-descriptor table to ask for (0: ordinary descriptors).
+    pub(crate) fn new(
+        backend: Backend,
+        waker_token: usize,
+        direct: u32,
+    ) -> io::Result<(DriverSeed, Waker)> {
         match backend {
             Backend::IoUring => {
                 // SAFETY: eventfd takes no pointers; the result is checked before use.
@@ -107,7 +164,11 @@ impl DriverSeed {
                 }
                 // SAFETY: `fd` is a fresh descriptor that nothing else owns.
                 let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
-                Ok((DriverSeed::Uring(Arc::clone(&fd)), Waker::EventFd(fd)))
+                let seed = DriverSeed::Uring {
+                    wake: Arc::clone(&fd),
+                    direct,
+                };
+                Ok((seed, Waker::EventFd(fd)))
             }
             _ => {
                 let d = epoll::EpollDriver::new()?;
@@ -121,7 +182,9 @@ impl DriverSeed {
     pub(crate) fn open(self) -> io::Result<Driver> {
         match self {
             DriverSeed::Epoll(d) => Ok(Driver::Epoll(d)),
-            DriverSeed::Uring(fd) => Ok(Driver::Uring(Box::new(uring::UringDriver::new(fd)?))),
+            DriverSeed::Uring { wake, direct } => Ok(Driver::Uring(Box::new(
+                uring::UringDriver::new(wake, direct)?,
+            ))),
         }
     }
 }
@@ -165,11 +228,11 @@ impl Driver {
 
     /// Starts watching a connection for both directions, once: edge-triggered on epoll (no
     /// re-arming when a write would block); a multishot receive on uring.
-    pub(crate) fn register_conn(&mut self, stream: &mut TcpStream, token: usize) -> io::Result<()> {
+    pub(crate) fn register_conn(&mut self, socket: &mut Socket, token: usize) -> io::Result<()> {
         match self {
-            Driver::Epoll(d) => d.register_conn(stream, token),
+            Driver::Epoll(d) => d.register_conn(socket.stream()?, token),
             Driver::Uring(d) => {
-                d.arm_recv(stream.as_raw_fd(), token as u64);
+                d.arm_recv(socket, token as u64);
                 Ok(())
             }
         }
@@ -178,13 +241,35 @@ impl Driver {
     /// Starts watching an outgoing connection whose non-blocking connect is under way: on epoll the
     /// same edge-triggered registration as any connection (the connect's end is a writable edge);
     /// on uring a connect poll, the multishot receive being armed once connected.
-    pub(crate) fn register_dial(&mut self, stream: &mut TcpStream, token: usize) -> io::Result<()> {
+    /// (Outgoing connections are always ordinary descriptors.)
+    pub(crate) fn register_dial(&mut self, socket: &mut Socket, token: usize) -> io::Result<()> {
+        let stream = socket.stream()?;
         match self {
             Driver::Epoll(d) => d.register_conn(stream, token),
             Driver::Uring(d) => {
                 d.poll_connect(stream.as_raw_fd(), token as u64);
                 Ok(())
             }
+        }
+    }
+
+    /// `shutdown(Write)`: a syscall on an ordinary descriptor, a `SHUTDOWN` op on a direct one (its
+    /// failure then goes unreported: the receive or the close timeout ends the connection).
+    pub(crate) fn shutdown_write(&mut self, socket: &Socket) -> io::Result<()> {
+        match (self, socket) {
+            (_, Socket::Fd(s)) => s.shutdown(Shutdown::Write),
+            (Driver::Uring(d), Socket::Direct(slot)) => {
+                d.shutdown_write(*slot);
+                Ok(())
+            }
+            (Driver::Epoll(_), Socket::Direct(_)) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    /// Closes a socket: drops an ordinary descriptor, frees a direct one's slot with a `CLOSE` op.
+    pub(crate) fn close(&mut self, socket: Socket) {
+        if let (Driver::Uring(d), Socket::Direct(slot)) = (self, &socket) {
+            d.close_direct(*slot);
         }
     }
 

@@ -6,6 +6,10 @@
 //! with `IORING_REGISTER_PROBE`, the features it relies on (`EXT_ARG` for timed waits, `NODROP`), and
 //! registers a provided-buffer ring (kernel 5.19). Multishot receive arrived in 6.0 with no opcode
 //! of its own, so the kernel version is checked for it.
+//!
+//! Direct descriptors are an extra: `SHUTDOWN` and `CLOSE` supported and a sparse file table
+//! registered on the probe ring (accept into an allocated slot is 5.19, like multishot accept).
+//! Without them the uring driver uses ordinary descriptors.
 
 use std::sync::OnceLock;
 
@@ -26,9 +30,22 @@ const OPCODES: &[(u8, &str)] = &[
     (opcode::Timeout::CODE, "timeout"),
 ];
 
+/// The opcodes the uring driver submits on direct descriptors only.
+const DIRECT_OPCODES: &[u8] = &[opcode::Shutdown::CODE, opcode::Close::CODE];
+
 /// Whether io_uring can run the uring driver here; the reason when not. Probed once per process.
 pub(crate) fn uring_support() -> Result<(), String> {
-    static RESULT: OnceLock<Result<(), String>> = OnceLock::new();
+    probed().map(drop)
+}
+
+/// Whether the uring driver can accept into direct descriptors here (probed with
+/// [`uring_support`]).
+pub(crate) fn direct_support() -> bool {
+    probed().unwrap_or(false)
+}
+
+fn probed() -> Result<bool, String> {
+    static RESULT: OnceLock<Result<bool, String>> = OnceLock::new();
     // On a thread of its own: tearing the probe's ring down later queues task work on the thread
     // that used it (TWA_SIGNAL), which makes a blocking socket call with a timeout on that thread
     // fail with EINTR. A thread that has exited gets none.
@@ -41,7 +58,7 @@ pub(crate) fn uring_support() -> Result<(), String> {
         .clone()
 }
 
-fn probe() -> Result<(), String> {
+fn probe() -> Result<bool, String> {
     let (major, minor) = kernel_version().ok_or("cannot read the kernel version")?;
     if (major, minor) < (6, 0) {
         return Err(format!(
@@ -68,7 +85,10 @@ fn probe() -> Result<(), String> {
     }
     super::uring::BufRing::new(&ring, 8, 64, 0)
         .map(drop)
-        .map_err(|e| format!("provided buffer ring refused: {e}"))
+        .map_err(|e| format!("provided buffer ring refused: {e}"))?;
+    let direct = DIRECT_OPCODES.iter().all(|&c| probe.is_supported(c))
+        && ring.submitter().register_files_sparse(16).is_ok();
+    Ok(direct)
 }
 
 fn kernel_version() -> Option<(u32, u32)> {

@@ -15,20 +15,25 @@
 //!   (`submit_with_args` with the timer wheel's timeout). Only a full submission queue forces an
 //!   extra one.
 //!
-//! Direct descriptors are not used yet: connections keep an ordinary fd, so `peer_addr`,
-//! `setsockopt` and `shutdown(Write)` stay plain syscalls and close is a plain `close` after the
-//! receive was cancelled (the pending operations hold their own file references). The 20,000-fd
-//! process limit therefore applies to both drivers alike.
+//! - Direct descriptors (where the probe found them and the ring accepted a sparse file table,
+//!   sized by [`ServerConfig::uring_direct_descriptors`](crate::ServerConfig)): the multishot accept
+//!   allocates a slot of the ring's file table for each connection (`IORING_FILE_INDEX_ALLOC`), so
+//!   connections hold no process descriptor and the process fd limit bounds each worker's table, not
+//!   the process. Everything on such a connection then goes through the ring with `Fixed`: receive,
+//!   `sendmsg`, `SHUTDOWN`, and a `CLOSE` of the slot after the receive was cancelled (pending
+//!   operations hold their own file references). `TCP_NODELAY` comes from the listener (Linux
+//!   copies it to accepted sockets). There is no `getpeername`: `peer_addr` is `None`.
+//!   Without direct descriptors, connections keep ordinary fds and those steps are syscalls.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use super::IoEvent;
+use super::{IoEvent, Socket};
 use crate::buf::WriteQueue;
 
 /// Most chunks in one `sendmsg`.
@@ -44,6 +49,8 @@ const WAKE: u64 = 4;
 const CANCEL: u64 = 5;
 const RETRY: u64 = 6;
 const CONNECT: u64 = 7;
+/// `SHUTDOWN` and `CLOSE` of direct descriptors: their results are not looked at.
+const QUIET: u64 = 8;
 
 fn ud(kind: u64, payload: u64) -> u64 {
     debug_assert!(payload <= PAYLOAD);
@@ -288,6 +295,8 @@ pub(crate) struct UringDriver {
     inflight: usize,
     /// Dropping: nothing is re-armed.
     closing: bool,
+    /// Accepts allocate direct descriptors (a sparse file table is registered).
+    direct: bool,
 }
 
 impl std::fmt::Debug for UringDriver {
@@ -300,9 +309,21 @@ impl std::fmt::Debug for UringDriver {
 }
 
 impl UringDriver {
-    /// Creates the ring on the calling thread (the only thread that may then use it).
-    pub(crate) fn new(wake_fd: Arc<OwnedFd>) -> io::Result<Self> {
+    /// Creates the ring on the calling thread (the only thread that may then use it), with a
+    /// direct-descriptor table of `direct` slots (0: ordinary descriptors; also where the kernel
+    /// refuses the table, with one log line).
+    pub(crate) fn new(wake_fd: Arc<OwnedFd>, direct: u32) -> io::Result<Self> {
         let ring = build_ring()?;
+        let direct = direct > 0
+            && match ring.submitter().register_files_sparse(direct) {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!(
+                        "surge: io_uring direct descriptors refused ({e}); using ordinary fds"
+                    );
+                    false
+                }
+            };
         let ring_index = register_ring_fd(ring.as_raw_fd());
         let bufs = BufRing::new(&ring, RING_BUFFERS, RING_BUFFER_SIZE, BGID)?;
         let mut d = UringDriver {
@@ -316,6 +337,7 @@ impl UringDriver {
             retry_ts: Box::new(types::Timespec::new().nsec(10_000_000)),
             inflight: 0,
             closing: false,
+            direct,
         };
         d.arm_wake();
         Ok(d)
@@ -368,8 +390,15 @@ impl UringDriver {
         if fd < 0 {
             return;
         }
+        // A direct descriptor has no close-on-exec (the kernel refuses the flag for it).
+        let flags = if self.direct {
+            libc::SOCK_NONBLOCK
+        } else {
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
+        };
         let e = opcode::AcceptMulti::new(types::Fd(fd))
-            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .allocate_file_index(self.direct)
+            .flags(flags)
             .build()
             .user_data(ud(ACCEPT, index as u64));
         // SAFETY: a multishot accept without an address buffer: the kernel writes no user memory.
@@ -395,10 +424,12 @@ impl UringDriver {
 
     /// Arms the multishot receive of connection `token` (also after `ENOBUFS` or when the kernel
     /// ended it).
-    pub(crate) fn arm_recv(&mut self, fd: RawFd, token: u64) {
-        let e = opcode::RecvMulti::new(types::Fd(fd), BGID)
-            .build()
-            .user_data(ud(RECV, token));
+    pub(crate) fn arm_recv(&mut self, socket: &Socket, token: u64) {
+        let e = match socket {
+            Socket::Fd(s) => opcode::RecvMulti::new(types::Fd(s.as_raw_fd()), BGID).build(),
+            Socket::Direct(slot) => opcode::RecvMulti::new(types::Fixed(*slot), BGID).build(),
+        }
+        .user_data(ud(RECV, token));
         // SAFETY: the kernel writes only into provided buffers of group BGID, which live as long as
         // the driver (see BufRing::new); no other memory is named.
         unsafe { self.push(e) };
@@ -426,6 +457,25 @@ impl UringDriver {
         self.cancel(ud(RECV, token));
     }
 
+    /// `shutdown(SHUT_WR)` of direct descriptor `slot`.
+    pub(crate) fn shutdown_write(&mut self, slot: u32) {
+        let e = opcode::Shutdown::new(types::Fixed(slot), libc::SHUT_WR)
+            .build()
+            .user_data(ud(QUIET, 0));
+        // SAFETY: a shutdown names no memory.
+        unsafe { self.push(e) };
+    }
+
+    /// Frees direct descriptor `slot` (the socket closes once pending operations let go of it; a
+    /// later accept may reuse the slot, which no operation submitted after this one names).
+    pub(crate) fn close_direct(&mut self, slot: u32) {
+        let e = opcode::Close::new(types::Fixed(slot))
+            .build()
+            .user_data(ud(QUIET, 0));
+        // SAFETY: a close names no memory.
+        unsafe { self.push(e) };
+    }
+
     /// The bytes of provided buffer `bid`, handed out by a [`IoEvent::Received`].
     ///
     /// # Safety
@@ -442,7 +492,7 @@ impl UringDriver {
     }
 
     /// Starts one `sendmsg` of (the first chunks of) `queue` for connection `token`.
-    pub(crate) fn send(&mut self, fd: RawFd, token: u64, queue: &WriteQueue) -> io::Result<()> {
+    pub(crate) fn send(&mut self, socket: &Socket, token: u64, queue: &WriteQueue) -> io::Result<()> {
         let entry = self.sends.vacant_entry();
         let key = entry.key() as u64;
         // SAFETY: msghdr and iovec are plain C structs (integers and raw pointers) for which
@@ -457,10 +507,15 @@ impl UringDriver {
         let n = queue.fill_iovecs(&mut op.iov);
         op.msg.msg_iov = op.iov.as_mut_ptr();
         op.msg.msg_iovlen = n as _;
-        let e = opcode::SendMsg::new(types::Fd(fd), &op.msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(ud(SEND, key));
+        let e = match socket {
+            Socket::Fd(s) => opcode::SendMsg::new(types::Fd(s.as_raw_fd()), &op.msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build(),
+            Socket::Direct(slot) => opcode::SendMsg::new(types::Fixed(*slot), &op.msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build(),
+        }
+        .user_data(ud(SEND, key));
         entry.insert(op);
         // SAFETY: the msghdr and iovecs live in a Box held by `sends` until this op's completion
         // (the Box's heap address does not change when the slab grows). The iovecs point into the
@@ -570,9 +625,16 @@ impl UringDriver {
                 ACCEPT => {
                     let index = payload as usize;
                     if res >= 0 {
+                        let socket = if self.direct {
+                            Socket::Direct(res as u32)
+                        } else {
+                            // SAFETY: the kernel just created descriptor `res` for us; nothing
+                            // else owns it.
+                            Socket::Fd(unsafe { mio::net::TcpStream::from_raw_fd(res) })
+                        };
                         out.push(IoEvent::Accepted {
                             listener: index,
-                            fd: res,
+                            socket,
                         });
                     }
                     if !more {
@@ -619,7 +681,7 @@ impl UringDriver {
                     out.push(IoEvent::Wake);
                     rearm_wake = true;
                 }
-                _ => {} // CANCEL: nothing to do
+                _ => {} // CANCEL, QUIET: nothing to do
             }
         }
         if self.closing {

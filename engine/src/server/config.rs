@@ -110,8 +110,17 @@ pub struct ServerConfig {
     pub read_buffer_size: usize,
     /// Free chunks a worker keeps in each pool (default 256, i.e. up to 4 MiB per pool).
     pub pool_max_cached: usize,
-    /// Set `TCP_NODELAY` on accepted sockets (default on).
+    /// Set `TCP_NODELAY` on accepted sockets (default on). It is set on the listening sockets,
+    /// which Linux copies to each accepted one: no syscall per connection.
     pub tcp_nodelay: bool,
+    /// io_uring: accept into direct descriptors (slots of each worker ring's file table) where the
+    /// kernel supports them (default on). Connections then use no process file descriptors, so one
+    /// process holds more connections than its fd limit (each worker's table holds up to
+    /// `min(max_connections_per_worker, RLIMIT_NOFILE)` slots). The price: there is no
+    /// `getpeername` for a direct descriptor, so [`Conn::peer_addr`](crate::Conn::peer_addr) and
+    /// [`Request::peer`](crate::Request::peer) are `None`. Off, or where the kernel refuses them,
+    /// connections use ordinary descriptors. No effect on epoll.
+    pub uring_direct_descriptors: bool,
     /// Spin with non-blocking polls for this long before blocking (default off). Trades a core for
     /// wake-up latency (a blocked loop takes tens of microseconds to wake).
     pub busy_poll: Option<Duration>,
@@ -148,6 +157,7 @@ impl Default for ServerConfig {
             read_buffer_size: 64 * 1024,
             pool_max_cached: 256,
             tcp_nodelay: true,
+            uring_direct_descriptors: true,
             busy_poll: None,
             shutdown_timeout: Duration::from_secs(5),
             proto: proto::Config::server(),

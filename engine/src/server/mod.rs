@@ -95,7 +95,7 @@ impl Server {
         for _ in 0..workers {
             let mut listeners = Vec::with_capacity(addrs.len());
             for addr in &mut addrs {
-                let l = bind_reuseport(*addr, cfg.backlog)?;
+                let l = bind_reuseport(*addr, cfg.backlog, cfg.tcp_nodelay)?;
                 *addr = l.local_addr()?;
                 listeners.push(l);
             }
@@ -104,10 +104,11 @@ impl Server {
         // Auto and the SURGE_BACKEND override are resolved once, here.
         let backend = probe::resolve(cfg.backend)?;
         cfg.backend = backend;
+        let direct = direct_table_size(&cfg);
         let mut drivers = Vec::with_capacity(workers);
         let mut wakers = Vec::with_capacity(workers);
         for _ in 0..workers {
-            let (seed, waker) = DriverSeed::new(backend, worker::WAKER_TOKEN)?;
+            let (seed, waker) = DriverSeed::new(backend, worker::WAKER_TOKEN, direct)?;
             wakers.push(waker);
             drivers.push(seed);
         }
@@ -185,8 +186,35 @@ impl Server {
     }
 }
 
-fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+/// Slots of each worker's direct-descriptor table (0: ordinary descriptors): one per connection the
+/// worker may hold, capped by `RLIMIT_NOFILE`, which the kernel applies to each table.
+fn direct_table_size(cfg: &ServerConfig) -> u32 {
+    if cfg.backend != Backend::IoUring || !cfg.uring_direct_descriptors || !probe::direct_support()
+    {
+        return 0;
+    }
+    // SAFETY: `rlimit` is plain data; getrlimit writes one into it.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a live, writable rlimit.
+    let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    let want = cfg.max_connections_per_worker as u64;
+    want.min(nofile).min(1 << 20) as u32
+}
+
+fn bind_reuseport(
+    addr: SocketAddr,
+    backlog: i32,
+    nodelay: bool,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if nodelay {
+        // Accepted sockets inherit it (Linux): no setsockopt per connection.
+        socket.set_nodelay(true)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;

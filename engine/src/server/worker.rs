@@ -13,20 +13,19 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 
 use super::config::{Backend, BackpressurePolicy, ServerConfig};
 use super::registry::{ConnId, Registry};
 use super::timer::TimerWheel;
 use super::Shared;
 use crate::buf::{ChunkPool, QueueOutput, WriteQueue};
-use crate::driver::{Driver, IoEvent};
+use crate::driver::{Driver, IoEvent, Socket};
 use crate::handler::{CloseInfo, Handler, SendStatus, Upgrade};
 use crate::handshake::{
     check_origin, parse_request, write_accept_response, write_rejection, HandshakeConfig,
@@ -93,7 +92,7 @@ enum Stage {
 /// address (asked of the kernel when wanted), no subprotocol string (an index), no buffers when idle.
 #[derive(Debug)]
 pub(crate) struct Connection<D> {
-    socket: TcpStream,
+    socket: Socket,
     /// The armed timer's tick plus one (0: none); older wheel entries are stale.
     timer: u32,
     /// Messages refused under the `Drop` backpressure policy.
@@ -154,8 +153,8 @@ pub struct WorkerCtx<D> {
     /// The driver is io_uring: removing a connection cancels its receive and keeps the chunks of
     /// an in-flight send alive (both handed to the driver before the next poll).
     uring: bool,
-    /// io_uring: tokens of removed connections whose receive must be cancelled.
-    cancels: Vec<u64>,
+    /// io_uring: removed connections whose receive must be cancelled, then their sockets closed.
+    cancels: Vec<(u64, Socket)>,
     /// io_uring: queues of removed connections whose send is in flight.
     orphans: Vec<(u64, WriteQueue)>,
     /// Topics, handles and the mailbox (fanout.rs).
@@ -442,11 +441,11 @@ impl<D> WorkerCtx<D> {
         self.arm(id, None);
         if let Some(mut c) = self.conns.remove(id) {
             if self.uring {
-                self.cancels.push(id.0);
                 if c.has(SENDING) {
                     // The kernel may still read these chunks: they live until the completion.
                     self.orphans.push((id.0, std::mem::take(&mut c.queue)));
                 }
+                self.cancels.push((id.0, c.socket));
             }
             c.queue.release(&mut self.chunks);
             match c.stage {
@@ -566,7 +565,8 @@ impl<'a, D> Conn<'a, D> {
         self.entry().has(CAN_SEND)
     }
 
-    /// The peer's address (asked of the kernel; `None` once the socket is broken).
+    /// The peer's address (asked of the kernel; `None` once the socket is broken, and always on
+    /// io_uring direct descriptors: see [`ServerConfig::uring_direct_descriptors`]).
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.entry().socket.peer_addr().ok()
     }
@@ -794,8 +794,12 @@ impl<H: Handler> Worker<H> {
         let Driver::Uring(d) = &mut self.driver else {
             return;
         };
-        for token in self.ctx.cancels.drain(..) {
+        for (token, socket) in std::mem::take(&mut self.ctx.cancels) {
             d.cancel_recv(token);
+            if let Socket::Direct(slot) = socket {
+                d.close_direct(slot);
+            } // an ordinary descriptor closes here, on drop
+
         }
         for (token, queue) in self.ctx.orphans.drain(..) {
             if let Some(mut q) = d.orphan_send(token, queue) {
@@ -820,12 +824,12 @@ impl<H: Handler> Worker<H> {
     /// io_uring completions.
     fn dispatch_completion(&mut self, ev: IoEvent) {
         match ev {
-            IoEvent::Accepted { listener, fd } => {
-                // SAFETY: the kernel just created `fd` for us; nothing else owns it.
-                let stream = unsafe { TcpStream::from_raw_fd(fd) };
+            IoEvent::Accepted { listener, socket } => {
                 if listener < self.listeners.len() {
-                    self.admit(stream);
-                } // else: shutting down, dropped (closed)
+                    self.admit(socket);
+                } else {
+                    self.driver.close(socket); // shutting down
+                }
             }
             IoEvent::Received {
                 token,
@@ -904,9 +908,8 @@ impl<H: Handler> Worker<H> {
         if c.has(PEER_EOF) {
             return;
         }
-        let fd = c.socket.as_raw_fd();
         if let Driver::Uring(d) = &mut self.driver {
-            d.arm_recv(fd, id.0);
+            d.arm_recv(&c.socket, id.0);
         }
     }
 
@@ -949,21 +952,20 @@ impl<H: Handler> Worker<H> {
                 // Out of descriptors, or the peer gave up already: the next arrival retries.
                 Err(_) => return,
             };
-            self.admit(stream);
+            self.admit(Socket::Fd(stream));
         }
     }
 
     /// Takes an accepted connection in: registers it and arms its handshake deadline.
-    fn admit(&mut self, stream: TcpStream) {
+    /// (`TCP_NODELAY` comes from the listener.)
+    fn admit(&mut self, socket: Socket) {
         {
             if self.ctx.conns.len() >= self.ctx.cfg.max_connections_per_worker {
-                return; // dropped: closed at once
-            }
-            if self.ctx.cfg.tcp_nodelay {
-                let _ = stream.set_nodelay(true);
+                self.driver.close(socket); // closed at once
+                return;
             }
             let id = self.ctx.conns.insert(Connection {
-                socket: stream,
+                socket,
                 timer: 0,
                 dropped: 0,
                 flags: 0,
@@ -1400,7 +1402,7 @@ impl<H: Handler> Worker<H> {
                     true
                 } else {
                     // The chunks stay in the queue, untouched, until the completion (SENDING).
-                    let _ = d.send(c.socket.as_raw_fd(), id.0, &c.queue);
+                    let _ = d.send(&c.socket, id.0, &c.queue);
                     c.flags |= SENDING;
                     false
                 }
@@ -1432,7 +1434,7 @@ impl<H: Handler> Worker<H> {
                     ctx.remove(id);
                 } else if !c.has(FIN_SENT) {
                     c.flags |= FIN_SENT;
-                    if c.socket.shutdown(Shutdown::Write).is_err() {
+                    if self.driver.shutdown_write(&c.socket).is_err() {
                         ctx.remove(id);
                     }
                 }
