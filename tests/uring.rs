@@ -9,8 +9,12 @@
 //!   and disconnect mid-way, while sends are in flight; the server keeps serving and every
 //!   `on_open` gets its `on_close`.
 //!
+//! - Direct descriptors: io_uring connections use no process descriptor (and `io_uring_fds` runs
+//!   every test again with them off).
+//!
 //! Run without `SURGE_BACKEND` set: that variable overrides the configured backend.
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,8 +25,14 @@ use surge::{
     Accept, Backend, CloseInfo, Conn, Handler, Message, Request, Server, ServerConfig, Upgrade,
 };
 
-/// Generates `mod epoll { #[test] fn name() }` and `mod io_uring { #[test] fn name() }` for
-/// each `fn name(backend: Backend)` listed.
+thread_local! {
+    /// `ServerConfig::uring_direct_descriptors` for the servers this test thread starts.
+    static DIRECT: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Generates `mod epoll { #[test] fn name() }`, `mod io_uring { #[test] fn name() }` (direct
+/// descriptors where the kernel has them) and `mod io_uring_fds { #[test] fn name() }` (ordinary
+/// descriptors) for each `fn name(backend: Backend)` listed.
 macro_rules! per_driver {
     ($($name:ident),* $(,)?) => {
         mod epoll {
@@ -37,6 +47,16 @@ macro_rules! per_driver {
                 super::$name(surge::Backend::IoUring)
             })*
         }
+        mod io_uring_fds {
+            $(#[test] fn $name() {
+                if let Err(why) = surge::Backend::io_uring_support() {
+                    eprintln!("SKIPPED {}: io_uring unavailable: {why}", stringify!($name));
+                    return;
+                }
+                super::DIRECT.with(|d| d.set(false));
+                super::$name(surge::Backend::IoUring)
+            })*
+        }
     };
 }
 
@@ -44,6 +64,7 @@ per_driver!(
     sizes_1b_to_16mib_echo_intact,
     provided_buffer_exhaustion_loses_nothing,
     churn_disconnect_mid_message_and_mid_send,
+    connections_use_process_fds_unless_direct,
 );
 
 #[derive(Default)]
@@ -78,6 +99,7 @@ fn start(backend: Backend, workers: usize) -> (surge::ServerHandle, Arc<Counts>)
         backend,
         // Room for a 16 MiB echo in one message.
         max_backpressure: 64 << 20,
+        uring_direct_descriptors: DIRECT.with(Cell::get),
         ..ServerConfig::default()
     };
     let c = Arc::clone(&counts);
@@ -304,6 +326,81 @@ fn churn_disconnect_mid_message_and_mid_send(backend: Backend) {
     c.close();
     wait_closed(&counts);
     assert!(counts.opened.load(Ordering::Relaxed) >= 3000);
+    server.shutdown();
+    server.join().unwrap();
+}
+
+/// Descriptors of this process that are TCP sockets bound to local port `port` (the server's
+/// listener and accepted connections; not the clients').
+fn server_fds(port: u16) -> usize {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let inodes: std::collections::HashSet<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            (local_port == port).then(|| f.get(9).map(|s| s.to_string()))?
+        })
+        .collect();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| {
+            let l = l.to_string_lossy();
+            l.strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .is_some_and(|i| inodes.contains(i))
+        })
+        .count()
+}
+
+/// 200 open connections cost the server 200 process descriptors, none if they are direct
+/// descriptors (io_uring with direct descriptors on, where the kernel has them; then the peer's
+/// address is unknown).
+fn connections_use_process_fds_unless_direct(backend: Backend) {
+    struct Peer(Arc<std::sync::Mutex<Vec<Option<SocketAddr>>>>);
+    impl Handler for Peer {
+        type Data = ();
+        fn on_upgrade(&mut self, req: &Request) -> Upgrade<()> {
+            self.0.lock().unwrap().push(req.peer());
+            Upgrade::Accept(Accept::new(()))
+        }
+        fn on_message(&mut self, _conn: &mut Conn<'_, ()>, _msg: Message<'_>) {}
+    }
+    let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let p = Arc::clone(&peers);
+    let server = Server::new(ServerConfig {
+        bind: vec!["127.0.0.1:0".parse().unwrap()],
+        workers: 1,
+        backend,
+        uring_direct_descriptors: DIRECT.with(Cell::get),
+        ..ServerConfig::default()
+    })
+    .start(move |_| Peer(Arc::clone(&p)))
+    .unwrap();
+    let direct = backend == Backend::IoUring
+        && DIRECT.with(Cell::get)
+        && surge::Backend::io_uring_direct_support();
+    let clients: Vec<Client> = (0..200)
+        .map(|_| Client::connect(server.local_addr()))
+        .collect();
+    // Listener included.
+    let fds = server_fds(server.local_addr().port());
+    if direct {
+        assert_eq!(fds, 1, "descriptors for 200 direct connections");
+    } else {
+        assert_eq!(fds, 201, "descriptors for 200 connections");
+    }
+    let peers = peers.lock().unwrap();
+    assert_eq!(peers.len(), 200);
+    assert!(
+        peers.iter().all(|p| p.is_some() != direct),
+        "{:?}",
+        peers[0]
+    );
+    drop(peers);
+    drop(clients);
     server.shutdown();
     server.join().unwrap();
 }

@@ -492,7 +492,12 @@ impl UringDriver {
     }
 
     /// Starts one `sendmsg` of (the first chunks of) `queue` for connection `token`.
-    pub(crate) fn send(&mut self, socket: &Socket, token: u64, queue: &WriteQueue) -> io::Result<()> {
+    pub(crate) fn send(
+        &mut self,
+        socket: &Socket,
+        token: u64,
+        queue: &WriteQueue,
+    ) -> io::Result<()> {
         let entry = self.sends.vacant_entry();
         let key = entry.key() as u64;
         // SAFETY: msghdr and iovec are plain C structs (integers and raw pointers) for which

@@ -32,6 +32,12 @@ impl Backend {
         crate::driver::probe::uring_support()
     }
 
+    /// Whether the io_uring driver can accept into direct descriptors here (see
+    /// [`ServerConfig::uring_direct_descriptors`]); `false` where io_uring itself is unavailable.
+    pub fn io_uring_direct_support() -> bool {
+        crate::driver::probe::direct_support()
+    }
+
     /// The name `FromStr` accepts and `SURGE_BACKEND` uses.
     pub fn name(self) -> &'static str {
         match self {

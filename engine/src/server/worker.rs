@@ -799,7 +799,6 @@ impl<H: Handler> Worker<H> {
             if let Socket::Direct(slot) = socket {
                 d.close_direct(slot);
             } // an ordinary descriptor closes here, on drop
-
         }
         for (token, queue) in self.ctx.orphans.drain(..) {
             if let Some(mut q) = d.orphan_send(token, queue) {
