@@ -44,6 +44,14 @@ impl Socket {
         }
     }
 
+    /// The pending error (`SO_ERROR`) of an ordinary descriptor (outgoing connections).
+    pub(crate) fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            Socket::Fd(s) => s.take_error(),
+            Socket::Direct(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
     fn stream(&mut self) -> io::Result<&mut TcpStream> {
         match self {
             Socket::Fd(s) => Ok(s),

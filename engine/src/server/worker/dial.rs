@@ -351,7 +351,7 @@ impl<D> WorkerCtx<D> {
         let mut queue = WriteQueue::new();
         queue.push_chunk(bytes, &mut self.chunks);
         let id = self.conns.insert(Connection {
-            socket,
+            socket: crate::driver::Socket::Fd(socket),
             timer: 0,
             dropped: 0,
             flags: CLIENT,
@@ -425,12 +425,11 @@ impl<H: Handler> Worker<H> {
         }
         if self.dial_connected(id) {
             let c = self.ctx.conns.get(id).expect("still there");
-            let fd = c.socket.as_raw_fd();
             if let Driver::Uring(d) = &mut self.driver {
                 if matches!(&c.stage, Stage::Dial(dial) if dial.connected) {
-                    d.arm_recv(fd, id.0);
-                } else {
-                    d.poll_connect(fd, id.0); // not connected yet: wait again
+                    d.arm_recv(&c.socket, id.0);
+                } else if let crate::driver::Socket::Fd(s) = &c.socket {
+                    d.poll_connect(s.as_raw_fd(), id.0); // not connected yet: wait again
                 }
             }
         }
