@@ -65,6 +65,7 @@ per_driver!(
     provided_buffer_exhaustion_loses_nothing,
     churn_disconnect_mid_message_and_mid_send,
     connections_use_process_fds_unless_direct,
+    clean_closes_then_new_handshakes,
 );
 
 #[derive(Default)]
@@ -401,6 +402,36 @@ fn connections_use_process_fds_unless_direct(backend: Backend) {
     );
     drop(peers);
     drop(clients);
+    server.shutdown();
+    server.join().unwrap();
+}
+
+/// Close handshakes (the client leaves right after the server's close frame, while the server's
+/// FIN may be under way) back to back with new
+/// connections on two threads: each new handshake must complete. (On direct descriptors a
+/// `SHUTDOWN` that the kernel runs late once hit the next socket given the same slot.)
+fn clean_closes_then_new_handshakes(backend: Backend) {
+    let (server, counts) = start(backend, 1);
+    let addr = server.local_addr();
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..1500 {
+                    let mut c = Client::connect(addr);
+                    c.send_binary(b"x");
+                    assert_eq!(c.read_frame().unwrap(), (2, b"x".to_vec()));
+                    // Our close, the server's close, and gone without waiting for its FIN.
+                    let f = c.frame(8, &1000u16.to_be_bytes());
+                    c.s.write_all(&f).unwrap();
+                    assert_eq!(c.read_frame().unwrap().0, 8);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    wait_closed(&counts);
     server.shutdown();
     server.join().unwrap();
 }

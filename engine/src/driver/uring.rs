@@ -49,8 +49,10 @@ const WAKE: u64 = 4;
 const CANCEL: u64 = 5;
 const RETRY: u64 = 6;
 const CONNECT: u64 = 7;
-/// `SHUTDOWN` and `CLOSE` of direct descriptors: their results are not looked at.
+/// `CLOSE` of a direct descriptor: its result is not looked at.
 const QUIET: u64 = 8;
+/// `SHUTDOWN` of a direct descriptor (payload: the slot).
+const SHUTDOWN: u64 = 9;
 
 fn ud(kind: u64, payload: u64) -> u64 {
     debug_assert!(payload <= PAYLOAD);
@@ -297,6 +299,8 @@ pub(crate) struct UringDriver {
     closing: bool,
     /// Accepts allocate direct descriptors (a sparse file table is registered).
     direct: bool,
+    /// Direct descriptors with a `SHUTDOWN` in flight, and whether their `CLOSE` waits for it.
+    shutting: std::collections::HashMap<u32, bool>,
 }
 
 impl std::fmt::Debug for UringDriver {
@@ -338,6 +342,7 @@ impl UringDriver {
             inflight: 0,
             closing: false,
             direct,
+            shutting: Default::default(),
         };
         d.arm_wake();
         Ok(d)
@@ -459,16 +464,23 @@ impl UringDriver {
 
     /// `shutdown(SHUT_WR)` of direct descriptor `slot`.
     pub(crate) fn shutdown_write(&mut self, slot: u32) {
+        self.shutting.insert(slot, false);
         let e = opcode::Shutdown::new(types::Fixed(slot), libc::SHUT_WR)
             .build()
-            .user_data(ud(QUIET, 0));
+            .user_data(ud(SHUTDOWN, u64::from(slot)));
         // SAFETY: a shutdown names no memory.
         unsafe { self.push(e) };
     }
 
     /// Frees direct descriptor `slot` (the socket closes once pending operations let go of it; a
-    /// later accept may reuse the slot, which no operation submitted after this one names).
+    /// later accept may reuse the slot, which no operation submitted after this one names). Waits
+    /// for an in-flight `SHUTDOWN` of the slot: the kernel runs that one from its worker pool and
+    /// looks the slot up only then, so after a `CLOSE` it would shut the slot's next socket down.
     pub(crate) fn close_direct(&mut self, slot: u32) {
+        if let Some(close) = self.shutting.get_mut(&slot) {
+            *close = true; // at the shutdown's completion
+            return;
+        }
         let e = opcode::Close::new(types::Fixed(slot))
             .build()
             .user_data(ud(QUIET, 0));
@@ -685,6 +697,12 @@ impl UringDriver {
                 WAKE => {
                     out.push(IoEvent::Wake);
                     rearm_wake = true;
+                }
+                SHUTDOWN => {
+                    let slot = payload as u32;
+                    if self.shutting.remove(&slot) == Some(true) && !self.closing {
+                        self.close_direct(slot);
+                    }
                 }
                 _ => {} // CANCEL, QUIET: nothing to do
             }
