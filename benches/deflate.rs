@@ -198,6 +198,7 @@ fn main() {
     println!("|---|---:|---:|---:|");
     for level in [1u8, 6, 9] {
         let mut pool = DeflatePool::new(level);
+        pool.use_libdeflate(true);
         let mut out = Vec::with_capacity(8192);
         let mut wire = 0;
         for m in &msgs {

@@ -33,9 +33,11 @@ impl Compression {
     pub(super) fn new(cfg: &ServerConfig) -> Self {
         let mut dcfg = cfg.deflate;
         dcfg.max_decompressed = dcfg.max_decompressed.min(cfg.proto.max_message_size);
+        let mut pool = DeflatePool::new(dcfg.level);
+        pool.use_libdeflate(dcfg.libdeflate);
         Compression {
             cfg: dcfg,
-            pool: DeflatePool::new(dcfg.level),
+            pool,
             inflated: Vec::new(),
             deflated: Vec::new(),
         }
