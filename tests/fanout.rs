@@ -393,7 +393,8 @@ fn slow_subscriber_is_dropped_and_counted_others_unaffected(backend: Backend) {
     // The server-wide count is published once per loop turn: it catches up, and then every drop
     // is the slow one's.
     assert!(
-        wait_until(Duration::from_secs(5), || server.dropped_count() == u64::from(dropped)),
+        wait_until(Duration::from_secs(5), || server.dropped_count()
+            == u64::from(dropped)),
         "every drop was the slow one's: server {} vs connection {dropped}",
         server.dropped_count()
     );
