@@ -62,6 +62,9 @@ pub struct EchoArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also draw throughput and latency percentiles per system into this SVG file.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
 }
 
 /// One system's figures.
@@ -549,6 +552,24 @@ pub fn echo(args: EchoArgs) -> std::io::Result<()> {
     }
     if let Some(path) = &args.json {
         write_json(path, "echo", &args, &results)?;
+    }
+    if let Some(path) = &args.svg {
+        let size = if args.size % 1024 == 0 {
+            format!("{} KiB", args.size / 1024)
+        } else {
+            format!("{} B", args.size)
+        };
+        let title = format!(
+            "echo: {} connections x {size}, {} in flight, {}",
+            args.connections,
+            args.inflight,
+            if args.rate > 0.0 {
+                format!("open loop at {} msg/s", args.rate)
+            } else {
+                "closed loop".to_owned()
+            }
+        );
+        crate::chart::draw(path, &title, &results)?;
     }
     Ok(())
 }

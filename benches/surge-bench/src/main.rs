@@ -7,6 +7,7 @@
 //!   trip p50/p99/p99.9/max, per system. Systems: `surge` (blocking loop), `surge-busy` (busy-poll),
 //!   `tokio-tungstenite`, each a child process built from this crate; or `--url` for any server.
 
+mod chart;
 mod echo;
 mod fanout;
 mod load;
@@ -363,9 +364,14 @@ fn main() -> std::io::Result<()> {
         Cmd::Echo(args) => echo::echo(args),
         Cmd::Compare(mut args) => {
             if args.systems == ["surge"] {
-                args.systems = ["surge-epoll", "surge-io_uring", "tokio-tungstenite"]
-                    .map(String::from)
-                    .to_vec();
+                args.systems = [
+                    "surge-epoll",
+                    "surge-io_uring",
+                    "tokio-tungstenite",
+                    "fastwebsockets",
+                ]
+                .map(String::from)
+                .to_vec();
             }
             echo::echo(args)
         }

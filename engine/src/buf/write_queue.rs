@@ -108,10 +108,20 @@ impl WriteQueue {
         let fits = matches!(self.chunks.back(),
             Some(Segment::Chunk(last)) if last.capacity() - last.len() >= total);
         if !fits {
-            let buf = if total > pool.chunk_size() {
-                Vec::with_capacity(total)
-            } else {
+            let chunk = pool.chunk_size();
+            let buf = if total <= chunk {
                 pool.get()
+            } else if total <= chunk * 4 {
+                // A frame a little larger than a chunk (a 16 KiB message plus its header): a pooled
+                // buffer, grown once to a whole number of pages. The pool keeps buffers up to four
+                // chunks, so steady traffic of such frames allocates nothing after the first ones.
+                let mut buf = pool.get();
+                if buf.capacity() < total {
+                    buf.reserve_exact(total.next_multiple_of(4096).min(chunk * 4));
+                }
+                buf
+            } else {
+                Vec::with_capacity(total)
             };
             self.chunks.push_back(Segment::Chunk(buf));
         }
@@ -377,5 +387,26 @@ mod tests {
         q.append(&[b"x"], None, &mut pool);
         q.release(&mut pool);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn frames_a_little_over_a_chunk_reuse_pooled_buffers() {
+        let mut pool = ChunkPool::new(4096, 8);
+        let mut q = WriteQueue::new();
+        let payload = vec![7u8; 4096];
+        let mut sink = Sink {
+            got: Vec::new(),
+            cap: usize::MAX,
+            calls: 0,
+        };
+        for _ in 0..3 {
+            q.append(&[b"hd", &payload], None, &mut pool);
+            assert_eq!(q.len(), 4098);
+            q.flush(&mut sink, &mut pool).unwrap();
+            // The grown buffer went back to the pool and is handed out again.
+            assert_eq!(pool.cached(), 1);
+        }
+        assert_eq!(sink.got.len(), 3 * 4098);
+        assert_eq!(&sink.got[4098..4100], b"hd");
     }
 }

@@ -5,7 +5,9 @@
 //! - Receive: one multishot `RECV` per connection selecting from the worker's provided-buffer ring,
 //!   so an idle connection holds no read buffer. The worker processes a buffer and gives it back
 //!   ([`UringDriver::recycle`]) in the same loop turn. `ENOBUFS` ends the multishot without losing
-//!   data (the bytes stay in the socket); the worker re-arms once buffers are back.
+//!   data (the bytes stay in the socket); the worker re-arms once buffers are back. The ring starts
+//!   with 64 buffers and doubles on `ENOBUFS` (up to 4,096), so that receives land in buffers still
+//!   in the CPU caches.
 //! - Send: one `SENDMSG` per connection at a time over the chunks of its write queue. The chunks
 //!   stay in the queue (so `buffered_amount` counts them) until the completion says how many bytes
 //!   went out; a connection removed meanwhile hands its whole queue to the in-flight table entry of
@@ -38,6 +40,8 @@ use crate::buf::WriteQueue;
 
 /// Most chunks in one `sendmsg`.
 const MAX_IOV: usize = 64;
+/// Completed sends' boxes kept for reuse (each about 1 KiB).
+const MAX_FREE_SENDS: usize = 1024;
 
 // user_data: the kind in the top 4 bits, a payload below.
 const KIND_SHIFT: u32 = 60;
@@ -62,11 +66,14 @@ fn ud(kind: u64, payload: u64) -> u64 {
 /// Submission and completion queue sizes.
 const SQ_ENTRIES: u32 = 4096;
 const CQ_ENTRIES: u32 = 32768;
-/// Provided buffers per worker (a power of two) and their size: 1024 x 16 KiB = 16 MiB of address
-/// space per worker, touched only as far as traffic needs.
-const RING_BUFFERS: u16 = 1024;
+/// Provided buffers per worker (a power of two) and their size: 4096 x 16 KiB = 64 MiB of address
+/// space per worker, of which only the buffers the ring grew to (64 at first, see
+/// [`BufRing::grow`]) are ever touched: as many as one loop turn's receives needed at the peak.
+const RING_BUFFERS: u16 = 4096;
 const RING_BUFFER_SIZE: u32 = 16 * 1024;
 const BGID: u16 = 0;
+/// Provided buffers in the ring at first (see [`BufRing::new`]).
+const RING_INITIAL: u16 = 64;
 
 const ENTER_GETEVENTS: u32 = 1;
 const ENTER_EXT_ARG: u32 = 8;
@@ -152,6 +159,8 @@ pub(crate) struct BufRing {
     /// Our copy of the tail: entries up to here are written, published by [`BufRing::publish`].
     tail: u16,
     published: u16,
+    /// Buffers not in the ring yet (see [`BufRing::grow`]), popped lowest id first.
+    spare: Vec<u16>,
 }
 
 fn mmap(len: usize) -> io::Result<*mut u8> {
@@ -197,6 +206,7 @@ impl BufRing {
             size,
             tail: 0,
             published: 0,
+            spare: Vec::new(),
         };
         // SAFETY: the entry array is page aligned (mmap), `count` entries long, and lives until
         // `Drop` of this BufRing, which the owner (UringDriver) runs only after the ring is idle or
@@ -206,11 +216,30 @@ impl BufRing {
             ring.submitter()
                 .register_buf_ring_with_flags(entries as u64, count, bgid, 0)?
         };
-        for bid in 0..count {
+        // Only a few buffers go in at first. The kernel takes buffers in ring order and the
+        // worker gives each back in the same loop turn, so every buffer in the ring is used in
+        // turn: with all of them (up to 64 MiB) in, each receive would land in memory that left the CPU
+        // caches long ago, and copying into it (and unmasking it) costs several times a copy into
+        // a buffer used a moment ago. The ring grows when the kernel runs short (ENOBUFS).
+        let first = count.min(RING_INITIAL);
+        for bid in 0..first {
             br.push(bid);
         }
+        br.spare = (first..count).rev().collect();
         br.publish();
         Ok(br)
+    }
+
+    /// The kernel ran out of buffers (a receive ended with ENOBUFS): doubles the buffers in the
+    /// ring, from the spare ones (visible at the next publish). Returns how many were added.
+    fn grow(&mut self) -> usize {
+        let in_ring = usize::from(self.count) - self.spare.len();
+        let add = in_ring.max(16).min(self.spare.len());
+        for _ in 0..add {
+            let bid = self.spare.pop().expect("counted above");
+            self.push(bid);
+        }
+        add
     }
 
     /// Writes buffer `bid` into the next free entry (not yet visible to the kernel).
@@ -288,6 +317,10 @@ pub(crate) struct UringDriver {
     /// In-flight sends keyed by slab index (the user_data payload). Boxed: the kernel holds
     /// pointers into each until its completion.
     sends: slab::Slab<Box<SendOp>>,
+    /// Completed sends' boxes, reused by the next sends (no allocation per send).
+    free_sends: Vec<Box<SendOp>>,
+    /// The completions of one reap (kept for its capacity).
+    cq: Vec<(u64, i32, u32)>,
     /// Listener descriptors by index, for re-arming accepts (-1: stopped).
     listeners: Vec<RawFd>,
     wake_fd: Arc<OwnedFd>,
@@ -335,6 +368,8 @@ impl UringDriver {
             ring_index,
             bufs,
             sends: slab::Slab::new(),
+            free_sends: Vec::new(),
+            cq: Vec::new(),
             listeners: Vec::new(),
             wake_fd,
             wake_buf: Box::new(0),
@@ -512,15 +547,23 @@ impl UringDriver {
     ) -> io::Result<()> {
         let entry = self.sends.vacant_entry();
         let key = entry.key() as u64;
-        // SAFETY: msghdr and iovec are plain C structs (integers and raw pointers) for which
-        // all-zero is a valid value.
-        let (msg, iov) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
-        let mut op = Box::new(SendOp {
-            token,
-            msg,
-            iov,
-            orphan: None,
-        });
+        let mut op = match self.free_sends.pop() {
+            Some(mut op) => {
+                op.token = token;
+                op
+            }
+            None => {
+                // SAFETY: msghdr and iovec are plain C structs (integers and raw pointers) for
+                // which all-zero is a valid value.
+                let (msg, iov) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+                Box::new(SendOp {
+                    token,
+                    msg,
+                    iov,
+                    orphan: None,
+                })
+            }
+        };
         let n = queue.fill_iovecs(&mut op.iov);
         op.msg.msg_iov = op.iov.as_mut_ptr();
         op.msg.msg_iovlen = n as _;
@@ -627,12 +670,13 @@ impl UringDriver {
         let mut rearm_wake = false;
         let mut rearm_accept = Vec::new();
         let mut retry_accept = Vec::new();
-        let cq: Vec<(u64, i32, u32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result(), c.flags()))
-            .collect();
-        for (user_data, res, flags) in cq {
+        let mut cq = std::mem::take(&mut self.cq);
+        cq.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for (user_data, res, flags) in cq.drain(..) {
             let more = cqueue::more(flags);
             if !more {
                 self.inflight -= 1;
@@ -676,18 +720,26 @@ impl UringDriver {
                             self.bufs.push(bid);
                             out.push(IoEvent::RecvEnd { token, res, more });
                         }
-                        None => out.push(IoEvent::RecvEnd { token, res, more }),
+                        None => {
+                            if res == -libc::ENOBUFS {
+                                self.bufs.grow();
+                            }
+                            out.push(IoEvent::RecvEnd { token, res, more })
+                        }
                     }
                 }
                 SEND => {
                     let key = payload as usize;
                     if self.sends.contains(key) {
-                        let op = self.sends.remove(key);
+                        let mut op = self.sends.remove(key);
                         out.push(IoEvent::Sent {
                             token: op.token,
                             res,
-                            orphan: op.orphan,
+                            orphan: op.orphan.take(),
                         });
+                        if self.free_sends.len() < MAX_FREE_SENDS {
+                            self.free_sends.push(op);
+                        }
                     }
                 }
                 CONNECT => out.push(IoEvent::Connected {
@@ -707,6 +759,7 @@ impl UringDriver {
                 _ => {} // CANCEL, QUIET: nothing to do
             }
         }
+        self.cq = cq;
         if self.closing {
             return;
         }
@@ -764,6 +817,7 @@ impl Drop for UringDriver {
                     size: 0,
                     tail: 0,
                     published: 0,
+                    spare: Vec::new(),
                 },
             );
             std::mem::forget(leaked);

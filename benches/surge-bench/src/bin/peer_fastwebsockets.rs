@@ -1,0 +1,67 @@
+//! A peer for side-by-side runs: an echo server over fastwebsockets (Deno's WebSocket crate) with a
+//! hyper 1 upgrade, as in the crate's own echo example (a task per connection, messages reassembled
+//! by `FragmentCollector`). `peer-fastwebsockets --port P --workers N`.
+
+use fastwebsockets::{upgrade, FragmentCollector, OpCode, WebSocketError};
+use http_body_util::Empty;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+async fn echo(fut: upgrade::UpgradeFut) -> Result<(), WebSocketError> {
+    let mut ws = FragmentCollector::new(fut.await?);
+    loop {
+        let frame = ws.read_frame().await?;
+        match frame.opcode {
+            OpCode::Close => break,
+            OpCode::Text | OpCode::Binary => ws.write_frame(frame).await?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn upgrade(mut req: Request<Incoming>) -> Result<Response<Empty<Bytes>>, WebSocketError> {
+    let (response, fut) = upgrade::upgrade(&mut req)?;
+    tokio::spawn(async move {
+        let _ = tokio::task::unconstrained(echo(fut)).await;
+    });
+    Ok(response)
+}
+
+fn main() -> std::io::Result<()> {
+    let mut port = 9001u16;
+    let mut workers = 1usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().expect("flag value");
+        match flag.as_str() {
+            "--port" => port = value.parse().expect("port"),
+            "--workers" => workers = value.parse().expect("workers"),
+            "--busy-poll-us" | "--backend" => {}
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        println!("listening on {}", listener.local_addr()?);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            tokio::spawn(async move {
+                let io = TokioIo::new(stream);
+                let _ = http1::Builder::new()
+                    .serve_connection(io, service_fn(upgrade))
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    })
+}
