@@ -554,7 +554,7 @@ pub fn echo(args: EchoArgs) -> std::io::Result<()> {
         write_json(path, "echo", &args, &results)?;
     }
     if let Some(path) = &args.svg {
-        let size = if args.size % 1024 == 0 {
+        let size = if args.size.is_multiple_of(1024) {
             format!("{} KiB", args.size / 1024)
         } else {
             format!("{} B", args.size)

@@ -317,7 +317,9 @@ pub(crate) struct UringDriver {
     /// In-flight sends keyed by slab index (the user_data payload). Boxed: the kernel holds
     /// pointers into each until its completion.
     sends: slab::Slab<Box<SendOp>>,
-    /// Completed sends' boxes, reused by the next sends (no allocation per send).
+    /// Completed sends' boxes, reused by the next sends (no allocation per send). Boxed: a send
+    /// op moves between this list and `sends`, and the kernel holds pointers into it meanwhile.
+    #[allow(clippy::vec_box)]
     free_sends: Vec<Box<SendOp>>,
     /// The completions of one reap (kept for its capacity).
     cq: Vec<(u64, i32, u32)>,
