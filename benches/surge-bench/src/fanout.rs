@@ -152,7 +152,7 @@ fn run_system(args: &FanoutArgs, system: &str, n: usize) -> std::io::Result<()> 
         "tokio-tungstenite" => "peer-tokio-tungstenite-broadcast",
         other => return Err(std::io::Error::other(format!("unknown system {other}"))),
     };
-    let mut cmd = Command::new(exe.with_file_name(binary));
+    let mut cmd = Command::new(crate::sibling(binary)?);
     cmd.args([
         "--port",
         &args.port.to_string(),

@@ -101,10 +101,40 @@ struct ServerProc {
     >,
 }
 
+/// The path of one of this crate's other binaries (the servers), next to this one. Under `cargo run`
+/// (which builds only the harness), a missing one is built first with the same cargo and profile, so
+/// `cargo run --release -p surge-bench -- echo` works on a fresh checkout.
+pub(crate) fn sibling(binary: &str) -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name(binary);
+    if path.exists() {
+        return Ok(path);
+    }
+    let Ok(cargo) = std::env::var("CARGO") else {
+        return Ok(path); // the spawn reports it missing
+    };
+    let release = exe
+        .parent()
+        .and_then(|d| d.file_name())
+        .is_some_and(|d| d == "release");
+    eprintln!("building the harness's server binaries ({binary} is missing)");
+    let mut build = Command::new(cargo);
+    build.args(["build", "-p", "surge-bench", "--bins"]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!(
+            "building {binary} failed: {status}"
+        )));
+    }
+    Ok(path)
+}
+
 impl ServerProc {
     fn spawn(binary: &str, args: &[String]) -> std::io::Result<ServerProc> {
-        let exe = std::env::current_exe()?;
-        let path = exe.with_file_name(binary);
+        let path = sibling(binary)?;
         let ours = binary == "surge-echo";
         let mut child = Command::new(&path)
             .args(args)
