@@ -16,7 +16,7 @@ CLIENT=target/release/examples/blocking_client
 # Server side.
 port=$((9100 + RANDOM % 800))
 log="$OUT/blocking-echo.log"
-"$ECHO" --port "$port" >"$log" 2>&1 &
+"$ECHO" --port "$port" --deflate context >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
@@ -26,8 +26,9 @@ for _ in $(seq 1 100); do
 done
 grep -q "listening on" "$log" || { cat "$log"; echo "blocking_echo did not start"; exit 1; }
 rm -rf "$OUT/kosoku-blocking-server"
-# kosoku exits non-zero when any case is not OK (here: the UNIMPLEMENTED compression cases); the
-# verdict is autobahn.py's, from the report, so only a missing report is fatal here.
+# Both sides run with permessage-deflate (context takeover), so that groups 12 and 13 run (and 1-10
+# through it). kosoku exits non-zero when any case is not OK; the verdict is autobahn.py's, from the
+# report, so only a missing report is fatal here.
 timeout 900 kosoku -p 2 -o "$OUT/kosoku-blocking-server" "127.0.0.1:$port" \
   >"$OUT/kosoku-blocking-server.log" 2>&1 || true
 [ -s "$OUT/kosoku-blocking-server/index.json" ] || {
@@ -46,7 +47,7 @@ timeout 900 kosoku -m fuzzingserver -o "$OUT/kosoku-blocking-client" "127.0.0.1:
 kpid=$!
 trap 'kill $kpid 2>/dev/null || true' EXIT
 # The client retries its first dial while kosoku starts listening.
-timeout 900 "$CLIENT" --server "ws://127.0.0.1:$port" --agent surge-blocking \
+timeout 900 "$CLIENT" --server "ws://127.0.0.1:$port" --agent surge-blocking --deflate context \
   >"$OUT/blocking-client.log" 2>&1 || { tail -20 "$OUT/blocking-client.log"; echo "blocking_client failed"; exit 1; }
 # kosoku writes the report on /updateReports; wait until it is whole (parses), not merely present.
 for _ in $(seq 1 300); do

@@ -4,19 +4,37 @@
 //!
 //! ```text
 //! kosoku -m fuzzingserver -o reports 127.0.0.1:9001 &
-//! cargo run --release --example blocking_client -- --server ws://127.0.0.1:9001 --agent surge-blocking
+//! cargo run --release --example blocking_client -- --server ws://127.0.0.1:9001 --agent surge-blocking \
+//!     [--deflate off|no-context|context]
 //! ```
+//! `--deflate`: offer permessage-deflate (off by default), without or with context takeover;
+//! every message is compressed when it is accepted (`min_size` 0).
 //! Asks `/getCaseCount`, runs `/runCase?case=N&agent=AGENT` for each case, then
 //! `/updateReports?agent=AGENT` so the server writes its report.
 
 use std::net::TcpStream;
 use std::time::Duration;
 
-use surge::blocking::{Conn, Dialer, Error};
+use surge::blocking::{Conn, DeflateMode, Dialer, Error};
 
 fn usage() -> ! {
-    eprintln!("usage: blocking_client [--server ws://127.0.0.1:9001] [--agent surge-blocking]");
+    eprintln!(
+        "usage: blocking_client [--server ws://127.0.0.1:9001] [--agent surge-blocking] \
+         [--deflate off|no-context|context]"
+    );
     std::process::exit(2)
+}
+
+fn deflate_mode(s: &str) -> Option<DeflateMode> {
+    Some(match s {
+        "off" => DeflateMode::Disabled,
+        "no-context" => DeflateMode::NoContextTakeover,
+        "context" => DeflateMode::ContextTakeover {
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+        },
+        _ => return None,
+    })
 }
 
 /// Echoes every message until the server closes (or fails) the connection.
@@ -52,20 +70,24 @@ fn dial(dialer: &Dialer, url: &str) -> Result<Conn<TcpStream>, Error> {
 fn main() {
     let mut server = "ws://127.0.0.1:9001".to_owned();
     let mut agent = "surge-blocking".to_owned();
+    let mut deflate = DeflateMode::Disabled;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_else(|| usage());
         match flag.as_str() {
             "--server" => server = value,
             "--agent" => agent = value,
+            "--deflate" => deflate = deflate_mode(&value).unwrap_or_else(|| usage()),
             _ => usage(),
         }
     }
     let server = server.trim_end_matches('/');
-    let dialer = Dialer {
+    let mut dialer = Dialer {
         handshake_timeout: Duration::from_secs(10),
         ..Dialer::default()
     };
+    dialer.deflate.mode = deflate;
+    dialer.deflate.min_size = 0;
 
     let count = dial(&dialer, &format!("{server}/getCaseCount"))
         .and_then(|mut conn| conn.read_message())

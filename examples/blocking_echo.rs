@@ -3,7 +3,10 @@
 //!
 //! ```text
 //! cargo run --release --example blocking_echo -- --port 9002 [--host 127.0.0.1] [--stream]
+//!     [--deflate off|no-context|context]
 //! ```
+//! `--deflate`: permessage-deflate off (the default), without context takeover, or with context
+//! takeover (windows of 15 bits); every message is compressed (`min_size` 0).
 //! Prints `listening on ADDR` once ready. `--stream` echoes each message as it arrives, with
 //! `next_reader` / `next_writer` and `io::copy`, never holding it whole. That needs a peer that
 //! reads while it writes: a client that sends a whole large message before reading anything (as the
@@ -12,12 +15,27 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 
-use surge::blocking::{Conn, Error, Upgrader};
+use surge::blocking::{Conn, DeflateMode, Error, Upgrader};
 use surge::handshake::OriginPolicy;
 
 fn usage() -> ! {
-    eprintln!("usage: blocking_echo [--port 9002] [--host 127.0.0.1] [--stream]");
+    eprintln!(
+        "usage: blocking_echo [--port 9002] [--host 127.0.0.1] [--stream] \
+         [--deflate off|no-context|context]"
+    );
     std::process::exit(2)
+}
+
+fn deflate_mode(s: &str) -> Option<DeflateMode> {
+    Some(match s {
+        "off" => DeflateMode::Disabled,
+        "no-context" => DeflateMode::NoContextTakeover,
+        "context" => DeflateMode::ContextTakeover {
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+        },
+        _ => return None,
+    })
 }
 
 /// Echoes each message as it streams in: frames go back out as the writer's buffer fills.
@@ -42,6 +60,7 @@ fn main() -> io::Result<()> {
     let mut host: IpAddr = [127, 0, 0, 1].into();
     let mut port = 9002u16;
     let mut stream_echo = false;
+    let mut deflate = DeflateMode::Disabled;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         match flag.as_str() {
@@ -58,6 +77,12 @@ fn main() -> io::Result<()> {
                     .unwrap_or_else(|| usage())
             }
             "--stream" => stream_echo = true,
+            "--deflate" => {
+                deflate = args
+                    .next()
+                    .and_then(|v| deflate_mode(&v))
+                    .unwrap_or_else(|| usage())
+            }
             _ => usage(),
         }
     }
@@ -66,6 +91,8 @@ fn main() -> io::Result<()> {
     let mut upgrader = Upgrader::default();
     // Autobahn's test pages are served from another origin.
     upgrader.handshake.origin = OriginPolicy::AllowAll;
+    upgrader.deflate.mode = deflate;
+    upgrader.deflate.min_size = 0;
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let _ = stream.set_nodelay(true);

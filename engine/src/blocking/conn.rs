@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 use super::{format_close_message, CloseCode, CloseError, Error, MessageType, Stream};
 use crate::handshake::Request;
-use crate::proto::{self, parse_close_payload, Encoder, Event, MessageKind, NoPool, Output, Role};
+use crate::proto::{
+    self, parse_close_payload, DeflateConfig, DeflateParams, DeflatePool, DeflateState, Encoder,
+    Event, MessageKind, NoPool, Output, Role, RSV1,
+};
 
 /// How long the default ping handler may take to send its pong (gorilla's `writeWait`).
 const PONG_WAIT: Duration = Duration::from_secs(1);
@@ -25,6 +28,50 @@ const PONG_WAIT: Duration = Duration::from_secs(1);
 /// Payloads at least this long are written straight from the caller's slice (server role), not
 /// copied into the write buffer.
 const ZERO_COPY_MIN: usize = 1024;
+
+/// Compression buffers larger than this are freed after use rather than kept for the next message.
+const MAX_KEPT_BUFFER: usize = 1 << 20;
+
+/// A message written through [`MessageWriter`] with compression on is compressed whole at
+/// [`MessageWriter::close`] while it stays this short; a longer one goes out uncompressed, a frame
+/// per full buffer (see [`Writer::next_writer`]).
+pub const COMPRESS_WHOLE_MAX: usize = 1 << 20;
+
+/// permessage-deflate as negotiated for a connection (fixed after the handshake).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Negotiated {
+    pub(crate) params: DeflateParams,
+    /// `min_size`, `level` (the initial one), `libdeflate`; `max_decompressed` caps the read limit.
+    pub(crate) cfg: DeflateConfig,
+}
+
+/// The write side's compression state, created on the first compressed message.
+struct WriteDeflate {
+    state: DeflateState,
+    pool: DeflatePool,
+    /// Where messages are compressed.
+    buf: Vec<u8>,
+}
+
+impl WriteDeflate {
+    fn new(n: &Negotiated, role: Role, level: u8) -> Box<Self> {
+        let mut pool = DeflatePool::new(level);
+        pool.use_libdeflate(n.cfg.libdeflate);
+        Box::new(WriteDeflate {
+            state: DeflateState::new(n.params, role),
+            pool,
+            buf: Vec::new(),
+        })
+    }
+}
+
+/// The read side's compression state, created on the first compressed message.
+struct ReadDeflate {
+    state: DeflateState,
+    pool: DeflatePool,
+    /// The inflated piece being handed out.
+    out: Vec<u8>,
+}
 
 /// The ping handler: gets a writer (to answer) and the ping's payload.
 type PingHandler<S> = Box<dyn FnMut(&Writer<S>, &[u8]) -> Result<(), Error> + Send>;
@@ -53,6 +100,13 @@ struct OutSide<S> {
     timeout_set: bool,
     /// A write failed: the stream may hold a partial frame, nothing more can be written.
     err: Option<Error>,
+    /// Data messages are compressed (when negotiated; gorilla's `EnableWriteCompression`, on by
+    /// default).
+    compress: bool,
+    /// Compression level, 0..=9.
+    level: u8,
+    /// Compression state (`None` until the first compressed message).
+    deflate: Option<Box<WriteDeflate>>,
 }
 
 struct Shared<S> {
@@ -63,6 +117,8 @@ struct Shared<S> {
     local: Option<SocketAddr>,
     peer: Option<SocketAddr>,
     write_buffer_size: usize,
+    /// permessage-deflate, when negotiated.
+    deflate: Option<Negotiated>,
 }
 
 /// Where encoded frames go: the write buffer, except (server role) a long payload, which stays in
@@ -160,6 +216,17 @@ impl<S: Stream> Shared<S> {
         if let Some(e) = &out.err {
             return Err(e.duplicate());
         }
+        self.send_on(&mut out, deadline, tail, encode)
+    }
+
+    /// [`Shared::send`] with the `out` lock held (and its sticky error checked) by the caller.
+    fn send_on(
+        &self,
+        out: &mut OutSide<S>,
+        deadline: Option<Option<Instant>>,
+        tail: &[u8],
+        encode: impl FnOnce(&mut ProtoSide, &mut FrameOut) -> Result<(), proto::SendError>,
+    ) -> Result<(), Error> {
         let mut frames = FrameOut {
             buf: std::mem::take(&mut out.buf),
             allow_tail: !tail.is_empty(),
@@ -179,6 +246,56 @@ impl<S: Stream> Shared<S> {
             frames.buf = Vec::new();
         }
         out.buf = frames.buf;
+        result
+    }
+
+    /// Sends a whole data message, compressed when permessage-deflate was negotiated, write
+    /// compression is on and `DeflateConfig::min_size` allows it (and, without context takeover, it
+    /// shrinks). With context takeover the compressor's window advances only once the message was
+    /// encoded (a refused send leaves it as it was).
+    fn send_data(&self, kind: MessageKind, data: &[u8], allow_compress: bool) -> Result<(), Error> {
+        let Some(n) = self.deflate.filter(|_| allow_compress) else {
+            return self.send(None, data, |p, out| p.conn.send(out, kind, data, &p.cfg));
+        };
+        let mut out = lock(&self.out);
+        if let Some(e) = &out.err {
+            return Err(e.duplicate());
+        }
+        if !out.compress {
+            return self.send_on(&mut out, None, data, |p, o| {
+                p.conn.send(o, kind, data, &p.cfg)
+            });
+        }
+        let level = out.level;
+        let mut wd = out
+            .deflate
+            .take()
+            .unwrap_or_else(|| WriteDeflate::new(&n, self.role, level));
+        let mut cbuf = std::mem::take(&mut wd.buf);
+        cbuf.clear();
+        let result = if wd
+            .state
+            .compress_pending(data, &n.cfg, &mut wd.pool, &mut cbuf)
+        {
+            let mut encoded = false;
+            let result = self.send_on(&mut out, None, &cbuf, |p, o| {
+                let r = p.conn.send_with_rsv(o, kind, &cbuf, &p.cfg, RSV1);
+                encoded = r.is_ok();
+                r
+            });
+            if encoded {
+                wd.state.commit(data);
+            }
+            result
+        } else {
+            self.send_on(&mut out, None, data, |p, o| {
+                p.conn.send(o, kind, data, &p.cfg)
+            })
+        };
+        if cbuf.capacity() <= MAX_KEPT_BUFFER {
+            wd.buf = cbuf;
+        }
+        out.deflate = Some(wd);
         result
     }
 
@@ -248,9 +365,47 @@ impl<S: Stream> Writer<S> {
         let Some(data_kind) = kind.data_kind() else {
             return self.write_control(kind, data, None);
         };
-        self.shared.send(None, data, |p, out| {
-            p.conn.send(out, data_kind, data, &p.cfg)
-        })
+        self.shared.send_data(data_kind, data, true)
+    }
+
+    /// Sends a whole message uncompressed whatever was negotiated (the per-message opt-out: data
+    /// that is already compressed, or that must not share a compression context with other
+    /// messages because an attacker could learn a secret from the compressed sizes).
+    pub fn write_message_uncompressed(&self, kind: MessageType, data: &[u8]) -> Result<(), Error> {
+        let Some(data_kind) = kind.data_kind() else {
+            return self.write_control(kind, data, None);
+        };
+        self.shared.send_data(data_kind, data, false)
+    }
+
+    /// Whether permessage-deflate was negotiated on this connection.
+    pub fn compression(&self) -> bool {
+        self.shared.deflate.is_some()
+    }
+
+    /// Turns compression of later data messages on or off (gorilla's `EnableWriteCompression`; on
+    /// by default). Only matters when permessage-deflate was negotiated: received compressed
+    /// messages are inflated either way.
+    pub fn enable_write_compression(&self, enable: bool) {
+        lock(&self.shared.out).compress = enable;
+    }
+
+    /// The compression level of later messages, 0 (stored) to 9 (best) (gorilla's
+    /// `SetCompressionLevel`; default `DeflateConfig::level`, 1). Other values are refused.
+    pub fn set_compression_level(&self, level: u8) -> Result<(), Error> {
+        if level > 9 {
+            return Err(Error::Unsupported("compression levels above 9"));
+        }
+        let mut out = lock(&self.shared.out);
+        out.level = level;
+        if let (Some(wd), Some(n)) = (&mut out.deflate, self.shared.deflate) {
+            if wd.pool.level() != level {
+                // The compressors are made for a level; the windows (context takeover) stay.
+                wd.pool = DeflatePool::new(level);
+                wd.pool.use_libdeflate(n.cfg.libdeflate);
+            }
+        }
+        Ok(())
     }
 
     /// Sends a text message.
@@ -316,18 +471,27 @@ impl<S: Stream> Writer<S> {
     /// its buffer (the write buffer size) fills; [`MessageWriter::close`] (or dropping it) sends the
     /// last frame. Control frames may go out between its frames; another data message may not start
     /// until it is closed.
+    ///
+    /// With compression negotiated and on, the message is buffered and compressed whole at
+    /// `close` (one frame with RSV1), as long as it stays under [`COMPRESS_WHOLE_MAX`] (1 MiB);
+    /// once it grows past that, what is buffered goes out uncompressed and the rest follows
+    /// uncompressed, a frame per full buffer, so memory stays bounded. `flush` sends nothing while
+    /// the message may still be compressed whole.
     pub fn next_writer(&self, kind: MessageType) -> Result<MessageWriter<S>, Error> {
         let data_kind = kind
             .data_kind()
             .ok_or(Error::Unsupported("control frames through next_writer"))?;
-        {
-            let _out = lock(&self.shared.out);
+        let compress = {
+            let out = lock(&self.shared.out);
             let mut p = lock(&self.shared.proto);
             p.conn.begin_message(data_kind)?;
-        }
+            out.compress && self.shared.deflate.is_some()
+        };
         Ok(MessageWriter {
             writer: self.clone(),
             buf: Vec::with_capacity(self.shared.write_buffer_size.max(1)),
+            frame_size: self.shared.write_buffer_size.max(1),
+            compress,
             first: true,
             done: false,
         })
@@ -425,6 +589,10 @@ impl<S: Stream> Writer<S> {
 pub struct MessageWriter<S: Stream> {
     writer: Writer<S>,
     buf: Vec<u8>,
+    /// A frame goes out each time this much is buffered (uncompressed).
+    frame_size: usize,
+    /// The message is buffered to be compressed whole at `close`.
+    compress: bool,
     first: bool,
     done: bool,
 }
@@ -433,6 +601,7 @@ impl<S: Stream> std::fmt::Debug for MessageWriter<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MessageWriter")
             .field("buffered", &self.buf.len())
+            .field("compress", &self.compress)
             .field("first", &self.first)
             .finish()
     }
@@ -440,12 +609,69 @@ impl<S: Stream> std::fmt::Debug for MessageWriter<S> {
 
 impl<S: Stream> MessageWriter<S> {
     fn emit(&mut self, fin: bool) -> Result<(), Error> {
+        if self.compress && fin {
+            return self.emit_compressed();
+        }
         let first = std::mem::replace(&mut self.first, false);
         let data = std::mem::take(&mut self.buf);
         let result = self.writer.shared.send(None, &data, |p, out| {
             p.conn.write_fragment(out, &data, first, fin)
         });
         self.buf = data;
+        self.buf.clear();
+        result
+    }
+
+    /// The whole message, buffered, goes out as one frame: compressed with RSV1 when it shrinks
+    /// (or with context takeover), else as it is.
+    fn emit_compressed(&mut self) -> Result<(), Error> {
+        let shared = &self.writer.shared;
+        let Some(n) = shared.deflate else {
+            self.compress = false;
+            return self.emit(true);
+        };
+        let first = std::mem::replace(&mut self.first, false);
+        let data = std::mem::take(&mut self.buf);
+        let mut out = lock(&shared.out);
+        if let Some(e) = &out.err {
+            return Err(e.duplicate());
+        }
+        let level = out.level;
+        let mut wd = out
+            .deflate
+            .take()
+            .unwrap_or_else(|| WriteDeflate::new(&n, shared.role, level));
+        let mut cbuf = std::mem::take(&mut wd.buf);
+        cbuf.clear();
+        let result = if wd
+            .state
+            .compress_pending(&data, &n.cfg, &mut wd.pool, &mut cbuf)
+        {
+            let mut encoded = false;
+            let result = shared.send_on(&mut out, None, &cbuf, |p, o| {
+                let r = p.conn.write_fragment_rsv(o, &cbuf, first, true, RSV1);
+                encoded = r.is_ok();
+                r
+            });
+            if encoded {
+                wd.state.commit(&data);
+            }
+            result
+        } else {
+            shared.send_on(&mut out, None, &data, |p, o| {
+                p.conn.write_fragment(o, &data, first, true)
+            })
+        };
+        if cbuf.capacity() <= MAX_KEPT_BUFFER {
+            wd.buf = cbuf;
+        }
+        out.deflate = Some(wd);
+        drop(out);
+        self.buf = if data.capacity() <= MAX_KEPT_BUFFER {
+            data
+        } else {
+            Vec::new()
+        };
         self.buf.clear();
         result
     }
@@ -462,17 +688,32 @@ impl<S: Stream> Write for MessageWriter<S> {
         if data.is_empty() {
             return Ok(0);
         }
-        if self.buf.len() == self.buf.capacity() {
+        if self.compress {
+            if self.buf.len() + data.len() <= COMPRESS_WHOLE_MAX {
+                self.buf.extend_from_slice(data);
+                return Ok(data.len());
+            }
+            // Too long to compress whole: uncompressed frames from here on.
+            self.compress = false;
+            if !self.buf.is_empty() {
+                self.emit(false)?;
+            }
+            if self.buf.capacity() > MAX_KEPT_BUFFER {
+                self.buf = Vec::with_capacity(self.frame_size);
+            }
+        }
+        if self.buf.len() >= self.frame_size {
             self.emit(false)?;
         }
-        let n = (self.buf.capacity() - self.buf.len()).min(data.len());
+        let n = (self.frame_size - self.buf.len()).min(data.len());
         self.buf.extend_from_slice(&data[..n]);
         Ok(n)
     }
 
-    /// Sends what is buffered as a (non-final) frame, if anything is.
+    /// Sends what is buffered as a (non-final) frame, if anything is (nothing while the message is
+    /// buffered to be compressed whole).
     fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
+        if !self.buf.is_empty() && !self.compress {
             self.emit(false)?;
         }
         Ok(())
@@ -545,15 +786,34 @@ enum Got {
         first: bool,
         last: bool,
     },
+    /// A piece of a compressed message, still compressed (where as for `Data`).
+    Compressed {
+        kind: MessageKind,
+        range: Option<Range<usize>>,
+        first: bool,
+        last: bool,
+    },
     Ping(Vec<u8>),
     Pong(Vec<u8>),
     Close(CloseCode, String),
 }
 
+/// Which buffer pending payload is in.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum Src {
+    /// The read buffer.
+    #[default]
+    Buf,
+    /// The side buffer.
+    Side,
+    /// The inflated piece (permessage-deflate).
+    Inflated,
+}
+
 /// Payload waiting to be handed to the caller.
 #[derive(Default)]
 struct Pending {
-    side: bool,
+    src: Src,
     range: Range<usize>,
 }
 
@@ -569,6 +829,10 @@ pub struct Reader<S> {
     end: usize,
     side: Vec<u8>,
     pending: Pending,
+    /// Inflating (`None` until the first compressed message).
+    inflate: Option<Box<ReadDeflate>>,
+    /// Bytes of the current compressed message inflated so far (against the read limit).
+    inflated_len: u64,
     /// A message is being delivered and its last piece has not been decoded yet.
     msg_open: bool,
     deadline: Option<Instant>,
@@ -702,10 +966,13 @@ impl<S: Stream> Reader<S> {
     }
 
     fn pending_slice(&self) -> &[u8] {
-        let src = if self.pending.side {
-            &self.side
-        } else {
-            &self.buf
+        let src = match self.pending.src {
+            Src::Buf => &self.buf,
+            Src::Side => &self.side,
+            Src::Inflated => match &self.inflate {
+                Some(d) => &d.out,
+                None => &self.side,
+            },
         };
         &src[self.pending.range.clone()]
     }
@@ -746,8 +1013,8 @@ impl<S: Stream> Reader<S> {
                 let input = &mut self.buf[self.start..self.end];
                 let base = input.as_ptr() as usize;
                 let len = input.len();
-                match p.conn.read(input, &self.cfg, &mut replies, &mut NoPool) {
-                    Ok((n, ev)) => {
+                match p.conn.read_ext(input, &self.cfg, &mut replies, &mut NoPool) {
+                    Ok((n, ev, compressed)) => {
                         let got = match ev {
                             None => Got::Nothing,
                             Some(Event::Message(m)) => piece(
@@ -770,6 +1037,17 @@ impl<S: Stream> Reader<S> {
                             Some(Event::Close { code, reason }) => {
                                 Got::Close(code, reason.to_owned())
                             }
+                        };
+                        let got = match got {
+                            Got::Data {
+                                range, first, last, ..
+                            } if compressed.is_some() => Got::Compressed {
+                                kind: compressed.unwrap_or(MessageKind::Binary),
+                                range,
+                                first,
+                                last,
+                            },
+                            other => other,
                         };
                         p.conn.recycle(&mut NoPool);
                         (n, got, None)
@@ -796,6 +1074,29 @@ impl<S: Stream> Reader<S> {
             }
             match got {
                 Got::Nothing => {}
+                Got::Compressed {
+                    kind,
+                    range,
+                    first,
+                    last,
+                } => {
+                    let range = range.map(|r| at + r.start..at + r.end);
+                    if let Err(e) = self.inflate_piece(kind, range, first, last) {
+                        let mut replies = Vec::new();
+                        lock(&self.shared.proto).conn.fail(&mut replies, &e);
+                        if !replies.is_empty() {
+                            let _ = self.shared.send_raw(&replies);
+                        }
+                        let err = match e {
+                            proto::Error::MessageTooBig { .. } => Error::ReadLimit,
+                            other => Error::Protocol(other),
+                        };
+                        self.linger();
+                        return Err(self.fail(err));
+                    }
+                    self.msg_open = !last;
+                    return Ok((kind, first));
+                }
                 Got::Data {
                     kind,
                     range,
@@ -804,11 +1105,11 @@ impl<S: Stream> Reader<S> {
                 } => {
                     self.pending = match range {
                         Some(r) => Pending {
-                            side: false,
+                            src: Src::Buf,
                             range: at + r.start..at + r.end,
                         },
                         None => Pending {
-                            side: true,
+                            src: Src::Side,
                             range: 0..self.side.len(),
                         },
                     };
@@ -847,6 +1148,56 @@ impl<S: Stream> Reader<S> {
                 }
             }
         }
+    }
+
+    /// Inflates a piece of a compressed message (in the read buffer at `range`, or in the side
+    /// buffer) into the inflate buffer and leaves it pending. The read limit bounds the whole
+    /// inflated message: a decompression bomb fails with 1009 after at most one byte past it.
+    fn inflate_piece(
+        &mut self,
+        kind: MessageKind,
+        range: Option<Range<usize>>,
+        first: bool,
+        last: bool,
+    ) -> Result<(), proto::Error> {
+        let Some(n) = self.shared.deflate else {
+            return Err(proto::Error::CompressedDataInvalid);
+        };
+        let d = self.inflate.get_or_insert_with(|| {
+            Box::new(ReadDeflate {
+                state: DeflateState::new(n.params, self.shared.role),
+                pool: DeflatePool::new(n.cfg.level),
+                out: Vec::new(),
+            })
+        });
+        if first {
+            self.inflated_len = 0;
+            if d.out.capacity() > MAX_KEPT_BUFFER {
+                d.out = Vec::new();
+            }
+        }
+        let limit = self.cfg.max_message_size.min(n.cfg.max_decompressed);
+        let mut cfg = n.cfg;
+        cfg.max_decompressed = limit.saturating_sub(self.inflated_len);
+        let input = match &range {
+            Some(r) => &self.buf[r.clone()],
+            None => &self.side[..],
+        };
+        let ReadDeflate { state, pool, out } = &mut **d;
+        let result = state.decompress_piece(kind, input, first, last, &cfg, pool, out);
+        if let Err(proto::Error::MessageTooBig { .. }) = result {
+            return Err(proto::Error::MessageTooBig {
+                len: self.inflated_len + out.len() as u64,
+                max: limit,
+            });
+        }
+        result?;
+        self.inflated_len += out.len() as u64;
+        self.pending = Pending {
+            src: Src::Inflated,
+            range: 0..out.len(),
+        };
+        Ok(())
     }
 
     /// Records a read error as the connection's last word for reading.
@@ -1035,6 +1386,7 @@ impl<S: Stream> Conn<S> {
                 read: 16 * 1024,
                 write: 16 * 1024,
             },
+            None,
         )
     }
 
@@ -1045,6 +1397,7 @@ impl<S: Stream> Conn<S> {
         subprotocol: Option<String>,
         request: Option<Request>,
         sizes: Buffers,
+        deflate: Option<Negotiated>,
     ) -> Conn<S> {
         // Pings go to the ping handler (whose default answers them); messages that do not arrive
         // whole in one read are delivered piece by piece, so a message is never held whole here.
@@ -1061,9 +1414,13 @@ impl<S: Stream> Conn<S> {
         let local = stream.local_addr();
         let peer = stream.peer_addr();
         let own = stream.try_clone().ok();
+        let mut conn = proto::Conn::new(cfg.role, seed);
+        if deflate.is_some() {
+            conn.enable_compression();
+        }
         let shared = Arc::new(Shared {
             proto: Mutex::new(ProtoSide {
-                conn: proto::Conn::new(cfg.role, seed),
+                conn,
                 cfg: send_cfg,
             }),
             out: Mutex::new(OutSide {
@@ -1072,12 +1429,16 @@ impl<S: Stream> Conn<S> {
                 deadline: None,
                 timeout_set: false,
                 err: None,
+                compress: true,
+                level: deflate.map_or(1, |n| n.cfg.level.min(9)),
+                deflate: None,
             }),
             role: cfg.role,
             subprotocol,
             local,
             peer,
             write_buffer_size: sizes.write.max(1),
+            deflate,
         });
         let writer = Writer {
             shared: Arc::clone(&shared),
@@ -1099,6 +1460,8 @@ impl<S: Stream> Conn<S> {
             end,
             side: Vec::new(),
             pending: Pending::default(),
+            inflate: None,
+            inflated_len: 0,
             msg_open: false,
             deadline: None,
             timeout_set: false,
@@ -1185,6 +1548,26 @@ impl<S: Stream> Conn<S> {
     /// See [`Writer::write_message`].
     pub fn write_message(&self, kind: MessageType, data: &[u8]) -> Result<(), Error> {
         self.reader.writer.write_message(kind, data)
+    }
+
+    /// See [`Writer::write_message_uncompressed`].
+    pub fn write_message_uncompressed(&self, kind: MessageType, data: &[u8]) -> Result<(), Error> {
+        self.reader.writer.write_message_uncompressed(kind, data)
+    }
+
+    /// See [`Writer::compression`].
+    pub fn compression(&self) -> bool {
+        self.reader.writer.compression()
+    }
+
+    /// See [`Writer::enable_write_compression`].
+    pub fn enable_write_compression(&self, enable: bool) {
+        self.reader.writer.enable_write_compression(enable)
+    }
+
+    /// See [`Writer::set_compression_level`].
+    pub fn set_compression_level(&self, level: u8) -> Result<(), Error> {
+        self.reader.writer.set_compression_level(level)
     }
 
     /// See [`Writer::write_text`].

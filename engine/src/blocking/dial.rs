@@ -3,10 +3,11 @@
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use super::conn::Buffers;
+use super::conn::{Buffers, Negotiated};
 use super::upgrade::{read_more, write_until, Timeouts};
 use super::{Conn, Error, Response, Stream};
 use crate::handshake::client::{parse_response, ClientRequest, ResponseStatus};
+use crate::handshake::deflate_negotiation::{client_accept, client_offer};
 use crate::handshake::DEFAULT_MAX_HEAD_SIZE;
 use crate::proto::{self, Role};
 
@@ -30,6 +31,13 @@ pub struct Dialer {
     pub write_buffer_size: usize,
     /// Largest response header block accepted (default 8 KiB).
     pub max_response_size: usize,
+    /// permessage-deflate (RFC 7692; gorilla's `EnableCompression`): `mode` is what to offer
+    /// (default `Disabled`: nothing offered; `NoContextTakeover` offers
+    /// `server_no_context_takeover; client_no_context_takeover`; `ContextTakeover` offers
+    /// `client_max_window_bits` and, below 15, `server_max_window_bits`). The response is validated
+    /// (a bad or unasked parameter fails the dial with [`Error::Compression`]); a server that
+    /// declines leaves the connection uncompressed. `level`, `min_size` as for the `Upgrader`.
+    pub deflate: proto::DeflateConfig,
 }
 
 impl Default for Dialer {
@@ -42,6 +50,7 @@ impl Default for Dialer {
             read_buffer_size: 16 * 1024,
             write_buffer_size: 16 * 1024,
             max_response_size: DEFAULT_MAX_HEAD_SIZE,
+            deflate: proto::DeflateConfig::default(),
         }
     }
 }
@@ -172,6 +181,9 @@ impl Dialer {
         for (name, value) in &self.headers {
             request = request.header(name.clone(), value.clone());
         }
+        if let Some(offer) = client_offer(self.deflate.mode) {
+            request = request.extensions(offer);
+        }
         let mut out = Vec::with_capacity(256);
         let expected = request
             .write(&mut out)
@@ -194,6 +206,8 @@ impl Dialer {
                 &mut timeouts,
             )?;
         };
+        let params =
+            client_accept(response.extensions(), self.deflate.mode).map_err(Error::Compression)?;
         timeouts.clear(&stream);
         let leftover = buf.split_off(consumed);
         let mut cfg = self.proto.clone();
@@ -208,6 +222,10 @@ impl Dialer {
                 read: self.read_buffer_size,
                 write: self.write_buffer_size,
             },
+            params.map(|params| Negotiated {
+                params,
+                cfg: self.deflate,
+            }),
         );
         Ok((conn, response))
     }

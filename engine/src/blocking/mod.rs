@@ -44,14 +44,17 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-pub use conn::{Conn, MessageReader, MessageWriter, PreparedMessage, Reader, Writer};
+pub use conn::{
+    Conn, MessageReader, MessageWriter, PreparedMessage, Reader, Writer, COMPRESS_WHOLE_MAX,
+};
 pub use dial::Dialer;
 pub use upgrade::Upgrader;
 
 pub use crate::handshake::client::Response;
-pub use crate::proto::CloseCode;
+pub use crate::proto::{CloseCode, DeflateConfig, DeflateMode};
 
 use crate::handshake::client::ClientHandshakeError;
+use crate::handshake::deflate_negotiation::DeflateResponseError;
 use crate::handshake::HandshakeError;
 use crate::proto::{self, MessageKind, SendError};
 
@@ -267,6 +270,9 @@ pub enum Error {
     /// The send was refused: a control payload over 125 bytes, a close code that may not be sent,
     /// or a message started while another one is still being written.
     Send(SendError),
+    /// The server's permessage-deflate response is invalid or answers what was not offered: the
+    /// dial fails (RFC 7692 section 5).
+    Compression(DeflateResponseError),
     /// A URL the dialer cannot use.
     BadUrl(String),
     /// The operation needs what this stream cannot do (e.g. deadlines on a [`Generic`] stream).
@@ -310,6 +316,7 @@ impl Error {
             Error::Timeout => Error::Timeout,
             Error::CloseSent => Error::CloseSent,
             Error::Send(e) => Error::Send(*e),
+            Error::Compression(e) => Error::Compression(*e),
             Error::BadUrl(u) => Error::BadUrl(u.clone()),
             Error::Unsupported(what) => Error::Unsupported(what),
             #[cfg(feature = "json")]
@@ -339,6 +346,7 @@ impl fmt::Display for Error {
             Error::Timeout => f.write_str("websocket: i/o timeout"),
             Error::CloseSent => f.write_str("websocket: close sent"),
             Error::Send(e) => write!(f, "websocket: {e}"),
+            Error::Compression(e) => write!(f, "websocket: {e}"),
             Error::BadUrl(u) => write!(f, "websocket: bad URL {u:?}"),
             Error::Unsupported(what) => write!(f, "websocket: the stream does not support {what}"),
             #[cfg(feature = "json")]
@@ -356,6 +364,7 @@ impl std::error::Error for Error {
             Error::Protocol(e) => Some(e),
             Error::Close(c) => Some(c),
             Error::Send(e) => Some(e),
+            Error::Compression(e) => Some(e),
             #[cfg(feature = "json")]
             Error::Json(e) => Some(e),
             _ => None,

@@ -5,9 +5,10 @@ use std::io;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use super::conn::Buffers;
+use super::conn::{Buffers, Negotiated};
 use super::{Conn, Error, Stream};
 use crate::handler::{Accept, Upgrade};
+use crate::handshake::deflate_negotiation::negotiate;
 use crate::handshake::{
     check_origin, parse_request, write_accept_response, write_rejection, HandshakeConfig,
     HandshakeError, ParseStatus, Rejection, Request,
@@ -35,6 +36,14 @@ pub struct Upgrader {
     pub write_buffer_size: usize,
     /// Extra headers for every 101 response (cookies, ...).
     pub headers: Vec<(String, String)>,
+    /// permessage-deflate (RFC 7692; gorilla's `EnableCompression`): `mode` is what to accept
+    /// (default `Disabled`: offers are declined; `NoContextTakeover`, as gorilla; or
+    /// `ContextTakeover` with window bits), `level` the initial compression level
+    /// ([`Conn::set_compression_level`]), `min_size` the size below which messages go uncompressed.
+    /// Inflated messages are bounded by the read limit (and `max_decompressed`). A connection
+    /// without compression holds nothing for it; one with it allocates its compressor, inflater and
+    /// (context takeover) windows on the first compressed message.
+    pub deflate: proto::DeflateConfig,
 }
 
 impl Default for Upgrader {
@@ -46,6 +55,7 @@ impl Default for Upgrader {
             read_buffer_size: 16 * 1024,
             write_buffer_size: 16 * 1024,
             headers: Vec::new(),
+            deflate: proto::DeflateConfig::default(),
         }
     }
 }
@@ -114,12 +124,13 @@ impl Upgrader {
         });
         let mut headers = self.headers.clone();
         headers.extend(accept.headers);
+        let deflate = negotiate(request.extensions(), self.deflate.mode);
         let mut response = Vec::with_capacity(256);
         write_accept_response(
             &mut response,
             request.key(),
             subprotocol.as_deref(),
-            None,
+            deflate.as_ref().map(|n| n.response.as_str()),
             &headers,
         );
         write_until(&mut stream, &response, deadline, &mut timeouts)?;
@@ -137,6 +148,10 @@ impl Upgrader {
                 read: self.read_buffer_size,
                 write: self.write_buffer_size,
             },
+            deflate.map(|n| Negotiated {
+                params: n.params,
+                cfg: self.deflate,
+            }),
         ))
     }
 }

@@ -307,6 +307,19 @@ impl Conn {
         self.encoder.fragment(out, data, first, fin)
     }
 
+    /// [`Conn::write_fragment`] with RSV bits on the first piece (RSV1: compressed by an extension).
+    pub fn write_fragment_rsv(
+        &mut self,
+        out: &mut impl Output,
+        data: &[u8],
+        first: bool,
+        fin: bool,
+        rsv: u8,
+    ) -> Result<(), SendError> {
+        self.check_open()?;
+        self.encoder.fragment_rsv(out, data, first, fin, rsv)
+    }
+
     /// Sends a ping.
     pub fn ping(&mut self, out: &mut impl Output, payload: &[u8]) -> Result<(), SendError> {
         self.check_open()?;

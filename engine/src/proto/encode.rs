@@ -150,6 +150,19 @@ impl Encoder {
         first: bool,
         fin: bool,
     ) -> Result<(), SendError> {
+        self.fragment_rsv(out, data, first, fin, 0)
+    }
+
+    /// [`Encoder::fragment`] with RSV bits, set only on the first piece (RSV1: the message is
+    /// compressed by an extension).
+    pub fn fragment_rsv(
+        &mut self,
+        out: &mut impl Output,
+        data: &[u8],
+        first: bool,
+        fin: bool,
+        rsv: u8,
+    ) -> Result<(), SendError> {
         let kind = self.open.ok_or(SendError::NoMessageInProgress)?;
         if self.close_sent {
             return Err(SendError::Closed);
@@ -159,7 +172,8 @@ impl Encoder {
         } else {
             OpCode::Continuation
         };
-        self.raw_frame(out, opcode, fin, 0, data);
+        let rsv = if first { rsv } else { 0 };
+        self.raw_frame(out, opcode, fin, rsv, data);
         if fin {
             self.open = None;
         }
