@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use surge::blocking::{
     format_close_message, is_close_error, is_unexpected_close_error, CloseCode, CloseError, Conn,
-    Dialer, Error, Generic, MessageType, PreparedMessage, Upgrader,
+    DeflateMode, Dialer, Error, Generic, MessageType, PreparedMessage, Upgrader,
 };
 use surge::handshake::HandshakeError;
 use surge::{Accept, Handler, Message, Rejection, Request, Server, ServerConfig, Upgrade};
@@ -885,4 +885,401 @@ fn json_round_trip() {
         let back: Vec<u32> = client.read_json().unwrap();
         assert_eq!(back, [1, 2, 3]);
     });
+}
+
+// ---- permessage-deflate ---------------------------------------------------------------------
+
+const TAKEOVER: DeflateMode = DeflateMode::ContextTakeover {
+    server_max_window_bits: 15,
+    client_max_window_bits: 15,
+};
+
+fn deflate_pair(mode: DeflateMode) -> (Conn<TcpStream>, Conn<TcpStream>) {
+    let mut upgrader = Upgrader::default();
+    upgrader.deflate.mode = mode;
+    let mut dialer = Dialer::default();
+    dialer.deflate.mode = mode;
+    pair_with(upgrader, dialer)
+}
+
+/// Chat-like JSON: similar messages, so that context takeover pays.
+fn chat(i: usize) -> String {
+    format!(
+        r#"{{"type":"chat","room":"lobby","user":"player{}","text":"hello everyone, message {i} {}","ts":{}}}"#,
+        i % 7,
+        "é".repeat(i % 5),
+        1_700_000_000 + i
+    )
+}
+
+#[test]
+fn compressed_echo_both_ways() {
+    for mode in [DeflateMode::NoContextTakeover, TAKEOVER] {
+        bounded(move || {
+            let (mut server, mut client) = deflate_pair(mode);
+            assert!(server.compression() && client.compression(), "{mode:?}");
+            let echo = thread::spawn(move || {
+                while let Ok((kind, data)) = server.read_message() {
+                    server.write_message(kind, &data).unwrap();
+                }
+            });
+            for i in 0..200 {
+                let text = chat(i);
+                client.write_text(&text).unwrap();
+                assert_eq!(
+                    client.read_message().unwrap(),
+                    (MessageType::Text, text.clone().into_bytes())
+                );
+                let bin = text.repeat(3).into_bytes();
+                client.write_message(MessageType::Binary, &bin).unwrap();
+                assert_eq!(client.read_message().unwrap(), (MessageType::Binary, bin));
+            }
+            // Short, empty, incompressible and large messages; some uncompressed on purpose.
+            for data in [
+                Vec::new(),
+                b"hi".to_vec(),
+                payload(100_000),
+                "the quick brown fox\n".repeat(50_000).into_bytes(),
+            ] {
+                client.write_message(MessageType::Binary, &data).unwrap();
+                assert_eq!(client.read_message().unwrap().1, data);
+                client
+                    .write_message_uncompressed(MessageType::Binary, &data)
+                    .unwrap();
+                assert_eq!(client.read_message().unwrap().1, data);
+            }
+            client.set_compression_level(9).unwrap();
+            client.write_text(&chat(1)).unwrap();
+            assert_eq!(client.read_message().unwrap().1, chat(1).into_bytes());
+            client.enable_write_compression(false);
+            client.write_text(&chat(2)).unwrap();
+            assert_eq!(client.read_message().unwrap().1, chat(2).into_bytes());
+            assert!(client.set_compression_level(10).is_err());
+            client.write_close(CloseCode::NORMAL, "").unwrap();
+            let _ = client.read_message();
+            echo.join().unwrap();
+        });
+    }
+}
+
+#[test]
+fn compression_is_off_unless_both_sides_want_it() {
+    bounded(|| {
+        let mut dialer = Dialer::default();
+        dialer.deflate.mode = TAKEOVER;
+        let (server, client) = pair_with(Upgrader::default(), dialer);
+        assert!(!server.compression() && !client.compression());
+        let mut upgrader = Upgrader::default();
+        upgrader.deflate.mode = TAKEOVER;
+        let (server, client) = pair_with(upgrader, Dialer::default());
+        assert!(!server.compression() && !client.compression());
+    });
+}
+
+#[test]
+fn compressed_next_reader_next_writer_with_io_copy() {
+    bounded(|| {
+        let (mut server, client) = deflate_pair(TAKEOVER);
+        let echo = thread::spawn(move || loop {
+            let writer = server.writer();
+            let Ok((kind, mut reader)) = server.next_reader() else {
+                return;
+            };
+            let mut out = writer.next_writer(kind).unwrap();
+            io::copy(&mut reader, &mut out).unwrap();
+            out.close().unwrap();
+        });
+        // Small (compressed whole at close) and past COMPRESS_WHOLE_MAX (sent uncompressed in
+        // frames); the reader runs on its own thread so that neither side blocks in a write.
+        let big = "a line of text that repeats\n"
+            .repeat(2 * surge::blocking::COMPRESS_WHOLE_MAX / 28)
+            .into_bytes();
+        let (mut r, w) = client.split();
+        let expect = vec![chat(3).into_bytes(), big.clone(), chat(4).into_bytes()];
+        let reader = thread::spawn(move || {
+            (0..3)
+                .map(|_| {
+                    let (_, mut m) = r.next_reader().unwrap();
+                    let mut got = Vec::new();
+                    m.read_to_end(&mut got).unwrap();
+                    got
+                })
+                .collect::<Vec<_>>()
+        });
+        for data in &expect {
+            let mut m = w.next_writer(MessageType::Text).unwrap();
+            for piece in data.chunks(7000) {
+                m.write_all(piece).unwrap();
+            }
+            m.close().unwrap();
+        }
+        assert_eq!(reader.join().unwrap(), expect);
+        w.close().unwrap();
+        echo.join().unwrap();
+    });
+}
+
+/// A stream that records what it reads, to look at the frames on the wire.
+struct Tap {
+    inner: TcpStream,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Read for Tap {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.seen.lock().unwrap().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl Write for Tap {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl surge::blocking::Stream for Tap {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.inner.set_read_timeout(timeout)
+    }
+}
+
+/// (RSV1, payload length) of each server frame in `wire` after the response head.
+fn server_frames(wire: &[u8]) -> Vec<(bool, usize)> {
+    let mut at = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut frames = Vec::new();
+    while at + 2 <= wire.len() {
+        let (b0, b1) = (wire[at], wire[at + 1]);
+        let (len, head) = match b1 & 0x7f {
+            126 => (u16::from_be_bytes([wire[at + 2], wire[at + 3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(wire[at + 2..at + 10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        frames.push((b0 & 0x40 != 0, len));
+        at += head + len;
+    }
+    frames
+}
+
+#[test]
+fn context_takeover_shrinks_repeated_messages_on_the_wire() {
+    for (mode, takeover) in [(TAKEOVER, true), (DeflateMode::NoContextTakeover, false)] {
+        bounded(move || {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = thread::spawn(move || {
+                let (stream, _) = listener.accept().unwrap();
+                let mut upgrader = Upgrader::default();
+                upgrader.deflate.mode = mode;
+                let conn = upgrader.upgrade(stream).unwrap();
+                // Random-looking text that does not compress much alone, sent three times.
+                let mut x = 0x2545_f491u32;
+                let text: String = (0..3000)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        (b'a' + (x % 26) as u8) as char
+                    })
+                    .collect();
+                for _ in 0..3 {
+                    conn.write_text(&text).unwrap();
+                }
+                conn.write_message_uncompressed(MessageType::Text, text.as_bytes())
+                    .unwrap();
+                (conn, text)
+            });
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let tap = Tap {
+                inner: TcpStream::connect(addr).unwrap(),
+                seen: Arc::clone(&seen),
+            };
+            let mut dialer = Dialer::default();
+            dialer.deflate.mode = mode;
+            let (mut client, _) = dialer.dial_stream(tap, &format!("ws://{addr}/")).unwrap();
+            client.set_read_deadline(soon()).unwrap();
+            let (_server, text) = server.join().unwrap();
+            for _ in 0..4 {
+                assert_eq!(client.read_message().unwrap().1, text.as_bytes());
+            }
+            let frames = server_frames(&seen.lock().unwrap());
+            assert_eq!(frames.len(), 4, "{frames:?}");
+            assert!(frames[..3].iter().all(|f| f.0), "{frames:?}");
+            assert_eq!(frames[3], (false, 3000));
+            if takeover {
+                // The repeats refer to the first message.
+                assert!(frames[1].1 < 100 && frames[2].1 < 100, "{frames:?}");
+            } else {
+                assert!(
+                    frames[1].1 == frames[0].1 && frames[0].1 > 1000,
+                    "{frames:?}"
+                );
+            }
+        });
+    }
+}
+
+#[test]
+fn decompression_bomb_closes_with_1009() {
+    for mode in [DeflateMode::NoContextTakeover, TAKEOVER] {
+        bounded(move || {
+            let (mut server, mut client) = deflate_pair(mode);
+            server.set_read_limit(64 * 1024);
+            let reader = thread::spawn(move || {
+                let first = server.read_message().map(|(_, d)| d.len());
+                (first.unwrap(), server.read_message().unwrap_err())
+            });
+            // Exactly the limit inflated passes; 16 MiB of zeros (about 16 KiB compressed, under
+            // the limit on the wire) does not.
+            client
+                .write_message(MessageType::Binary, &vec![0; 64 * 1024])
+                .unwrap();
+            client
+                .write_message(MessageType::Binary, &vec![0; 16 << 20])
+                .unwrap();
+            assert!(is_close_error(
+                &client.read_message().unwrap_err(),
+                &[CloseCode::TOO_BIG]
+            ));
+            drop(client);
+            let (first, err) = reader.join().unwrap();
+            assert_eq!(first, 64 * 1024);
+            assert!(matches!(err, Error::ReadLimit), "{err}");
+        });
+    }
+}
+
+#[test]
+fn invalid_compressed_data_closes_with_1007() {
+    bounded(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut upgrader = Upgrader::default();
+            upgrader.deflate.mode = DeflateMode::NoContextTakeover;
+            let mut conn = upgrader.upgrade(stream).unwrap();
+            conn.set_read_deadline(soon()).unwrap();
+            conn.read_message().unwrap_err()
+        });
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        s.write_all(&request(
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+            "GET",
+            "13",
+        ))
+        .unwrap();
+        // RSV1 + text, payload not deflate (a reserved block type).
+        let mut frame = client_frame(1, true, b"\xff\xff\xff");
+        frame[0] |= 0x40;
+        s.write_all(&frame).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&got[..head_end]);
+        assert!(head.contains("permessage-deflate"), "{head}");
+        assert_eq!(&got[head_end..], b"\x88\x02\x03\xef");
+        drop(s);
+        let err = server.join().unwrap();
+        assert!(matches!(err, Error::Protocol(_)), "{err}");
+    });
+}
+
+#[test]
+fn dialer_fails_on_a_bad_deflate_response() {
+    bounded(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            let text = String::from_utf8_lossy(&got).into_owned();
+            let key = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap()
+                .trim()
+                .to_owned();
+            let accept = surge::handshake::accept_key(key.as_bytes());
+            let accept = String::from_utf8_lossy(&accept).into_owned();
+            // Not asked for: client_max_window_bits without the client offering it.
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {accept}\r\n\
+                 Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_max_window_bits=10\r\n\r\n"
+            );
+            s.write_all(resp.as_bytes()).unwrap();
+            text
+        });
+        let mut dialer = Dialer::default();
+        dialer.deflate.mode = DeflateMode::NoContextTakeover;
+        let err = dialer.dial(&format!("ws://{addr}/")).unwrap_err();
+        let request = server.join().unwrap();
+        assert!(
+            request.contains("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
+            "{request}"
+        );
+        assert!(matches!(err, Error::Compression(_)), "{err}");
+    });
+}
+
+#[test]
+fn python_websockets_compressed_against_the_upgrader() {
+    let python = ["/tmp/kvenv/bin/python3", "python3"]
+        .into_iter()
+        .find(|py| {
+            std::process::Command::new(py)
+                .args(["-c", "import websockets"])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    let Some(python) = python else {
+        println!("SKIPPED: python3 with the `websockets` package not found");
+        return;
+    };
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/python/deflate_checks.py"
+    );
+    for mode in [TAKEOVER, DeflateMode::NoContextTakeover] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut upgrader = Upgrader::default();
+            upgrader.deflate.mode = mode;
+            let mut conn = upgrader.upgrade(stream).unwrap();
+            assert!(conn.compression());
+            conn.set_read_deadline(soon()).unwrap();
+            while let Ok((kind, data)) = conn.read_message() {
+                conn.write_message(kind, &data).unwrap();
+            }
+        });
+        let out = std::process::Command::new(python)
+            .arg(script)
+            .arg(port.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "deflate_checks.py failed ({mode:?}):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        server.join().unwrap();
+    }
 }
