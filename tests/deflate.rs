@@ -707,13 +707,17 @@ fn client_offers_and_checks_responses() {
         nct,
         "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
     );
+    // Context takeover: the offer, then a fallback that also accepts client_no_context_takeover.
     assert_eq!(
         client_offer(CT15).unwrap(),
-        "permessage-deflate; client_max_window_bits"
+        "permessage-deflate; client_max_window_bits, \
+         permessage-deflate; client_max_window_bits; client_no_context_takeover"
     );
     assert_eq!(
         client_offer(CT10).unwrap(),
-        "permessage-deflate; client_max_window_bits; server_max_window_bits=10"
+        "permessage-deflate; client_max_window_bits; server_max_window_bits=10, \
+         permessage-deflate; client_max_window_bits; server_max_window_bits=10; \
+         client_no_context_takeover"
     );
 
     // Each offer, answered by our own server, is accepted by our client with the same parameters.

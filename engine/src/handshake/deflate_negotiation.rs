@@ -170,7 +170,11 @@ pub fn client_offer(mode: DeflateMode) -> Option<String> {
             if bits < MAX_WINDOW_BITS {
                 offer.push_str(&format!("; server_max_window_bits={bits}"));
             }
-            Some(offer)
+            // A second, fallback offer with the hint that we can do without our own context
+            // takeover (RFC 7692 7.1.1.2): a server that insists on `client_no_context_takeover`
+            // accepts that one instead of declining compression. The server picks the first it can.
+            let fallback = format!("{offer}; client_no_context_takeover");
+            Some(format!("{offer}, {fallback}"))
         }
     }
 }
