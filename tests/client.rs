@@ -330,8 +330,6 @@ fn source_address_binding() {
     let cfg = ServerConfig {
         bind: vec!["127.0.0.1:0".parse().unwrap()],
         workers: 1,
-        // The peer's address is unknown on io_uring direct descriptors.
-        uring_direct_descriptors: false,
         ..ServerConfig::default()
     };
     let server = Server::new(cfg)

@@ -10,7 +10,7 @@
 //!   `on_open` gets its `on_close`.
 //!
 //! - Direct descriptors: io_uring connections use no process descriptor (and `io_uring_fds` runs
-//!   every test again with them off).
+//!   every test again with them off), and the peer's address is still known (IPv4 and IPv6).
 //!
 //! Run without `SURGE_BACKEND` set: that variable overrides the configured backend.
 
@@ -65,6 +65,7 @@ per_driver!(
     provided_buffer_exhaustion_loses_nothing,
     churn_disconnect_mid_message_and_mid_send,
     connections_use_process_fds_unless_direct,
+    peer_address_ipv6,
     clean_closes_then_new_handshakes,
 );
 
@@ -357,22 +358,46 @@ fn server_fds(port: u16) -> usize {
 }
 
 /// 200 open connections cost the server 200 process descriptors, none if they are direct
-/// descriptors (io_uring with direct descriptors on, where the kernel has them; then the peer's
-/// address is unknown).
+/// descriptors (io_uring with direct descriptors on, where the kernel has them). The peer's address
+/// is known on every driver: in `on_upgrade` (`req.peer()`) and after it (`conn.peer_addr()` in
+/// `on_open` and `on_message`), on direct descriptors asked through the ring (where the kernel has
+/// that command).
 fn connections_use_process_fds_unless_direct(backend: Backend) {
-    struct Peer(Arc<std::sync::Mutex<Vec<Option<SocketAddr>>>>);
+    peers_and_fds(backend, "127.0.0.1:0".parse().unwrap(), 200);
+}
+
+/// The same over IPv6 loopback (skipped where `[::1]` cannot be bound): on direct descriptors an
+/// IPv6 peer is kept in the worker's side table after the handshake.
+fn peer_address_ipv6(backend: Backend) {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED peer_address_ipv6: no IPv6 loopback");
+        return;
+    }
+    peers_and_fds(backend, "[::1]:0".parse().unwrap(), 20);
+}
+
+type Seen = Arc<std::sync::Mutex<Vec<(&'static str, Option<SocketAddr>)>>>;
+
+fn peers_and_fds(backend: Backend, bind: SocketAddr, n: usize) {
+    struct Peer(Seen);
     impl Handler for Peer {
         type Data = ();
         fn on_upgrade(&mut self, req: &Request) -> Upgrade<()> {
-            self.0.lock().unwrap().push(req.peer());
+            self.0.lock().unwrap().push(("upgrade", req.peer()));
             Upgrade::Accept(Accept::new(()))
         }
-        fn on_message(&mut self, _conn: &mut Conn<'_, ()>, _msg: Message<'_>) {}
+        fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+            self.0.lock().unwrap().push(("open", conn.peer_addr()));
+        }
+        fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+            self.0.lock().unwrap().push(("message", conn.peer_addr()));
+            let _ = conn.send(msg);
+        }
     }
-    let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let p = Arc::clone(&peers);
+    let seen: Seen = Arc::default();
+    let p = Arc::clone(&seen);
     let server = Server::new(ServerConfig {
-        bind: vec!["127.0.0.1:0".parse().unwrap()],
+        bind: vec![bind],
         workers: 1,
         backend,
         uring_direct_descriptors: DIRECT.with(Cell::get),
@@ -383,24 +408,35 @@ fn connections_use_process_fds_unless_direct(backend: Backend) {
     let direct = backend == Backend::IoUring
         && DIRECT.with(Cell::get)
         && surge::Backend::io_uring_direct_support();
-    let clients: Vec<Client> = (0..200)
+    let mut clients: Vec<Client> = (0..n)
         .map(|_| Client::connect(server.local_addr()))
         .collect();
-    // Listener included.
-    let fds = server_fds(server.local_addr().port());
-    if direct {
-        assert_eq!(fds, 1, "descriptors for 200 direct connections");
-    } else {
-        assert_eq!(fds, 201, "descriptors for 200 connections");
+    for c in &mut clients {
+        c.send_binary(b"x");
+        assert_eq!(c.read_frame().unwrap(), (2, b"x".to_vec()));
     }
-    let peers = peers.lock().unwrap();
-    assert_eq!(peers.len(), 200);
-    assert!(
-        peers.iter().all(|p| p.is_some() != direct),
-        "{:?}",
-        peers[0]
-    );
-    drop(peers);
+    // Listener included (IPv4 only: `server_fds` reads /proc/net/tcp).
+    let fds = server_fds(server.local_addr().port());
+    if bind.is_ipv6() {
+    } else if direct {
+        assert_eq!(fds, 1, "descriptors for {n} direct connections");
+    } else {
+        assert_eq!(fds, n + 1, "descriptors for {n} connections");
+    }
+    let mut expected: Vec<SocketAddr> = clients.iter().map(|c| c.s.local_addr().unwrap()).collect();
+    expected.sort();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3 * n);
+    for stage in ["upgrade", "open", "message"] {
+        let mut got: Vec<SocketAddr> = seen
+            .iter()
+            .filter(|(s, _)| *s == stage)
+            .map(|(_, a)| a.unwrap_or_else(|| panic!("no peer address in {stage}")))
+            .collect();
+        got.sort();
+        assert_eq!(got, expected, "{stage}");
+    }
+    drop(seen);
     drop(clients);
     server.shutdown();
     server.join().unwrap();

@@ -36,7 +36,8 @@ pub(crate) enum Socket {
 
 impl Socket {
     /// The peer's address, asked of the kernel. A direct descriptor has no process fd to ask
-    /// `getpeername` with (and multishot accept returns no address): `Unsupported`.
+    /// `getpeername` with (and multishot accept returns no address): `Unsupported` (the worker
+    /// asks it through the ring at accept instead, see [`Driver::query_peer`]).
     pub(crate) fn peer_addr(&self) -> io::Result<SocketAddr> {
         match self {
             Socket::Fd(s) => s.peer_addr(),
@@ -99,6 +100,12 @@ pub(crate) enum IoEvent {
     /// uring: listener `listener` accepted `socket` (now owned by the worker: dropping a direct
     /// one without [`Driver::close`] keeps its slot until the ring goes).
     Accepted { listener: usize, socket: Socket },
+    /// uring: the peer address of direct-descriptor connection `token` (`None`: the query failed),
+    /// asked by [`Driver::query_peer`]; it comes before the connection's first `Received`.
+    Peer {
+        token: u64,
+        addr: Option<SocketAddr>,
+    },
     /// uring: `len` bytes arrived for connection `token` in provided buffer `bid`; `more`: the
     /// multishot receive stays armed.
     Received {
@@ -243,6 +250,16 @@ impl Driver {
                 d.arm_recv(socket, token as u64);
                 Ok(())
             }
+        }
+    }
+
+    /// io_uring direct descriptors: asks the peer's address of `socket` (accepted on listener
+    /// `listener`) for connection `token`; call right before [`Driver::register_conn`] (the query
+    /// is linked ahead of the receive). `true`: an [`IoEvent::Peer`] will follow.
+    pub(crate) fn query_peer(&mut self, socket: &Socket, listener: usize, token: usize) -> bool {
+        match (self, socket) {
+            (Driver::Uring(d), Socket::Direct(slot)) => d.query_peer(*slot, listener, token as u64),
+            _ => false,
         }
     }
 

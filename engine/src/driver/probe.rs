@@ -10,6 +10,13 @@
 //! Direct descriptors are an extra: `SHUTDOWN` and `CLOSE` supported and a sparse file table
 //! registered on the probe ring (accept into an allocated slot is 5.19, like multishot accept).
 //! Without them the uring driver uses ordinary descriptors.
+//!
+//! With direct descriptors, the peer's address is asked through the ring (there is no process fd
+//! for `getpeername`): `IORING_OP_URING_CMD` with `SOCKET_URING_OP_GETSOCKOPT` and
+//! `SOL_SOCKET`/`SO_PEERNAME` (kernel 6.7). The probe runs that query on a real loopback connection
+//! and checks the address it returns; where it fails (older kernel, no loopback, a security module
+//! refusing it), direct descriptors are still used but the peer's address is `None`
+//! ([`peer_support`] says why, and the driver logs it once).
 
 use std::sync::OnceLock;
 
@@ -41,11 +48,23 @@ pub(crate) fn uring_support() -> Result<(), String> {
 /// Whether the uring driver can accept into direct descriptors here (probed with
 /// [`uring_support`]).
 pub(crate) fn direct_support() -> bool {
-    probed().unwrap_or(false)
+    probed().map(|s| s.direct).unwrap_or(false)
 }
 
-fn probed() -> Result<bool, String> {
-    static RESULT: OnceLock<Result<bool, String>> = OnceLock::new();
+/// Whether a direct descriptor's peer address can be asked through the ring (see the module
+/// documentation); the reason when not.
+pub(crate) fn peer_support() -> Result<(), String> {
+    probed()?.peer
+}
+
+#[derive(Clone, Debug)]
+struct Support {
+    direct: bool,
+    peer: Result<(), String>,
+}
+
+fn probed() -> Result<Support, String> {
+    static RESULT: OnceLock<Result<Support, String>> = OnceLock::new();
     // On a thread of its own: tearing the probe's ring down later queues task work on the thread
     // that used it (TWA_SIGNAL), which makes a blocking socket call with a timeout on that thread
     // fail with EINTR. A thread that has exited gets none.
@@ -58,14 +77,14 @@ fn probed() -> Result<bool, String> {
         .clone()
 }
 
-fn probe() -> Result<bool, String> {
+fn probe() -> Result<Support, String> {
     let (major, minor) = kernel_version().ok_or("cannot read the kernel version")?;
     if (major, minor) < (6, 0) {
         return Err(format!(
             "kernel {major}.{minor} has no multishot receive (6.0+)"
         ));
     }
-    let ring: IoUring = super::uring::builder()
+    let mut ring: IoUring = super::uring::builder()
         .build(8)
         .map_err(|e| format!("io_uring_setup failed: {e}"))?;
     if !ring.params().is_feature_ext_arg() {
@@ -88,7 +107,60 @@ fn probe() -> Result<bool, String> {
         .map_err(|e| format!("provided buffer ring refused: {e}"))?;
     let direct = DIRECT_OPCODES.iter().all(|&c| probe.is_supported(c))
         && ring.submitter().register_files_sparse(16).is_ok();
-    Ok(direct)
+    let peer = if !direct {
+        Err("no direct descriptors".into())
+    } else if !probe.is_supported(opcode::UringCmd16::CODE) {
+        Err("opcode uring_cmd not supported".into())
+    } else {
+        probe_peername(&mut ring)
+    };
+    Ok(Support { direct, peer })
+}
+
+/// Asks `SO_PEERNAME` through the ring on the accepted end of a loopback connection and checks it
+/// against the connecting end's address.
+fn probe_peername(ring: &mut IoUring) -> Result<(), String> {
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("loopback: {e}"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("loopback: {e}"))?;
+    let client = TcpStream::connect(addr).map_err(|e| format!("loopback: {e}"))?;
+    let (accepted, from) = listener.accept().map_err(|e| format!("loopback: {e}"))?;
+    let expected = client.local_addr().map_err(|e| format!("loopback: {e}"))?;
+    // SAFETY: sockaddr_in6 is a plain C struct; all-zero is valid.
+    let mut out: Box<libc::sockaddr_in6> = Box::new(unsafe { std::mem::zeroed() });
+    let ptr: *mut libc::sockaddr_in6 = &mut *out;
+    let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    // SAFETY: `out` lives until the completion is reaped below (or is leaked if it never comes).
+    let e = unsafe {
+        super::uring::peername_entry(super::uring::PeerTarget::Fd(accepted.as_raw_fd()), ptr, len)
+    }
+    .user_data(1);
+    // SAFETY: as above; the ring is otherwise idle.
+    unsafe { ring.submission().push(&e) }.map_err(|_| "submission queue full".to_string())?;
+    if let Err(e) = ring.submit_and_wait(1) {
+        std::mem::forget(out);
+        return Err(format!("submit failed: {e}"));
+    }
+    let Some(cqe) = ring.completion().next() else {
+        std::mem::forget(out);
+        return Err("no completion".into());
+    };
+    let res = cqe.result();
+    if res < 0 {
+        let e = std::io::Error::from_raw_os_error(-res);
+        return Err(format!(
+            "getsockopt(SO_PEERNAME) through the ring failed: {e} (kernel 6.7+)"
+        ));
+    }
+    match super::uring::parse_sockaddr(&out, res as usize) {
+        Some(a) if a == expected && a == from => Ok(()),
+        other => Err(format!(
+            "getsockopt(SO_PEERNAME) through the ring returned {other:?}, not {expected}"
+        )),
+    }
 }
 
 fn kernel_version() -> Option<(u32, u32)> {

@@ -1,7 +1,9 @@
 //! Completions through io_uring (one ring per worker, created on the worker's thread).
 //!
 //! - Accept: one multishot `ACCEPT` per listener, into ordinary descriptors (see below); re-armed
-//!   when the kernel ends it, after 10 ms when it ended for want of descriptors.
+//!   when the kernel ends it, after 10 ms when it ended with an error (out of descriptors, or
+//!   anything else that could persist and make an immediate re-arm spin; logged at most once a
+//!   second).
 //! - Receive: one multishot `RECV` per connection selecting from the worker's provided-buffer ring,
 //!   so an idle connection holds no read buffer. The worker processes a buffer and gives it back
 //!   ([`UringDriver::recycle`]) in the same loop turn. `ENOBUFS` ends the multishot without losing
@@ -24,7 +26,12 @@
 //!   the process. Everything on such a connection then goes through the ring with `Fixed`: receive,
 //!   `sendmsg`, `SHUTDOWN`, and a `CLOSE` of the slot after the receive was cancelled (pending
 //!   operations hold their own file references). `TCP_NODELAY` comes from the listener (Linux
-//!   copies it to accepted sockets). There is no `getpeername`: `peer_addr` is `None`.
+//!   copies it to accepted sockets). There is no `getpeername` without a process fd: the peer's
+//!   address is asked with the generic socket getsockopt through the ring (`URING_CMD`,
+//!   `SOCKET_URING_OP_GETSOCKOPT`, `SOL_SOCKET`/`SO_PEERNAME`, kernel 6.7), hard-linked ahead of
+//!   the connection's first receive so that it is known before the upgrade request is parsed
+//!   ([`UringDriver::query_peer`]). Where the probe finds the command missing, the address is
+//!   `None` (one log line says why).
 //!   Without direct descriptors, connections keep ordinary fds and those steps are syscalls.
 
 use std::io;
@@ -57,6 +64,86 @@ const CONNECT: u64 = 7;
 const QUIET: u64 = 8;
 /// `SHUTDOWN` of a direct descriptor (payload: the slot).
 const SHUTDOWN: u64 = 9;
+/// `getsockopt(SO_PEERNAME)` of a direct descriptor (payload: the key in `peers`).
+const PEER: u64 = 10;
+
+/// `SOCKET_URING_OP_GETSOCKOPT`: the `cmd_op` of a socket's generic getsockopt through
+/// `IORING_OP_URING_CMD` (kernel 6.7; `SOL_SOCKET` options only).
+const SOCKET_URING_OP_GETSOCKOPT: u32 = 2;
+
+/// The `SO_PEERNAME` query for `target`, writing at most `len` bytes (the kernel refuses a length
+/// over the address's own: 16 for IPv4, 28 for IPv6) to `out`. The result is the length written.
+///
+/// # Safety
+/// `out` must stay valid and unaliased until the entry's completion (see [`UringDriver::push`]).
+pub(crate) unsafe fn peername_entry(
+    target: PeerTarget,
+    out: *mut libc::sockaddr_in6,
+    len: u32,
+) -> squeue::Entry {
+    let level_optname =
+        (libc::SOL_SOCKET as u32 as u64) | ((libc::SO_PEERNAME as u32 as u64) << 32);
+    let mut cmd = [0u8; 16];
+    cmd[..8].copy_from_slice(&(out as u64).to_ne_bytes());
+    let e = match target {
+        PeerTarget::Fd(fd) => opcode::UringCmd16::new(types::Fd(fd), SOCKET_URING_OP_GETSOCKOPT),
+        PeerTarget::Fixed(slot) => {
+            opcode::UringCmd16::new(types::Fixed(slot), SOCKET_URING_OP_GETSOCKOPT)
+        }
+    }
+    // `level` and `optname` share the `addr` union (offset 16); `optval` is the first 8 bytes of
+    // the command area (offset 48).
+    .addr(Some(level_optname))
+    .cmd(cmd)
+    .build();
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte `io_uring_sqe`
+    // (`transmute` checks the size), and any bit pattern is a valid `[u8; 64]`. Bytes 44..48 are
+    // the `optlen` member of the union at that offset (`splice_fd_in`/`file_index`), which
+    // `UringCmd16` leaves zero and the crate offers no setter for; writing it back is a valid
+    // `io_uring_sqe` (plain integers) and so a valid `Entry`.
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute::<squeue::Entry, [u8; 64]>(e) };
+    raw[44..48].copy_from_slice(&len.to_ne_bytes());
+    // SAFETY: as above.
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
+}
+
+/// What a [`peername_entry`] names: an ordinary descriptor (the probe) or a direct one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PeerTarget {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+/// The address an `SO_PEERNAME` query wrote (`len` bytes of `raw`).
+pub(crate) fn parse_sockaddr(raw: &libc::sockaddr_in6, len: usize) -> Option<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+    match i32::from(raw.sin6_family) {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: a sockaddr_in (16 bytes) fits in a sockaddr_in6 (28) and has alignment 4
+            // like it; the kernel wrote one (family AF_INET).
+            let v4 = unsafe { &*(raw as *const libc::sockaddr_in6).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)),
+                u16::from_be(v4.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(raw.sin6_addr.s6_addr),
+                u16::from_be(raw.sin6_port),
+                raw.sin6_flowinfo,
+                raw.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// An `SO_PEERNAME` query in flight: its output lives here (boxed: the kernel holds its address).
+struct PeerOp {
+    token: u64,
+    addr: libc::sockaddr_in6,
+}
 
 fn ud(kind: u64, payload: u64) -> u64 {
     debug_assert!(payload <= PAYLOAD);
@@ -336,6 +423,17 @@ pub(crate) struct UringDriver {
     direct: bool,
     /// Direct descriptors with a `SHUTDOWN` in flight, and whether their `CLOSE` waits for it.
     shutting: std::collections::HashMap<u32, bool>,
+    /// Direct descriptors' peer addresses are asked with `SO_PEERNAME` through the ring (the probe
+    /// found the command working).
+    peer_query: bool,
+    /// `SO_PEERNAME` queries in flight.
+    #[allow(clippy::vec_box)]
+    peers: slab::Slab<Box<PeerOp>>,
+    /// The size of a peer address on each listener (16: IPv4, 28: IPv6), by listener index.
+    addr_lens: Vec<u32>,
+    /// When the last accept error was logged, and how many went unlogged since.
+    accept_log: Option<Instant>,
+    accept_errors_quiet: u64,
 }
 
 impl std::fmt::Debug for UringDriver {
@@ -380,7 +478,20 @@ impl UringDriver {
             closing: false,
             direct,
             shutting: Default::default(),
+            peer_query: direct && super::probe::peer_support().is_ok(),
+            peers: slab::Slab::new(),
+            addr_lens: Vec::new(),
+            accept_log: None,
+            accept_errors_quiet: 0,
         };
+        if direct {
+            if let Err(why) = super::probe::peer_support() {
+                eprintln!(
+                    "surge: io_uring direct descriptors without peer addresses ({why}): \
+                     peer() and peer_addr() return None"
+                );
+            }
+        }
         d.arm_wake();
         Ok(d)
     }
@@ -424,6 +535,15 @@ impl UringDriver {
             self.listeners.resize(index + 1, -1);
         }
         self.listeners[index] = fd;
+        if self.addr_lens.len() <= index {
+            self.addr_lens.resize(index + 1, 0);
+        }
+        // SAFETY: borrowed for `local_addr` only: ManuallyDrop keeps the worker's descriptor open.
+        let l = std::mem::ManuallyDrop::new(unsafe { std::net::TcpListener::from_raw_fd(fd) });
+        self.addr_lens[index] = match l.local_addr() {
+            Ok(std::net::SocketAddr::V4(_)) => std::mem::size_of::<libc::sockaddr_in>() as u32,
+            _ => std::mem::size_of::<libc::sockaddr_in6>() as u32,
+        };
         self.arm_accept(index);
     }
 
@@ -462,6 +582,39 @@ impl UringDriver {
             .user_data(ud(CANCEL, 0));
         // SAFETY: a cancel names its target by user_data only: no memory is involved.
         unsafe { self.push(e) };
+    }
+
+    /// Asks the peer address of direct descriptor `slot` (accepted on listener `listener`) for
+    /// connection `token`, hard-linked ahead of the next entry (the connection's first receive), so
+    /// that its [`IoEvent::Peer`] comes before any received byte. `false`: no query was made (the
+    /// kernel lacks the command; the address stays unknown).
+    pub(crate) fn query_peer(&mut self, slot: u32, listener: usize, token: u64) -> bool {
+        if !self.peer_query {
+            return false;
+        }
+        let len = self
+            .addr_lens
+            .get(listener)
+            .copied()
+            .filter(|&l| l != 0)
+            .unwrap_or(std::mem::size_of::<libc::sockaddr_in6>() as u32);
+        let entry = self.peers.vacant_entry();
+        let key = entry.key() as u64;
+        let op = entry.insert(Box::new(PeerOp {
+            token,
+            // SAFETY: sockaddr_in6 is a plain C struct; all-zero is valid.
+            addr: unsafe { std::mem::zeroed() },
+        }));
+        let out: *mut libc::sockaddr_in6 = &mut op.addr;
+        // SAFETY: `out` points into a Box held by `peers` until this entry's completion (the
+        // Box's heap address does not move when the slab grows); nothing else reads or writes it
+        // meanwhile. Drop waits for every completion or leaks `peers`.
+        let e = unsafe { peername_entry(PeerTarget::Fixed(slot), out, len) }
+            .flags(squeue::Flags::IO_HARDLINK)
+            .user_data(ud(PEER, key));
+        // SAFETY: see above.
+        unsafe { self.push(e) };
+        true
     }
 
     /// Arms the multishot receive of connection `token` (also after `ENOBUFS` or when the kernel
@@ -701,7 +854,10 @@ impl UringDriver {
                         });
                     }
                     if !more {
-                        if res == -libc::EMFILE || res == -libc::ENFILE || res == -libc::ENOMEM {
+                        if res < 0 && res != -libc::ECANCELED {
+                            // Out of descriptors or memory, or anything else that may persist:
+                            // re-arming at once could spin, so wait 10 ms.
+                            self.log_accept_error(res);
                             retry_accept.push(index);
                         } else {
                             rearm_accept.push(index);
@@ -752,6 +908,21 @@ impl UringDriver {
                     out.push(IoEvent::Wake);
                     rearm_wake = true;
                 }
+                PEER => {
+                    let key = payload as usize;
+                    if self.peers.contains(key) {
+                        let op = self.peers.remove(key);
+                        let addr = if res > 0 {
+                            parse_sockaddr(&op.addr, res as usize)
+                        } else {
+                            None
+                        };
+                        out.push(IoEvent::Peer {
+                            token: op.token,
+                            addr,
+                        });
+                    }
+                }
                 SHUTDOWN => {
                     let slot = payload as u32;
                     if self.shutting.remove(&slot) == Some(true) && !self.closing {
@@ -782,6 +953,31 @@ impl UringDriver {
     }
 }
 
+impl UringDriver {
+    /// One line per second at most about accepts ending in error, with the count of those not
+    /// logged in between.
+    fn log_accept_error(&mut self, res: i32) {
+        let now = Instant::now();
+        if self
+            .accept_log
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.accept_errors_quiet += 1;
+            return;
+        }
+        let e = io::Error::from_raw_os_error(-res);
+        let quiet = std::mem::take(&mut self.accept_errors_quiet);
+        if quiet > 0 {
+            eprintln!(
+                "surge: accept failed: {e}; retrying in 10 ms ({quiet} more since the last line)"
+            );
+        } else {
+            eprintln!("surge: accept failed: {e}; retrying in 10 ms");
+        }
+        self.accept_log = Some(now);
+    }
+}
+
 impl Drop for UringDriver {
     fn drop(&mut self) {
         // Cancel everything and wait for the completions, so that no operation can still touch the
@@ -807,6 +1003,7 @@ impl Drop for UringDriver {
             // Something is still owned by the kernel: leak the memory it might touch rather than
             // free it under it. (The ring fd closes below; the kernel tears the rest down.)
             std::mem::forget(std::mem::take(&mut self.sends));
+            std::mem::forget(std::mem::take(&mut self.peers));
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
             let leaked = std::mem::replace(
                 &mut self.bufs,

@@ -76,8 +76,8 @@ mod fanout;
 /// Where a connection stands.
 #[derive(Debug)]
 enum Stage {
-    /// Reading the upgrade request; bytes of an incomplete request are kept here (pooled buffer).
-    Handshake(Vec<u8>),
+    /// Reading the upgrade request.
+    Handshake(Handshake),
     /// Upgraded: the protocol core.
     Open(proto::Conn),
     /// The protocol core is out on the stack while its events are delivered.
@@ -88,8 +88,39 @@ enum Stage {
     Dial(Box<Dial>),
 }
 
+/// The handshake stage's state (it fits in the stage's size, set by the protocol core).
+#[derive(Debug, Default)]
+struct Handshake {
+    /// Bytes of an incomplete request (pooled buffer; none allocated until needed).
+    held: Vec<u8>,
+    /// io_uring direct descriptors: the peer's address, asked through the ring at accept.
+    peer: Option<SocketAddr>,
+    /// That query is in flight: bytes wait in `held` until it completes (the query is linked
+    /// ahead of the receive, so this is a safety net, not the common path).
+    peer_pending: bool,
+}
+
+/// A direct descriptor's peer address kept past the handshake (it has no fd for `getpeername`):
+/// an IPv4 address (bytes 0..4) and port (4..6, big-endian), in bytes that the connection's
+/// alignment padding had anyway. A connected TCP peer has neither address 0.0.0.0 nor port 0, so
+/// all zeros means none, and address 0.0.0.0 with port 1 means IPv6 (in the worker's `peers6`
+/// side table).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PackedPeer([u8; 6]);
+
+impl PackedPeer {
+    const V6: PackedPeer = PackedPeer([0, 0, 0, 0, 0, 1]);
+
+    fn get(self) -> Option<SocketAddr> {
+        let p = self.0;
+        let port = u16::from_be_bytes([p[4], p[5]]);
+        (port != 0 && p[..4] != [0; 4]).then(|| SocketAddr::from(([p[0], p[1], p[2], p[3]], port)))
+    }
+}
+
 /// One connection: the registry's slot content. Kept small (see the `entry_size` test): no peer
-/// address (asked of the kernel when wanted), no subprotocol string (an index), no buffers when idle.
+/// address (asked of the kernel when wanted; a direct descriptor's packed in padding), no
+/// subprotocol string (an index), no buffers when idle.
 #[derive(Debug)]
 pub(crate) struct Connection<D> {
     socket: Socket,
@@ -100,6 +131,8 @@ pub(crate) struct Connection<D> {
     flags: u8,
     /// Index plus one into the worker's subprotocol list (0: none).
     subprotocol: u8,
+    /// io_uring direct descriptors: the peer's address after the handshake.
+    peer: PackedPeer,
     queue: WriteQueue,
     stage: Stage,
     data: Option<D>,
@@ -163,6 +196,9 @@ pub struct WorkerCtx<D> {
     client: ClientState<D>,
     /// permessage-deflate: the worker's pooled compressors and buffers.
     compression: Compression,
+    /// io_uring direct descriptors: IPv6 peer addresses of upgraded connections (an IPv4 one is
+    /// packed in the connection).
+    peers6: HashMap<ConnId, SocketAddr>,
 }
 
 impl<D> std::fmt::Debug for WorkerCtx<D> {
@@ -201,6 +237,7 @@ impl<D> WorkerCtx<D> {
             orphans: Vec::new(),
             fanout: fanout::Fanout::new(shared),
             client: ClientState::new(&cfg_proto),
+            peers6: HashMap::new(),
         }
     }
 
@@ -440,6 +477,9 @@ impl<D> WorkerCtx<D> {
         self.unlink(id);
         self.arm(id, None);
         if let Some(mut c) = self.conns.remove(id) {
+            if c.peer == PackedPeer::V6 {
+                self.peers6.remove(&id);
+            }
             if self.uring {
                 if c.has(SENDING) {
                     // The kernel may still read these chunks: they live until the completion.
@@ -449,7 +489,7 @@ impl<D> WorkerCtx<D> {
             }
             c.queue.release(&mut self.chunks);
             match c.stage {
-                Stage::Handshake(buf) => self.chunks.put(buf),
+                Stage::Handshake(hs) => self.chunks.put(hs.held),
                 Stage::Open(mut p) => p.recycle(&mut self.assembly),
                 Stage::Dial(d) => self.client.forget(id, *d, &mut self.chunks, self.uring),
                 _ => {}
@@ -565,10 +605,19 @@ impl<'a, D> Conn<'a, D> {
         self.entry().has(CAN_SEND)
     }
 
-    /// The peer's address (asked of the kernel; `None` once the socket is broken, and always on
-    /// io_uring direct descriptors: see [`ServerConfig::uring_direct_descriptors`]).
+    /// The peer's address: asked of the kernel on an ordinary descriptor (`None` once the socket
+    /// is broken); on an io_uring direct descriptor the one asked through the ring at accept
+    /// (`None` where the kernel lacks that command: see
+    /// [`ServerConfig::uring_direct_descriptors`]).
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.entry().socket.peer_addr().ok()
+        let c = self.entry();
+        if let Socket::Fd(_) = c.socket {
+            return c.socket.peer_addr().ok();
+        }
+        if c.peer == PackedPeer::V6 {
+            return self.ctx.peers6.get(&self.id).copied();
+        }
+        c.peer.get()
     }
 
     /// The subprotocol agreed at upgrade.
@@ -825,7 +874,7 @@ impl<H: Handler> Worker<H> {
         match ev {
             IoEvent::Accepted { listener, socket } => {
                 if listener < self.listeners.len() {
-                    self.admit(socket);
+                    self.admit(socket, listener);
                 } else {
                     self.driver.close(socket); // shutting down
                 }
@@ -895,6 +944,21 @@ impl<H: Handler> Worker<H> {
                 ctx.mark_dirty(id);
             }
             IoEvent::Connected { token, res } => self.dial_polled(ConnId(token), res),
+            IoEvent::Peer { token, addr } => {
+                let id = ConnId(token);
+                let Some(c) = self.ctx.conns.get_mut(id) else {
+                    return;
+                };
+                let Stage::Handshake(hs) = &mut c.stage else {
+                    return;
+                };
+                hs.peer = addr;
+                hs.peer_pending = false;
+                if !hs.held.is_empty() {
+                    // Bytes came first after all (the link was split): parse them now.
+                    self.handshake_bytes(id, &mut []);
+                }
+            }
             IoEvent::Ready { .. } | IoEvent::Wake => unreachable!("handled by dispatch"),
         }
     }
@@ -951,13 +1015,13 @@ impl<H: Handler> Worker<H> {
                 // Out of descriptors, or the peer gave up already: the next arrival retries.
                 Err(_) => return,
             };
-            self.admit(Socket::Fd(stream));
+            self.admit(Socket::Fd(stream), i);
         }
     }
 
     /// Takes an accepted connection in: registers it and arms its handshake deadline.
     /// (`TCP_NODELAY` comes from the listener.)
-    fn admit(&mut self, socket: Socket) {
+    fn admit(&mut self, socket: Socket, listener: usize) {
         {
             if self.ctx.conns.len() >= self.ctx.cfg.max_connections_per_worker {
                 self.driver.close(socket); // closed at once
@@ -969,12 +1033,19 @@ impl<H: Handler> Worker<H> {
                 dropped: 0,
                 flags: 0,
                 subprotocol: 0,
+                peer: PackedPeer::default(),
                 queue: WriteQueue::new(),
-                stage: Stage::Handshake(Vec::new()),
+                stage: Stage::Handshake(Handshake::default()),
                 data: None,
                 deflate: None,
             });
             let c = self.ctx.conns.get_mut(id).expect("just inserted");
+            // Linked ahead of the receive registered next.
+            if self.driver.query_peer(&c.socket, listener, id.0 as usize) {
+                if let Stage::Handshake(hs) = &mut c.stage {
+                    hs.peer_pending = true;
+                }
+            }
             if self
                 .driver
                 .register_conn(&mut c.socket, id.0 as usize)
@@ -1081,10 +1152,20 @@ impl<H: Handler> Worker<H> {
         let Some(c) = ctx.conns.get_mut(id) else {
             return;
         };
-        let Stage::Handshake(held) = &mut c.stage else {
+        let Stage::Handshake(hs) = &mut c.stage else {
             return;
         };
-        let mut held = std::mem::take(held);
+        let mut held = std::mem::take(&mut hs.held);
+        let peer = hs.peer;
+        if hs.peer_pending {
+            // The peer's address first (on_upgrade and on_http see it): keep the bytes.
+            if held.capacity() == 0 {
+                held = ctx.chunks.get();
+            }
+            held.extend_from_slice(new);
+            hs.held = held;
+            return;
+        }
         if held.capacity() != 0 {
             held.extend_from_slice(new);
         }
@@ -1098,13 +1179,17 @@ impl<H: Handler> Worker<H> {
                     held = ctx.chunks.get();
                     held.extend_from_slice(new);
                 }
-                c.stage = Stage::Handshake(held);
+                c.stage = Stage::Handshake(Handshake {
+                    held,
+                    peer,
+                    peer_pending: false,
+                });
                 return;
             }
             Ok(ParseStatus::Complete { request, consumed }) => (request, consumed),
             Ok(ParseStatus::Http { mut request, .. }) => {
                 ctx.chunks.put(held);
-                request.peer = c.socket.peer_addr().ok();
+                request.peer = peer.or_else(|| c.socket.peer_addr().ok());
                 let response = self.handler.on_http(&request);
                 self.reject(id, &response);
                 return;
@@ -1115,7 +1200,7 @@ impl<H: Handler> Worker<H> {
                 return;
             }
         };
-        request.peer = c.socket.peer_addr().ok();
+        request.peer = peer.or_else(|| c.socket.peer_addr().ok());
         if let Err(e) = check_origin(&request, &ctx.hs_cfg) {
             ctx.chunks.put(held);
             self.reject(id, &e.to_rejection());
@@ -1160,6 +1245,19 @@ impl<H: Handler> Worker<H> {
         core.start(ctx.now, &ctx.cfg.proto);
         c.stage = Stage::Open(core);
         c.subprotocol = index as u8;
+        if let (Socket::Direct(_), Some(addr)) = (&c.socket, peer) {
+            c.peer = match addr {
+                SocketAddr::V4(a) => {
+                    let [a0, a1, a2, a3] = a.ip().octets();
+                    let [p0, p1] = a.port().to_be_bytes();
+                    PackedPeer([a0, a1, a2, a3, p0, p1])
+                }
+                SocketAddr::V6(_) => {
+                    ctx.peers6.insert(id, addr);
+                    PackedPeer::V6
+                }
+            };
+        }
         c.data = Some(accept.data);
         c.flags |= CAN_SEND;
         ctx.mark_dirty(id);

@@ -356,6 +356,7 @@ impl<D> WorkerCtx<D> {
             dropped: 0,
             flags: CLIENT,
             subprotocol: 0,
+            peer: super::PackedPeer::default(),
             queue,
             stage: Stage::Dial(Box::new(Dial {
                 expected,
