@@ -7,12 +7,14 @@
 //! ```
 //! The usual flow: `GET /getCaseCount`, then `/runCase?case=N&agent=AGENT` for each case, one
 //! after another, then `/updateReports?agent=AGENT`. Prints one line per failed connect and a
-//! summary; exits once the report is written.
+//! summary; exits once the report is written. permessage-deflate (context takeover) is offered, so
+//! groups 12 and 13 run too.
 
 use std::sync::mpsc;
 use std::time::Duration;
 
 use surge::{
+    proto::{DeflateConfig, DeflateMode},
     Backend, Client, CloseInfo, Conn, ConnId, ConnectError, ConnectRequest, Handler, Message,
     Rejection, Request, ServerConfig, Upgrade, WorkerCtx,
 };
@@ -41,7 +43,10 @@ const TICK: u64 = 1;
 
 impl Runner {
     fn open(&mut self, worker: &mut WorkerCtx<Phase>, path: String, phase: Phase) {
-        let req = ConnectRequest::new(format!("{}{path}", self.base));
+        // The fuzzing server asks for client_no_context_takeover or a client window (13.2, 13.5,
+        // 13.6) only of a client that offered client_no_context_takeover; the server's side keeps
+        // context takeover either way.
+        let req = ConnectRequest::new(format!("{}{path}", self.base)).client_no_context_takeover();
         match worker.connect(&req, phase) {
             Ok(_) => self.busy = true,
             Err(e) => {
@@ -135,6 +140,18 @@ fn main() -> std::io::Result<()> {
         workers: 1,
         // Echo cases send many messages quickly: never drop one.
         max_backpressure: 1 << 30,
+        // permessage-deflate with context takeover, so that groups 12 and 13 run.
+        deflate: DeflateConfig {
+            mode: DeflateMode::ContextTakeover {
+                server_max_window_bits: 15,
+                client_max_window_bits: 15,
+            },
+            // Every message compressed: kosoku's fuzzing server fails the first case of each
+            // compression group ("Strings must be encoded before hashing") on an uncompressed
+            // text echo of its 16-byte message.
+            min_size: 0,
+            ..DeflateConfig::default()
+        },
         ..ServerConfig::default()
     };
     let mut args = std::env::args().skip(1);

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use surge::{
+    proto::{DeflateConfig, DeflateMode},
     Accept, Backend, Client, CloseCode, CloseInfo, Conn, ConnId, ConnectError, ConnectRequest,
     Handler, Message, Rejection, Request, Server, ServerConfig, ServerHandle, Upgrade, WorkerCtx,
 };
@@ -32,7 +33,8 @@ macro_rules! per_driver {
 
 per_driver!(
     echo_against_the_engine_server,
-    refused_upgrade_reports_status
+    refused_upgrade_reports_status,
+    compressed_echo_against_the_engine_server,
 );
 
 /// What the client saw.
@@ -40,6 +42,8 @@ per_driver!(
 enum Ev {
     Open {
         subprotocol: Option<String>,
+        /// permessage-deflate was negotiated.
+        compressed: bool,
     },
     /// A connection went through its whole script and closed.
     Done {
@@ -76,6 +80,7 @@ impl Handler for Scripted {
     fn on_open(&mut self, conn: &mut Conn<'_, usize>) {
         let _ = self.tx.send(Ev::Open {
             subprotocol: conn.subprotocol().map(str::to_owned),
+            compressed: conn.compression(),
         });
         assert!(conn.send_binary(&self.script[0]).is_queued());
     }
@@ -121,6 +126,16 @@ fn run_client(
     requests: Vec<ConnectRequest>,
     script: Vec<Vec<u8>>,
 ) -> (ServerHandle, Receiver<Ev>) {
+    run_client_with(backend, workers, requests, script, DeflateConfig::default())
+}
+
+fn run_client_with(
+    backend: Backend,
+    workers: usize,
+    requests: Vec<ConnectRequest>,
+    script: Vec<Vec<u8>>,
+    deflate: DeflateConfig,
+) -> (ServerHandle, Receiver<Ev>) {
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
     let script = Arc::new(script);
@@ -128,6 +143,7 @@ fn run_client(
         workers,
         backend,
         max_backpressure: 64 << 20,
+        deflate,
         ..ServerConfig::default()
     };
     let per_worker = requests.len().div_ceil(workers);
@@ -208,7 +224,7 @@ fn echo_against_the_engine_server(backend: Backend) {
     let (mut opened, mut chat, mut done) = (0, 0, 0);
     while done < n {
         match recv(&rx) {
-            Ev::Open { subprotocol } => {
+            Ev::Open { subprotocol, .. } => {
                 opened += 1;
                 chat += usize::from(subprotocol.as_deref() == Some("chat"));
             }
@@ -363,4 +379,213 @@ fn source_address_binding() {
     client.join().unwrap();
     server.shutdown();
     server.join().unwrap();
+}
+
+/// Echoes every message; reports on each open whether permessage-deflate was negotiated.
+struct DeflateEcho(Sender<bool>);
+impl Handler for DeflateEcho {
+    type Data = ();
+    fn on_upgrade(&mut self, _req: &Request) -> Upgrade<()> {
+        Upgrade::Accept(Accept::new(()))
+    }
+    fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+        let _ = self.0.send(conn.compression());
+    }
+    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+        let _ = conn.send(msg);
+    }
+}
+
+fn deflate_server(backend: Backend, mode: DeflateMode) -> (ServerHandle, Receiver<bool>) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let cfg = ServerConfig {
+        bind: vec!["127.0.0.1:0".parse().unwrap()],
+        workers: 2,
+        backend,
+        max_backpressure: 64 << 20,
+        deflate: DeflateConfig {
+            mode,
+            ..DeflateConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::new(cfg)
+        .start(move |_| DeflateEcho(tx.lock().unwrap().clone()))
+        .unwrap();
+    (server, rx)
+}
+
+/// Compressible messages of every size class (JSON-like text as binary), and incompressible ones.
+fn deflate_script() -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = [0usize, 10, 63, 64, 200, 4096, 70_000, 1 << 20]
+        .iter()
+        .map(|&n| {
+            let unit = b"{\"user\":\"alice\",\"seq\":12345,\"text\":\"hello\"}";
+            (0..n).map(|i| unit[i % unit.len()]).collect()
+        })
+        .collect();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    out.push(
+        (0..100_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect(),
+    );
+    out.push(b"last".to_vec());
+    out
+}
+
+fn compressed_echo_against_the_engine_server(backend: Backend) {
+    let takeover = DeflateMode::ContextTakeover {
+        server_max_window_bits: 15,
+        client_max_window_bits: 15,
+    };
+    let small_window = DeflateMode::ContextTakeover {
+        server_max_window_bits: 10,
+        client_max_window_bits: 9,
+    };
+    // (server mode, client mode: from the request or, for None, the client's configuration)
+    let cases = [
+        (takeover, Some(takeover)),
+        (
+            DeflateMode::NoContextTakeover,
+            Some(DeflateMode::NoContextTakeover),
+        ),
+        (takeover, Some(DeflateMode::NoContextTakeover)),
+        (DeflateMode::NoContextTakeover, Some(takeover)),
+        (small_window, Some(takeover)),
+        (takeover, Some(small_window)),
+        (takeover, None),
+    ];
+    for (server_mode, client_mode) in cases {
+        let (server, opened) = deflate_server(backend, server_mode);
+        let url = format!("ws://{}/", server.local_addr());
+        let n = 6;
+        let requests = (0..n)
+            .map(|i| {
+                let mut r = ConnectRequest::new(url.clone());
+                if i % 2 == 1 {
+                    // We compress each message alone; the server keeps its context.
+                    r = r.client_no_context_takeover();
+                }
+                match client_mode {
+                    Some(m) => r.compression(m),
+                    None => r,
+                }
+            })
+            .collect();
+        let client_cfg = DeflateConfig {
+            mode: client_mode.unwrap_or(takeover),
+            ..DeflateConfig::default()
+        };
+        let (client, rx) = run_client_with(backend, 2, requests, deflate_script(), client_cfg);
+        let mut done = 0;
+        while done < n {
+            match recv(&rx) {
+                Ev::Open { compressed, .. } => {
+                    assert!(compressed, "{server_mode:?} / {client_mode:?}: client side")
+                }
+                Ev::Done { code } => {
+                    assert_eq!(code, 1000);
+                    done += 1;
+                }
+                Ev::Failed { error, .. } => panic!("connect failed: {error}"),
+            }
+        }
+        for _ in 0..n {
+            assert!(
+                opened.recv_timeout(Duration::from_secs(10)).unwrap(),
+                "{server_mode:?} / {client_mode:?}: server side"
+            );
+        }
+        client.shutdown();
+        client.join().unwrap();
+        server.shutdown();
+        server.join().unwrap();
+    }
+}
+
+#[test]
+fn compression_declined_by_the_server() {
+    let (server, opened) = deflate_server(Backend::Epoll, DeflateMode::Disabled);
+    let url = format!("ws://{}/", server.local_addr());
+    let req = ConnectRequest::new(url).compression(DeflateMode::NoContextTakeover);
+    let (client, rx) = run_client(Backend::Epoll, 1, vec![req], deflate_script());
+    match recv(&rx) {
+        Ev::Open { compressed, .. } => assert!(!compressed),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(recv(&rx), Ev::Done { code: 1000 }));
+    assert!(!opened.recv_timeout(Duration::from_secs(10)).unwrap());
+    client.shutdown();
+    client.join().unwrap();
+    server.shutdown();
+    server.join().unwrap();
+}
+
+/// A server whose 101 answers the offer wrongly: the connection fails with a handshake error.
+#[test]
+fn invalid_deflate_response_fails_the_connection() {
+    use std::io::{BufRead, BufReader, Write};
+    let bad = [
+        // client_max_window_bits without a value, in a response.
+        "permessage-deflate; client_max_window_bits",
+        // server_no_context_takeover was offered (NoContextTakeover) and must be echoed.
+        "permessage-deflate; client_no_context_takeover",
+        // An unknown parameter.
+        "permessage-deflate; server_no_context_takeover; foo=1",
+    ];
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        for ext in bad {
+            let (s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut key = String::new();
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                if let Some(k) = line.to_ascii_lowercase().strip_prefix("sec-websocket-key:") {
+                    key = line[line.len() - k.len()..].trim().to_owned();
+                }
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let mut s = s;
+            write!(
+                s,
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: {ext}\r\n\r\n"
+            )
+            .unwrap();
+            // Held until the client gives up on it.
+            let mut rest = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let requests = (0..3)
+        .map(|_| ConnectRequest::new(url.clone()).compression(DeflateMode::NoContextTakeover))
+        .collect();
+    // One worker connects all three at once; the peer answers them in turn.
+    let (client, rx) = run_client(Backend::Epoll, 1, requests, script());
+    for _ in 0..3 {
+        match recv(&rx) {
+            Ev::Failed { status, error } => {
+                assert_eq!(status, None);
+                assert!(error.contains("permessage-deflate"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    peer.join().unwrap();
+    client.shutdown();
+    client.join().unwrap();
 }

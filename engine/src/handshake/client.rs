@@ -271,6 +271,9 @@ pub enum ClientHandshakeError {
     UnexpectedExtension,
     /// `Sec-WebSocket-Extensions` does not parse.
     InvalidExtensions,
+    /// The server's permessage-deflate parameters answer the offer wrongly (RFC 7692 section 5:
+    /// the client "MUST _Fail the WebSocket Connection_").
+    Deflate(super::deflate_negotiation::DeflateResponseError),
 }
 
 impl ClientHandshakeError {
@@ -323,6 +326,7 @@ impl fmt::Display for ClientHandshakeError {
             InvalidExtensions => {
                 f.write_str("websocket: bad 'Sec-WebSocket-Extensions' in response")
             }
+            Deflate(e) => write!(f, "websocket: {e}"),
         }
     }
 }

@@ -156,6 +156,18 @@ fn accept(offer: Params, mode: DeflateMode) -> Option<Negotiated> {
 /// Client side: the `Sec-WebSocket-Extensions` offer for `mode` (`None` when disabled). Pass it to
 /// `ClientRequest::extensions`.
 pub fn client_offer(mode: DeflateMode) -> Option<String> {
+    client_offer_with(mode, false)
+}
+
+/// [`client_offer`], also offering `client_no_context_takeover` when `client_nct` (in
+/// `ContextTakeover` mode; `NoContextTakeover` always offers it): "a client informs the peer server
+/// of a hint that even if the server doesn't include the client_no_context_takeover extension
+/// parameter in the corresponding extension negotiation response to the offer, the client is not
+/// going to use context takeover" (7.1.1.2). We then compress each message alone while the server
+/// may still take over its context; some servers (Autobahn's fuzzing server) only ask a client for
+/// no context takeover, or a window, when it offered this. Check the response with
+/// [`client_accept_with`] and the same `client_nct`.
+pub fn client_offer_with(mode: DeflateMode, client_nct: bool) -> Option<String> {
     match mode {
         DeflateMode::Disabled => None,
         DeflateMode::NoContextTakeover => Some(format!(
@@ -165,7 +177,11 @@ pub fn client_offer(mode: DeflateMode) -> Option<String> {
             server_max_window_bits,
             ..
         } => {
-            let mut offer = format!("{PERMESSAGE_DEFLATE}; client_max_window_bits");
+            let mut offer = String::from(PERMESSAGE_DEFLATE);
+            if client_nct {
+                offer.push_str("; client_no_context_takeover");
+            }
+            offer.push_str("; client_max_window_bits");
             let bits = server_max_window_bits.clamp(MIN_WINDOW_BITS, MAX_WINDOW_BITS);
             if bits < MAX_WINDOW_BITS {
                 offer.push_str(&format!("; server_max_window_bits={bits}"));
@@ -173,6 +189,10 @@ pub fn client_offer(mode: DeflateMode) -> Option<String> {
             // A second, fallback offer with the hint that we can do without our own context
             // takeover (RFC 7692 7.1.1.2): a server that insists on `client_no_context_takeover`
             // accepts that one instead of declining compression. The server picks the first it can.
+            // (Not needed when the first offer already has it.)
+            if client_nct {
+                return Some(offer);
+            }
             let fallback = format!("{offer}; client_no_context_takeover");
             Some(format!("{offer}, {fallback}"))
         }
@@ -214,6 +234,16 @@ impl std::error::Error for DeflateResponseError {}
 pub fn client_accept<'a>(
     accepted: impl IntoIterator<Item = Extension<'a>>,
     mode: DeflateMode,
+) -> Result<Option<DeflateParams>, DeflateResponseError> {
+    client_accept_with(accepted, mode, false)
+}
+
+/// [`client_accept`] for an offer made by [`client_offer_with`] with `client_nct`: the client
+/// compresses without context takeover whatever the response says.
+pub fn client_accept_with<'a>(
+    accepted: impl IntoIterator<Item = Extension<'a>>,
+    mode: DeflateMode,
+    client_nct: bool,
 ) -> Result<Option<DeflateParams>, DeflateResponseError> {
     use DeflateResponseError as E;
     let mut found = None;
@@ -260,7 +290,7 @@ pub fn client_accept<'a>(
     Ok(Some(DeflateParams {
         server_no_context_takeover: r.server_no_context_takeover,
         // We may use no context takeover even when not asked to; in NoContextTakeover mode we do.
-        client_no_context_takeover: r.client_no_context_takeover || offered_nct,
+        client_no_context_takeover: r.client_no_context_takeover || offered_nct || client_nct,
         server_max_window_bits: server_bits,
         client_max_window_bits: client_bits.min(client_limit),
     }))

@@ -34,7 +34,8 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use deflate_negotiation::{
-    client_accept, client_offer, negotiate, DeflateResponseError, Negotiated, PERMESSAGE_DEFLATE,
+    client_accept, client_accept_with, client_offer, client_offer_with, negotiate,
+    DeflateResponseError, Negotiated, PERMESSAGE_DEFLATE,
 };
 pub use error::{HandshakeError, Rejection};
 pub use extensions::{Extension, ExtensionParams, Extensions};

@@ -21,9 +21,11 @@
 //! the server side. Until the upgrade completes the user data waits in the worker's client state,
 //! so `WorkerCtx::conn` does not see a connection that is not open yet.
 //!
-//! Compression (permessage-deflate) is not offered yet: the hook is [`extension_offer`], which
-//! returns what a client offers, and the response's accepted extensions (checked by
-//! `parse_response` against the offer) are where the connection's deflate state would start.
+//! Compression (permessage-deflate): [`ConnectRequest::compression`] (default: the
+//! configuration's `deflate.mode`) is offered with `client_offer`; the server's answer is checked
+//! with `client_accept` (an invalid one fails the connection with [`ConnectError::Handshake`]) and
+//! starts the connection's client-role `DeflateState`. From then on messages are inflated and
+//! deflated by the same worker code as on accepted connections (`compression.rs`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -41,7 +43,8 @@ use crate::handler::Handler;
 use crate::handshake::client::{
     parse_response, ClientHandshakeError, ClientRequest, ExpectedResponse, Response, ResponseStatus,
 };
-use crate::proto::{self, Encoder, Role};
+use crate::handshake::deflate_negotiation::{client_accept_with, client_offer_with};
+use crate::proto::{self, DeflateMode, DeflateState, Encoder, Role};
 use crate::server::registry::ConnId;
 
 /// What to connect to and how: [`WorkerCtx::connect`]'s argument.
@@ -60,6 +63,12 @@ pub struct ConnectRequest {
     /// Time from `connect` to a complete upgrade response (default: the configuration's
     /// `handshake_timeout`).
     pub handshake_timeout: Option<Duration>,
+    /// permessage-deflate to offer (default `None`: the configuration's `deflate.mode`). The
+    /// minimum size, level and decompression limit are the configuration's.
+    pub compression: Option<DeflateMode>,
+    /// With context takeover: also offer `client_no_context_takeover` (we compress each message
+    /// alone; the server may still take over its context). See `client_offer_with`.
+    pub client_no_context_takeover: bool,
 }
 
 impl ConnectRequest {
@@ -72,6 +81,8 @@ impl ConnectRequest {
             subprotocols: Vec::new(),
             source_addr: None,
             handshake_timeout: None,
+            compression: None,
+            client_no_context_takeover: false,
         }
     }
 
@@ -96,6 +107,19 @@ impl ConnectRequest {
     /// Sets the handshake timeout.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = Some(timeout);
+        self
+    }
+
+    /// Offers permessage-deflate in `mode` (`DeflateMode::Disabled`: no offer), whatever the
+    /// configuration says.
+    pub fn compression(mut self, mode: DeflateMode) -> Self {
+        self.compression = Some(mode);
+        self
+    }
+
+    /// Also offers `client_no_context_takeover`: see the field.
+    pub fn client_no_context_takeover(mut self) -> Self {
+        self.client_no_context_takeover = true;
         self
     }
 }
@@ -141,19 +165,15 @@ impl fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
-/// The extension offer of outgoing connections. The hook for permessage-deflate on the client
-/// side: once the engine compresses, this returns its offer (from the configuration) and the
-/// accepted parameters in the response set up the connection's deflate state in
-/// `Worker::dial_bytes`.
-pub(crate) fn extension_offer() -> Option<&'static str> {
-    None
-}
-
 /// An outgoing connection before its upgrade completes (boxed in `Stage::Dial`: the stage stays
 /// small for the far more numerous open connections).
 #[derive(Debug)]
 pub(crate) struct Dial {
     expected: ExpectedResponse,
+    /// The permessage-deflate mode offered (`Disabled`: none).
+    deflate: DeflateMode,
+    /// `client_no_context_takeover` was offered too.
+    client_nct: bool,
     /// Response bytes of an incomplete response (pooled buffer; empty until needed).
     buf: Vec<u8>,
     /// The TCP connect has completed.
@@ -337,7 +357,9 @@ impl<D> WorkerCtx<D> {
         for p in &req.subprotocols {
             request = request.subprotocol(p.clone());
         }
-        if let Some(offer) = extension_offer() {
+        let deflate = req.compression.unwrap_or(self.cfg.deflate.mode);
+        let client_nct = req.client_no_context_takeover;
+        if let Some(offer) = client_offer_with(deflate, client_nct) {
             request = request.extensions(offer);
         }
         for (name, value) in &req.headers {
@@ -360,6 +382,8 @@ impl<D> WorkerCtx<D> {
             queue,
             stage: Stage::Dial(Box::new(Dial {
                 expected,
+                deflate,
+                client_nct,
                 buf: Vec::new(),
                 connected: false,
             })),
@@ -500,7 +524,22 @@ impl<H: Handler> Worker<H> {
                 return;
             }
         };
-        self.dial_open(id, &response);
+        let accepted = client_accept_with(response.extensions(), dial.deflate, dial.client_nct);
+        let params = match accepted {
+            Ok(p) => p,
+            Err(e) => {
+                drop(response);
+                if held.capacity() != 0 {
+                    self.ctx.chunks.put(held);
+                }
+                self.dial_failed(
+                    id,
+                    ConnectError::Handshake(ClientHandshakeError::Deflate(e)),
+                );
+                return;
+            }
+        };
+        self.dial_open(id, &response, params);
         // Frames the server sent right behind its response.
         if held.capacity() != 0 {
             if consumed < held.len() && self.ctx.conns.get(id).is_some() {
@@ -513,7 +552,12 @@ impl<H: Handler> Worker<H> {
     }
 
     /// The upgrade succeeded: the connection opens with a client-role protocol core.
-    fn dial_open(&mut self, id: ConnId, response: &Response) {
+    fn dial_open(
+        &mut self,
+        id: ConnId,
+        response: &Response,
+        deflate: Option<proto::DeflateParams>,
+    ) {
         let ctx = &mut self.ctx;
         let index = match response.subprotocol() {
             None => 0,
@@ -526,11 +570,13 @@ impl<H: Handler> Worker<H> {
                 None => 0,
             },
         };
-        // Compression hook: `response.extensions()` holds what the server accepted of
-        // `extension_offer()` (nothing while the offer is empty).
         let seed = ctx.client.next_u64();
         let c = ctx.conns.get_mut(id).expect("still registered");
         let mut core = proto::Conn::new(Role::Client, seed);
+        if let Some(params) = deflate {
+            core.enable_compression();
+            c.deflate = Some(Box::new(DeflateState::new(params, Role::Client)));
+        }
         core.start(ctx.now, &ctx.client.proto);
         c.stage = Stage::Open(core);
         c.subprotocol = index as u8;
