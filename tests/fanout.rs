@@ -9,6 +9,10 @@
 //! - A connection's direct sends and topic messages stay in order, from a thread and from a
 //!   callback; a publish from a callback reaches subscribers on both workers.
 //!
+//! - Subscribers that negotiated permessage-deflate receive a published message compressed (RSV1)
+//!   for their window, compressed once per distinct window; short and opted-out messages go plain,
+//!   and direct compressed sends around it stay decodable (context takeover).
+//!
 //! Run without `SURGE_BACKEND` set: that variable overrides the configured backend.
 
 #[path = "support/mod.rs"]
@@ -49,6 +53,7 @@ per_driver!(
     slow_subscriber_is_closed_with_1008_others_unaffected,
     handles_to_closed_connections_fail_cleanly,
     direct_sends_and_topic_messages_stay_in_order,
+    compressing_subscribers_get_one_compressed_variant_per_window,
 );
 
 /// The 10k tests hold 10k server sockets each: one at a time in this process.
@@ -69,7 +74,8 @@ struct State {
 }
 
 /// Subscribes connections whose path starts with `/sub`; "pub:X" publishes X from the callback,
-/// "mix" sends m1 directly, publishes m2, sends m3 directly, "stats" records the counters.
+/// "mix" sends m1 directly, publishes m2, sends m3 directly, "stats" records the counters, "say:X"
+/// sends X back directly.
 struct Fan(Arc<State>);
 
 impl Handler for Fan {
@@ -110,6 +116,8 @@ impl Handler for Fan {
                 conn.buffered_amount(),
             );
             self.0.stats.lock().unwrap().push(entry);
+        } else if let Some(rest) = t.strip_prefix("say:") {
+            let _ = conn.send_text(rest);
         } else if t == "unsub" {
             assert!(conn.unsubscribe(TOPIC));
             let _ = conn.send_text("unsubscribed");
@@ -590,4 +598,145 @@ fn direct_sends_and_topic_messages_stay_in_order(backend: Backend) {
     }
     server.shutdown();
     server.join().unwrap();
+}
+
+/// Inflates one message of a permessage-deflate stream (the peer's context kept in `d`).
+fn inflate(d: &mut flate2::Decompress, data: &[u8]) -> Vec<u8> {
+    let mut input = data.to_vec();
+    input.extend_from_slice(&[0x00, 0x00, 0xff, 0xff]);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    loop {
+        out.reserve(64 << 10);
+        let (i, o) = (d.total_in(), d.total_out());
+        d.decompress_vec(&input[pos..], &mut out, flate2::FlushDecompress::Sync)
+            .expect("inflates");
+        pos += (d.total_in() - i) as usize;
+        let stalled = d.total_in() == i && d.total_out() == o;
+        if (pos == input.len() && out.len() < out.capacity()) || stalled {
+            return out;
+        }
+    }
+}
+
+fn compressing_subscribers_get_one_compressed_variant_per_window(backend: Backend) {
+    let cfg = ServerConfig {
+        deflate: surge::proto::DeflateConfig {
+            mode: surge::proto::DeflateMode::ContextTakeover {
+                server_max_window_bits: 15,
+                client_max_window_bits: 15,
+            },
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    };
+    let (server, state) = start(backend, cfg);
+    let addr = server.local_addr();
+    // A third ask for a 1 KiB window, a third take the default (32 KiB), a third no compression.
+    let offers = [
+        "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n",
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+        "",
+    ];
+    let n = 12;
+    let mut subs: Vec<(RawClient, usize, flate2::Decompress)> = (0..n)
+        .map(|i| {
+            let c = RawClient::connect_with(addr, &format!("/sub/{i}"), offers[i % 3]);
+            let ext = c.response.to_ascii_lowercase();
+            match i % 3 {
+                0 => assert!(ext.contains("server_max_window_bits=10"), "{ext}"),
+                1 => assert!(ext.contains("permessage-deflate"), "{ext}"),
+                _ => assert!(!ext.contains("permessage-deflate"), "{ext}"),
+            }
+            (
+                c,
+                i % 3,
+                flate2::Decompress::new_with_window_bits(false, 15),
+            )
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || {
+        state.handles.lock().unwrap().len() == n
+    }));
+    let json = |tag: &str| -> String {
+        (0..60)
+            .map(|i| format!("{{\"tag\":\"{tag}\",\"seq\":{i},\"user\":\"alice\"}},"))
+            .collect()
+    };
+    let big = PreparedMessage::text(&json("prepared"));
+    let small = PreparedMessage::text("hi");
+    let opted_out = PreparedMessage::uncompressed(surge::MessageKind::Text, big.payload());
+    let direct = json("direct");
+    let publisher = server.publisher();
+    // To each subscriber: a direct message (compressed with the connection's context), the
+    // published three, then the same direct message again (with context takeover it would refer
+    // to the first: decodable only if the prepared message, compressed without the connection's
+    // context, made the server forget that context).
+    let say = format!("say:{direct}");
+    let want: [(&[u8], bool); 5] = [
+        (direct.as_bytes(), true),
+        (big.payload(), true),
+        (b"hi", false),
+        (big.payload(), false),
+        (direct.as_bytes(), true),
+    ];
+    for step in 0..3 {
+        match step {
+            1 => {
+                for m in [&big, &small, &opted_out] {
+                    publisher.publish(TOPIC, m).unwrap();
+                }
+            }
+            _ => {
+                for (c, ..) in &mut subs {
+                    c.send(true, 1, say.as_bytes());
+                }
+            }
+        }
+        let range = match step {
+            0 => 0..1,
+            1 => 1..4,
+            _ => 4..5,
+        };
+        for (c, kind, d) in &mut subs {
+            check_frames(c, *kind, d, &want, range.clone());
+        }
+    }
+    // Compressed once per window (10 and 15), whatever the number of subscribers and workers.
+    assert_eq!(big.variant_count(), 2);
+    assert_eq!(small.variant_count(), 0);
+    assert_eq!(opted_out.variant_count(), 0);
+    server.shutdown();
+    server.join().unwrap();
+}
+
+/// Reads frames `range` of `want` (payload, compressible) on a subscriber that made offer `kind`
+/// (2: none), inflating compressed ones with the subscriber's inflater `d`.
+fn check_frames(
+    c: &mut RawClient,
+    kind: usize,
+    d: &mut flate2::Decompress,
+    want: &[(&[u8], bool)],
+    range: std::ops::Range<usize>,
+) {
+    {
+        for i in range {
+            let (payload, compressible) = &want[i];
+            let f = c.expect_frame();
+            assert_eq!(f.opcode, 1, "frame {i}");
+            let compressed = kind != 2 && *compressible;
+            assert_eq!(
+                f.rsv,
+                if compressed { 4 } else { 0 },
+                "frame {i}, offer {kind}"
+            );
+            let got = if compressed {
+                assert!(f.payload.len() < payload.len() / 2, "frame {i} shrank");
+                inflate(d, &f.payload)
+            } else {
+                f.payload.clone()
+            };
+            assert!(got == *payload, "frame {i}, offer {kind}: content");
+        }
+    }
 }

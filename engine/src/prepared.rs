@@ -8,7 +8,9 @@
 //! Variants: a connection that negotiated an extension changing the frame (permessage-deflate,
 //! one parameter set per variant) needs other bytes for the same message. Each variant is encoded
 //! at most once, lazily, by the first worker that needs it ([`PreparedMessage::variant`]), and
-//! shared the same way as the plain frame.
+//! shared the same way as the plain frame. The engine compresses a prepared message once per
+//! sending window among its recipients (key: the window bits, see [`deflate_key`]), unless it is
+//! shorter than `deflate.min_size` or made with [`PreparedMessage::uncompressed`].
 
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +25,12 @@ pub type VariantKey = u64;
 /// The plain frame's key.
 pub const PLAIN: VariantKey = 0;
 
+/// The key of the permessage-deflate variant compressed (without context takeover) for a sending
+/// window of `window_bits` (8..=15): connections sending with the same window share it.
+pub fn deflate_key(window_bits: u8) -> VariantKey {
+    VariantKey::from(window_bits)
+}
+
 /// A message encoded once, shared by every connection it is sent to. Cheap to clone (a reference
 /// count); `Send + Sync`.
 #[derive(Clone)]
@@ -36,6 +44,8 @@ struct Inner {
     plain: Bytes,
     /// Where the payload starts in `plain`.
     header_len: u8,
+    /// May be compressed for connections that negotiated permessage-deflate.
+    compressible: bool,
     /// Other encodings, computed on first use (few: one per negotiated parameter set).
     variants: Mutex<Vec<(VariantKey, Bytes)>>,
 }
@@ -53,6 +63,17 @@ impl PreparedMessage {
     /// Encodes `payload` as one unfragmented frame of `kind`. Text is not re-validated here: use
     /// [`text`](Self::text) for a `&str`.
     pub fn new(kind: MessageKind, payload: &[u8]) -> Self {
+        Self::build(kind, payload, true)
+    }
+
+    /// The same as [`new`](Self::new), but always sent uncompressed, whatever the connections
+    /// negotiated: the per-message opt-out (already compressed data, or secrets that must not be
+    /// compressed along with attacker-controlled data).
+    pub fn uncompressed(kind: MessageKind, payload: &[u8]) -> Self {
+        Self::build(kind, payload, false)
+    }
+
+    fn build(kind: MessageKind, payload: &[u8], compressible: bool) -> Self {
         let header = FrameHeader {
             fin: true,
             rsv: 0,
@@ -73,6 +94,7 @@ impl PreparedMessage {
                 kind,
                 plain: Bytes::from(frame),
                 header_len: n as u8,
+                compressible,
                 variants: Mutex::new(Vec::new()),
             }),
         }
@@ -96,6 +118,22 @@ impl PreparedMessage {
     /// The payload (as sent without extensions).
     pub fn payload(&self) -> &[u8] {
         &self.inner.plain[usize::from(self.inner.header_len)..]
+    }
+
+    /// Whether the message may be sent compressed (not made with
+    /// [`uncompressed`](Self::uncompressed)).
+    pub fn compressible(&self) -> bool {
+        self.inner.compressible
+    }
+
+    /// How many variants besides the plain frame have been encoded so far (e.g. one per distinct
+    /// permessage-deflate window among the connections it was sent to).
+    pub fn variant_count(&self) -> usize {
+        self.inner
+            .variants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// The plain frame (header and payload), shared.
@@ -160,6 +198,7 @@ mod tests {
         });
         let b = m.variant(7, |_, _| unreachable!("cached"));
         assert_eq!(calls, 1);
+        assert_eq!(m.variant_count(), 1);
         assert_eq!(a.as_ptr(), b.as_ptr());
         assert_eq!(m.variant(PLAIN, |_, _| unreachable!()), m.frame());
     }

@@ -41,19 +41,28 @@ impl<D> WorkerCtx<D> {
     /// Queues a shared frame on one connection, applying the backpressure policy (the frame's
     /// length counts toward the buffered amount like any other bytes).
     fn send_shared(&mut self, id: ConnId, msg: &PreparedMessage) -> SendStatus {
-        let frame = msg.frame();
-        let Some(c) = self.conns.get_mut(id) else {
+        let Some(c) = self.conns.get(id) else {
             return SendStatus::Closed;
         };
         if c.flags & CLIENT != 0 {
             // An outgoing connection masks every frame with its own key: the shared (unmasked)
-            // frame cannot go out as is, so the payload is framed for it alone.
-            let op = msg.kind().opcode();
-            return self.send_frame(id, op, msg.payload(), true, false);
+            // frame cannot go out as is, so the payload is framed (and compressed, when
+            // negotiated) for it alone.
+            return self.send_message(id, msg.kind(), msg.payload(), msg.compressible());
         }
         if !c.has(CAN_SEND) {
             return SendStatus::Closed;
         }
+        // permessage-deflate: the variant compressed for this connection's sending window, once
+        // per message and window; otherwise the plain frame.
+        let variant = match c.deflate {
+            Some(_) => self.shared_variant(id, msg),
+            None => None,
+        };
+        let frame = variant.as_ref().unwrap_or(msg.frame());
+        let Some(c) = self.conns.get_mut(id) else {
+            return SendStatus::Closed;
+        };
         let limit = self.cfg.max_backpressure;
         let queued = c.queue.len();
         if queued > 0 && queued.saturating_add(frame.len()) > limit {
@@ -70,9 +79,14 @@ impl<D> WorkerCtx<D> {
                 }
             }
         }
-        // The plain frame; a connection with a negotiated extension would pick its variant here
-        // (`PreparedMessage::variant`).
         c.queue.push_shared(frame);
+        if variant.is_some() {
+            // The peer's inflater now holds a message our window does not (it was compressed
+            // without our context): forget ours so later messages stay decodable.
+            if let Some(st) = c.deflate.as_deref_mut() {
+                st.sent_independent();
+            }
+        }
         let over = c.queue.len() > limit;
         if over {
             c.flags |= OVER;

@@ -10,8 +10,10 @@
 use super::{Conn, Worker, WorkerCtx};
 use crate::handler::{Handler, SendStatus};
 use crate::handshake::{deflate_negotiation::negotiate, Request};
+use crate::prepared::{deflate_key, PreparedMessage};
 use crate::proto::{
-    DeflateConfig, DeflatePool, DeflateState, Error, Message, MessageKind, Role, RSV1,
+    compress_variant, DeflateConfig, DeflatePool, DeflateState, Error, FrameHeader, Message,
+    MessageKind, Role, Variant, MAX_HEADER_LEN, RSV1,
 };
 use crate::ServerConfig;
 
@@ -51,6 +53,32 @@ impl Compression {
             Box::new(DeflateState::new(n.params, Role::Server)),
             n.response,
         ))
+    }
+
+    /// The frame of `payload` compressed for `variant` without context takeover (RSV1, unmasked),
+    /// or an empty vector when it does not shrink (and `min_size` is not 0): send the plain frame.
+    fn prepare(&mut self, kind: MessageKind, payload: &[u8], variant: Variant) -> Vec<u8> {
+        let mut body = std::mem::take(&mut self.deflated);
+        compress_variant(payload, variant, &mut self.pool, &mut body);
+        let frame = if self.cfg.min_size > 0 && body.len() >= payload.len() {
+            Vec::new()
+        } else {
+            let header = FrameHeader {
+                fin: true,
+                rsv: RSV1,
+                opcode: kind.opcode(),
+                mask: None,
+                len: body.len() as u64,
+            };
+            let mut head = [0u8; MAX_HEADER_LEN];
+            let n = header.encode(&mut head);
+            let mut frame = Vec::with_capacity(n + body.len());
+            frame.extend_from_slice(&head[..n]);
+            frame.extend_from_slice(&body);
+            frame
+        };
+        Self::keep(&mut self.deflated, body);
+        frame
     }
 
     fn keep(slot: &mut Vec<u8>, mut buf: Vec<u8>) {
@@ -125,6 +153,27 @@ impl<H: Handler> Worker<H> {
 }
 
 impl<D> WorkerCtx<D> {
+    /// The frame to send `msg` with on a server-role connection `id` that negotiated
+    /// permessage-deflate: its compressed variant for the connection's sending window (compressed by
+    /// the first worker that needs it, shared from then on). `None`: the plain frame (no compression
+    /// negotiated, the message opted out, is under `min_size` or does not shrink).
+    pub(super) fn shared_variant(
+        &mut self,
+        id: crate::ConnId,
+        msg: &PreparedMessage,
+    ) -> Option<bytes::Bytes> {
+        let st = self.conns.get(id)?.deflate.as_deref()?;
+        let comp = &mut self.compression;
+        if !msg.compressible() || msg.payload().len() < comp.cfg.min_size {
+            return None;
+        }
+        let variant = st.variant();
+        let frame = msg.variant(deflate_key(variant.window_bits), |kind, payload| {
+            comp.prepare(kind, payload, variant)
+        });
+        (!frame.is_empty()).then_some(frame)
+    }
+
     /// Sends a data message, compressed when the connection negotiated permessage-deflate, `compress`
     /// allows it and the message is at least `min_size` bytes. Backpressure applies to what goes on
     /// the wire (the compressed bytes).
