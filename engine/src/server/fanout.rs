@@ -12,7 +12,7 @@ use crate::handler::SendStatus;
 use crate::prepared::PreparedMessage;
 use crate::server::config::BackpressurePolicy;
 use crate::server::handle::ConnHandle;
-use crate::server::mailbox::Command;
+use crate::server::mailbox::{topic_bucket, Command, Interest};
 use crate::server::registry::ConnId;
 use crate::server::topics::TopicTable;
 use crate::server::Shared;
@@ -119,7 +119,8 @@ impl<D> WorkerCtx<D> {
     }
 
     /// Sends `msg` to every subscriber of `topic` on every worker: this worker's subscribers now,
-    /// the other workers' through one mailbox command each.
+    /// the other workers' through one mailbox command each (only to workers that may have
+    /// subscribers of `topic`).
     pub fn publish(&mut self, topic: &str, msg: &PreparedMessage) {
         self.deliver(topic, msg);
         self.fanout
@@ -139,6 +140,13 @@ impl<D> WorkerCtx<D> {
         }
     }
 
+    /// This worker's topic interest, which publishers on any thread read.
+    fn interest(&self) -> &Interest {
+        &self.fanout.shared.mailboxes[self.index].interest
+    }
+
+    /// Subscribes `id` to `topic`; true if it was not subscribed. The caller counts a new
+    /// subscription in the worker's [`Interest`] (unless a handle counted it already).
     fn subscribe_id(&mut self, id: ConnId, topic: &str) -> bool {
         let Some(c) = self.conns.get_mut(id) else {
             return false;
@@ -151,10 +159,14 @@ impl<D> WorkerCtx<D> {
     }
 
     fn unsubscribe_id(&mut self, id: ConnId, topic: &str) -> bool {
-        match self.conns.get(id) {
+        let removed = match self.conns.get(id) {
             Some(c) if c.has(LINKED) => self.fanout.topics.unsubscribe(id, topic),
             _ => false,
+        };
+        if removed {
+            self.interest().sub(topic_bucket(topic));
         }
+        removed
     }
 
     /// The connection is closed (or gone): drops its subscriptions and fails its handles.
@@ -162,7 +174,10 @@ impl<D> WorkerCtx<D> {
         if let Some(c) = self.conns.get_mut(id) {
             if c.has(LINKED) {
                 c.flags &= !LINKED;
-                self.fanout.topics.unlink(id);
+                let interest = &self.fanout.shared.mailboxes[self.index].interest;
+                self.fanout
+                    .topics
+                    .unlink(id, |name| interest.sub(topic_bucket(name)));
             }
         }
     }
@@ -199,7 +214,10 @@ impl<D> WorkerCtx<D> {
                 let _ = self.start_close(id, code, &reason);
             }
             Command::Subscribe { id, topic } => {
-                self.subscribe_id(id, &topic);
+                // The handle counted it when posting: taken back unless it is a new subscription.
+                if !self.subscribe_id(id, &topic) {
+                    self.interest().sub(topic_bucket(&topic));
+                }
             }
             Command::Unsubscribe { id, topic } => {
                 self.unsubscribe_id(id, &topic);
@@ -226,7 +244,11 @@ impl<D> Conn<'_, D> {
     /// reach it). Returns false if it already was subscribed. Subscriptions end with the
     /// connection.
     pub fn subscribe(&mut self, topic: &str) -> bool {
-        self.ctx.subscribe_id(self.id, topic)
+        let new = self.ctx.subscribe_id(self.id, topic);
+        if new {
+            self.ctx.interest().add(topic_bucket(topic));
+        }
+        new
     }
 
     /// Unsubscribes this connection from `topic`; false if it was not subscribed.

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::mailbox::Command;
+use super::mailbox::{topic_bucket, Command};
 use super::registry::ConnId;
 use super::{ServerHandle, Shared};
 use crate::prepared::PreparedMessage;
@@ -46,20 +46,25 @@ impl Shared {
         });
     }
 
-    /// Posts a publish to every worker but `except` (one command per worker, whatever the number
-    /// of subscribers).
+    /// Posts a publish to every worker but `except` that may have subscribers of `topic` (one
+    /// command per such worker, whatever the number of subscribers; see [`Interest`]).
+    ///
+    /// [`Interest`]: super::mailbox::Interest
     pub(crate) fn publish_except(&self, except: Option<usize>, topic: &str, msg: &PreparedMessage) {
-        let topic: Arc<str> = Arc::from(topic);
-        for w in 0..self.mailboxes.len() {
-            if Some(w) != except {
-                self.post(
-                    w,
-                    Command::Publish {
-                        topic: Arc::clone(&topic),
-                        msg: msg.clone(),
-                    },
-                );
+        let bucket = topic_bucket(topic);
+        let mut name: Option<Arc<str>> = None;
+        for (w, mailbox) in self.mailboxes.iter().enumerate() {
+            if Some(w) == except || !mailbox.interest.may_want(bucket) {
+                continue;
             }
+            let topic = Arc::clone(name.get_or_insert_with(|| Arc::from(topic)));
+            self.post(
+                w,
+                Command::Publish {
+                    topic,
+                    msg: msg.clone(),
+                },
+            );
         }
     }
 
@@ -162,12 +167,22 @@ impl ConnHandle {
         })
     }
 
-    /// Subscribes the connection to `topic`.
+    /// Subscribes the connection to `topic`. A publish to `topic` made after this call returns
+    /// (from this thread, or one ordered after it) reaches the connection.
     pub fn subscribe(&self, topic: &str) -> Result<(), HandleError> {
-        self.post(Command::Subscribe {
+        // Counted before the command is posted, so that publishes see it at once; the worker takes
+        // it back if the subscribe is a no-op (see `Interest`).
+        let interest = &self.shared.mailboxes[self.worker as usize].interest;
+        let bucket = topic_bucket(topic);
+        interest.add(bucket);
+        let posted = self.post(Command::Subscribe {
             id: self.id,
             topic: Arc::from(topic),
-        })
+        });
+        if posted.is_err() {
+            interest.sub(bucket);
+        }
+        posted
     }
 
     /// Unsubscribes the connection from `topic`.
@@ -239,5 +254,75 @@ impl ServerHandle {
         Publisher {
             shared: Arc::clone(&self.shared),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    use super::*;
+    use crate::driver::Waker;
+
+    fn shared(workers: usize) -> Arc<Shared> {
+        let wakers = (0..workers)
+            .map(|_| {
+                // SAFETY: eventfd takes no pointers; the result is checked before use.
+                let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+                assert!(fd >= 0);
+                // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+                Waker::EventFd(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }))
+            })
+            .collect::<Vec<_>>();
+        Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            mailboxes: (0..workers).map(|_| Default::default()).collect(),
+            wakers,
+        })
+    }
+
+    fn drain(s: &Shared, w: usize) -> Vec<Command> {
+        s.mailboxes[w].disarm();
+        std::iter::from_fn(|| s.mailboxes[w].pop()).collect()
+    }
+
+    #[test]
+    fn publishes_skip_workers_without_interest() {
+        let s = shared(3);
+        let msg = PreparedMessage::text("x");
+        let publisher = Publisher {
+            shared: Arc::clone(&s),
+        };
+        publisher.publish("room/1", &msg).unwrap();
+        for w in 0..3 {
+            assert!(drain(&s, w).is_empty(), "worker {w} has no subscribers");
+        }
+        // A handle's subscribe counts at once: the publish right after it is posted behind it.
+        let handle = ConnHandle {
+            shared: Arc::clone(&s),
+            worker: 1,
+            id: ConnId::new(7, 0),
+            alive: Arc::new(AtomicBool::new(true)),
+        };
+        handle.subscribe("room/1").unwrap();
+        publisher.publish("room/1", &msg).unwrap();
+        assert!(drain(&s, 0).is_empty());
+        assert!(drain(&s, 2).is_empty());
+        let got = drain(&s, 1);
+        assert!(matches!(
+            &got[..],
+            [Command::Subscribe { .. }, Command::Publish { .. }]
+        ));
+        // Publishing from worker 1 itself posts nowhere (it delivers its own subscribers).
+        s.publish_except(Some(1), "room/1", &msg);
+        assert!((0..3).all(|w| drain(&s, w).is_empty()));
+        // Once the subscription ends (the worker subtracts), publishes skip worker 1 again.
+        s.mailboxes[1].interest.sub(topic_bucket("room/1"));
+        publisher.publish("room/1", &msg).unwrap();
+        assert!((0..3).all(|w| drain(&s, w).is_empty()));
+        // A subscribe refused at the handle (connection closed) leaves no count behind.
+        handle.alive.store(false, Ordering::Release);
+        assert_eq!(handle.subscribe("room/1"), Err(HandleError::Closed));
+        assert!(!s.mailboxes[1].interest.may_want(topic_bucket("room/1")));
     }
 }

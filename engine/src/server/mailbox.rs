@@ -6,9 +6,11 @@
 //! before draining, so a command pushed during the drain either is drained or wakes it again.
 //!
 //! The same per-worker block carries the figures other threads may read (relaxed atomics, stored
-//! by the worker once per loop turn): connection count and dropped messages.
+//! by the worker once per loop turn): connection count and dropped messages; and the worker's
+//! topic [`Interest`], so that a publish skips workers with no subscriber of its topic.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_queue::SegQueue;
@@ -46,6 +48,64 @@ pub(crate) enum Command {
     },
 }
 
+/// Buckets of a worker's [`Interest`] (4 bytes each).
+const INTEREST_BUCKETS: usize = 256;
+
+/// Which bucket of an [`Interest`] counts `topic`'s subscriptions.
+pub(crate) fn topic_bucket(topic: &str) -> usize {
+    let mut h = std::hash::DefaultHasher::new();
+    topic.hash(&mut h);
+    (h.finish() % INTEREST_BUCKETS as u64) as usize
+}
+
+/// A counting filter of one worker's subscriptions, read by publishers on any thread: a publish
+/// posts to a worker only if the bucket of its topic is non-zero. Topics that share a bucket cost
+/// a needless post (the worker finds no subscriber), never a lost message.
+///
+/// The count of a bucket covers every subscription on the worker to a topic of that bucket, plus
+/// every `Subscribe` command still in its mailbox: a [`ConnHandle`](crate::server::ConnHandle)
+/// adds one before it posts, so a publish from the same thread right after the subscribe reaches
+/// the worker (in order, behind the subscribe); the worker takes it back if the subscribe turns out
+/// a no-op. The worker subtracts one per subscription that ends.
+pub(crate) struct Interest([AtomicU32; INTEREST_BUCKETS]);
+
+impl Default for Interest {
+    fn default() -> Self {
+        Interest(std::array::from_fn(|_| AtomicU32::new(0)))
+    }
+}
+
+impl std::fmt::Debug for Interest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let used = self
+            .0
+            .iter()
+            .filter(|b| b.load(Ordering::Relaxed) != 0)
+            .count();
+        write!(f, "Interest({used} of {INTEREST_BUCKETS} buckets)")
+    }
+}
+
+impl Interest {
+    /// One more subscription (or pending subscribe) in `bucket`.
+    pub(crate) fn add(&self, bucket: usize) {
+        // Relaxed: a publisher that must see it is ordered after this store by the caller's own
+        // synchronisation (program order on the same thread, or a happens-before edge).
+        self.0[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One subscription (or pending subscribe) in `bucket` fewer.
+    pub(crate) fn sub(&self, bucket: usize) {
+        let before = self.0[bucket].fetch_sub(1, Ordering::Relaxed);
+        debug_assert!(before > 0, "interest bucket {bucket} underflow");
+    }
+
+    /// Whether a topic of `bucket` may have subscribers on this worker.
+    pub(crate) fn may_want(&self, bucket: usize) -> bool {
+        self.0[bucket].load(Ordering::Relaxed) != 0
+    }
+}
+
 /// One worker's end for other threads. Padded: workers' counters do not share cache lines.
 #[derive(Debug, Default)]
 pub(crate) struct Mailbox {
@@ -56,6 +116,8 @@ pub(crate) struct Mailbox {
     pub(crate) connections: AtomicUsize,
     /// Messages dropped under backpressure so far, stored by the worker each loop turn.
     pub(crate) dropped: AtomicU64,
+    /// The worker's subscriptions by topic bucket.
+    pub(crate) interest: Interest,
 }
 
 impl Mailbox {

@@ -107,8 +107,9 @@ impl TopicTable {
         }
     }
 
-    /// The connection is closed: every subscription goes and its handles fail from now on.
-    pub(crate) fn unlink(&mut self, id: ConnId) {
+    /// The connection is closed: every subscription goes (`ended` is told each topic's name) and
+    /// its handles fail from now on.
+    pub(crate) fn unlink(&mut self, id: ConnId, mut ended: impl FnMut(&str)) {
         let Some(links) = self.links.remove(&id) else {
             return;
         };
@@ -116,6 +117,7 @@ impl TopicTable {
             alive.store(false, Ordering::Release);
         }
         for &(t, pos) in &links.topics {
+            ended(&self.topics[t as usize].name);
             self.detach(t, pos);
         }
     }
@@ -178,7 +180,7 @@ mod tests {
             check(&t);
         }
         for &id in ids.iter().step_by(4) {
-            t.unlink(id);
+            t.unlink(id, |_| {});
             check(&t);
         }
         let mut left: Vec<_> = t.subscribers("all").to_vec();
@@ -189,7 +191,7 @@ mod tests {
             .collect();
         assert_eq!(left, want);
         for &id in &ids {
-            t.unlink(id);
+            t.unlink(id, |_| {});
         }
         assert_eq!(t.topic_count(), 0);
         assert!(t.links.is_empty() && t.by_name.is_empty());
