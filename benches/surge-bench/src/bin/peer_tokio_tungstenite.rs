@@ -1,7 +1,9 @@
 //! A peer for side-by-side runs: an echo server written the usual way over tokio-tungstenite (a task
-//! per connection). `peer-tokio-tungstenite --port P --workers N`.
+//! per connection), as in the crate's own echo-server example: the data messages of the read half
+//! are forwarded into the write half, which flushes only when no more input is ready, so pipelined
+//! messages go out several per write. `peer-tokio-tungstenite --port P --workers N`.
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{future, StreamExt, TryStreamExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -33,20 +35,16 @@ fn main() -> std::io::Result<()> {
                     max_message_size: Some(16 << 20),
                     ..Default::default()
                 };
-                let Ok(mut ws) =
-                    tokio_tungstenite::accept_async_with_config(stream, Some(cfg)).await
+                let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(cfg)).await
                 else {
                     return;
                 };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        if ws.send(msg).await.is_err() {
-                            break;
-                        }
-                    } else if msg.is_close() {
-                        break;
-                    }
-                }
+                let (write, read) = ws.split();
+                // Pings are answered and the close echoed by tungstenite itself.
+                let _ = read
+                    .try_filter(|msg| future::ready(msg.is_text() || msg.is_binary()))
+                    .forward(write)
+                    .await;
             });
         }
     })
