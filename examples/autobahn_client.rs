@@ -83,7 +83,7 @@ impl Handler for Runner {
         }
     }
 
-    fn on_close(&mut self, _phase: Phase, _info: &CloseInfo<'_>) {
+    fn on_close(&mut self, _worker: &mut WorkerCtx<Phase>, _phase: Phase, _info: &CloseInfo<'_>) {
         self.busy = false;
     }
 

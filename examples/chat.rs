@@ -13,7 +13,6 @@
 //! Ctrl-C (SIGINT) or SIGTERM closes every connection with 1001 and exits.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use surge::{
     Accept, CloseInfo, Conn, Handler, Message, PreparedMessage, Rejection, Request, Server,
@@ -23,14 +22,8 @@ use surge::{
 /// The one room's topic.
 const ROOM: &str = "room";
 
-/// The application timer that announces departures (`on_close` has no access to the worker).
-const LEAVE_TIMER: u64 = 1;
-
 struct Chat {
     next_guest: u64,
-    timer_started: bool,
-    /// Nicknames that left since the last announcement.
-    left: Vec<String>,
 }
 
 impl Chat {
@@ -76,11 +69,6 @@ impl Handler for Chat {
     }
 
     fn on_open(&mut self, conn: &mut Conn<'_, String>) {
-        if !self.timer_started {
-            self.timer_started = true;
-            conn.worker()
-                .set_interval(Duration::from_millis(200), LEAVE_TIMER);
-        }
         conn.subscribe(ROOM);
         // Server-wide, as of each worker's last loop turn.
         let here = conn.worker().publisher().connection_count().max(1);
@@ -96,14 +84,9 @@ impl Handler for Chat {
         Self::broadcast(conn.worker(), &line);
     }
 
-    fn on_close(&mut self, nick: String, _info: &CloseInfo<'_>) {
-        self.left.push(nick);
-    }
-
-    fn on_timer(&mut self, worker: &mut WorkerCtx<String>, _id: u64) {
-        for nick in std::mem::take(&mut self.left) {
-            Self::broadcast(worker, &format!("* {nick} left"));
-        }
+    fn on_close(&mut self, worker: &mut WorkerCtx<String>, nick: String, _info: &CloseInfo<'_>) {
+        // Its subscription has ended with it: the others hear it.
+        Self::broadcast(worker, &format!("* {nick} left"));
     }
 }
 
@@ -160,11 +143,7 @@ fn main() -> std::io::Result<()> {
 
     // Block SIGINT and SIGTERM in every thread (workers inherit the mask), and take them here.
     let signals = block_signals();
-    let handle = Server::new(cfg).start(|_worker| Chat {
-        next_guest: 0,
-        timer_started: false,
-        left: Vec::new(),
-    })?;
+    let handle = Server::new(cfg).start(|_worker| Chat { next_guest: 0 })?;
     println!(
         "chat on http://{0}/ (WebSocket at ws://{0}/ws)",
         handle.local_addr()

@@ -101,7 +101,7 @@ impl Handler for Scripted {
         }
     }
 
-    fn on_close(&mut self, sent: usize, info: &CloseInfo<'_>) {
+    fn on_close(&mut self, _worker: &mut WorkerCtx<usize>, sent: usize, info: &CloseInfo<'_>) {
         assert_eq!(sent, self.script.len(), "closed before the script's end");
         let _ = self.tx.send(Ev::Done { code: info.code.0 });
     }

@@ -123,7 +123,17 @@ impl Handler for Fan {
             let _ = conn.send_text("unsubscribed");
         }
     }
-    fn on_close(&mut self, path: String, info: &CloseInfo<'_>) {
+    fn on_close(
+        &mut self,
+        worker: &mut surge::WorkerCtx<String>,
+        path: String,
+        info: &CloseInfo<'_>,
+    ) {
+        if path == "/a" {
+            // The worker is reachable from on_close; the closed connection no longer is.
+            assert!(worker.conn(info.id).is_none());
+            worker.publish(TOPIC, &PreparedMessage::text("a left"));
+        }
         self.0.closed.lock().unwrap().push((path, info.code.0));
     }
 }
@@ -507,15 +517,19 @@ fn handles_to_closed_connections_fail_cleanly(backend: Backend) {
     assert_eq!(ha.send_text("late"), Err(HandleError::Closed));
     assert_eq!(ha.close(CloseCode::NORMAL, ""), Err(HandleError::Closed));
     assert_eq!(ha.subscribe(TOPIC), Err(HandleError::Closed));
-    // b is unaffected, and can be closed through its handle.
+    // b is unaffected (and heard of a's departure, published from on_close), and can be closed
+    // through its handle.
     hb.send_text("still here").unwrap();
+    let mut heard_left = false;
     loop {
         let t = text(&b.expect_frame());
         if t == "still here" {
             break;
         }
-        assert_eq!(t, "ping");
+        heard_left |= t == "a left";
+        assert!(t == "ping" || t == "a left", "{t}");
     }
+    assert!(heard_left, "on_close published to the topic");
     hb.close(CloseCode::NORMAL, "bye").unwrap();
     let close = b.read_until_close().unwrap();
     assert_eq!(close.close_code().unwrap(), (1000, "bye".to_owned()));

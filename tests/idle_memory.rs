@@ -185,7 +185,7 @@ impl Handler for Counter {
     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
         let _ = conn.send(msg);
     }
-    fn on_close(&mut self, _data: (), _info: &CloseInfo<'_>) {
+    fn on_close(&mut self, _worker: &mut surge::WorkerCtx<()>, _data: (), _info: &CloseInfo<'_>) {
         self.closed.fetch_add(1, Ordering::SeqCst);
     }
 }

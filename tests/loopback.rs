@@ -149,7 +149,7 @@ impl Handler for TestHandler {
         }
     }
 
-    fn on_close(&mut self, _data: String, info: &CloseInfo<'_>) {
+    fn on_close(&mut self, _worker: &mut WorkerCtx<String>, _data: String, info: &CloseInfo<'_>) {
         self.stats
             .closes
             .lock()

@@ -88,7 +88,7 @@ impl Handler for Echo {
     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
         let _ = conn.send(msg);
     }
-    fn on_close(&mut self, _data: (), _info: &CloseInfo<'_>) {
+    fn on_close(&mut self, _worker: &mut surge::WorkerCtx<()>, _data: (), _info: &CloseInfo<'_>) {
         self.0.closed.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -59,6 +59,9 @@ impl<D> Accept<D> {
 /// How a connection ended, given to [`Handler::on_close`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CloseInfo<'a> {
+    /// The connection's id on its worker (no longer valid: kept to match it with what the
+    /// application keyed by id, such as handles or its own tables).
+    pub id: ConnId,
     /// The peer's close code (1005 when its close frame had none), the code of the protocol error
     /// the connection was failed with (1002, 1007, 1009), or 1006 when it ended without a close
     /// frame (reset, EOF, timeout).
@@ -145,9 +148,16 @@ pub trait Handler: 'static {
     }
 
     /// The connection is over for the application: exactly once per `on_open`. The close handshake
-    /// and the TCP shutdown may still be finishing.
-    fn on_close(&mut self, data: Self::Data, info: &CloseInfo<'_>) {
-        let _ = (data, info);
+    /// and the TCP shutdown may still be finishing. `worker` reaches the other connections, topics,
+    /// timers and `connect` (to announce a departure, or to reconnect); this connection is no longer
+    /// among them (`worker.conn(info.id)` is `None`).
+    fn on_close(
+        &mut self,
+        worker: &mut WorkerCtx<Self::Data>,
+        data: Self::Data,
+        info: &CloseInfo<'_>,
+    ) {
+        let _ = (worker, data, info);
     }
 
     /// The buffered amount fell under the backpressure limit after being over it.

@@ -225,7 +225,7 @@ impl Handler for Load {
         }
     }
 
-    fn on_close(&mut self, _data: Data, _info: &CloseInfo<'_>) {
+    fn on_close(&mut self, _worker: &mut WorkerCtx<Data>, _data: Data, _info: &CloseInfo<'_>) {
         if self.shared.phase.load(Ordering::Relaxed) != PHASE_STOP {
             self.shared.closed.fetch_add(1, Ordering::Relaxed);
         }

@@ -1138,11 +1138,12 @@ impl<H: Handler> Worker<H> {
         c.flags &= !CAN_SEND;
         if let Some(data) = c.data.take() {
             let info = CloseInfo {
+                id,
                 code,
                 reason,
                 by_peer,
             };
-            self.handler.on_close(data, &info);
+            self.handler.on_close(&mut self.ctx, data, &info);
         }
     }
 
