@@ -7,10 +7,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::{Conn, WorkerCtx, CAN_SEND, CLIENT, LINKED, OVER};
+use super::{Conn, WorkerCtx, CAN_SEND, CLIENT, LINKED};
 use crate::handler::SendStatus;
 use crate::prepared::PreparedMessage;
-use crate::server::config::BackpressurePolicy;
 use crate::server::handle::ConnHandle;
 use crate::server::mailbox::{topic_bucket, Command, Interest};
 use crate::server::registry::ConnId;
@@ -63,21 +62,8 @@ impl<D> WorkerCtx<D> {
         let Some(c) = self.conns.get_mut(id) else {
             return SendStatus::Closed;
         };
-        let limit = self.cfg.max_backpressure;
-        let queued = c.queue.len();
-        if queued > 0 && queued.saturating_add(frame.len()) > limit {
-            c.flags |= OVER;
-            match self.cfg.backpressure_policy {
-                BackpressurePolicy::Drop => {
-                    c.dropped = c.dropped.saturating_add(1);
-                    self.dropped += 1;
-                    return SendStatus::Dropped;
-                }
-                BackpressurePolicy::Close(code) => {
-                    let _ = self.start_close(id, code, "backpressure limit");
-                    return SendStatus::Closed;
-                }
-            }
+        if c.would_pass(frame.len(), self.cfg.max_backpressure) {
+            return self.refuse_over_limit(id);
         }
         c.queue.push_shared(frame);
         if variant.is_some() {
@@ -87,19 +73,7 @@ impl<D> WorkerCtx<D> {
                 st.sent_independent();
             }
         }
-        let over = c.queue.len() > limit;
-        if over {
-            c.flags |= OVER;
-        }
-        self.mark_dirty(id);
-        if over {
-            if let BackpressurePolicy::Close(code) = self.cfg.backpressure_policy {
-                let _ = self.start_close(id, code, "backpressure limit");
-            }
-            SendStatus::Backpressure
-        } else {
-            SendStatus::Sent
-        }
+        self.queued(id)
     }
 
     /// Writes `msg` to this worker's subscribers of `topic` (queued now, flushed at the end of the

@@ -144,6 +144,13 @@ impl<D> Connection<D> {
     fn has(&self, flag: u8) -> bool {
         self.flags & flag != 0
     }
+
+    /// Whether `len` more bytes would take a non-empty write queue past `limit` (the
+    /// backpressure policy's test: a message is never refused on an empty queue).
+    fn would_pass(&self, len: usize, limit: usize) -> bool {
+        let queued = self.queue.len();
+        queued > 0 && queued.saturating_add(len) > limit
+    }
 }
 
 /// What a wheel entry is for.
@@ -408,21 +415,8 @@ impl<D> WorkerCtx<D> {
         if !c.has(CAN_SEND) {
             return SendStatus::Closed;
         }
-        let limit = self.cfg.max_backpressure;
-        let queued = c.queue.len();
-        if !exempt && queued > 0 && queued.saturating_add(payload.len()) > limit {
-            c.flags |= OVER;
-            match self.cfg.backpressure_policy {
-                BackpressurePolicy::Drop => {
-                    c.dropped = c.dropped.saturating_add(1);
-                    self.dropped += 1;
-                    return SendStatus::Dropped;
-                }
-                BackpressurePolicy::Close(code) => {
-                    let _ = self.start_close(id, code, "backpressure limit");
-                    return SendStatus::Closed;
-                }
-            }
+        if !exempt && c.would_pass(payload.len(), self.cfg.max_backpressure) {
+            return self.refuse_over_limit(id);
         }
         let mut out = QueueOutput {
             queue: &mut c.queue,
@@ -457,10 +451,41 @@ impl<D> WorkerCtx<D> {
         if result.is_err() {
             return SendStatus::Invalid;
         }
-        let over = c.queue.len() > limit;
-        if over {
-            c.flags |= OVER;
+        self.queued(id)
+    }
+
+    /// The backpressure policy for a message that `id`'s write queue refuses (see
+    /// `Connection::would_pass`): marks the connection over the limit, then drops the message
+    /// (counted) or starts the close, as the policy says.
+    fn refuse_over_limit(&mut self, id: ConnId) -> SendStatus {
+        let Some(c) = self.conns.get_mut(id) else {
+            return SendStatus::Closed;
+        };
+        c.flags |= OVER;
+        match self.cfg.backpressure_policy {
+            BackpressurePolicy::Drop => {
+                c.dropped = c.dropped.saturating_add(1);
+                self.dropped += 1;
+                SendStatus::Dropped
+            }
+            BackpressurePolicy::Close(code) => {
+                let _ = self.start_close(id, code, "backpressure limit");
+                SendStatus::Closed
+            }
         }
+    }
+
+    /// Ends a send that queued bytes on `id`: marks it for flushing and, when its write queue is
+    /// now past the limit, marks it over and applies the `Close` policy (`Drop` only refuses
+    /// later messages). `Backpressure` when over the limit, else `Sent`.
+    fn queued(&mut self, id: ConnId) -> SendStatus {
+        let over = match self.conns.get_mut(id) {
+            Some(c) if c.queue.len() > self.cfg.max_backpressure => {
+                c.flags |= OVER;
+                true
+            }
+            _ => false,
+        };
         self.mark_dirty(id);
         if over {
             if let BackpressurePolicy::Close(code) = self.cfg.backpressure_policy {
