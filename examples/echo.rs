@@ -16,6 +16,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use surge::proto::DeflateMode;
+use surge::signal::ShutdownSignals;
 use surge::{Accept, Backend, Conn, Handler, Message, Request, Server, ServerConfig, Upgrade};
 
 struct Echo;
@@ -78,7 +79,7 @@ fn main() -> std::io::Result<()> {
     cfg.origin = surge::handshake::OriginPolicy::AllowAll;
 
     // Block SIGINT and SIGTERM in every thread (workers inherit the mask), and take them here.
-    let signals = block_signals();
+    let signals = ShutdownSignals::block();
     let handle = Server::new(cfg).start(|_worker| Echo)?;
     println!(
         "listening on {} (backend {})",
@@ -86,31 +87,9 @@ fn main() -> std::io::Result<()> {
         handle.backend()
     );
     let trigger = handle.trigger();
-    std::thread::spawn(move || {
-        wait_signal(&signals);
+    signals.on_signal(move || {
         eprintln!("shutting down");
         trigger.shutdown();
     });
     handle.join()
-}
-
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it and sigaddset/pthread_sigmask read
-    // and write only that set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-fn wait_signal(set: &libc::sigset_t) {
-    let mut sig = 0;
-    // SAFETY: `set` is an initialised signal set and `sig` a valid place for the result.
-    unsafe {
-        libc::sigwait(set, &mut sig);
-    }
 }

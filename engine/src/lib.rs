@@ -17,6 +17,7 @@ pub mod handshake;
 pub mod prepared;
 pub mod proto;
 pub mod server;
+pub mod signal;
 
 pub use handler::{Accept, CloseInfo, Handler, SendStatus, Upgrade};
 pub use handshake::{Rejection, Request};
