@@ -2,6 +2,9 @@
 //! Server and client run in this process over loopback TCP (or Unix socket pairs); every read has a
 //! deadline, so a broken connection fails a test instead of hanging it.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -10,6 +13,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::encode_frame;
 use surge::blocking::{
     format_close_message, is_close_error, is_unexpected_close_error, CloseCode, CloseError, Conn,
     DeflateMode, Dialer, Error, Generic, MessageType, PreparedMessage, Upgrader,
@@ -664,22 +668,11 @@ fn handshake_timeout_drops_a_silent_client() {
     });
 }
 
-/// A masked client frame, built by hand.
-fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-    let key = [0x11, 0x22, 0x33, 0x44];
-    let mut f = vec![(u8::from(fin) << 7) | opcode];
-    assert!(payload.len() < 126);
-    f.push(0x80 | payload.len() as u8);
-    f.extend_from_slice(&key);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    f
-}
-
 #[test]
 fn bytes_after_the_request_belong_to_the_connection() {
     bounded(|| {
         let mut bytes = request("", "GET", "13");
-        bytes.extend(client_frame(1, true, b"early"));
+        bytes.extend(encode_frame(true, 0, 1, b"early"));
         let (resp, result) = raw_upgrade(Upgrader::default(), &bytes);
         assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
         let mut conn = result.unwrap();
@@ -1178,7 +1171,7 @@ fn invalid_compressed_data_closes_with_1007() {
         ))
         .unwrap();
         // RSV1 + text, payload not deflate (a reserved block type).
-        let mut frame = client_frame(1, true, b"\xff\xff\xff");
+        let mut frame = encode_frame(true, 0, 1, b"\xff\xff\xff");
         frame[0] |= 0x40;
         s.write_all(&frame).unwrap();
         let mut got = Vec::new();
@@ -1238,16 +1231,8 @@ fn dialer_fails_on_a_bad_deflate_response() {
 
 #[test]
 fn python_websockets_compressed_against_the_upgrader() {
-    let python = ["/tmp/kvenv/bin/python3", "python3"]
-        .into_iter()
-        .find(|py| {
-            std::process::Command::new(py)
-                .args(["-c", "import websockets"])
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-    let Some(python) = python else {
+    let Some(python) = support::python_with_websockets(&["/tmp/kvenv/bin/python3", "python3"])
+    else {
         println!("SKIPPED: python3 with the `websockets` package not found");
         return;
     };

@@ -1,7 +1,11 @@
 //! The engine's client (`WorkerCtx::connect`, `Client`): against the engine's server on both
-//! drivers (generated once per driver by `per_driver!`, as in tests/uring.rs), against a
+//! drivers (generated once per driver by `per_driver!` of tests/support), against a
 //! tungstenite server, a refused upgrade, the handshake timeout, a refused connect and source
 //! address binding.
+
+#[macro_use]
+#[path = "support/mod.rs"]
+mod support;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -13,23 +17,6 @@ use surge::{
     Accept, Backend, Client, CloseCode, CloseInfo, Conn, ConnId, ConnectError, ConnectRequest,
     Handler, Message, Rejection, Request, Server, ServerConfig, ServerHandle, Upgrade, WorkerCtx,
 };
-
-macro_rules! per_driver {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $(#[test] fn $name() { super::$name(surge::Backend::Epoll) })*
-        }
-        mod io_uring {
-            $(#[test] fn $name() {
-                if let Err(why) = surge::Backend::io_uring_support() {
-                    eprintln!("SKIPPED {}: io_uring unavailable: {why}", stringify!($name));
-                    return;
-                }
-                super::$name(surge::Backend::IoUring)
-            })*
-        }
-    };
-}
 
 per_driver!(
     echo_against_the_engine_server,

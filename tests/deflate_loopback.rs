@@ -14,6 +14,7 @@
 //!
 //! Run without `SURGE_BACKEND` set: that variable overrides the configured backend.
 
+#[macro_use]
 #[path = "support/mod.rs"]
 mod support;
 
@@ -58,25 +59,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// Generates `mod epoll { #[test] fn name() }` and `mod io_uring { #[test] fn name() }` for
-/// each `fn name(backend: Backend)` listed.
-macro_rules! per_driver {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $(#[test] fn $name() { super::$name(surge::Backend::Epoll) })*
-        }
-        mod io_uring {
-            $(#[test] fn $name() {
-                if let Err(why) = surge::Backend::io_uring_support() {
-                    eprintln!("SKIPPED {}: io_uring unavailable: {why}", stringify!($name));
-                    return;
-                }
-                super::$name(surge::Backend::IoUring)
-            })*
-        }
-    };
-}
 
 per_driver!(
     python_websockets_compressed_echo,
@@ -134,22 +116,9 @@ fn chat(i: usize) -> String {
 
 // ---- Python websockets ----------------------------------------------------------------------
 
-fn python() -> Option<&'static str> {
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python3");
-    let has_websockets = |py: &str| {
-        std::process::Command::new(py)
-            .args(["-c", "import websockets"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    ["python3", venv, "/tmp/kvenv/bin/python3"]
-        .into_iter()
-        .find(|p| has_websockets(p))
-}
-
 fn python_websockets_compressed_echo(backend: Backend) {
-    let Some(python) = python() else {
+    let candidates = ["python3", support::VENV_PYTHON, "/tmp/kvenv/bin/python3"];
+    let Some(python) = support::python_with_websockets(&candidates) else {
         println!("SKIPPED: python3 with the `websockets` package not found (.ci/run installs it)");
         return;
     };

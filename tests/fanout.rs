@@ -1,5 +1,5 @@
 //! Fanout (issue 7): topics across workers, prepared messages, cross-thread handles, slow
-//! consumers. Every test runs once per driver (`per_driver!`, as in tests/uring.rs).
+//! consumers. Every test runs once per driver (`per_driver!` of tests/support).
 //!
 //! - 10k subscribers over 2 workers (clients in a child process: 20,000 descriptors per process)
 //!   receive every message published from a non-worker thread, in order.
@@ -15,6 +15,7 @@
 //!
 //! Run without `SURGE_BACKEND` set: that variable overrides the configured backend.
 
+#[macro_use]
 #[path = "support/mod.rs"]
 mod support;
 
@@ -29,23 +30,6 @@ use surge::{
     Accept, Backend, BackpressurePolicy, CloseCode, CloseInfo, Conn, ConnHandle, HandleError,
     Handler, Message, PreparedMessage, Request, Server, ServerConfig, ServerHandle, Upgrade,
 };
-
-macro_rules! per_driver {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $(#[test] fn $name() { super::$name(surge::Backend::Epoll) })*
-        }
-        mod io_uring {
-            $(#[test] fn $name() {
-                if let Err(why) = surge::Backend::io_uring_support() {
-                    eprintln!("SKIPPED {}: io_uring unavailable: {why}", stringify!($name));
-                    return;
-                }
-                super::$name(surge::Backend::IoUring)
-            })*
-        }
-    };
-}
 
 per_driver!(
     ten_thousand_subscribers_over_two_workers_get_every_message_in_order,

@@ -814,15 +814,7 @@ fn python_websockets_client() {
         env!("CARGO_MANIFEST_DIR"),
         "/../tests/python/client_checks.py"
     );
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python3");
-    let has_websockets = |py: &str| {
-        std::process::Command::new(py)
-            .args(["-c", "import websockets"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let Some(python) = ["python3", venv].into_iter().find(|p| has_websockets(p)) else {
+    let Some(python) = support::python_with_websockets(&["python3", support::VENV_PYTHON]) else {
         println!("SKIPPED: python3 with the `websockets` package not found (.ci/run installs it)");
         return;
     };

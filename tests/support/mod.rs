@@ -500,6 +500,20 @@ fn read_head(s: &mut TcpStream) -> String {
     String::from_utf8(head).unwrap()
 }
 
+/// `.venv`'s python3 (where `.ci/run` installs `websockets`).
+pub const VENV_PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python3");
+
+/// The first of `candidates` (interpreter names or paths) that can `import websockets`.
+pub fn python_with_websockets(candidates: &[&'static str]) -> Option<&'static str> {
+    candidates.iter().copied().find(|py| {
+        Command::new(py)
+            .args(["-c", "import websockets"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
 thread_local! {
     /// The driver the current test runs on (set by `per_driver!`).
     static BACKEND: std::cell::Cell<surge::Backend> = const { std::cell::Cell::new(surge::Backend::Auto) };
@@ -510,15 +524,34 @@ pub fn backend() -> surge::Backend {
     BACKEND.with(|b| b.get())
 }
 
-/// Runs `test` with [`backend`] set to `driver`.
-pub fn run_on(driver: surge::Backend, test: fn()) {
-    BACKEND.with(|b| b.set(driver));
-    test()
+/// A test that `per_driver!` runs: a `fn()` that reads the driver from [`backend`], or a
+/// `fn(Backend)` that is handed it (`Args` tells the two apart).
+pub trait DriverTest<Args> {
+    fn run(self, driver: surge::Backend);
 }
 
-/// Generates `epoll::name` and `io_uring::name` tests for each `fn name()` listed; the function reads
-/// the driver from [`backend`]. io_uring versions are skipped, with a line saying why, where the
-/// kernel refuses io_uring. Run without `SURGE_BACKEND`, which would override both.
+impl<F: FnOnce()> DriverTest<()> for F {
+    fn run(self, _driver: surge::Backend) {
+        self()
+    }
+}
+
+impl<F: FnOnce(surge::Backend)> DriverTest<(surge::Backend,)> for F {
+    fn run(self, driver: surge::Backend) {
+        self(driver)
+    }
+}
+
+/// Runs `test` with [`backend`] set to `driver`.
+pub fn run_on<Args>(driver: surge::Backend, test: impl DriverTest<Args>) {
+    BACKEND.with(|b| b.set(driver));
+    test.run(driver)
+}
+
+/// Generates `epoll::name` and `io_uring::name` tests for each `fn name()` or
+/// `fn name(backend: Backend)` listed; the first kind reads the driver from [`backend`]. io_uring
+/// versions are skipped, with a line saying why, where the kernel refuses io_uring. Run without
+/// `SURGE_BACKEND`, which would override both.
 #[allow(unused_macros)] // not every test binary runs per driver
 macro_rules! per_driver {
     ($($name:ident),* $(,)?) => {
