@@ -12,7 +12,7 @@ use std::fmt;
 use base64::Engine as _;
 
 use super::extensions::{ExtensionList, Extensions};
-use super::fields::{describe_syntax_error, header_spans, Fields, HeaderIter};
+use super::fields::{header_spans, parse_head, Fields, HeaderIter};
 use super::response::{header, push_decimal};
 use super::{accept_key, Span, DEFAULT_MAX_HEAD_SIZE, MAX_HEADERS, WEBSOCKET_VERSION};
 
@@ -343,19 +343,11 @@ pub fn parse_response(
 ) -> Result<ResponseStatus, ClientHandshakeError> {
     use ClientHandshakeError as E;
     let limit = expected.max_response_size.min(u32::MAX as usize);
-    let window = &buf[..buf.len().min(limit)];
     let mut raw_headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut raw = httparse::Response::new(&mut raw_headers);
-    let consumed = match raw.parse(window) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > limit => {
-            return Err(E::ResponseTooLarge { limit })
-        }
-        Ok(httparse::Status::Partial) => return Ok(ResponseStatus::Partial),
-        Err(httparse::Error::TooManyHeaders) => return Err(E::TooManyHeaders),
-        Err(e) => return Err(E::Malformed(describe_syntax_error(e))),
+    let Some((head, consumed)) = parse_head(buf, limit, |w| raw.parse(w))? else {
+        return Ok(ResponseStatus::Partial);
     };
-    let head = std::str::from_utf8(&window[..consumed]).map_err(|_| E::NotUtf8)?;
     let headers = header_spans(head, raw.headers);
     let fields = Fields {
         text: head,

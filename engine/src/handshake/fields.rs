@@ -76,6 +76,66 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// Why a header block was refused before its fields were read; the request's and the response's
+/// errors each have a variant for every one of these.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum HeadError {
+    /// The block goes past the limit, complete or not.
+    TooLarge { limit: usize },
+    /// More fields than `MAX_HEADERS`.
+    TooManyHeaders,
+    /// Not HTTP/1.x syntax: what `httparse` objected to.
+    Malformed(&'static str),
+    /// The block is not valid UTF-8.
+    NotUtf8,
+}
+
+impl From<HeadError> for super::HandshakeError {
+    fn from(e: HeadError) -> Self {
+        match e {
+            HeadError::TooLarge { limit } => Self::RequestTooLarge { limit },
+            HeadError::TooManyHeaders => Self::TooManyHeaders,
+            HeadError::Malformed(why) => Self::Malformed(why),
+            HeadError::NotUtf8 => Self::NotUtf8,
+        }
+    }
+}
+
+impl From<HeadError> for super::client::ClientHandshakeError {
+    fn from(e: HeadError) -> Self {
+        match e {
+            HeadError::TooLarge { limit } => Self::ResponseTooLarge { limit },
+            HeadError::TooManyHeaders => Self::TooManyHeaders,
+            HeadError::Malformed(why) => Self::Malformed(why),
+            HeadError::NotUtf8 => Self::NotUtf8,
+        }
+    }
+}
+
+/// Reads the header block at the start of `buf` with `parse` (an `httparse` request's or
+/// response's), never looking past `limit` bytes: a longer block is refused however it ends, and
+/// bytes beyond a complete block belong to the WebSocket stream. The block's text and length;
+/// `None` while it is not complete. The answer depends only on the first `limit` bytes and on
+/// whether there are more.
+pub(crate) fn parse_head<'b>(
+    buf: &'b [u8],
+    limit: usize,
+    parse: impl FnOnce(&'b [u8]) -> httparse::Result<usize>,
+) -> Result<Option<(&'b str, usize)>, HeadError> {
+    let window = &buf[..buf.len().min(limit)];
+    let consumed = match parse(window) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > limit => {
+            return Err(HeadError::TooLarge { limit })
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(e) => return Err(HeadError::Malformed(describe_syntax_error(e))),
+    };
+    let head = std::str::from_utf8(&window[..consumed]).map_err(|_| HeadError::NotUtf8)?;
+    Ok(Some((head, consumed)))
+}
+
 /// The (name, trimmed value) spans of the headers `httparse` found in `head`.
 pub(crate) fn header_spans(head: &str, raw: &[httparse::Header<'_>]) -> Vec<(Span, Span)> {
     let bytes = head.as_bytes();
@@ -119,7 +179,7 @@ impl<'a> Iterator for HeaderIter<'a> {
 impl ExactSizeIterator for HeaderIter<'_> {}
 
 /// What `httparse` objected to, in words.
-pub(crate) fn describe_syntax_error(e: httparse::Error) -> &'static str {
+fn describe_syntax_error(e: httparse::Error) -> &'static str {
     use httparse::Error::*;
     match e {
         HeaderName => "invalid header name",

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use base64::Engine as _;
 
 use super::extensions::{ExtensionList, Extensions};
-use super::fields::{describe_syntax_error, header_spans, Fields, HeaderIter};
+use super::fields::{header_spans, parse_head, Fields, HeaderIter};
 use super::{HandshakeConfig, HandshakeError, Span, MAX_HEADERS, WEBSOCKET_VERSION};
 
 /// What [`parse_request`] made of the bytes so far.
@@ -47,21 +47,11 @@ pub enum ParseStatus {
 /// `Partial`.
 pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<ParseStatus, HandshakeError> {
     let limit = cfg.max_request_size.min(u32::MAX as usize);
-    // Never look past the limit: a longer header block is refused however it ends, and bytes
-    // beyond a complete block belong to the WebSocket stream.
-    let window = &buf[..buf.len().min(limit)];
     let mut raw_headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut raw = httparse::Request::new(&mut raw_headers);
-    let consumed = match raw.parse(window) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > limit => {
-            return Err(HandshakeError::RequestTooLarge { limit })
-        }
-        Ok(httparse::Status::Partial) => return Ok(ParseStatus::Partial),
-        Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooManyHeaders),
-        Err(e) => return Err(HandshakeError::Malformed(describe_syntax_error(e))),
+    let Some((head, consumed)) = parse_head(buf, limit, |w| raw.parse(w))? else {
+        return Ok(ParseStatus::Partial);
     };
-    let head = std::str::from_utf8(&window[..consumed]).map_err(|_| HandshakeError::NotUtf8)?;
     let bytes = head.as_bytes();
     // httparse hands out sub-slices of the buffer; keep their positions instead of copies.
     let method = Span::within(bytes, raw.method.unwrap_or(&head[..0]).as_bytes());
