@@ -2,6 +2,9 @@
 //! hyper 1 upgrade, as in the crate's own echo example (a task per connection, messages reassembled
 //! by `FragmentCollector`). `peer-fastwebsockets --port P --workers N`.
 
+#[path = "../server_args.rs"]
+mod server_args;
+
 use fastwebsockets::{upgrade, FragmentCollector, OpCode, WebSocketError};
 use http_body_util::Empty;
 use hyper::body::{Bytes, Incoming};
@@ -33,18 +36,9 @@ async fn upgrade(mut req: Request<Incoming>) -> Result<Response<Empty<Bytes>>, W
 }
 
 fn main() -> std::io::Result<()> {
-    let mut port = 9001u16;
-    let mut workers = 1usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().expect("flag value");
-        match flag.as_str() {
-            "--port" => port = value.parse().expect("port"),
-            "--workers" => workers = value.parse().expect("workers"),
-            "--busy-poll-us" | "--backend" => {}
-            other => panic!("unknown flag {other}"),
-        }
-    }
+    // Flags the harness passes to every server, meaningless here.
+    let (port, workers) =
+        server_args::parse(1, |flag, _| matches!(flag, "--busy-poll-us" | "--backend"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()

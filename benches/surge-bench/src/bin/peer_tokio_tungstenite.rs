@@ -3,23 +3,17 @@
 //! are forwarded into the write half, which flushes only when no more input is ready, so pipelined
 //! messages go out several per write. `peer-tokio-tungstenite --port P --workers N`.
 
+#[path = "../server_args.rs"]
+mod server_args;
+
 use futures_util::{future, StreamExt, TryStreamExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 fn main() -> std::io::Result<()> {
-    let mut port = 9001u16;
-    let mut workers = 1usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().expect("flag value");
-        match flag.as_str() {
-            "--port" => port = value.parse().expect("port"),
-            "--workers" => workers = value.parse().expect("workers"),
-            "--busy-poll-us" | "--backend" => {}
-            other => panic!("unknown flag {other}"),
-        }
-    }
+    // Flags the harness passes to every server, meaningless here.
+    let (port, workers) =
+        server_args::parse(1, |flag, _| matches!(flag, "--busy-poll-us" | "--backend"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()

@@ -4,6 +4,9 @@
 //! subscriber's task writes what its channel yields. `peer-tokio-tungstenite-broadcast --port P
 //! --workers N`.
 
+#[path = "../server_args.rs"]
+mod server_args;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -18,18 +21,8 @@ type Registry = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>>;
 // The handshake callback's error type is tungstenite's (an HTTP response), not ours.
 #[allow(clippy::result_large_err)]
 fn main() -> std::io::Result<()> {
-    let mut port = 9001u16;
-    let mut workers = 1usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().expect("flag value");
-        match flag.as_str() {
-            "--port" => port = value.parse().expect("port"),
-            "--workers" => workers = value.parse().expect("workers"),
-            "--backend" => {}
-            other => panic!("unknown flag {other}"),
-        }
-    }
+    // A flag the harness passes to every server, meaningless here.
+    let (port, workers) = server_args::parse(1, |flag, _| matches!(flag, "--backend"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()

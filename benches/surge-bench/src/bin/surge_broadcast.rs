@@ -2,6 +2,9 @@
 //! binary message received on `/pub` is published to it (encoded once, shared by every
 //! subscriber on every worker). `surge-broadcast --port P --workers N [--backend B]`.
 
+#[path = "../server_args.rs"]
+mod server_args;
+
 use std::net::SocketAddr;
 
 use surge::{
@@ -33,17 +36,14 @@ impl Handler for Broadcast {
 
 fn main() -> std::io::Result<()> {
     let mut cfg = ServerConfig::default();
-    let mut port = 9001u16;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().expect("flag value");
-        match flag.as_str() {
-            "--port" => port = value.parse().expect("port"),
-            "--workers" => cfg.workers = value.parse().expect("workers"),
-            "--backend" => cfg.backend = value.parse::<Backend>().expect("backend"),
-            other => panic!("unknown flag {other}"),
+    let (port, workers) = server_args::parse(cfg.workers, |flag, value| match flag {
+        "--backend" => {
+            cfg.backend = value.parse::<Backend>().expect("backend");
+            true
         }
-    }
+        _ => false,
+    });
+    cfg.workers = workers;
     cfg.bind = vec![SocketAddr::from(([0, 0, 0, 0], port))];
     cfg.origin = surge::handshake::OriginPolicy::AllowAll;
     cfg.backlog = 4096;

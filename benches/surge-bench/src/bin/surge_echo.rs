@@ -2,6 +2,9 @@
 //! is measured the same way. `surge-echo --port P --workers N [--busy-poll-us US] [--backend B]
 //! [--deflate off|no-context|context]`.
 
+#[path = "../server_args.rs"]
+mod server_args;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -54,19 +57,14 @@ impl Handler for Echo {
 
 fn main() -> std::io::Result<()> {
     let mut cfg = ServerConfig::default();
-    let mut port = 9001u16;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().expect("flag value");
-        match flag.as_str() {
-            "--port" => port = value.parse().expect("port"),
-            "--workers" => cfg.workers = value.parse().expect("workers"),
+    let (port, workers) = server_args::parse(cfg.workers, |flag, value| {
+        match flag {
             "--busy-poll-us" => {
                 cfg.busy_poll = Some(Duration::from_micros(value.parse().expect("us")))
             }
             "--backend" => cfg.backend = value.parse::<Backend>().expect("backend"),
             "--deflate" => {
-                cfg.deflate.mode = match value.as_str() {
+                cfg.deflate.mode = match value {
                     "off" => surge::proto::DeflateMode::Disabled,
                     "no-context" => surge::proto::DeflateMode::NoContextTakeover,
                     "context" => surge::proto::DeflateMode::ContextTakeover {
@@ -76,9 +74,11 @@ fn main() -> std::io::Result<()> {
                     _ => panic!("--deflate off|no-context|context"),
                 }
             }
-            other => panic!("unknown flag {other}"),
+            _ => return false,
         }
-    }
+        true
+    });
+    cfg.workers = workers;
     cfg.bind = vec![SocketAddr::from(([127, 0, 0, 1], port))];
     cfg.origin = surge::handshake::OriginPolicy::AllowAll;
     let handle = Server::new(cfg).start(|_| Echo)?;
