@@ -266,11 +266,28 @@ impl<S: Stream> Shared<S> {
                 p.conn.send(o, kind, data, &p.cfg)
             });
         }
+        self.send_deflated(&mut out, &n, data, |p, o, payload, rsv| {
+            p.conn.send_with_rsv(o, kind, payload, &p.cfg, rsv)
+        })
+    }
+
+    /// Sends `data` through the compressor, with the `out` lock held (and its sticky error checked)
+    /// by the caller: compressed, with RSV1, when the compressor says so, else as it is.
+    /// `encode(proto, frames, payload, rsv)` frames the message. With context takeover the
+    /// compressor's window advances only once the message was encoded (a refused send leaves it as
+    /// it was).
+    fn send_deflated(
+        &self,
+        out: &mut OutSide<S>,
+        n: &Negotiated,
+        data: &[u8],
+        mut encode: impl FnMut(&mut ProtoSide, &mut FrameOut, &[u8], u8) -> Result<(), proto::SendError>,
+    ) -> Result<(), Error> {
         let level = out.level;
         let mut wd = out
             .deflate
             .take()
-            .unwrap_or_else(|| WriteDeflate::new(&n, self.role, level));
+            .unwrap_or_else(|| WriteDeflate::new(n, self.role, level));
         let mut cbuf = std::mem::take(&mut wd.buf);
         cbuf.clear();
         let result = if wd
@@ -278,8 +295,8 @@ impl<S: Stream> Shared<S> {
             .compress_pending(data, &n.cfg, &mut wd.pool, &mut cbuf)
         {
             let mut encoded = false;
-            let result = self.send_on(&mut out, None, &cbuf, |p, o| {
-                let r = p.conn.send_with_rsv(o, kind, &cbuf, &p.cfg, RSV1);
+            let result = self.send_on(out, None, &cbuf, |p, o| {
+                let r = encode(p, o, &cbuf, RSV1);
                 encoded = r.is_ok();
                 r
             });
@@ -288,9 +305,7 @@ impl<S: Stream> Shared<S> {
             }
             result
         } else {
-            self.send_on(&mut out, None, data, |p, o| {
-                p.conn.send(o, kind, data, &p.cfg)
-            })
+            self.send_on(out, None, data, |p, o| encode(p, o, data, 0))
         };
         if cbuf.capacity() <= MAX_KEPT_BUFFER {
             wd.buf = cbuf;
@@ -636,36 +651,9 @@ impl<S: Stream> MessageWriter<S> {
         if let Some(e) = &out.err {
             return Err(e.duplicate());
         }
-        let level = out.level;
-        let mut wd = out
-            .deflate
-            .take()
-            .unwrap_or_else(|| WriteDeflate::new(&n, shared.role, level));
-        let mut cbuf = std::mem::take(&mut wd.buf);
-        cbuf.clear();
-        let result = if wd
-            .state
-            .compress_pending(&data, &n.cfg, &mut wd.pool, &mut cbuf)
-        {
-            let mut encoded = false;
-            let result = shared.send_on(&mut out, None, &cbuf, |p, o| {
-                let r = p.conn.write_fragment_rsv(o, &cbuf, first, true, RSV1);
-                encoded = r.is_ok();
-                r
-            });
-            if encoded {
-                wd.state.commit(&data);
-            }
-            result
-        } else {
-            shared.send_on(&mut out, None, &data, |p, o| {
-                p.conn.write_fragment(o, &data, first, true)
-            })
-        };
-        if cbuf.capacity() <= MAX_KEPT_BUFFER {
-            wd.buf = cbuf;
-        }
-        out.deflate = Some(wd);
+        let result = shared.send_deflated(&mut out, &n, &data, |p, o, payload, rsv| {
+            p.conn.write_fragment_rsv(o, payload, first, true, rsv)
+        });
         drop(out);
         self.buf = if data.capacity() <= MAX_KEPT_BUFFER {
             data
