@@ -12,6 +12,9 @@
 //! Asks `/getCaseCount`, runs `/runCase?case=N&agent=AGENT` for each case, then
 //! `/updateReports?agent=AGENT` so the server writes its report.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -23,18 +26,6 @@ fn usage() -> ! {
          [--deflate off|no-context|context]"
     );
     std::process::exit(2)
-}
-
-fn deflate_mode(s: &str) -> Option<DeflateMode> {
-    Some(match s {
-        "off" => DeflateMode::Disabled,
-        "no-context" => DeflateMode::NoContextTakeover,
-        "context" => DeflateMode::ContextTakeover {
-            server_max_window_bits: 15,
-            client_max_window_bits: 15,
-        },
-        _ => return None,
-    })
 }
 
 /// Echoes every message until the server closes (or fails) the connection.
@@ -77,7 +68,7 @@ fn main() {
         match flag.as_str() {
             "--server" => server = value,
             "--agent" => agent = value,
-            "--deflate" => deflate = deflate_mode(&value).unwrap_or_else(|| usage()),
+            "--deflate" => deflate = common::deflate_mode(&value).unwrap_or_else(|| usage()),
             _ => usage(),
         }
     }

@@ -12,6 +12,9 @@
 //! reads while it writes: a client that sends a whole large message before reading anything (as the
 //! Autobahn fuzzer does) and a server that echoes as it reads both end up blocked in a write.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 
@@ -24,18 +27,6 @@ fn usage() -> ! {
          [--deflate off|no-context|context]"
     );
     std::process::exit(2)
-}
-
-fn deflate_mode(s: &str) -> Option<DeflateMode> {
-    Some(match s {
-        "off" => DeflateMode::Disabled,
-        "no-context" => DeflateMode::NoContextTakeover,
-        "context" => DeflateMode::ContextTakeover {
-            server_max_window_bits: 15,
-            client_max_window_bits: 15,
-        },
-        _ => return None,
-    })
 }
 
 /// Echoes each message as it streams in: frames go back out as the writer's buffer fills.
@@ -80,7 +71,7 @@ fn main() -> io::Result<()> {
             "--deflate" => {
                 deflate = args
                     .next()
-                    .and_then(|v| deflate_mode(&v))
+                    .and_then(|v| common::deflate_mode(&v))
                     .unwrap_or_else(|| usage())
             }
             _ => usage(),

@@ -13,9 +13,11 @@
 //! `--backend`); Ctrl-C (SIGINT) or SIGTERM closes every connection with
 //! 1001 and exits.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 
-use surge::proto::DeflateMode;
 use surge::signal::ShutdownSignals;
 use surge::{Accept, Backend, Conn, Handler, Message, Request, Server, ServerConfig, Upgrade};
 
@@ -41,19 +43,6 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
-/// `off`, `no-context` or `context` (context takeover with 15-bit windows).
-pub fn deflate_mode(s: &str) -> Option<DeflateMode> {
-    Some(match s {
-        "off" => DeflateMode::Disabled,
-        "no-context" => DeflateMode::NoContextTakeover,
-        "context" => DeflateMode::ContextTakeover {
-            server_max_window_bits: 15,
-            client_max_window_bits: 15,
-        },
-        _ => return None,
-    })
-}
-
 fn main() -> std::io::Result<()> {
     let mut cfg = ServerConfig::default();
     cfg.deflate.min_size = 0;
@@ -67,7 +56,9 @@ fn main() -> std::io::Result<()> {
             "--workers" => cfg.workers = value.parse().unwrap_or_else(|_| usage()),
             "--backend" => cfg.backend = value.parse::<Backend>().unwrap_or_else(|_| usage()),
             "--host" => host = value.parse().unwrap_or_else(|_| usage()),
-            "--deflate" => cfg.deflate.mode = deflate_mode(&value).unwrap_or_else(|| usage()),
+            "--deflate" => {
+                cfg.deflate.mode = common::deflate_mode(&value).unwrap_or_else(|| usage())
+            }
             "--deflate-min-size" => {
                 cfg.deflate.min_size = value.parse().unwrap_or_else(|_| usage())
             }
