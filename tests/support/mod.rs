@@ -1,7 +1,8 @@
-//! Helpers shared by the loopback and memory tests: a raw WebSocket client over `TcpStream` (to
-//! send what well-behaved clients never send), HTTP status reads, and a client *process* that
-//! holds thousands of connections (the machine allows 20,000 descriptors per process, so 10k
-//! clients and 10k server sockets cannot share one).
+//! Helpers shared by the integration tests (a `#[path]` module of each that uses it): a raw
+//! WebSocket client over `TcpStream` (to send what well-behaved clients never send), HTTP status
+//! reads, a client *process* that holds thousands of connections (the machine allows 20,000
+//! descriptors per process, so 10k clients and 10k server sockets cannot share one), `per_driver!`
+//! and the Python `websockets` lookup.
 
 #![allow(dead_code)] // each test binary uses its own subset
 
