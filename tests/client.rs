@@ -22,6 +22,7 @@ per_driver!(
     echo_against_the_engine_server,
     refused_upgrade_reports_status,
     compressed_echo_against_the_engine_server,
+    reconnect_from_on_close_is_refused_during_shutdown,
 );
 
 /// What the client saw.
@@ -575,4 +576,65 @@ fn invalid_deflate_response_fails_the_connection() {
     peer.join().unwrap();
     client.shutdown();
     client.join().unwrap();
+}
+
+/// Reconnects from `on_close`; reports each connect attempt's outcome.
+struct Reconnecting {
+    url: String,
+    tx: Sender<Result<(), String>>,
+}
+
+impl Handler for Reconnecting {
+    type Data = ();
+    fn on_upgrade(&mut self, _req: &Request) -> Upgrade<()> {
+        Upgrade::Reject(Rejection::new(404, "client only"))
+    }
+    fn on_start(&mut self, worker: &mut WorkerCtx<()>) {
+        worker.connect(&ConnectRequest::new(&self.url), ()).unwrap();
+    }
+    fn on_open(&mut self, _conn: &mut Conn<'_, ()>) {
+        let _ = self.tx.send(Ok(()));
+    }
+    fn on_message(&mut self, _conn: &mut Conn<'_, ()>, _msg: Message<'_>) {}
+    fn on_close(&mut self, worker: &mut WorkerCtx<()>, _data: (), _info: &CloseInfo<'_>) {
+        let r = worker.connect(&ConnectRequest::new(&self.url), ());
+        let _ = self.tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+    }
+}
+
+/// A reconnect from `on_close` while the client shuts down is refused (it would otherwise hold
+/// the worker until the shutdown deadline and then be dropped without a callback).
+fn reconnect_from_on_close_is_refused_during_shutdown(backend: Backend) {
+    let server = server(backend);
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let url = format!("ws://{}/", server.local_addr());
+    let cfg = ServerConfig {
+        workers: 1,
+        backend,
+        shutdown_timeout: Duration::from_secs(30),
+        ..ServerConfig::default()
+    };
+    let client = Client::new(cfg)
+        .start(move |_| Reconnecting {
+            url: url.clone(),
+            tx: tx.lock().unwrap().clone(),
+        })
+        .unwrap();
+    assert_eq!(recv_any(&rx), Ok(()), "opened");
+    let started = Instant::now();
+    client.shutdown();
+    let refused = recv_any(&rx).expect_err("a reconnect during shutdown is refused");
+    assert!(refused.contains("shutting down"), "{refused}");
+    client.join().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the client stopped without waiting for its 30 s shutdown deadline"
+    );
+    server.shutdown();
+    server.join().unwrap();
+}
+
+fn recv_any<T>(rx: &Receiver<T>) -> T {
+    rx.recv_timeout(Duration::from_secs(30)).expect("event")
 }

@@ -58,6 +58,7 @@ impl<D> Accept<D> {
 
 /// How a connection ended, given to [`Handler::on_close`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CloseInfo<'a> {
     /// The connection's id on its worker (no longer valid: kept to match it with what the
     /// application keyed by id, such as handles or its own tables).
@@ -149,8 +150,10 @@ pub trait Handler: 'static {
 
     /// The connection is over for the application: exactly once per `on_open`. The close handshake
     /// and the TCP shutdown may still be finishing. `worker` reaches the other connections, topics,
-    /// timers and `connect` (to announce a departure, or to reconnect); this connection is no longer
-    /// among them (`worker.conn(info.id)` is `None`).
+    /// timers and `connect` (to announce a departure, or to reconnect; refused once the server is
+    /// shutting down). This connection is no longer open: `worker.conn(info.id)` is `None`, it is
+    /// not in `conn_ids`/`for_each_conn` and its subscriptions have ended (it is still counted by
+    /// `connection_count` until its close handshake and TCP shutdown are done).
     fn on_close(
         &mut self,
         worker: &mut WorkerCtx<Self::Data>,

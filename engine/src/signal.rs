@@ -16,12 +16,10 @@
 //! ```
 
 use std::fmt;
-use std::thread::JoinHandle;
 
 /// SIGINT and SIGTERM, blocked in the thread that called [`ShutdownSignals::block`] (and in the
 /// threads it starts afterwards, which inherit its signal mask), waiting to be taken with
 /// [`wait`](Self::wait) or [`on_signal`](Self::on_signal).
-#[derive(Clone, Copy)]
 pub struct ShutdownSignals {
     set: libc::sigset_t,
 }
@@ -34,33 +32,46 @@ impl ShutdownSignals {
         // SAFETY: sigset_t is plain data, and all zeroes is a valid value of it; sigemptyset
         // initialises it, and sigaddset and pthread_sigmask read and write only that set (the old
         // mask is not asked for: a null pointer).
-        unsafe {
+        let set = unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            ShutdownSignals { set }
-        }
+            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            // Fails only for an invalid `how`, which SIG_BLOCK is not.
+            assert_eq!(rc, 0, "pthread_sigmask");
+            set
+        };
+        ShutdownSignals { set }
     }
 
     /// Blocks until SIGINT or SIGTERM arrives (and takes it); the signal's number.
     pub fn wait(&self) -> i32 {
-        let mut sig = 0;
-        // SAFETY: `self.set` is an initialised signal set and `sig` a valid place for the result.
-        unsafe {
-            libc::sigwait(&self.set, &mut sig);
+        loop {
+            let mut sig = 0;
+            // SAFETY: `self.set` is an initialised signal set and `sig` a valid place for the
+            // result.
+            let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
+            // sigwait fails only for a set with an invalid signal (not ours); retry regardless
+            // rather than report a signal that never came.
+            if rc == 0 {
+                return sig;
+            }
         }
-        sig
     }
 
     /// Starts a thread that waits for SIGINT or SIGTERM, then runs `f` (typically
-    /// `ShutdownTrigger::shutdown`).
-    pub fn on_signal<F: FnOnce() + Send + 'static>(self, f: F) -> JoinHandle<()> {
+    /// `ShutdownTrigger::shutdown`). A second signal while the shutdown is under way ends the
+    /// process at once (exit status 128 + the signal's number), the usual force-quit of a second
+    /// Ctrl-C. The thread is detached: it lives until the process ends.
+    pub fn on_signal<F: FnOnce() + Send + 'static>(self, f: F) {
         std::thread::spawn(move || {
             self.wait();
             f();
-        })
+            let second = self.wait();
+            eprintln!("second signal {second}: exiting now");
+            std::process::exit(128 + second);
+        });
     }
 }
 

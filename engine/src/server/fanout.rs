@@ -199,6 +199,11 @@ impl<D> WorkerCtx<D> {
         }
     }
 
+    /// The server is shutting down (no new outgoing connections).
+    pub(crate) fn stopping(&self) -> bool {
+        self.fanout.shared.stop.load(Ordering::Acquire)
+    }
+
     /// Stores the figures other threads read (once per loop turn).
     pub(super) fn store_stats(&self) {
         let m = &self.fanout.shared.mailboxes[self.index];

@@ -168,7 +168,9 @@ impl ConnHandle {
     }
 
     /// Subscribes the connection to `topic`. A publish to `topic` made after this call returns
-    /// (from this thread, or one ordered after it) reaches the connection.
+    /// (from this thread, or one ordered after it) reaches the connection, except a publish from a
+    /// callback on the connection's own worker: the subscribe runs there when the worker drains its
+    /// mailbox, after the callback; in a callback, use [`Conn::subscribe`](crate::Conn::subscribe).
     pub fn subscribe(&self, topic: &str) -> Result<(), HandleError> {
         // Counted before the command is posted, so that publishes see it at once; the worker takes
         // it back if the subscribe is a no-op (see `Interest`).

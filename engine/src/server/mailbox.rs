@@ -48,8 +48,10 @@ pub(crate) enum Command {
     },
 }
 
-/// Buckets of a worker's [`Interest`] (4 bytes each).
-const INTEREST_BUCKETS: usize = 256;
+/// Buckets of a worker's [`Interest`] (4 bytes each: 16 KiB per worker). With `t` topics subscribed
+/// on a worker, a publish to one of none of them wakes it needlessly with odds 1 - (1 - 1/4096)^t:
+/// 2% at 100 topics, 14% at 625 (10k rooms over 16 workers).
+const INTEREST_BUCKETS: usize = 4096;
 
 /// Which bucket of an [`Interest`] counts `topic`'s subscriptions.
 pub(crate) fn topic_bucket(topic: &str) -> usize {
@@ -116,8 +118,9 @@ pub(crate) struct Mailbox {
     pub(crate) connections: AtomicUsize,
     /// Messages dropped under backpressure so far, stored by the worker each loop turn.
     pub(crate) dropped: AtomicU64,
-    /// The worker's subscriptions by topic bucket.
-    pub(crate) interest: Interest,
+    /// The worker's subscriptions by topic bucket (on cache lines of its own: publishers read it
+    /// while the worker stores the figures above every loop turn).
+    pub(crate) interest: crossbeam_utils::CachePadded<Interest>,
 }
 
 impl Mailbox {

@@ -347,9 +347,15 @@ impl<D> WorkerCtx<D> {
     /// `on_message` etc., or [`Handler::on_connect_error`] (with `data` back) if it never opens.
     ///
     /// Returns at once with the connection's id; an `Err` means nothing was started (bad URL,
-    /// unresolvable host, no descriptor left, source address not bindable, immediate refusal).
+    /// unresolvable host, no descriptor left, source address not bindable, immediate refusal, or
+    /// the server shutting down: a reconnect from `on_close` during shutdown is refused).
     /// The host is resolved here, blocking, unless it is an IP literal.
     pub fn connect(&mut self, req: &ConnectRequest, data: D) -> io::Result<ConnId> {
+        if self.stopping() {
+            // A reconnect from on_close or on_connect_error while the workers stop would keep
+            // the worker busy until the shutdown deadline.
+            return Err(io::Error::other("server shutting down"));
+        }
         let (host, port, path) = parse_url(&req.url)?;
         let addr = resolve(&host, port)?;
         let socket = start_connect(addr, req.source_addr, self.cfg.tcp_nodelay)?;
