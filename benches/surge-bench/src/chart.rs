@@ -29,7 +29,10 @@ pub fn draw(path: &Path, title: &str, results: &[EchoResult]) -> std::io::Result
     let root = root.titled(title, ("sans-serif", 20)).map_err(err)?;
     let (left, right) = root.split_horizontally(470);
     let n = results.len().max(1);
-    let names: Vec<&str> = results.iter().map(|r| r.system.as_str()).collect();
+    let names: Vec<&str> = results
+        .iter()
+        .map(|r| crate::uws::label(&r.system))
+        .collect();
 
     let top = results
         .iter()
@@ -123,7 +126,7 @@ pub fn draw(path: &Path, title: &str, results: &[EchoResult]) -> std::io::Result
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(err)?
-            .label(r.system.as_str())
+            .label(crate::uws::label(&r.system))
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });

@@ -15,7 +15,7 @@ use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
 
 use crate::load::{cpu_seconds, new_histogram};
-use crate::{free_port, ServerProc};
+use crate::{free_port, uws, ServerProc};
 
 #[derive(Parser, Debug, Clone)]
 pub struct EchoArgs {
@@ -23,7 +23,8 @@ pub struct EchoArgs {
     #[arg(long)]
     pub url: Option<String>,
     /// Systems, one after another: surge (auto backend), surge-epoll, surge-io_uring,
-    /// tokio-tungstenite, fastwebsockets.
+    /// tokio-tungstenite, fastwebsockets, uws (uWebSockets.js under node, one thread; skipped
+    /// unless installed with benches/peers/uws/setup.sh).
     #[arg(long, value_delimiter = ',', default_value = "surge")]
     pub systems: Vec<String>,
     /// Connections.
@@ -88,6 +89,12 @@ impl EchoResult {
     fn mb_per_s(&self) -> f64 {
         self.bytes as f64 / self.seconds / 1e6
     }
+    /// Server CPU microseconds per echoed message (user + system, all its threads).
+    pub fn server_us_per_msg(&self) -> Option<f64> {
+        self.server_cpu
+            .filter(|_| self.msgs > 0)
+            .map(|c| c * 1e6 / self.msgs as f64)
+    }
     pub fn us(&self, q: f64) -> f64 {
         let v = if q >= 1.0 {
             self.hist.max()
@@ -98,12 +105,8 @@ impl EchoResult {
     }
 }
 
-/// The server binary and flags of a system.
-fn server_for(
-    system: &str,
-    workers: usize,
-    port: u16,
-) -> std::io::Result<(&'static str, Vec<String>)> {
+/// Starts the server of a system (a child process printing `listening on ADDR`).
+fn spawn_server(system: &str, workers: usize, port: u16) -> std::io::Result<ServerProc> {
     let mut args = vec![
         "--port".to_owned(),
         port.to_string(),
@@ -118,9 +121,17 @@ fn server_for(
         }
         "tokio-tungstenite" => "peer-tokio-tungstenite",
         "fastwebsockets" => "peer-fastwebsockets",
+        uws::SYSTEM => {
+            if workers != 1 {
+                eprintln!(
+                    "[{system}] one thread (uWebSockets.js); --server-workers {workers} ignored"
+                );
+            }
+            return ServerProc::spawn_command(uws::spawn_command("echo.js", &args), system, false);
+        }
         other => return Err(std::io::Error::other(format!("unknown system {other}"))),
     };
-    Ok((binary, args))
+    ServerProc::spawn(binary, &args)
 }
 
 /// A load-generator child process.
@@ -411,9 +422,11 @@ pub fn run_all(args: &EchoArgs) -> std::io::Result<Vec<EchoResult>> {
         return Ok(results);
     }
     for system in &args.systems {
+        if uws::skip(system) {
+            continue;
+        }
         let port = free_port();
-        let (binary, sargs) = server_for(system, args.server_workers, port)?;
-        let server = ServerProc::spawn(binary, &sargs)?;
+        let server = spawn_server(system, args.server_workers, port)?;
         let r = measure(
             system,
             &format!("ws://{}/", server.addr),
@@ -439,7 +452,7 @@ fn print_row_header_once(done: &[EchoResult]) {
 
 fn print_header() {
     println!(
-        "{:<18} {:>7} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}",
+        "{:<18} {:>7} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>6}",
         "system",
         "conns",
         "msg/s",
@@ -450,14 +463,15 @@ fn print_header() {
         "max us",
         "cli cpu",
         "srv cpu",
+        "srv us/msg",
         "errors"
     );
 }
 
 fn print_row(r: &EchoResult) {
     println!(
-        "{:<18} {:>7} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>8} {:>6}",
-        r.system,
+        "{:<18} {:>7} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>8} {:>10} {:>6}",
+        uws::label(&r.system),
         r.opened,
         r.msgs_per_s(),
         r.mb_per_s(),
@@ -468,6 +482,8 @@ fn print_row(r: &EchoResult) {
         r.client_cpu / r.seconds,
         r.server_cpu
             .map_or("-".to_owned(), |c| format!("{:.2}", c / r.seconds)),
+        r.server_us_per_msg()
+            .map_or("-".to_owned(), |u| format!("{u:.2}")),
         r.errors
     );
 }
@@ -480,10 +496,14 @@ pub fn print_ratios(results: &[EchoResult]) {
         .collect();
     for s in results.iter().filter(|r| r.system.starts_with("surge")) {
         for p in &peers {
+            let cpu = match (s.server_us_per_msg(), p.server_us_per_msg()) {
+                (Some(a), Some(b)) if a > 0.0 => format!(", server CPU/msg {:.2}x", a / b),
+                _ => String::new(),
+            };
             println!(
-                "{} vs {}: {:.2}x msg/s, p99 {:.2}x ({})",
-                s.system,
-                p.system,
+                "{} vs {}: {:.2}x msg/s, p99 {:.2}x ({}){cpu}",
+                uws::label(&s.system),
+                uws::label(&p.system),
                 s.msgs_per_s() / p.msgs_per_s().max(1e-9),
                 s.us(0.99) / p.us(0.99).max(1e-9),
                 if s.us(0.99) <= p.us(0.99) {
@@ -508,7 +528,7 @@ pub fn write_json(
             format!(
                 "{{\"system\":\"{}\",\"connections\":{},\"msgs_per_s\":{:.1},\"mb_per_s\":{:.2},\
                  \"p50_us\":{:.2},\"p99_us\":{:.2},\"p999_us\":{:.2},\"max_us\":{:.2},\
-                 \"client_cpu\":{:.3},\"server_cpu\":{},\"errors\":{}}}",
+                 \"client_cpu\":{:.3},\"server_cpu\":{},\"server_us_per_msg\":{},\"errors\":{}}}",
                 r.system,
                 r.opened,
                 r.msgs_per_s(),
@@ -520,6 +540,8 @@ pub fn write_json(
                 r.client_cpu / r.seconds,
                 r.server_cpu
                     .map_or("null".to_owned(), |c| format!("{:.3}", c / r.seconds)),
+                r.server_us_per_msg()
+                    .map_or("null".to_owned(), |u| format!("{u:.3}")),
                 r.errors
             )
         })
@@ -606,13 +628,12 @@ pub fn idle(args: EchoArgs, hold: f64) -> std::io::Result<()> {
     };
     let mut rows = Vec::new();
     for system in systems {
+        if args.url.is_none() && uws::skip(&system) {
+            continue;
+        }
         let server = match &args.url {
             Some(_) => None,
-            None => {
-                let port = free_port();
-                let (binary, sargs) = server_for(&system, args.server_workers, port)?;
-                Some(ServerProc::spawn(binary, &sargs)?)
-            }
+            None => Some(spawn_server(&system, args.server_workers, free_port())?),
         };
         let url = match (&server, &args.url) {
             (Some(s), _) => format!("ws://{}/", s.addr),
@@ -650,7 +671,13 @@ pub fn idle(args: EchoArgs, hold: f64) -> std::io::Result<()> {
         );
         println!(
             "{:<18} {:>7} {:>10.2} {:>12.0} {:>12} {:>12} {:>12}",
-            row.0, row.1, row.2, row.3, row.4, row.5, row.6
+            uws::label(&row.0),
+            row.1,
+            row.2,
+            row.3,
+            row.4,
+            row.5,
+            row.6
         );
         if failed > 0 {
             println!("  ({failed} connections failed)");

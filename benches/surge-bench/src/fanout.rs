@@ -1,7 +1,8 @@
 //! `surge-bench fanout`: one publisher, N subscribers, rising publish rates; deliveries per second
 //! and publish-to-receive latency (the publish's scheduled time is in the payload: open loop), for
-//! surge (`surge-broadcast`, topics) and the usual tokio-tungstenite broadcast
-//! (`peer-tokio-tungstenite-broadcast`, a task and channel per subscriber) in the same run.
+//! surge (`surge-broadcast`, topics), the usual tokio-tungstenite broadcast
+//! (`peer-tokio-tungstenite-broadcast`, a task and channel per subscriber) and, when installed,
+//! uWebSockets.js's own pub/sub (`benches/peers/uws/broadcast.js`, one thread) in the same run.
 //!
 //! Subscribers live in child processes of this binary (`--client`, hidden), at most
 //! `--per-process` each, each process connecting from its own 127.0.1.x source address (the
@@ -25,7 +26,8 @@ pub struct FanoutArgs {
     /// Messages published per second, one step each.
     #[arg(long, value_delimiter = ',', default_value = "50,200,500,1000")]
     rates: Vec<u32>,
-    /// Systems: surge, tokio-tungstenite.
+    /// Systems: surge, tokio-tungstenite, uws (uWebSockets.js pub/sub under node, one thread;
+    /// skipped unless installed with benches/peers/uws/setup.sh).
     #[arg(long, value_delimiter = ',', default_value = "surge,tokio-tungstenite")]
     systems: Vec<String>,
     /// Payload bytes (at least 16: timestamp and sequence number).
@@ -75,11 +77,23 @@ pub fn run(args: FanoutArgs) -> std::io::Result<()> {
         args.size, args.duration, args.workers, args.subscribers, args.rates
     );
     println!(
-        "{:<18} {:>6} {:>6} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9}",
-        "system", "subs", "rate", "offered/s", "delivered/s", "lost%", "p50 us", "p99 us", "max us"
+        "{:<18} {:>6} {:>6} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "system",
+        "subs",
+        "rate",
+        "offered/s",
+        "delivered/s",
+        "lost%",
+        "p50 us",
+        "p99 us",
+        "max us",
+        "srv us/dlv"
     );
     for &n in &args.subscribers {
         for system in &args.systems {
+            if crate::uws::skip(system) {
+                continue;
+            }
             run_system(&args, system, n)?;
         }
     }
@@ -147,21 +161,24 @@ impl Drop for Proc {
 
 fn run_system(args: &FanoutArgs, system: &str, n: usize) -> std::io::Result<()> {
     let exe = std::env::current_exe()?;
-    let binary = match system {
-        "surge" => "surge-broadcast",
-        "tokio-tungstenite" => "peer-tokio-tungstenite-broadcast",
+    let sargs = [
+        "--port".to_owned(),
+        args.port.to_string(),
+        "--workers".to_owned(),
+        args.workers.to_string(),
+        "--backend".to_owned(),
+        args.backend.clone(),
+    ];
+    let mut cmd = match system {
+        "surge" => Command::new(crate::sibling("surge-broadcast")?),
+        "tokio-tungstenite" => Command::new(crate::sibling("peer-tokio-tungstenite-broadcast")?),
+        // One thread whatever --workers says (uWS pub/sub is per App, an App per thread).
+        crate::uws::SYSTEM => crate::uws::spawn_command("broadcast.js", &[]),
         other => return Err(std::io::Error::other(format!("unknown system {other}"))),
     };
-    let mut cmd = Command::new(crate::sibling(binary)?);
-    cmd.args([
-        "--port",
-        &args.port.to_string(),
-        "--workers",
-        &args.workers.to_string(),
-        "--backend",
-        &args.backend,
-    ]);
+    cmd.args(&sargs);
     let server = Proc::spawn(cmd)?;
+    let server_pid = server.child.id().to_string();
     server.wait_for("listening on", Duration::from_secs(10))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], args.port));
     let mut clients = Vec::new();
@@ -191,6 +208,7 @@ fn run_system(args: &FanoutArgs, system: &str, n: usize) -> std::io::Result<()> 
         std::thread::sleep(Duration::from_millis(100));
         let period_ns = 1_000_000_000 / u64::from(rate.max(1));
         let total = (args.duration * f64::from(rate)) as u64;
+        let cpu0 = crate::load::cpu_seconds(&server_pid);
         let start = mono_ns() + 1_000_000;
         let mut payload = vec![0u8; args.size];
         for i in 0..total {
@@ -215,6 +233,10 @@ fn run_system(args: &FanoutArgs, system: &str, n: usize) -> std::io::Result<()> 
         }
         // Let the tail arrive.
         std::thread::sleep(Duration::from_millis(1500));
+        let cpu = match (cpu0, crate::load::cpu_seconds(&server_pid)) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
         let mut hist = new_hist();
         let mut delivered = 0u64;
         for c in &mut clients {
@@ -238,8 +260,8 @@ fn run_system(args: &FanoutArgs, system: &str, n: usize) -> std::io::Result<()> 
         let offered = total * n as u64;
         let secs = args.duration;
         println!(
-            "{:<18} {:>6} {:>6} {:>12.0} {:>12.0} {:>9.2} {:>9} {:>9} {:>9}",
-            system,
+            "{:<18} {:>6} {:>6} {:>12.0} {:>12.0} {:>9.2} {:>9} {:>9} {:>9} {:>10}",
+            crate::uws::label(system),
             n,
             rate,
             offered as f64 / secs,
@@ -247,7 +269,13 @@ fn run_system(args: &FanoutArgs, system: &str, n: usize) -> std::io::Result<()> 
             100.0 * (offered.saturating_sub(delivered)) as f64 / offered.max(1) as f64,
             hist.value_at_quantile(0.5),
             hist.value_at_quantile(0.99),
-            hist.max()
+            hist.max(),
+            // Server CPU over the step and its tail, per message delivered.
+            cpu.filter(|_| delivered > 0)
+                .map_or("-".to_owned(), |c| format!(
+                    "{:.3}",
+                    c * 1e6 / delivered as f64
+                ))
         );
     }
     let _ = publisher.close(None);

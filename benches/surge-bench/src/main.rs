@@ -5,12 +5,14 @@
 //! - `latency`: one connection, a fixed message rate (open loop, latency measured from each message's
 //!   scheduled send time so that a slow reply is not hidden by the next send waiting for it), round
 //!   trip p50/p99/p99.9/max, per system. Systems: `surge` (blocking loop), `surge-busy` (busy-poll),
-//!   `tokio-tungstenite`, each a child process built from this crate; or `--url` for any server.
+//!   `tokio-tungstenite`, each a child process built from this crate, and `uws` (uWebSockets.js under
+//!   node, when installed: `uws.rs`); or `--url` for any server.
 
 mod chart;
 mod echo;
 mod fanout;
 mod load;
+mod uws;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -61,7 +63,8 @@ struct LatencyArgs {
     /// A server to measure (`ws://host:port/path`) instead of the built-in systems.
     #[arg(long)]
     url: Option<String>,
-    /// Systems to run, in order: surge, surge-busy, tokio-tungstenite.
+    /// Systems to run, in order: surge, surge-busy, tokio-tungstenite, uws (uWebSockets.js, when
+    /// installed: benches/peers/uws/setup.sh).
     #[arg(
         long,
         value_delimiter = ',',
@@ -135,9 +138,16 @@ pub(crate) fn sibling(binary: &str) -> std::io::Result<PathBuf> {
 impl ServerProc {
     fn spawn(binary: &str, args: &[String]) -> std::io::Result<ServerProc> {
         let path = sibling(binary)?;
-        let ours = binary == "surge-echo";
-        let mut child = Command::new(&path)
-            .args(args)
+        let mut cmd = Command::new(&path);
+        cmd.args(args);
+        ServerProc::spawn_command(cmd, binary, binary == "surge-echo")
+    }
+
+    /// Starts `cmd` (a server that prints `listening on ADDR` first); `ours`: surge-echo, which
+    /// answers `heap` on stdin.
+    fn spawn_command(mut cmd: Command, name: &str, ours: bool) -> std::io::Result<ServerProc> {
+        let program = cmd.get_program().to_owned();
+        let mut child = cmd
             .stdin(if ours { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -147,7 +157,7 @@ impl ServerProc {
                     e.kind(),
                     format!(
                         "{}: {e} (build it with cargo build --release -p surge-bench)",
-                        path.display()
+                        program.display()
                     ),
                 )
             })?;
@@ -159,7 +169,7 @@ impl ServerProc {
             .trim()
             .strip_prefix("listening on ")
             .and_then(|s| s.split_whitespace().next())
-            .ok_or_else(|| std::io::Error::other(format!("{binary} did not start: {line:?}")))?
+            .ok_or_else(|| std::io::Error::other(format!("{name} did not start: {line:?}")))?
             .to_owned();
         let io = match child.stdin.take() {
             Some(stdin) if ours => Some((stdin, stdout)),
@@ -295,6 +305,9 @@ fn latency(args: LatencyArgs) -> std::io::Result<()> {
         });
     } else {
         for system in &args.systems {
+            if uws::skip(system) {
+                continue;
+            }
             let port = free_port().to_string();
             let mut sargs = vec![
                 "--port".to_owned(),
@@ -309,9 +322,14 @@ fn latency(args: LatencyArgs) -> std::io::Result<()> {
                     "surge-echo"
                 }
                 "tokio-tungstenite" => "peer-tokio-tungstenite",
+                uws::SYSTEM => "",
                 other => return Err(std::io::Error::other(format!("unknown system {other}"))),
             };
-            let server = ServerProc::spawn(binary, &sargs)?;
+            let server = if system == uws::SYSTEM {
+                ServerProc::spawn_command(uws::spawn_command("echo.js", &sargs), system, false)?
+            } else {
+                ServerProc::spawn(binary, &sargs)?
+            };
             eprintln!(
                 "{system}: {} msg/s x {} B for {} s on {}",
                 args.rate, args.size, args.duration, server.addr
@@ -337,7 +355,7 @@ fn latency(args: LatencyArgs) -> std::io::Result<()> {
     for r in &results {
         println!(
             "{:<20} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10}",
-            r.system,
+            uws::label(&r.system),
             r.hist.len(),
             us(r.hist.value_at_quantile(0.5)),
             us(r.hist.value_at_quantile(0.99)),
@@ -399,6 +417,7 @@ fn main() -> std::io::Result<()> {
                     "surge-io_uring",
                     "tokio-tungstenite",
                     "fastwebsockets",
+                    uws::SYSTEM,
                 ]
                 .map(String::from)
                 .to_vec();
