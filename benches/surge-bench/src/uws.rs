@@ -106,11 +106,23 @@ pub fn command(script: &str, args: &[String]) -> (PathBuf, Vec<String>) {
     (node(), all)
 }
 
-/// `Command` for a script, with `SURGE_UWS_DIR` set for its loader.
+/// `Command` for a script, with `SURGE_UWS_DIR` set for its loader. The node process gets SIGKILL
+/// when the harness goes (node does not read its stdin, so nothing else would end it if the harness
+/// were killed before dropping it).
 pub fn spawn_command(script: &str, args: &[String]) -> Command {
+    use std::os::unix::process::CommandExt;
     let (program, args) = command(script, args);
     let mut cmd = Command::new(program);
     cmd.args(args).env("SURGE_UWS_DIR", install_dir());
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     cmd
 }
 
