@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! cargo run --release --example echo -- --port 9001 --workers 2 --backend auto --host 127.0.0.1 \
-//!     --deflate off|no-context|context
+//!     --deflate off|no-context|context --uring-recv multishot|poll
 //! ```
+//! `--uring-recv`: how io_uring connections receive (`ServerConfig::uring_recv`): a multishot
+//! receive each (the default), or a readiness poll then single-shot receives (`poll`: less kernel
+//! memory per idle connection).
 //! `--deflate`: permessage-deflate off (the default), without context takeover, or with context
 //! takeover (windows of 15 bits). `--deflate-min-size N`: messages under N bytes go uncompressed
 //! (default 0 here: every message is compressed; kosoku's Autobahn cases 12.x and 13.x fail with an
@@ -38,7 +41,8 @@ impl Handler for Echo {
 fn usage() -> ! {
     eprintln!(
         "usage: echo [--port 9001] [--workers N] [--backend auto|epoll|io_uring] [--host 127.0.0.1] \
-         [--deflate off|no-context|context] [--deflate-min-size 0]"
+         [--deflate off|no-context|context] [--deflate-min-size 0] \
+         [--uring-recv multishot|poll]"
     );
     std::process::exit(2)
 }
@@ -59,6 +63,7 @@ fn main() -> std::io::Result<()> {
             "--deflate" => {
                 cfg.deflate.mode = common::deflate_mode(&value).unwrap_or_else(|| usage())
             }
+            "--uring-recv" => cfg.uring_recv = value.parse().unwrap_or_else(|_| usage()),
             "--deflate-min-size" => {
                 cfg.deflate.min_size = value.parse().unwrap_or_else(|_| usage())
             }

@@ -1,5 +1,6 @@
 //! The engine's client (`WorkerCtx::connect`, `Client`): against the engine's server on both
-//! drivers (generated once per driver by `per_driver!` of tests/support), against a
+//! drivers (generated once per driver by `per_driver!` of tests/support, and on io_uring once more
+//! with `UringRecv::PollThenRecv`), against a
 //! tungstenite server, a refused upgrade, the handshake timeout, a refused connect and source
 //! address binding.
 
@@ -130,6 +131,7 @@ fn run_client_with(
     let cfg = ServerConfig {
         workers,
         backend,
+        uring_recv: support::uring_recv(),
         max_backpressure: 64 << 20,
         deflate,
         ..ServerConfig::default()
@@ -181,6 +183,7 @@ fn server(backend: Backend) -> ServerHandle {
         bind: vec!["127.0.0.1:0".parse().unwrap()],
         workers: 2,
         backend,
+        uring_recv: support::uring_recv(),
         max_backpressure: 64 << 20,
         ..ServerConfig::default()
     };
@@ -391,6 +394,7 @@ fn deflate_server(backend: Backend, mode: DeflateMode) -> (ServerHandle, Receive
         bind: vec!["127.0.0.1:0".parse().unwrap()],
         workers: 2,
         backend,
+        uring_recv: support::uring_recv(),
         max_backpressure: 64 << 20,
         deflate: DeflateConfig {
             mode,

@@ -91,6 +91,7 @@ fn start(backend: Backend, mode: DeflateMode) -> surge::ServerHandle {
         bind: vec!["127.0.0.1:0".parse().unwrap()],
         workers: 1,
         backend,
+        uring_recv: support::uring_recv(),
         ..ServerConfig::default()
     };
     cfg.deflate.mode = mode;

@@ -128,6 +128,7 @@ fn start(backend: Backend, cfg: ServerConfig) -> (ServerHandle, Arc<State>) {
         bind: vec!["127.0.0.1:0".parse().unwrap()],
         workers: 2,
         backend,
+        uring_recv: support::uring_recv(),
         ..cfg
     };
     let s = Arc::clone(&state);

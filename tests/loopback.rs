@@ -251,6 +251,7 @@ fn config() -> ServerConfig {
         bind: vec!["127.0.0.1:0".parse().unwrap()],
         workers: 2,
         backend: support::backend(),
+        uring_recv: support::uring_recv(),
         ..ServerConfig::default()
     }
 }

@@ -23,16 +23,20 @@ use std::time::Duration;
 
 use surge::{
     Accept, Backend, CloseInfo, Conn, Handler, Message, Request, Server, ServerConfig, Upgrade,
+    UringRecv,
 };
 
 thread_local! {
     /// `ServerConfig::uring_direct_descriptors` for the servers this test thread starts.
     static DIRECT: Cell<bool> = const { Cell::new(true) };
+    /// `ServerConfig::uring_recv` for the servers this test thread starts.
+    static RECV: Cell<UringRecv> = const { Cell::new(UringRecv::Multishot) };
 }
 
 /// Generates `mod epoll { #[test] fn name() }`, `mod io_uring { #[test] fn name() }` (direct
 /// descriptors where the kernel has them) and `mod io_uring_fds { #[test] fn name() }` (ordinary
-/// descriptors) for each `fn name(backend: Backend)` listed.
+/// descriptors) and `mod io_uring_poll { #[test] fn name() }` (direct descriptors, receiving through
+/// a readiness poll: `UringRecv::PollThenRecv`) for each `fn name(backend: Backend)` listed.
 macro_rules! per_driver {
     ($($name:ident),* $(,)?) => {
         mod epoll {
@@ -54,6 +58,16 @@ macro_rules! per_driver {
                     return;
                 }
                 super::DIRECT.with(|d| d.set(false));
+                super::$name(surge::Backend::IoUring)
+            })*
+        }
+        mod io_uring_poll {
+            $(#[test] fn $name() {
+                if let Err(why) = surge::Backend::io_uring_support() {
+                    eprintln!("SKIPPED {}: io_uring unavailable: {why}", stringify!($name));
+                    return;
+                }
+                super::RECV.with(|r| r.set(surge::UringRecv::PollThenRecv));
                 super::$name(surge::Backend::IoUring)
             })*
         }
@@ -102,6 +116,7 @@ fn start(backend: Backend, workers: usize) -> (surge::ServerHandle, Arc<Counts>)
         // Room for a 16 MiB echo in one message.
         max_backpressure: 64 << 20,
         uring_direct_descriptors: DIRECT.with(Cell::get),
+        uring_recv: RECV.with(Cell::get),
         ..ServerConfig::default()
     };
     let c = Arc::clone(&counts);
@@ -401,6 +416,7 @@ fn peers_and_fds(backend: Backend, bind: SocketAddr, n: usize) {
         workers: 1,
         backend,
         uring_direct_descriptors: DIRECT.with(Cell::get),
+        uring_recv: RECV.with(Cell::get),
         ..ServerConfig::default()
     })
     .start(move |_| Peer(Arc::clone(&p)))

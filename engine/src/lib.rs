@@ -26,5 +26,5 @@ pub use proto::{CloseCode, Message, MessageKind};
 pub use server::{
     Backend, BackpressurePolicy, Client, Conn, ConnHandle, ConnId, ConnectError, ConnectRequest,
     HandleError, MessageWriter, Publisher, Server, ServerConfig, ServerHandle, ShutdownTrigger,
-    WorkerCtx,
+    UringRecv, WorkerCtx,
 };

@@ -518,6 +518,20 @@ pub fn python_with_websockets(candidates: &[&'static str]) -> Option<&'static st
 thread_local! {
     /// The driver the current test runs on (set by `per_driver!`).
     static BACKEND: std::cell::Cell<surge::Backend> = const { std::cell::Cell::new(surge::Backend::Auto) };
+    /// How io_uring connections of the current test receive (set by `per_driver!`).
+    static URING_RECV: std::cell::Cell<surge::UringRecv> = const { std::cell::Cell::new(surge::UringRecv::Multishot) };
+}
+
+/// How io_uring connections of the current test receive: what its server config should ask for
+/// (`ServerConfig::uring_recv`).
+pub fn uring_recv() -> surge::UringRecv {
+    URING_RECV.with(|b| b.get())
+}
+
+/// Runs `test` with [`backend`] set to io_uring and [`uring_recv`] to `recv`.
+pub fn run_on_uring<Args>(recv: surge::UringRecv, test: impl DriverTest<Args>) {
+    URING_RECV.with(|b| b.set(recv));
+    run_on(surge::Backend::IoUring, test)
 }
 
 /// The driver the current test runs on: what its server config should ask for.
@@ -549,10 +563,11 @@ pub fn run_on<Args>(driver: surge::Backend, test: impl DriverTest<Args>) {
     test.run(driver)
 }
 
-/// Generates `epoll::name` and `io_uring::name` tests for each `fn name()` or
-/// `fn name(backend: Backend)` listed; the first kind reads the driver from [`backend`]. io_uring
-/// versions are skipped, with a line saying why, where the kernel refuses io_uring. Run without
-/// `SURGE_BACKEND`, which would override both.
+/// Generates `epoll::name`, `io_uring::name` and `io_uring_poll::name` tests for each `fn name()`
+/// or `fn name(backend: Backend)` listed; the first kind reads the driver from [`backend`], both
+/// read the io_uring receive mode from [`uring_recv`] (`io_uring_poll`: `UringRecv::PollThenRecv`).
+/// io_uring versions are skipped, with a line saying why, where the kernel refuses io_uring. Run
+/// without `SURGE_BACKEND` or `SURGE_URING_RECV`, which would override them.
 #[allow(unused_macros)] // not every test binary runs per driver
 macro_rules! per_driver {
     ($($name:ident),* $(,)?) => {
@@ -566,6 +581,15 @@ macro_rules! per_driver {
                     return;
                 }
                 crate::support::run_on(surge::Backend::IoUring, super::$name)
+            })*
+        }
+        mod io_uring_poll {
+            $(#[test] fn $name() {
+                if let Err(why) = surge::Backend::io_uring_support() {
+                    eprintln!("SKIPPED io_uring_poll::{}: {why}", stringify!($name));
+                    return;
+                }
+                crate::support::run_on_uring(surge::UringRecv::PollThenRecv, super::$name)
             })*
         }
     };

@@ -23,8 +23,9 @@ pub struct EchoArgs {
     #[arg(long)]
     pub url: Option<String>,
     /// Systems, one after another: surge (auto backend), surge-epoll, surge-io_uring,
-    /// tokio-tungstenite, fastwebsockets, uws (uWebSockets.js under node, one thread; skipped
-    /// unless installed with benches/peers/uws/setup.sh).
+    /// surge-io_uring-poll (`--uring-recv poll`), tokio-tungstenite, fastwebsockets, uws
+    /// (uWebSockets.js under node, one thread; skipped unless installed with
+    /// benches/peers/uws/setup.sh).
     #[arg(long, value_delimiter = ',', default_value = "surge")]
     pub systems: Vec<String>,
     /// Connections.
@@ -117,6 +118,11 @@ fn spawn_server(system: &str, workers: usize, port: u16) -> std::io::Result<Serv
         "surge" => "surge-echo",
         "surge-epoll" | "surge-io_uring" => {
             args.extend(["--backend".to_owned(), system["surge-".len()..].to_owned()]);
+            "surge-echo"
+        }
+        // io_uring with a readiness poll and single-shot receives (`UringRecv::PollThenRecv`).
+        "surge-io_uring-poll" => {
+            args.extend(["--backend", "io_uring", "--uring-recv", "poll"].map(str::to_owned));
             "surge-echo"
         }
         "tokio-tungstenite" => "peer-tokio-tungstenite",

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
 
-use crate::server::config::Backend;
+use crate::server::config::{Backend, UringRecv};
 
 /// A connection's socket.
 #[derive(Debug)]
@@ -115,8 +115,14 @@ pub(crate) enum IoEvent {
         more: bool,
     },
     /// uring: a receive completion without data: `res` 0 is EOF, `-ENOBUFS` means re-arm, other
-    /// negative values are errors (`-ECANCELED` after a cancel).
+    /// negative values are errors (`-ECANCELED` after a cancel). In the poll mode
+    /// ([`UringRecv::PollThenRecv`]) the end of a connection's readiness poll comes as `-EAGAIN`
+    /// without `more` (re-arm with [`Driver::register_conn`]'s `arm_recv`), and a poll's error as
+    /// that error.
     RecvEnd { token: u64, res: i32, more: bool },
+    /// uring, poll mode: connection `token` may have bytes to read and none of its receives is in
+    /// flight: start one with `UringDriver::recv_once` (unless the connection is gone or at EOF).
+    Readable { token: u64 },
     /// uring: a send of connection `token` completed with `res` (bytes or -errno). `orphan`: the
     /// queue of a connection removed while it was in flight, now free to release.
     Sent {
@@ -159,16 +165,22 @@ impl Waker {
 #[derive(Debug)]
 pub(crate) enum DriverSeed {
     Epoll(epoll::EpollDriver),
-    Uring { wake: Arc<OwnedFd>, direct: u32 },
+    Uring {
+        wake: Arc<OwnedFd>,
+        direct: u32,
+        recv: UringRecv,
+    },
 }
 
 impl DriverSeed {
     /// The seed for `backend` (already resolved: `Epoll` or `IoUring`) and its waker. `direct`: the
-    /// size of the direct-descriptor table to ask for (0: ordinary descriptors).
+    /// size of the direct-descriptor table to ask for (0: ordinary descriptors); `recv`: how
+    /// io_uring connections receive.
     pub(crate) fn new(
         backend: Backend,
         waker_token: usize,
         direct: u32,
+        recv: UringRecv,
     ) -> io::Result<(DriverSeed, Waker)> {
         match backend {
             Backend::IoUring => {
@@ -182,6 +194,7 @@ impl DriverSeed {
                 let seed = DriverSeed::Uring {
                     wake: Arc::clone(&fd),
                     direct,
+                    recv,
                 };
                 Ok((seed, Waker::EventFd(fd)))
             }
@@ -197,8 +210,8 @@ impl DriverSeed {
     pub(crate) fn open(self) -> io::Result<Driver> {
         match self {
             DriverSeed::Epoll(d) => Ok(Driver::Epoll(d)),
-            DriverSeed::Uring { wake, direct } => Ok(Driver::Uring(Box::new(
-                uring::UringDriver::new(wake, direct)?,
+            DriverSeed::Uring { wake, direct, recv } => Ok(Driver::Uring(Box::new(
+                uring::UringDriver::new(wake, direct, recv)?,
             ))),
         }
     }

@@ -10,6 +10,16 @@
 //!   data (the bytes stay in the socket); the worker re-arms once buffers are back. The ring starts
 //!   with 64 buffers and doubles on `ENOBUFS` (up to 4,096), so that receives land in buffers still
 //!   in the CPU caches.
+//!   The poll mode ([`UringRecv::PollThenRecv`]) arms a multishot `POLL_ADD` (`POLLIN |
+//!   POLLRDHUP`) per connection instead, and on readiness one single-shot `RECV` from the same
+//!   buffer ring with `MSG_DONTWAIT` (`-EAGAIN` rather than an armed internal poll when the
+//!   socket is empty), followed by another until one finds the socket empty (a short read does
+//!   not prove it: see [`UringDriver::recv_done`]); an idle connection then costs the kernel only
+//!   the poll. At most one receive per
+//!   connection is in flight (`recvs`), so bytes arrive in order. `ENOBUFS` retries the receive
+//!   at the next submit; the poll's end (no `IORING_CQE_F_MORE`) re-arms it; closing cancels
+//!   both. Both completions carry the connection's token (index and generation), so late ones
+//!   for a closed connection are recognised and ignored (their buffers go back to the ring).
 //! - Send: one `SENDMSG` per connection at a time over the chunks of its write queue. The chunks
 //!   stay in the queue (so `buffered_amount` counts them) until the completion says how many bytes
 //!   went out; a connection removed meanwhile hands its whole queue to the in-flight table entry of
@@ -44,6 +54,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::{IoEvent, Socket};
 use crate::buf::WriteQueue;
+use crate::server::config::UringRecv;
 
 /// Most chunks in one `sendmsg`.
 const MAX_IOV: usize = 64;
@@ -66,6 +77,9 @@ const QUIET: u64 = 8;
 const SHUTDOWN: u64 = 9;
 /// `getsockopt(SO_PEERNAME)` of a direct descriptor (payload: the key in `peers`).
 const PEER: u64 = 10;
+/// Poll mode: a connection's multishot readiness poll (payload: the token; its receives are
+/// `RECV`, single-shot).
+const POLL: u64 = 11;
 
 /// `SOCKET_URING_OP_GETSOCKOPT`: the `cmd_op` of a socket's generic getsockopt through
 /// `IORING_OP_URING_CMD` (kernel 6.7; `SOL_SOCKET` options only).
@@ -431,6 +445,13 @@ pub(crate) struct UringDriver {
     peers: slab::Slab<Box<PeerOp>>,
     /// The size of a peer address on each listener (16: IPv4, 28: IPv6), by listener index.
     addr_lens: Vec<u32>,
+    /// Connections receive through a readiness poll and single-shot receives
+    /// ([`UringRecv::PollThenRecv`]) rather than a multishot receive.
+    poll_mode: bool,
+    /// Poll mode: connections with a receive in flight, and whether their poll reported
+    /// readiness meanwhile (then another receive follows the completion). Only busy connections
+    /// have an entry.
+    recvs: std::collections::HashMap<u64, bool>,
     /// When the last accept error was logged, and how many went unlogged since.
     accept_log: Option<Instant>,
     accept_errors_quiet: u64,
@@ -449,7 +470,8 @@ impl UringDriver {
     /// Creates the ring on the calling thread (the only thread that may then use it), with a
     /// direct-descriptor table of `direct` slots (0: ordinary descriptors; also where the kernel
     /// refuses the table, with one log line).
-    pub(crate) fn new(wake_fd: Arc<OwnedFd>, direct: u32) -> io::Result<Self> {
+    /// `recv`: how connections receive.
+    pub(crate) fn new(wake_fd: Arc<OwnedFd>, direct: u32, recv: UringRecv) -> io::Result<Self> {
         let ring = build_ring()?;
         let direct = direct > 0
             && match ring.submitter().register_files_sparse(direct) {
@@ -481,6 +503,8 @@ impl UringDriver {
             peer_query: direct && super::probe::peer_support().is_ok(),
             peers: slab::Slab::new(),
             addr_lens: Vec::new(),
+            poll_mode: recv == UringRecv::PollThenRecv,
+            recvs: Default::default(),
             accept_log: None,
             accept_errors_quiet: 0,
         };
@@ -618,8 +642,26 @@ impl UringDriver {
     }
 
     /// Arms the multishot receive of connection `token` (also after `ENOBUFS` or when the kernel
-    /// ended it).
+    /// ended it); in the poll mode, its multishot readiness poll (also when the kernel ended it).
     pub(crate) fn arm_recv(&mut self, socket: &Socket, token: u64) {
+        if self.poll_mode {
+            // POLLIN also reports the peer's FIN; POLLRDHUP says it explicitly. POLLERR and
+            // POLLHUP are named too: a wake-up whose key is only EPOLLERR (a reset) is otherwise
+            // filtered out (epoll adds them itself, io_uring does not). Each wake-up of the socket matching the mask posts a
+            // completion while the poll stays armed, so bytes arriving after a receive found the
+            // socket empty always bring a new one.
+            let mask = (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
+            let e = match socket {
+                Socket::Fd(s) => opcode::PollAdd::new(types::Fd(s.as_raw_fd()), mask),
+                Socket::Direct(slot) => opcode::PollAdd::new(types::Fixed(*slot), mask),
+            }
+            .multi(true)
+            .build()
+            .user_data(ud(POLL, token));
+            // SAFETY: a poll names no user memory.
+            unsafe { self.push(e) };
+            return;
+        }
         let e = match socket {
             Socket::Fd(s) => opcode::RecvMulti::new(types::Fd(s.as_raw_fd()), BGID).build(),
             Socket::Direct(slot) => opcode::RecvMulti::new(types::Fixed(*slot), BGID).build(),
@@ -627,6 +669,38 @@ impl UringDriver {
         .user_data(ud(RECV, token));
         // SAFETY: the kernel writes only into provided buffers of group BGID, which live as long as
         // the driver (see BufRing::new); no other memory is named.
+        unsafe { self.push(e) };
+    }
+
+    /// Poll mode: one non-blocking receive of connection `token` into a provided buffer (after an
+    /// [`IoEvent::Readable`]). A receive already in flight only gets another one after it.
+    pub(crate) fn recv_once(&mut self, socket: &Socket, token: u64) {
+        if let Some(again) = self.recvs.get_mut(&token) {
+            *again = true;
+            return;
+        }
+        self.recvs.insert(token, false);
+        let flags = libc::MSG_DONTWAIT;
+        let e = match socket {
+            Socket::Fd(s) => opcode::Recv::new(
+                types::Fd(s.as_raw_fd()),
+                std::ptr::null_mut(),
+                RING_BUFFER_SIZE,
+            )
+            .buf_group(BGID)
+            .flags(flags)
+            .build(),
+            Socket::Direct(slot) => {
+                opcode::Recv::new(types::Fixed(*slot), std::ptr::null_mut(), RING_BUFFER_SIZE)
+                    .buf_group(BGID)
+                    .flags(flags)
+                    .build()
+            }
+        }
+        .flags(squeue::Flags::BUFFER_SELECT)
+        .user_data(ud(RECV, token));
+        // SAFETY: with BUFFER_SELECT the kernel writes only into a provided buffer of group BGID
+        // (the null address is not used), which lives as long as the driver (see BufRing::new).
         unsafe { self.push(e) };
     }
 
@@ -647,8 +721,17 @@ impl UringDriver {
         self.cancel(ud(CONNECT, token));
     }
 
-    /// Cancels connection `token`'s receive (before its descriptor is closed).
+    /// Cancels connection `token`'s receive (before its descriptor is closed); in the poll mode its
+    /// poll and any receive in flight. (Their completions may still come, with the token of a
+    /// connection that is gone.)
     pub(crate) fn cancel_recv(&mut self, token: u64) {
+        if self.poll_mode {
+            self.cancel(ud(POLL, token));
+            if self.recvs.contains_key(&token) {
+                self.cancel(ud(RECV, token));
+            }
+            return;
+        }
         self.cancel(ud(RECV, token));
     }
 
@@ -865,6 +948,24 @@ impl UringDriver {
                     }
                 }
                 RETRY => rearm_accept.push(payload as usize),
+                RECV if self.poll_mode => self.recv_done(payload, res, flags, out),
+                POLL => {
+                    let token = payload;
+                    if res < 0 {
+                        // -ECANCELED: cancelled at close (the connection is gone), or by the
+                        // kernel; the worker re-arms if the connection is still there.
+                        out.push(IoEvent::RecvEnd { token, res, more });
+                        continue;
+                    }
+                    self.readable(token, out);
+                    if !more {
+                        out.push(IoEvent::RecvEnd {
+                            token,
+                            res: -libc::EAGAIN,
+                            more: false,
+                        });
+                    }
+                }
                 RECV => {
                     let token = payload;
                     match cqueue::buffer_select(flags) {
@@ -954,6 +1055,67 @@ impl UringDriver {
 }
 
 impl UringDriver {
+    /// Poll mode: connection `token` is readable: a receive, unless one is in flight (then
+    /// another follows it).
+    fn readable(&mut self, token: u64, out: &mut Vec<IoEvent>) {
+        match self.recvs.get_mut(&token) {
+            Some(again) => *again = true,
+            None => out.push(IoEvent::Readable { token }),
+        }
+    }
+
+    /// Poll mode: the completion of connection `token`'s single-shot receive.
+    fn recv_done(&mut self, token: u64, res: i32, flags: u32, out: &mut Vec<IoEvent>) {
+        let again = self.recvs.remove(&token).unwrap_or(false);
+        match cqueue::buffer_select(flags) {
+            Some(bid) if res > 0 => {
+                out.push(IoEvent::Received {
+                    token,
+                    bid,
+                    len: res as u32,
+                    more: true, // the poll stays armed
+                });
+                // Another receive, until one finds the socket empty (`-EAGAIN`). Not only after
+                // a full buffer: a short one does not prove that nothing follows. Wake-ups that
+                // come before the poll's completion is made are folded into it, with the mask of
+                // the first (data: `POLLIN`), so bytes followed at once by the peer's FIN or RST
+                // make one completion, and the EOF or the error is only seen by the next read
+                // (epoll reports the mask as it is at `epoll_wait`, which is why its `hup` flag
+                // works; here no completion would ever come for it).
+                out.push(IoEvent::Readable { token });
+            }
+            Some(bid) => {
+                self.bufs.push(bid);
+                self.recv_ended(token, res, again, out);
+            }
+            None => self.recv_ended(token, res, again, out),
+        }
+    }
+
+    /// Poll mode: a receive without data.
+    fn recv_ended(&mut self, token: u64, res: i32, again: bool, out: &mut Vec<IoEvent>) {
+        if res == -libc::ENOBUFS {
+            // The bytes wait in the socket; buffers are back (and the ring larger) by the next
+            // submit, which carries the retry.
+            self.bufs.grow();
+            out.push(IoEvent::Readable { token });
+        } else if res == -libc::EAGAIN || res == -libc::EINTR {
+            // Nothing there (the readiness was for bytes an earlier receive took): the poll
+            // brings the next arrival.
+            if again {
+                out.push(IoEvent::Readable { token });
+            }
+        } else {
+            // EOF (0), an error, or -ECANCELED at close: the worker ends the connection or
+            // ignores it. The poll stays armed (cancelled at close).
+            out.push(IoEvent::RecvEnd {
+                token,
+                res,
+                more: true,
+            });
+        }
+    }
+
     /// One line per second at most about accepts ending in error, with the count of those not
     /// logged in between.
     fn log_accept_error(&mut self, res: i32) {

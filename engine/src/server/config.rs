@@ -66,6 +66,64 @@ impl std::str::FromStr for Backend {
     }
 }
 
+/// How the io_uring driver receives (see [`ServerConfig::uring_recv`]). No effect on epoll.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UringRecv {
+    /// One multishot `RECV` armed per connection: each arrival completes straight into a provided
+    /// buffer, one `io_uring_enter` per loop turn from arrival to processing. The kernel keeps an
+    /// armed receive per connection, idle or not (about 0.8 KB of kernel memory each, measured in
+    /// docs/BENCHMARKS.md).
+    #[default]
+    Multishot,
+    /// One multishot `POLL_ADD` (readiness) armed per connection; on readiness a one-shot `RECV`
+    /// (non-blocking, into a provided buffer from the same ring) is issued, again while it fills its
+    /// buffer. An idle connection costs the kernel only the armed poll (about as much as an epoll
+    /// registration), but every arrival takes a second trip through the ring (the poll's completion,
+    /// then the receive's), so busy connections pay more CPU and latency per message.
+    PollThenRecv,
+}
+
+impl UringRecv {
+    /// The mode a server configured with `self` runs, after the `SURGE_URING_RECV` environment
+    /// variable (`multishot` or `poll`), which overrides the configuration.
+    pub fn requested(self) -> UringRecv {
+        match std::env::var("SURGE_URING_RECV") {
+            Ok(v) if !v.is_empty() => v.parse().unwrap_or_else(|e| {
+                eprintln!("surge: ignoring SURGE_URING_RECV: {e}");
+                self
+            }),
+            _ => self,
+        }
+    }
+
+    /// The name `FromStr` accepts and `SURGE_URING_RECV` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            UringRecv::Multishot => "multishot",
+            UringRecv::PollThenRecv => "poll",
+        }
+    }
+}
+
+impl std::fmt::Display for UringRecv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for UringRecv {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "multishot" => Ok(UringRecv::Multishot),
+            "poll" | "poll-then-recv" => Ok(UringRecv::PollThenRecv),
+            _ => Err(format!(
+                "unknown io_uring receive mode {s:?} (multishot, poll)"
+            )),
+        }
+    }
+}
+
 /// What happens when a connection's buffered (unsent) bytes would exceed
 /// [`ServerConfig::max_backpressure`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +191,13 @@ pub struct ServerConfig {
     /// both are `None` on direct descriptors. Off, or where the kernel refuses direct descriptors,
     /// connections use ordinary descriptors. No effect on epoll.
     pub uring_direct_descriptors: bool,
+    /// io_uring: how connections receive (default [`UringRecv::Multishot`]; the `SURGE_URING_RECV`
+    /// environment variable overrides it). `Multishot` keeps a multishot receive armed per
+    /// connection: the fewest trips through the ring, the most kernel memory per idle connection.
+    /// `PollThenRecv` keeps only a multishot poll armed and receives on readiness: kernel memory
+    /// per idle connection close to epoll's, one more completion per arrival (see
+    /// docs/BENCHMARKS.md, "io_uring vs epoll", for both measured). No effect on epoll.
+    pub uring_recv: UringRecv,
     /// Spin with non-blocking polls for this long before blocking (default off). Trades a core for
     /// wake-up latency (a blocked loop takes tens of microseconds to wake).
     pub busy_poll: Option<Duration>,
@@ -170,6 +235,7 @@ impl Default for ServerConfig {
             pool_max_cached: 256,
             tcp_nodelay: true,
             uring_direct_descriptors: true,
+            uring_recv: UringRecv::Multishot,
             busy_poll: None,
             shutdown_timeout: Duration::from_secs(5),
             proto: proto::Config::server(),

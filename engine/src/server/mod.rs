@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use client::Client;
-pub use config::{Backend, BackpressurePolicy, ServerConfig};
+pub use config::{Backend, BackpressurePolicy, ServerConfig, UringRecv};
 pub use handle::{ConnHandle, HandleError, Publisher};
 pub use registry::ConnId;
 pub use worker::dial::{ConnectError, ConnectRequest};
@@ -105,10 +105,12 @@ impl Server {
         let backend = probe::resolve(cfg.backend)?;
         cfg.backend = backend;
         let direct = direct_table_size(&cfg);
+        cfg.uring_recv = cfg.uring_recv.requested();
         let mut drivers = Vec::with_capacity(workers);
         let mut wakers = Vec::with_capacity(workers);
         for _ in 0..workers {
-            let (seed, waker) = DriverSeed::new(backend, worker::WAKER_TOKEN, direct)?;
+            let (seed, waker) =
+                DriverSeed::new(backend, worker::WAKER_TOKEN, direct, cfg.uring_recv)?;
             wakers.push(waker);
             drivers.push(seed);
         }

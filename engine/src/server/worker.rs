@@ -968,6 +968,18 @@ impl<H: Handler> Worker<H> {
                 // The next send, or what follows an emptied queue (on_drain, FIN, removal).
                 ctx.mark_dirty(id);
             }
+            IoEvent::Readable { token } => {
+                let id = ConnId(token);
+                let Some(c) = self.ctx.conns.get(id) else {
+                    return; // closed: its poll is cancelled
+                };
+                if c.has(PEER_EOF) {
+                    return;
+                }
+                if let Driver::Uring(d) = &mut self.driver {
+                    d.recv_once(&c.socket, token);
+                }
+            }
             IoEvent::Connected { token, res } => self.dial_polled(ConnId(token), res),
             IoEvent::Peer { token, addr } => {
                 let id = ConnId(token);

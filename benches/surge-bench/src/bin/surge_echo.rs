@@ -1,6 +1,6 @@
 //! The surge echo server as the harness runs it: a child process like every peer, so that each system
 //! is measured the same way. `surge-echo --port P --workers N [--busy-poll-us US] [--backend B]
-//! [--deflate off|no-context|context]`.
+//! [--deflate off|no-context|context] [--uring-recv multishot|poll]`.
 
 #[path = "../server_args.rs"]
 mod server_args;
@@ -63,6 +63,7 @@ fn main() -> std::io::Result<()> {
                 cfg.busy_poll = Some(Duration::from_micros(value.parse().expect("us")))
             }
             "--backend" => cfg.backend = value.parse::<Backend>().expect("backend"),
+            "--uring-recv" => cfg.uring_recv = value.parse().expect("uring receive mode"),
             "--deflate" => {
                 cfg.deflate.mode = match value {
                     "off" => surge::proto::DeflateMode::Disabled,
