@@ -13,11 +13,11 @@
 //!   The poll mode ([`UringRecv::PollThenRecv`]) arms a multishot `POLL_ADD` (`POLLIN |
 //!   POLLRDHUP`) per connection instead, and on readiness one single-shot `RECV` from the same
 //!   buffer ring with `MSG_DONTWAIT` (`-EAGAIN` rather than an armed internal poll when the
-//!   socket is empty), followed by another until one finds the socket empty (a short read does
-//!   not prove it: see [`UringDriver::recv_done`]); an idle connection then costs the kernel only
-//!   the poll. At most one receive per
-//!   connection is in flight (`recvs`), so bytes arrive in order. `ENOBUFS` retries the receive
-//!   at the next submit; the poll's end (no `IORING_CQE_F_MORE`) re-arms it; closing cancels
+//!   socket is empty), hard-linked to a second one, and more pairs until a receive finds the
+//!   socket empty (a short read does not prove it: see [`UringDriver::recv_done`]); an idle
+//!   connection then costs the kernel only the poll. At most one pair per connection is in flight
+//!   (`recvs`), and the link orders its two, so bytes arrive in order. `ENOBUFS` retries at the
+//!   next submit; the poll's end (no `IORING_CQE_F_MORE`) re-arms it; closing cancels
 //!   both. Both completions carry the connection's token (index and generation), so late ones
 //!   for a closed connection are recognised and ignored (their buffers go back to the ring).
 //! - Send: one `SENDMSG` per connection at a time over the chunks of its write queue. The chunks
@@ -399,6 +399,18 @@ impl Drop for BufRing {
     }
 }
 
+/// Poll mode: a connection's pair of linked single-shot receives in flight.
+#[derive(Debug)]
+struct RecvPair {
+    /// Completions still to come (2, then 1).
+    inflight: u8,
+    /// The poll reported readiness meanwhile: another pair follows, whatever these find.
+    again: bool,
+    /// The first result without data (EOF, `-EAGAIN`, an error); the pair's later results say
+    /// nothing new (a second EOF, `-ECANCELED` from the broken link).
+    ended: Option<i32>,
+}
+
 /// One `sendmsg` in flight: its header and iovecs (read by the kernel) and, once the connection is
 /// gone, the queue whose chunks the iovecs point into.
 struct SendOp {
@@ -448,10 +460,8 @@ pub(crate) struct UringDriver {
     /// Connections receive through a readiness poll and single-shot receives
     /// ([`UringRecv::PollThenRecv`]) rather than a multishot receive.
     poll_mode: bool,
-    /// Poll mode: connections with a receive in flight, and whether their poll reported
-    /// readiness meanwhile (then another receive follows the completion). Only busy connections
-    /// have an entry.
-    recvs: std::collections::HashMap<u64, bool>,
+    /// Poll mode: connections with receives in flight. Only busy connections have an entry.
+    recvs: std::collections::HashMap<u64, RecvPair>,
     /// When the last accept error was logged, and how many went unlogged since.
     accept_log: Option<Instant>,
     accept_errors_quiet: u64,
@@ -672,16 +682,43 @@ impl UringDriver {
         unsafe { self.push(e) };
     }
 
-    /// Poll mode: one non-blocking receive of connection `token` into a provided buffer (after an
-    /// [`IoEvent::Readable`]). A receive already in flight only gets another one after it.
+    /// Poll mode: two non-blocking receives of connection `token` into provided buffers, the
+    /// second linked after the first (after an [`IoEvent::Readable`]). Receives already in
+    /// flight only get more after them.
+    ///
+    /// Why two: after bytes, only a receive that finds the socket empty (`-EAGAIN`) proves that
+    /// no EOF or error is pending (see [`UringDriver::recv_done`]). The second one is that check,
+    /// made in the same submission as the first rather than a loop turn later; it reads on if
+    /// more arrived. (An `IO_LINK`: a first receive that fails, `-EAGAIN` included, cancels the
+    /// second; one that returns EOF does not, and the second's EOF is dropped.)
     pub(crate) fn recv_once(&mut self, socket: &Socket, token: u64) {
-        if let Some(again) = self.recvs.get_mut(&token) {
-            *again = true;
+        if let Some(pair) = self.recvs.get_mut(&token) {
+            pair.again = true;
             return;
         }
-        self.recvs.insert(token, false);
+        self.recvs.insert(
+            token,
+            RecvPair {
+                inflight: 2,
+                again: false,
+                ended: None,
+            },
+        );
+        let first = self.recv_entry(socket, token).flags(squeue::Flags::IO_LINK);
+        // SAFETY: see `recv_entry`.
+        unsafe { self.push(first) };
+        let second = self.recv_entry(socket, token);
+        // SAFETY: see `recv_entry`.
+        unsafe { self.push(second) };
+    }
+
+    /// A non-blocking single-shot receive of connection `token` into a provided buffer. Pushing it
+    /// is safe in the sense of [`UringDriver::push`]: with BUFFER_SELECT the kernel writes only
+    /// into a provided buffer of group BGID (the null address is not used), which lives as long as
+    /// the driver (see BufRing::new).
+    fn recv_entry(&self, socket: &Socket, token: u64) -> squeue::Entry {
         let flags = libc::MSG_DONTWAIT;
-        let e = match socket {
+        match socket {
             Socket::Fd(s) => opcode::Recv::new(
                 types::Fd(s.as_raw_fd()),
                 std::ptr::null_mut(),
@@ -698,10 +735,7 @@ impl UringDriver {
             }
         }
         .flags(squeue::Flags::BUFFER_SELECT)
-        .user_data(ud(RECV, token));
-        // SAFETY: with BUFFER_SELECT the kernel writes only into a provided buffer of group BGID
-        // (the null address is not used), which lives as long as the driver (see BufRing::new).
-        unsafe { self.push(e) };
+        .user_data(ud(RECV, token))
     }
 
     /// Waits for the non-blocking `connect(2)` of connection `token` to finish: a one-shot
@@ -1059,60 +1093,73 @@ impl UringDriver {
     /// another follows it).
     fn readable(&mut self, token: u64, out: &mut Vec<IoEvent>) {
         match self.recvs.get_mut(&token) {
-            Some(again) => *again = true,
+            Some(pair) => pair.again = true,
             None => out.push(IoEvent::Readable { token }),
         }
     }
 
-    /// Poll mode: the completion of connection `token`'s single-shot receive.
+    /// Poll mode: the completion of one of connection `token`'s paired receives.
+    ///
+    /// Bytes go to the worker at once. What follows is decided at the pair's last completion:
+    /// another pair after bytes (until a receive finds the socket empty, `-EAGAIN`), after
+    /// `ENOBUFS`, or when the poll reported readiness meanwhile; otherwise the poll brings the next
+    /// arrival. Not only after a full buffer: a short read does not prove that nothing follows.
+    /// Wake-ups that come before the poll's completion is made are folded into it, with the mask
+    /// of the first (data: `POLLIN`), so bytes followed at once by the peer's FIN or RST make one
+    /// completion, and the EOF or the error is only seen by the next read (epoll reports the mask
+    /// as it is at `epoll_wait`, which is why its `hup` flag works; here no completion would ever
+    /// come for it).
     fn recv_done(&mut self, token: u64, res: i32, flags: u32, out: &mut Vec<IoEvent>) {
-        let again = self.recvs.remove(&token).unwrap_or(false);
-        match cqueue::buffer_select(flags) {
-            Some(bid) if res > 0 => {
-                out.push(IoEvent::Received {
-                    token,
-                    bid,
-                    len: res as u32,
-                    more: true, // the poll stays armed
-                });
-                // Another receive, until one finds the socket empty (`-EAGAIN`). Not only after
-                // a full buffer: a short one does not prove that nothing follows. Wake-ups that
-                // come before the poll's completion is made are folded into it, with the mask of
-                // the first (data: `POLLIN`), so bytes followed at once by the peer's FIN or RST
-                // make one completion, and the EOF or the error is only seen by the next read
-                // (epoll reports the mask as it is at `epoll_wait`, which is why its `hup` flag
-                // works; here no completion would ever come for it).
-                out.push(IoEvent::Readable { token });
-            }
-            Some(bid) => {
+        let bid = cqueue::buffer_select(flags);
+        let Some(pair) = self.recvs.get_mut(&token) else {
+            // Not ours to track (cannot happen: every receive has its entry until its pair is
+            // done); just give the buffer back.
+            if let Some(bid) = bid {
                 self.bufs.push(bid);
-                self.recv_ended(token, res, again, out);
             }
-            None => self.recv_ended(token, res, again, out),
+            return;
+        };
+        pair.inflight = pair.inflight.saturating_sub(1);
+        match bid {
+            Some(bid) if res > 0 && pair.ended.is_none() => out.push(IoEvent::Received {
+                token,
+                bid,
+                len: res as u32,
+                more: true, // the poll stays armed
+            }),
+            _ => {
+                if let Some(bid) = bid {
+                    self.bufs.push(bid);
+                }
+                pair.ended.get_or_insert(res);
+            }
         }
-    }
-
-    /// Poll mode: a receive without data.
-    fn recv_ended(&mut self, token: u64, res: i32, again: bool, out: &mut Vec<IoEvent>) {
-        if res == -libc::ENOBUFS {
-            // The bytes wait in the socket; buffers are back (and the ring larger) by the next
-            // submit, which carries the retry.
-            self.bufs.grow();
-            out.push(IoEvent::Readable { token });
-        } else if res == -libc::EAGAIN || res == -libc::EINTR {
-            // Nothing there (the readiness was for bytes an earlier receive took): the poll
-            // brings the next arrival.
-            if again {
+        if pair.inflight > 0 {
+            return;
+        }
+        let RecvPair { again, ended, .. } = self.recvs.remove(&token).expect("looked up above");
+        match ended {
+            // Both brought bytes: read on.
+            None => out.push(IoEvent::Readable { token }),
+            Some(res) if res == -libc::ENOBUFS => {
+                // The bytes wait in the socket; buffers are back (and the ring larger) by the
+                // next submit, which carries the retry.
+                self.bufs.grow();
                 out.push(IoEvent::Readable { token });
             }
-        } else {
+            // Nothing more there: the poll brings the next arrival.
+            Some(res) if res == -libc::EAGAIN || res == -libc::EINTR => {
+                if again {
+                    out.push(IoEvent::Readable { token });
+                }
+            }
             // EOF (0), an error, or -ECANCELED at close: the worker ends the connection or
             // ignores it. The poll stays armed (cancelled at close).
-            out.push(IoEvent::RecvEnd {
+            Some(res) => out.push(IoEvent::RecvEnd {
                 token,
                 res,
                 more: true,
-            });
+            }),
         }
     }
 
