@@ -11,15 +11,16 @@
 //!   with 64 buffers and doubles on `ENOBUFS` (up to 4,096), so that receives land in buffers still
 //!   in the CPU caches.
 //!   The poll mode ([`UringRecv::PollThenRecv`]) arms a multishot `POLL_ADD` (`POLLIN |
-//!   POLLRDHUP`) per connection instead, and on readiness one single-shot `RECV` from the same
-//!   buffer ring with `MSG_DONTWAIT` (`-EAGAIN` rather than an armed internal poll when the
-//!   socket is empty), hard-linked to a second one, and more pairs until a receive finds the
-//!   socket empty (a short read does not prove it: see [`UringDriver::recv_done`]); an idle
+//!   POLLRDHUP | POLLERR | POLLHUP`) per connection instead, and on readiness a single-shot `RECV`
+//!   from the same buffer ring with `MSG_DONTWAIT` (`-EAGAIN` rather than an internal poll armed
+//!   on an empty socket), linked (`IO_LINK`) to a second one, and more pairs until a receive finds
+//!   the socket empty (a short read does not prove it: see [`UringDriver::recv_done`]); an idle
 //!   connection then costs the kernel only the poll. At most one pair per connection is in flight
 //!   (`recvs`), and the link orders its two, so bytes arrive in order. `ENOBUFS` retries at the
-//!   next submit; the poll's end (no `IORING_CQE_F_MORE`) re-arms it; closing cancels
-//!   both. Both completions carry the connection's token (index and generation), so late ones
-//!   for a closed connection are recognised and ignored (their buffers go back to the ring).
+//!   next submit; the poll's end (no `IORING_CQE_F_MORE`) re-arms it; closing cancels the poll
+//!   and any receive in flight. Both kinds of completion carry the connection's token (index and
+//!   generation), so late ones for a closed connection are recognised and ignored (their buffers
+//!   go back to the ring).
 //! - Send: one `SENDMSG` per connection at a time over the chunks of its write queue. The chunks
 //!   stay in the queue (so `buffered_amount` counts them) until the completion says how many bytes
 //!   went out; a connection removed meanwhile hands its whole queue to the in-flight table entry of
@@ -619,9 +620,9 @@ impl UringDriver {
     }
 
     /// Asks the peer address of direct descriptor `slot` (accepted on listener `listener`) for
-    /// connection `token`, hard-linked ahead of the next entry (the connection's first receive), so
-    /// that its [`IoEvent::Peer`] comes before any received byte. `false`: no query was made (the
-    /// kernel lacks the command; the address stays unknown).
+    /// connection `token`, hard-linked ahead of the next entry (the connection's first receive, or
+    /// its poll in the poll mode), so that its [`IoEvent::Peer`] comes before any received byte.
+    /// `false`: no query was made (the kernel lacks the command; the address stays unknown).
     pub(crate) fn query_peer(&mut self, slot: u32, listener: usize, token: u64) -> bool {
         if !self.peer_query {
             return false;
