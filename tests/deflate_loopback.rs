@@ -1,5 +1,6 @@
-//! permessage-deflate end to end, generated once per driver (epoll and io_uring; the io_uring
-//! versions are skipped with a message where the kernel refuses io_uring):
+//! permessage-deflate end to end, generated once per driver (epoll, io_uring, and io_uring in the
+//! poll receive mode; the io_uring versions are skipped with a message where the kernel refuses
+//! io_uring):
 //!
 //! - Python `websockets` with its default compression (permessage-deflate with context takeover and
 //!   `client_max_window_bits`): compressed echo of text and binary, similar messages, fragments.

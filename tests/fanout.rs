@@ -1,5 +1,6 @@
 //! Fanout (issue 7): topics across workers, prepared messages, cross-thread handles, slow
-//! consumers. Every test runs once per driver (`per_driver!` of tests/support).
+//! consumers. Every test runs once per driver (`per_driver!` of tests/support: epoll,
+//! io_uring, and io_uring in the poll receive mode).
 //!
 //! - 10k subscribers over 2 workers (clients in a child process: 20,000 descriptors per process)
 //!   receive every message published from a non-worker thread, in order.
