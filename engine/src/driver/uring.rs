@@ -554,6 +554,21 @@ impl UringDriver {
         }
     }
 
+    /// Makes room for `n` entries in the submission queue (submitting what is queued if there is
+    /// not), so that entries linked to each other go to the kernel in one submission: a link that
+    /// a submission's end cuts is run on its own, from the kernel's worker pool, and a receive
+    /// meant to follow it could then run first.
+    fn reserve(&mut self, n: usize) {
+        let free = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < n {
+            // An error leaves the queue full: the pushes that follow retry the submit.
+            let _ = self.ring.submit();
+        }
+    }
+
     fn arm_wake(&mut self) {
         let buf: *mut u64 = &mut *self.wake_buf;
         let e = opcode::Read::new(types::Fd(self.wake_fd.as_raw_fd()), buf.cast(), 8)
@@ -627,6 +642,8 @@ impl UringDriver {
         if !self.peer_query {
             return false;
         }
+        // The query and the entry linked after it (pushed next) in one submission.
+        self.reserve(2);
         let len = self
             .addr_lens
             .get(listener)
@@ -705,6 +722,7 @@ impl UringDriver {
                 ended: None,
             },
         );
+        self.reserve(2); // the pair in one submission
         let first = self.recv_entry(socket, token).flags(squeue::Flags::IO_LINK);
         // SAFETY: see `recv_entry`.
         unsafe { self.push(first) };
