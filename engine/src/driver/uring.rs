@@ -675,9 +675,9 @@ impl UringDriver {
         if self.poll_mode {
             // POLLIN also reports the peer's FIN; POLLRDHUP says it explicitly. POLLERR and
             // POLLHUP are named too: a wake-up whose key is only EPOLLERR (a reset) is otherwise
-            // filtered out (epoll adds them itself, io_uring does not). Each wake-up of the socket matching the mask posts a
-            // completion while the poll stays armed, so bytes arriving after a receive found the
-            // socket empty always bring a new one.
+            // filtered out (epoll adds them itself, io_uring does not). Each wake-up of the socket
+            // matching the mask posts a completion while the poll stays armed, so bytes arriving
+            // after a receive found the socket empty always bring a new one.
             let mask = (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
             let e = match socket {
                 Socket::Fd(s) => opcode::PollAdd::new(types::Fd(s.as_raw_fd()), mask),

@@ -69,17 +69,17 @@ impl std::str::FromStr for Backend {
 /// How the io_uring driver receives (see [`ServerConfig::uring_recv`]). No effect on epoll.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum UringRecv {
-    /// One multishot `RECV` armed per connection: each arrival completes straight into a provided
-    /// buffer, one `io_uring_enter` per loop turn from arrival to processing. The kernel keeps an
-    /// armed receive per connection, idle or not (about 0.8 KB of kernel memory each, measured in
-    /// docs/BENCHMARKS.md).
+    /// One multishot `RECV` armed per connection: each arrival completes straight into a
+    /// provided buffer, one completion per arrival. The kernel keeps the armed receive on every
+    /// connection, idle or not: about 0.84 KB of kernel memory each (docs/BENCHMARKS.md).
     #[default]
     Multishot,
-    /// One multishot `POLL_ADD` (readiness) armed per connection; on readiness a one-shot `RECV`
-    /// (non-blocking, into a provided buffer from the same ring) is issued, again while it fills its
-    /// buffer. An idle connection costs the kernel only the armed poll (about as much as an epoll
-    /// registration), but every arrival takes a second trip through the ring (the poll's completion,
-    /// then the receive's), so busy connections pay more CPU and latency per message.
+    /// One multishot `POLL_ADD` (readiness) armed per connection; on readiness, non-blocking
+    /// single-shot `RECV`s (two linked, then more while they bring bytes) into provided buffers
+    /// of the same ring. An idle connection costs the kernel only the armed poll, about 0.25 KB
+    /// (an epoll registration: about 0.2 KB), but every arrival takes a poll completion and two
+    /// receive completions: 6-27% more CPU per message than `Multishot` in the echo benchmarks,
+    /// about epoll's cost. For servers whose connections are mostly idle.
     PollThenRecv,
 }
 
