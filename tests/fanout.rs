@@ -39,6 +39,7 @@ per_driver!(
     handles_to_closed_connections_fail_cleanly,
     direct_sends_and_topic_messages_stay_in_order,
     compressing_subscribers_get_one_compressed_variant_per_window,
+    prepared_messages_respect_max_send_frame_size,
 );
 
 /// The 10k tests hold 10k server sockets each: one at a time in this process.
@@ -738,4 +739,45 @@ fn check_frames(
             assert!(got == *payload, "frame {i}, offer {kind}: content");
         }
     }
+}
+
+/// Prepared messages (topic deliveries, handle sends) respect `max_send_frame_size`: a longer
+/// message goes out fragmented, a shorter one as the shared frame.
+fn prepared_messages_respect_max_send_frame_size(backend: Backend) {
+    let mut cfg = ServerConfig::default();
+    cfg.proto.max_send_frame_size = 100;
+    let (server, state) = start(backend, cfg);
+    let mut sub = RawClient::connect(server.local_addr(), "/sub/frames");
+    assert!(wait_until(Duration::from_secs(5), || {
+        state.handles.lock().unwrap().len() == 1
+    }));
+    let long: String = (0..1000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    server
+        .publish(TOPIC, &PreparedMessage::text(&long))
+        .unwrap();
+    server
+        .publish(TOPIC, &PreparedMessage::text("short"))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut frames = 0;
+    loop {
+        let f = sub.expect_frame();
+        assert!(f.payload.len() <= 100, "frame of {} bytes", f.payload.len());
+        assert_eq!(f.opcode, if frames == 0 { 1 } else { 0 });
+        frames += 1;
+        got.extend_from_slice(&f.payload);
+        if f.fin {
+            break;
+        }
+    }
+    assert_eq!(frames, 10);
+    assert_eq!(got, long.as_bytes());
+    let f = sub.expect_frame();
+    assert!(f.fin && f.opcode == 1);
+    assert_eq!(f.payload, b"short");
+    drop(sub);
+    server.shutdown();
+    server.join().unwrap();
 }

@@ -49,6 +49,13 @@ impl<D> WorkerCtx<D> {
             // negotiated) for it alone.
             return self.send_message(id, msg.kind(), msg.payload(), msg.compressible());
         }
+        let limit = self.cfg.proto.max_send_frame_size;
+        if limit != 0 && msg.payload().len() > limit {
+            // The shared frame is one frame: where frames are limited (`max_send_frame_size`), a
+            // longer message is framed (and compressed) for this connection alone, in frames of
+            // at most the limit, as any other send.
+            return self.send_message(id, msg.kind(), msg.payload(), msg.compressible());
+        }
         if !c.has(CAN_SEND) {
             return SendStatus::Closed;
         }
