@@ -1,4 +1,7 @@
-//! One connection's protocol state: the decoder, the encoder, the close handshake and keepalive. Time
+//! One connection's protocol state, in two halves: the [`Reader`] (the decoder and the message being
+//! assembled) and the [`Writer`] (the encoder, the close handshake, keepalive). Reading borrows only
+//! the reader for as long as the event it returns lives, so a caller can keep sending through the
+//! writer (the one place that says whether data may still be sent) while it handles the event. Time
 //! is passed in by the caller (`now`), never read here.
 
 use std::time::{Duration, Instant};
@@ -105,10 +108,17 @@ pub enum TimeoutAction {
     Closed,
 }
 
-/// Protocol state of one connection.
-#[derive(Debug)]
-pub struct Conn {
+/// The receiving half of a connection: the decoder and the message it assembles. An event returned
+/// by [`Reader::read_ext`] borrows the reader (and the input), never the [`Writer`].
+#[derive(Debug, Default)]
+pub struct Reader {
     decoder: Decoder,
+}
+
+/// The sending half of a connection: the encoder, where the close handshake stands, keepalive. The
+/// only record of whether data may still be sent ([`Writer::can_send`]).
+#[derive(Debug)]
+pub struct Writer {
     encoder: Encoder,
     state: State,
     /// Something was received since the keepalive timer was armed.
@@ -121,11 +131,272 @@ pub struct Conn {
     timer: Timer,
 }
 
+/// Protocol state of one connection: its two halves.
+#[derive(Debug)]
+pub struct Conn {
+    /// The receiving half.
+    pub reader: Reader,
+    /// The sending half.
+    pub writer: Writer,
+}
+
 impl Conn {
     /// A connection in the open state. `seed` feeds client masking keys (ignored by servers).
     pub fn new(role: Role, seed: u64) -> Self {
         Conn {
-            decoder: Decoder::new(),
+            reader: Reader::default(),
+            writer: Writer::new(role, seed),
+        }
+    }
+
+    /// Arms keepalive, if configured. Call once when the connection opens.
+    pub fn start(&mut self, now: Instant, cfg: &Config) {
+        self.writer.start(now, cfg);
+    }
+
+    /// Where the close handshake stands.
+    pub fn state(&self) -> State {
+        self.writer.state()
+    }
+
+    /// Whether the caller should close the transport once its output is flushed.
+    pub fn is_closed(&self) -> bool {
+        self.writer.is_closed()
+    }
+
+    /// Whether the receive side is between messages (no partial frame or message held).
+    pub fn is_idle(&self) -> bool {
+        self.reader.is_idle()
+    }
+
+    /// Whether the message just delivered was compressed (RSV1), for an extension to inflate.
+    pub fn message_compressed(&self) -> bool {
+        self.reader.message_compressed()
+    }
+
+    /// The kind of the message just delivered if it was compressed; see [`Decoder::compressed_kind`].
+    pub fn compressed_kind(&self) -> Option<MessageKind> {
+        self.reader.compressed_kind()
+    }
+
+    /// permessage-deflate was negotiated for this connection: RSV1 ("Per-Message Compressed") is
+    /// accepted on the first frame of data messages, whatever `Config::allowed_rsv` says.
+    pub fn enable_compression(&mut self) {
+        self.writer.enable_compression();
+    }
+
+    /// Whether permessage-deflate was negotiated for this connection.
+    pub fn compression_enabled(&self) -> bool {
+        self.writer.compression_enabled()
+    }
+
+    /// Reads input: see [`Reader::read_ext`].
+    pub fn read<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        cfg: &Config,
+        out: &mut impl Output,
+        pool: &mut impl BufferPool,
+    ) -> Result<(usize, Option<Event<'a>>), Error> {
+        self.read_ext(input, cfg, out, pool)
+            .map(|(n, ev, _)| (n, ev))
+    }
+
+    /// Reads input, also returning the kind of a compressed data message: see [`Reader::read_ext`].
+    pub fn read_ext<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        cfg: &Config,
+        out: &mut impl Output,
+        pool: &mut impl BufferPool,
+    ) -> Result<(usize, Option<Event<'a>>, Option<MessageKind>), Error> {
+        self.reader
+            .read_ext(&mut self.writer, input, cfg, out, pool)
+    }
+
+    /// Fails the connection: see [`Writer::fail`].
+    pub fn fail(&mut self, out: &mut impl Output, error: &Error) {
+        self.writer.fail(out, error);
+    }
+
+    /// Gives idle assembly buffers back to the pool.
+    pub fn recycle(&mut self, pool: &mut impl BufferPool) {
+        self.reader.recycle(pool);
+    }
+
+    /// Sends a whole message.
+    pub fn send(
+        &mut self,
+        out: &mut impl Output,
+        kind: MessageKind,
+        payload: &[u8],
+        cfg: &Config,
+    ) -> Result<(), SendError> {
+        self.writer.send_with_rsv(out, kind, payload, cfg, 0)
+    }
+
+    /// Sends a whole message with RSV bits on its first frame (RSV1: compressed by an extension).
+    pub fn send_with_rsv(
+        &mut self,
+        out: &mut impl Output,
+        kind: MessageKind,
+        payload: &[u8],
+        cfg: &Config,
+        rsv: u8,
+    ) -> Result<(), SendError> {
+        self.writer.send_with_rsv(out, kind, payload, cfg, rsv)
+    }
+
+    /// Opens a fragmented message; see [`Encoder::begin_message`].
+    pub fn begin_message(&mut self, kind: MessageKind) -> Result<(), SendError> {
+        self.writer.begin_message(kind)
+    }
+
+    /// Writes the next piece of the open message; see [`Encoder::fragment`].
+    pub fn write_fragment(
+        &mut self,
+        out: &mut impl Output,
+        data: &[u8],
+        first: bool,
+        fin: bool,
+    ) -> Result<(), SendError> {
+        self.writer.write_fragment_rsv(out, data, first, fin, 0)
+    }
+
+    /// [`Conn::write_fragment`] with RSV bits on the first piece (RSV1: compressed by an extension).
+    pub fn write_fragment_rsv(
+        &mut self,
+        out: &mut impl Output,
+        data: &[u8],
+        first: bool,
+        fin: bool,
+        rsv: u8,
+    ) -> Result<(), SendError> {
+        self.writer.write_fragment_rsv(out, data, first, fin, rsv)
+    }
+
+    /// Sends a ping.
+    pub fn ping(&mut self, out: &mut impl Output, payload: &[u8]) -> Result<(), SendError> {
+        self.writer.ping(out, payload)
+    }
+
+    /// Sends a pong (unsolicited, or as a custom ping handler's answer).
+    pub fn pong(&mut self, out: &mut impl Output, payload: &[u8]) -> Result<(), SendError> {
+        self.writer.pong(out, payload)
+    }
+
+    /// Starts the close handshake: see [`Writer::close`].
+    pub fn close(
+        &mut self,
+        out: &mut impl Output,
+        code: Option<CloseCode>,
+        reason: &str,
+        now: Instant,
+        cfg: &Config,
+    ) -> Result<(), SendError> {
+        self.writer.close(out, code, reason, now, cfg)
+    }
+
+    /// When [`Conn::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.writer.poll_timeout()
+    }
+
+    /// Advances timers to `now`: see [`Writer::handle_timeout`].
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        cfg: &Config,
+        out: &mut impl Output,
+    ) -> TimeoutAction {
+        self.writer.handle_timeout(now, cfg, out)
+    }
+}
+
+impl Reader {
+    /// Whether the receive side is between messages (no partial frame or message held).
+    pub fn is_idle(&self) -> bool {
+        self.decoder.is_idle()
+    }
+
+    /// Whether the message just delivered was compressed (RSV1), for an extension to inflate.
+    pub fn message_compressed(&self) -> bool {
+        self.decoder.message_compressed()
+    }
+
+    /// The kind of the message just delivered if it was compressed; see [`Decoder::compressed_kind`].
+    pub fn compressed_kind(&self) -> Option<MessageKind> {
+        self.decoder.compressed_kind()
+    }
+
+    /// Gives idle assembly buffers back to the pool.
+    pub fn recycle(&mut self, pool: &mut impl BufferPool) {
+        self.decoder.recycle(pool);
+    }
+
+    /// Reads input: see [`Decoder::decode_ext`]. Automatic replies (pong, the close echo, the close
+    /// that fails the connection on a protocol error) go through `writer` to `out`, and the close
+    /// handshake advances there. Data received after we sent a close is consumed and discarded.
+    /// After `Err`, the writer's state is `Closed` and `out` holds the close frame with the error's
+    /// code. Also returns the kind of a compressed data message (or piece) that the event holds,
+    /// still compressed: inflate it, then call [`Writer::fail`] if it does not inflate or is too big.
+    /// The event borrows this reader only: `writer` is free again once this returns.
+    pub fn read_ext<'a>(
+        &'a mut self,
+        writer: &mut Writer,
+        input: &'a mut [u8],
+        cfg: &Config,
+        out: &mut impl Output,
+        pool: &mut impl BufferPool,
+    ) -> Result<(usize, Option<Event<'a>>, Option<MessageKind>), Error> {
+        match writer.state {
+            State::Closed => return Ok((input.len(), None, None)),
+            // "After sending a Close frame, the endpoint ... MAY discard" further data.
+            State::CloseSent => self.decoder.discard_data(),
+            State::Open => {}
+        }
+        writer.activity = true;
+        let mut dcfg = cfg.decoder();
+        if writer.compression {
+            dcfg.rules.allowed_rsv |= RSV1;
+        }
+        let (n, ev, compressed) = match self.decoder.decode_ext(input, &dcfg, pool) {
+            Ok(found) => found,
+            Err(e) => {
+                // Fail the connection: a close with the error's code (unless one was sent), then done.
+                writer.fail(out, &e);
+                return Err(e);
+            }
+        };
+        match ev {
+            Some(Event::Ping(data)) if cfg.auto_pong && writer.state == State::Open => {
+                let _ = writer.encoder.control(out, OpCode::Pong, data);
+            }
+            Some(Event::Close { code, .. }) => {
+                if writer.state == State::Open {
+                    // "If an endpoint receives a Close frame and did not previously send a Close frame,
+                    // the endpoint MUST send a Close frame in response ... typically echoing the status
+                    // code it received" (5.5.1)
+                    let echo = if code == CloseCode::NO_STATUS {
+                        None
+                    } else {
+                        Some(code)
+                    };
+                    let _ = writer.encoder.close(out, echo, "");
+                }
+                writer.state = State::Closed;
+                writer.deadline = None;
+            }
+            _ => {}
+        }
+        Ok((n, ev, compressed))
+    }
+}
+
+impl Writer {
+    /// The sending half of an open connection. `seed` feeds client masking keys (ignored by servers).
+    pub fn new(role: Role, seed: u64) -> Self {
+        Writer {
             encoder: Encoder::new(role, seed),
             state: State::Open,
             activity: false,
@@ -147,24 +418,14 @@ impl Conn {
         self.state
     }
 
+    /// Whether data may still be sent: open, no close sent or received, not failed.
+    pub fn can_send(&self) -> bool {
+        self.state == State::Open
+    }
+
     /// Whether the caller should close the transport once its output is flushed.
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
-    }
-
-    /// Whether the receive side is between messages (no partial frame or message held).
-    pub fn is_idle(&self) -> bool {
-        self.decoder.is_idle()
-    }
-
-    /// Whether the message just delivered was compressed (RSV1), for an extension to inflate.
-    pub fn message_compressed(&self) -> bool {
-        self.decoder.message_compressed()
-    }
-
-    /// The kind of the message just delivered if it was compressed; see [`Decoder::compressed_kind`].
-    pub fn compressed_kind(&self) -> Option<MessageKind> {
-        self.decoder.compressed_kind()
     }
 
     /// permessage-deflate was negotiated for this connection: RSV1 ("Per-Message Compressed") is
@@ -178,101 +439,16 @@ impl Conn {
         self.compression
     }
 
-    /// Reads input: see [`Decoder::decode`]. Automatic replies (pong, the close echo, the close that
-    /// fails the connection on a protocol error) are written to `out`. Data received after we sent a
-    /// close is consumed and discarded. After `Err`, the state is `Closed` and `out` holds the close
-    /// frame with the error's code.
-    pub fn read<'a>(
-        &'a mut self,
-        input: &'a mut [u8],
-        cfg: &Config,
-        out: &mut impl Output,
-        pool: &mut impl BufferPool,
-    ) -> Result<(usize, Option<Event<'a>>), Error> {
-        self.read_ext(input, cfg, out, pool)
-            .map(|(n, ev, _)| (n, ev))
-    }
-
-    /// [`Conn::read`], also returning the kind of a compressed data message (or piece) that the event
-    /// holds, still compressed (see [`Decoder::decode_ext`]). Inflate it, then call
-    /// [`Conn::fail`] if it does not inflate or is too big.
-    pub fn read_ext<'a>(
-        &'a mut self,
-        input: &'a mut [u8],
-        cfg: &Config,
-        out: &mut impl Output,
-        pool: &mut impl BufferPool,
-    ) -> Result<(usize, Option<Event<'a>>, Option<MessageKind>), Error> {
-        if self.state == State::Closed {
-            return Ok((input.len(), None, None));
-        }
-        self.activity = true;
-        let mut dcfg = cfg.decoder();
-        if self.compression {
-            dcfg.rules.allowed_rsv |= RSV1;
-        }
-        let (n, ev, compressed) = match self.decoder.decode_ext(input, &dcfg, pool) {
-            Ok(found) => found,
-            Err(e) => {
-                // Fail the connection: a close with the error's code (unless one was sent), then done.
-                if !self.encoder.close_sent() {
-                    let _ = self.encoder.close(out, Some(e.close_code()), "");
-                }
-                self.state = State::Closed;
-                self.deadline = None;
-                return Err(e);
-            }
-        };
-        match ev {
-            Some(Event::Ping(data)) if cfg.auto_pong && self.state == State::Open => {
-                let _ = self.encoder.control(out, OpCode::Pong, data);
-            }
-            Some(Event::Close { code, .. }) => {
-                if self.state == State::Open {
-                    // "If an endpoint receives a Close frame and did not previously send a Close frame,
-                    // the endpoint MUST send a Close frame in response ... typically echoing the status
-                    // code it received" (5.5.1)
-                    let echo = if code == CloseCode::NO_STATUS {
-                        None
-                    } else {
-                        Some(code)
-                    };
-                    let _ = self.encoder.close(out, echo, "");
-                }
-                self.state = State::Closed;
-                self.deadline = None;
-            }
-            _ => {}
-        }
-        Ok((n, ev, compressed))
-    }
-
     /// Fails the connection because of an error found above the frame layer (a compressed message
     /// that does not inflate, inflates past the limit, or is not UTF-8): as for a protocol error in
-    /// [`Conn::read`], a close with the error's code is written to `out` (unless one was sent) and
-    /// the state is `Closed`.
+    /// [`Reader::read_ext`], a close with the error's code is written to `out` (unless one was
+    /// sent) and the state is `Closed`.
     pub fn fail(&mut self, out: &mut impl Output, error: &Error) {
         if !self.encoder.close_sent() {
             let _ = self.encoder.close(out, Some(error.close_code()), "");
         }
         self.state = State::Closed;
         self.deadline = None;
-    }
-
-    /// Gives idle assembly buffers back to the pool.
-    pub fn recycle(&mut self, pool: &mut impl BufferPool) {
-        self.decoder.recycle(pool);
-    }
-
-    /// Sends a whole message.
-    pub fn send(
-        &mut self,
-        out: &mut impl Output,
-        kind: MessageKind,
-        payload: &[u8],
-        cfg: &Config,
-    ) -> Result<(), SendError> {
-        self.send_with_rsv(out, kind, payload, cfg, 0)
     }
 
     /// Sends a whole message with RSV bits on its first frame (RSV1: compressed by an extension).
@@ -289,25 +465,28 @@ impl Conn {
             .message(out, kind, payload, cfg.max_send_frame_size, rsv)
     }
 
+    /// Writes one data frame as given (`opcode` Text, Binary or Continuation, `fin` as the caller
+    /// frames its message), unless the connection can no longer send.
+    pub fn frame(
+        &mut self,
+        out: &mut impl Output,
+        opcode: OpCode,
+        fin: bool,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        self.check_open()?;
+        self.encoder.raw_frame(out, opcode, fin, 0, payload);
+        Ok(())
+    }
+
     /// Opens a fragmented message; see [`Encoder::begin_message`].
     pub fn begin_message(&mut self, kind: MessageKind) -> Result<(), SendError> {
         self.check_open()?;
         self.encoder.begin_message(kind)
     }
 
-    /// Writes the next piece of the open message; see [`Encoder::fragment`].
-    pub fn write_fragment(
-        &mut self,
-        out: &mut impl Output,
-        data: &[u8],
-        first: bool,
-        fin: bool,
-    ) -> Result<(), SendError> {
-        self.check_open()?;
-        self.encoder.fragment(out, data, first, fin)
-    }
-
-    /// [`Conn::write_fragment`] with RSV bits on the first piece (RSV1: compressed by an extension).
+    /// Writes the next piece of the open message with RSV bits on the first piece (RSV1: compressed
+    /// by an extension); see [`Encoder::fragment_rsv`].
     pub fn write_fragment_rsv(
         &mut self,
         out: &mut impl Output,
@@ -332,7 +511,8 @@ impl Conn {
         self.encoder.control(out, OpCode::Pong, payload)
     }
 
-    /// Starts the close handshake: sends a close frame and waits up to `close_timeout` for the peer's.
+    /// Starts the close handshake: sends a close frame and waits up to `close_timeout` for the
+    /// peer's. Data the reader receives from then on is discarded.
     pub fn close(
         &mut self,
         out: &mut impl Output,
@@ -344,8 +524,6 @@ impl Conn {
         self.check_open()?;
         self.encoder.close(out, code, reason)?;
         self.state = State::CloseSent;
-        // "After sending a Close frame, the endpoint ... MAY discard" further data.
-        self.decoder.discard_data();
         self.arm(now + cfg.close_timeout, Timer::Close);
         Ok(())
     }
@@ -362,7 +540,7 @@ impl Conn {
         self.timer = timer;
     }
 
-    /// When [`Conn::handle_timeout`] should next be called.
+    /// When [`Writer::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadline
     }

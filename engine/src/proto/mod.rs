@@ -18,7 +18,7 @@ pub mod frame;
 
 pub use assemble::{BufferPool, Decoder, DecoderConfig, Event, Message, MessageKind, NoPool};
 pub use close::parse_close_payload;
-pub use conn::{Config, Conn, State, TimeoutAction};
+pub use conn::{Config, Conn, Reader, State, TimeoutAction, Writer};
 pub use deflate::{
     compress_variant, DeflateConfig, DeflateMode, DeflateParams, DeflatePool, DeflateState,
     Direction, Variant,
