@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::{Conn, WorkerCtx, CAN_SEND, CLIENT, LINKED};
+use super::{Conn, WorkerCtx, CLIENT, LINKED};
 use crate::handler::SendStatus;
 use crate::prepared::PreparedMessage;
 use crate::server::handle::ConnHandle;
@@ -56,7 +56,7 @@ impl<D> WorkerCtx<D> {
             // at most the limit, as any other send.
             return self.send_message(id, msg.kind(), msg.payload(), msg.compressible());
         }
-        if !c.has(CAN_SEND) {
+        if !c.can_send() {
             return SendStatus::Closed;
         }
         // permessage-deflate: the variant compressed for this connection's sending window, once

@@ -31,7 +31,7 @@ use crate::handshake::{
     check_origin, parse_request, write_accept_response, write_rejection, HandshakeConfig,
     ParseStatus, Rejection,
 };
-use crate::proto::{self, CloseCode, Encoder, Event, Message, MessageKind, OpCode, Role, State};
+use crate::proto::{self, CloseCode, Event, Message, MessageKind, OpCode, Role, State};
 
 pub(crate) mod dial;
 use dial::{ClientState, ConnectError, Dial};
@@ -55,8 +55,6 @@ const MAX_READS_PER_TURN: usize = 16;
 // Connection flags.
 /// In the dirty list: flushed at the end of the loop turn.
 const DIRTY: u8 = 1;
-/// Data may be sent (open and no close sent or pending).
-const CAN_SEND: u8 = 2;
 /// Went over the backpressure limit: `on_drain` when it falls back under.
 const OVER: u8 = 4;
 /// `shutdown(Write)` done.
@@ -78,10 +76,9 @@ mod fanout;
 enum Stage {
     /// Reading the upgrade request.
     Handshake(Handshake),
-    /// Upgraded: the protocol core.
+    /// Upgraded: the protocol core. While events are delivered its reader is out on the stack
+    /// (they borrow it) and its writer stays here, where the connection's sends reach it.
     Open(proto::Conn),
-    /// The protocol core is out on the stack while its events are delivered.
-    Busy,
     /// Flushing the last bytes, then FIN, then discarding input until EOF or the deadline.
     Draining,
     /// An outgoing connection: connecting, then reading the upgrade response (see `dial.rs`).
@@ -145,6 +142,12 @@ impl<D> Connection<D> {
         self.flags & flag != 0
     }
 
+    /// Whether data may be sent: upgraded, and the protocol core's writer says so (no close sent,
+    /// received or failed).
+    fn can_send(&self) -> bool {
+        matches!(&self.stage, Stage::Open(p) if p.writer.can_send())
+    }
+
     /// Whether `len` more bytes would take a non-empty write queue past `limit` (the
     /// backpressure policy's test: a message is never refused on an empty queue).
     fn would_pass(&self, len: usize, limit: usize) -> bool {
@@ -184,12 +187,7 @@ pub struct WorkerCtx<D> {
     protocols: Vec<String>,
     app_timers: HashMap<u64, AppTimer>,
     timer_seq: u64,
-    /// A close asked for on the connection whose protocol core is out on the stack.
-    pending_close: Option<(ConnId, CloseCode, String)>,
     dropped: u64,
-    /// Frames the data sends (server role: stateless, no masking); the close handshake's state is
-    /// the connection's protocol core.
-    encoder: Encoder,
     /// The driver is io_uring: removing a connection cancels its receive and keeps the chunks of
     /// an in-flight send alive (both handed to the driver before the next poll).
     uring: bool,
@@ -199,7 +197,7 @@ pub struct WorkerCtx<D> {
     orphans: Vec<(u64, WriteQueue)>,
     /// Topics, handles and the mailbox (fanout.rs).
     fanout: fanout::Fanout,
-    /// Outgoing connections: pending upgrades, the masking encoder, the client-role settings.
+    /// Outgoing connections: pending upgrades, the client-role settings.
     client: ClientState<D>,
     /// permessage-deflate: the worker's pooled compressors and buffers.
     compression: Compression,
@@ -236,9 +234,7 @@ impl<D> WorkerCtx<D> {
             cfg,
             app_timers: HashMap::new(),
             timer_seq: 0,
-            pending_close: None,
             dropped: 0,
-            encoder: Encoder::new(Role::Server, 0),
             uring: cfg_uring,
             cancels: Vec::new(),
             orphans: Vec::new(),
@@ -359,29 +355,28 @@ impl<D> WorkerCtx<D> {
         self.arm(id, at);
     }
 
-    /// Starts our close handshake, or records it if the core is out on the stack.
+    /// Starts our close handshake (also while the connection's events are delivered: the core's
+    /// writer is in the slot).
     fn start_close(&mut self, id: ConnId, code: CloseCode, reason: &str) -> SendStatus {
         let Some(c) = self.conns.get_mut(id) else {
             return SendStatus::Closed;
         };
-        if !c.has(CAN_SEND) {
+        let Stage::Open(p) = &mut c.stage else {
+            return SendStatus::Closed;
+        };
+        if !p.writer.can_send() {
             return SendStatus::Closed;
         }
         if !code.is_valid_on_wire() {
             return SendStatus::Invalid;
         }
-        c.flags &= !CAN_SEND;
-        match &mut c.stage {
-            Stage::Open(p) => {
-                let mut out = QueueOutput {
-                    queue: &mut c.queue,
-                    pool: &mut self.chunks,
-                };
-                let _ = p.close(&mut out, Some(code), reason, self.now, &self.cfg.proto);
-            }
-            Stage::Busy => self.pending_close = Some((id, code, reason.to_owned())),
-            _ => return SendStatus::Closed,
-        }
+        let mut out = QueueOutput {
+            queue: &mut c.queue,
+            pool: &mut self.chunks,
+        };
+        let _ = p
+            .writer
+            .close(&mut out, Some(code), reason, self.now, &self.cfg.proto);
         self.mark_dirty(id);
         self.sync_timer(id);
         SendStatus::Sent
@@ -412,41 +407,34 @@ impl<D> WorkerCtx<D> {
         let Some(c) = self.conns.get_mut(id) else {
             return SendStatus::Closed;
         };
-        if !c.has(CAN_SEND) {
+        if !c.can_send() {
             return SendStatus::Closed;
         }
         if !exempt && c.would_pass(payload.len(), self.cfg.max_backpressure) {
             return self.refuse_over_limit(id);
         }
+        let Stage::Open(p) = &mut c.stage else {
+            return SendStatus::Closed;
+        };
         let mut out = QueueOutput {
             queue: &mut c.queue,
             pool: &mut self.chunks,
         };
-        let encoder = if c.flags & CLIENT != 0 {
-            &mut self.client.encoder
-        } else {
-            &mut self.encoder
-        };
+        // The connection's own writer: it masks for a client connection and refuses data once
+        // the close handshake has begun.
+        let writer = &mut p.writer;
         let result = match op {
-            OpCode::Ping | OpCode::Pong => encoder.control(&mut out, op, payload),
+            OpCode::Ping => writer.ping(&mut out, payload),
+            OpCode::Pong => writer.pong(&mut out, payload),
             OpCode::Text | OpCode::Binary if fin => {
                 let kind = if op == OpCode::Text {
                     MessageKind::Text
                 } else {
                     MessageKind::Binary
                 };
-                encoder.message(
-                    &mut out,
-                    kind,
-                    payload,
-                    self.cfg.proto.max_send_frame_size,
-                    rsv,
-                )
+                writer.send_with_rsv(&mut out, kind, payload, &self.cfg.proto, rsv)
             }
-            _ => {
-                encoder.raw_frame(&mut out, op, fin, 0, payload);
-                Ok(())
-            }
+            _ => writer.frame(&mut out, op, fin, payload),
         };
         if result.is_err() {
             return SendStatus::Invalid;
@@ -530,7 +518,6 @@ impl<D> WorkerCtx<D> {
         if let Stage::Open(mut p) = std::mem::replace(&mut c.stage, Stage::Draining) {
             p.recycle(&mut self.assembly);
         }
-        c.flags &= !CAN_SEND;
         let deadline = self.now + self.cfg.proto.close_timeout;
         self.arm(id, Some(deadline));
         self.mark_dirty(id);
@@ -627,7 +614,7 @@ impl<'a, D> Conn<'a, D> {
 
     /// Whether data can still be sent (open, no close sent).
     pub fn is_open(&self) -> bool {
-        self.entry().has(CAN_SEND)
+        self.entry().can_send()
     }
 
     /// The peer's address: asked of the kernel on an ordinary descriptor (`None` once the socket
@@ -1144,7 +1131,7 @@ impl<H: Handler> Worker<H> {
             Stage::Handshake(_) => self.handshake_bytes(id, input),
             Stage::Open(_) => self.ws_bytes(id, input),
             Stage::Dial(_) => self.dial_bytes(id, input),
-            Stage::Busy | Stage::Draining => {}
+            Stage::Draining => {}
         }
     }
 
@@ -1172,7 +1159,6 @@ impl<H: Handler> Worker<H> {
         let Some(c) = self.ctx.conns.get_mut(id) else {
             return;
         };
-        c.flags &= !CAN_SEND;
         if let Some(data) = c.data.take() {
             let info = CloseInfo {
                 id,
@@ -1297,7 +1283,6 @@ impl<H: Handler> Worker<H> {
             };
         }
         c.data = Some(accept.data);
-        c.flags |= CAN_SEND;
         ctx.mark_dirty(id);
         ctx.sync_timer(id);
         self.handler.on_open(&mut Conn {
@@ -1330,22 +1315,24 @@ impl<H: Handler> Worker<H> {
         ctx.mark_dirty(id);
     }
 
-    /// Feeds received bytes to the protocol core and delivers its events, strictly in order.
+    /// Feeds received bytes to the protocol core and delivers its events, strictly in order. The
+    /// core's reader is out on the stack meanwhile (the events borrow its buffers); its writer stays
+    /// in the slot, so what the handler sends or closes goes straight through it.
     fn ws_bytes(&mut self, id: ConnId, input: &mut [u8]) {
-        let Some(c) = self.ctx.conns.get_mut(id) else {
-            return;
-        };
-        let Stage::Open(mut core) = std::mem::replace(&mut c.stage, Stage::Busy) else {
+        let Some(Stage::Open(core)) = self.ctx.conns.get_mut(id).map(|c| &mut c.stage) else {
             unreachable!("ws_bytes is called in the open stage");
         };
+        let mut reader = std::mem::take(&mut core.reader);
         let mut pos = 0;
-        let mut closed_by_peer = false;
         while pos < input.len() {
             let ctx = &mut self.ctx;
             let c = ctx
                 .conns
                 .get_mut(id)
                 .expect("handlers cannot remove connections");
+            let Stage::Open(core) = &mut c.stage else {
+                unreachable!("only ws_bytes leaves the open stage of a connection it reads");
+            };
             let mut out = QueueOutput {
                 queue: &mut c.queue,
                 pool: &mut ctx.chunks,
@@ -1356,13 +1343,17 @@ impl<H: Handler> Worker<H> {
             } else {
                 &ctx.cfg.proto
             };
-            let result = core.read_ext(&mut input[pos..], proto_cfg, &mut out, &mut ctx.assembly);
+            let result = reader.read_ext(
+                &mut core.writer,
+                &mut input[pos..],
+                proto_cfg,
+                &mut out,
+                &mut ctx.assembly,
+            );
             let wrote = out.queue.len() != had;
             if wrote {
                 ctx.mark_dirty(id);
             }
-            // The core's state changes only with a close event or an error; both clear CAN_SEND
-            // through `close_callback` below.
             let (n, event, compressed) = match result {
                 Ok(found) => found,
                 Err(e) => {
@@ -1381,6 +1372,7 @@ impl<H: Handler> Worker<H> {
                 id,
             };
             let mut inflated = Inflated::Delivered;
+            let mut closed_by_peer = false;
             match event {
                 Event::Message(m) => match compressed {
                     None => self.handler.on_message(&mut conn, m),
@@ -1411,37 +1403,28 @@ impl<H: Handler> Worker<H> {
                 // As for a protocol error: the core queues a close with the error's code.
                 let ctx = &mut self.ctx;
                 let c = ctx.conns.get_mut(id).expect("still registered");
-                let mut out = QueueOutput {
-                    queue: &mut c.queue,
-                    pool: &mut ctx.chunks,
-                };
-                core.fail(&mut out, &e);
+                if let Stage::Open(core) = &mut c.stage {
+                    let mut out = QueueOutput {
+                        queue: &mut c.queue,
+                        pool: &mut ctx.chunks,
+                    };
+                    core.writer.fail(&mut out, &e);
+                }
                 ctx.mark_dirty(id);
                 self.close_callback(id, e.close_code(), "", false);
                 break;
-            }
-            // A close the handler asked for while the core was out.
-            if let Some((pid, code, reason)) = self.ctx.pending_close.take() {
-                debug_assert_eq!(pid, id);
-                let ctx = &mut self.ctx;
-                let c = ctx.conns.get_mut(id).expect("still registered");
-                let mut out = QueueOutput {
-                    queue: &mut c.queue,
-                    pool: &mut ctx.chunks,
-                };
-                let _ = core.close(&mut out, Some(code), &reason, ctx.now, &ctx.cfg.proto);
-                ctx.mark_dirty(id);
             }
             if closed_by_peer {
                 break;
             }
         }
         let ctx = &mut self.ctx;
-        core.recycle(&mut ctx.assembly);
-        let closed = core.is_closed();
-        let c = ctx.conns.get_mut(id).expect("still registered");
-        c.stage = Stage::Open(core);
-        if closed {
+        reader.recycle(&mut ctx.assembly);
+        let Some(Stage::Open(core)) = ctx.conns.get_mut(id).map(|c| &mut c.stage) else {
+            unreachable!("handlers cannot remove connections");
+        };
+        core.reader = reader;
+        if core.writer.is_closed() {
             ctx.enter_draining(id);
         } else {
             ctx.sync_timer(id);
@@ -1517,7 +1500,6 @@ impl<H: Handler> Worker<H> {
                     }
                 }
             }
-            Stage::Busy => {}
         }
     }
 
@@ -1553,7 +1535,7 @@ impl<H: Handler> Worker<H> {
             };
             if c.has(OVER) && c.queue.len() < ctx.cfg.max_backpressure {
                 c.flags &= !OVER;
-                if c.data.is_some() && c.has(CAN_SEND) {
+                if c.data.is_some() && c.can_send() {
                     self.handler.on_drain(&mut Conn {
                         ctx: &mut self.ctx,
                         id,

@@ -186,7 +186,7 @@ impl<D> WorkerCtx<D> {
     ) -> SendStatus {
         let op = kind.opcode();
         let st = match self.conns.get_mut(id) {
-            Some(c) if compress && c.has(super::CAN_SEND) => c.deflate.as_deref_mut(),
+            Some(c) if compress && c.can_send() => c.deflate.as_deref_mut(),
             _ => None,
         };
         let Some(st) = st else {

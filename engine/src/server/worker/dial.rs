@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{Conn, Connection, Stage, Worker, WorkerCtx, CAN_SEND, CLIENT};
+use super::{Conn, Connection, Stage, Worker, WorkerCtx, CLIENT};
 use crate::buf::{ChunkPool, WriteQueue};
 use crate::driver::Driver;
 use crate::handler::Handler;
@@ -44,7 +44,7 @@ use crate::handshake::client::{
     parse_response, ClientHandshakeError, ClientRequest, ExpectedResponse, Response, ResponseStatus,
 };
 use crate::handshake::deflate_negotiation::{client_accept_with, client_offer_with};
-use crate::proto::{self, DeflateMode, DeflateState, Encoder, Role};
+use crate::proto::{self, DeflateMode, DeflateState, Role};
 use crate::server::registry::ConnId;
 
 /// What to connect to and how: [`WorkerCtx::connect`]'s argument.
@@ -188,8 +188,6 @@ pub(crate) struct ClientState<D> {
     fresh: Vec<ConnId>,
     /// io_uring: connect polls to cancel (their sockets are gone).
     cancels: Vec<u64>,
-    /// Frames the data sends of client connections (masked with a fresh key per frame).
-    pub(super) encoder: Encoder,
     /// The protocol settings with the client role (frames received must not be masked).
     pub(super) proto: proto::Config,
     /// xorshift64* for handshake nonces, seeded from the OS.
@@ -218,7 +216,6 @@ impl<D> ClientState<D> {
             pending: HashMap::new(),
             fresh: Vec::new(),
             cancels: Vec::new(),
-            encoder: Encoder::new(Role::Client, os_seed()),
             proto,
             rng: os_seed(),
         }
@@ -587,7 +584,6 @@ impl<H: Handler> Worker<H> {
         c.stage = Stage::Open(core);
         c.subprotocol = index as u8;
         c.data = ctx.client.pending.remove(&id);
-        c.flags |= CAN_SEND;
         ctx.arm(id, None);
         ctx.sync_timer(id);
         self.handler.on_open(&mut Conn {
