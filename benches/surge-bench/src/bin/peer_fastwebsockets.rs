@@ -4,6 +4,8 @@
 
 #[path = "../server_args.rs"]
 mod server_args;
+#[path = "../tokio_peer.rs"]
+mod tokio_peer;
 
 use fastwebsockets::{upgrade, FragmentCollector, OpCode, WebSocketError};
 use http_body_util::Empty;
@@ -12,7 +14,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 
 async fn echo(fut: upgrade::UpgradeFut) -> Result<(), WebSocketError> {
     let mut ws = FragmentCollector::new(fut.await?);
@@ -39,23 +40,11 @@ fn main() -> std::io::Result<()> {
     // Flags the harness passes to every server, meaningless here.
     let (port, workers) =
         server_args::parse(1, |flag, _| matches!(flag, "--busy-poll-us" | "--backend"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-        println!("listening on {}", listener.local_addr()?);
-        loop {
-            let (stream, _) = listener.accept().await?;
-            stream.set_nodelay(true)?;
-            tokio::spawn(async move {
-                let io = TokioIo::new(stream);
-                let _ = http1::Builder::new()
-                    .serve_connection(io, service_fn(upgrade))
-                    .with_upgrades()
-                    .await;
-            });
-        }
+    tokio_peer::serve("127.0.0.1", port, workers, |stream, _| async move {
+        let io = TokioIo::new(stream);
+        let _ = http1::Builder::new()
+            .serve_connection(io, service_fn(upgrade))
+            .with_upgrades()
+            .await;
     })
 }

@@ -5,41 +5,29 @@
 
 #[path = "../server_args.rs"]
 mod server_args;
+#[path = "../tokio_peer.rs"]
+mod tokio_peer;
 
 use futures_util::{future, StreamExt, TryStreamExt};
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 fn main() -> std::io::Result<()> {
     // Flags the harness passes to every server, meaningless here.
     let (port, workers) =
         server_args::parse(1, |flag, _| matches!(flag, "--busy-poll-us" | "--backend"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-        println!("listening on {}", listener.local_addr()?);
-        loop {
-            let (stream, _) = listener.accept().await?;
-            stream.set_nodelay(true)?;
-            tokio::spawn(async move {
-                let cfg = WebSocketConfig {
-                    max_message_size: Some(16 << 20),
-                    ..Default::default()
-                };
-                let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(cfg)).await
-                else {
-                    return;
-                };
-                let (write, read) = ws.split();
-                // Pings are answered and the close echoed by tungstenite itself.
-                let _ = read
-                    .try_filter(|msg| future::ready(msg.is_text() || msg.is_binary()))
-                    .forward(write)
-                    .await;
-            });
-        }
+    tokio_peer::serve("127.0.0.1", port, workers, |stream, _| async move {
+        let cfg = WebSocketConfig {
+            max_message_size: Some(16 << 20),
+            ..Default::default()
+        };
+        let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(cfg)).await else {
+            return;
+        };
+        let (write, read) = ws.split();
+        // Pings are answered and the close echoed by tungstenite itself.
+        let _ = read
+            .try_filter(|msg| future::ready(msg.is_text() || msg.is_binary()))
+            .forward(write)
+            .await;
     })
 }

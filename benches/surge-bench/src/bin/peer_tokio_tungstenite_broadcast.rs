@@ -6,12 +6,13 @@
 
 #[path = "../server_args.rs"]
 mod server_args;
+#[path = "../tokio_peer.rs"]
+mod tokio_peer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
@@ -23,61 +24,48 @@ type Registry = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>>;
 fn main() -> std::io::Result<()> {
     // A flag the harness passes to every server, meaningless here.
     let (port, workers) = server_args::parse(1, |flag, _| matches!(flag, "--backend"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = TcpListener::bind(("0.0.0.0", port)).await?;
-        println!("listening on {}", listener.local_addr()?);
-        let registry: Registry = Arc::default();
-        let mut next_id = 0u64;
-        loop {
-            let (stream, _) = listener.accept().await?;
-            stream.set_nodelay(true)?;
-            next_id += 1;
-            let id = next_id;
-            let registry = Arc::clone(&registry);
-            tokio::spawn(async move {
-                let mut path = String::new();
-                let callback = |req: &Request, resp: Response| {
-                    path = req.uri().path().to_owned();
-                    Ok(resp)
-                };
-                let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
-                    return;
-                };
-                let (mut sink, mut stream) = ws.split();
-                if path == "/pub" {
-                    while let Some(Ok(msg)) = stream.next().await {
-                        if msg.is_binary() {
-                            let subs = registry.lock().unwrap();
-                            for tx in subs.values() {
-                                let _ = tx.send(msg.clone());
-                            }
-                        } else if msg.is_close() {
-                            break;
-                        }
-                    }
-                    return;
-                }
-                let (tx, mut rx) = mpsc::unbounded_channel();
-                registry.lock().unwrap().insert(id, tx);
-                let writer = tokio::spawn(async move {
-                    while let Some(m) = rx.recv().await {
-                        if sink.send(m).await.is_err() {
-                            break;
-                        }
-                    }
-                });
+    let registry: Registry = Arc::default();
+    tokio_peer::serve("0.0.0.0", port, workers, move |stream, id| {
+        let registry = Arc::clone(&registry);
+        async move {
+            let mut path = String::new();
+            let callback = |req: &Request, resp: Response| {
+                path = req.uri().path().to_owned();
+                Ok(resp)
+            };
+            let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                return;
+            };
+            let (mut sink, mut stream) = ws.split();
+            if path == "/pub" {
                 while let Some(Ok(msg)) = stream.next().await {
-                    if msg.is_close() {
+                    if msg.is_binary() {
+                        let subs = registry.lock().unwrap();
+                        for tx in subs.values() {
+                            let _ = tx.send(msg.clone());
+                        }
+                    } else if msg.is_close() {
                         break;
                     }
                 }
-                registry.lock().unwrap().remove(&id);
-                writer.abort();
+                return;
+            }
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            registry.lock().unwrap().insert(id, tx);
+            let writer = tokio::spawn(async move {
+                while let Some(m) = rx.recv().await {
+                    if sink.send(m).await.is_err() {
+                        break;
+                    }
+                }
             });
+            while let Some(Ok(msg)) = stream.next().await {
+                if msg.is_close() {
+                    break;
+                }
+            }
+            registry.lock().unwrap().remove(&id);
+            writer.abort();
         }
     })
 }
