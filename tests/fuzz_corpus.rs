@@ -52,3 +52,11 @@ fn mask_corpus() {
         surge_simd::fuzz_check_mask(&data);
     }
 }
+
+#[test]
+fn timer_corpus() {
+    for (path, data) in corpus("timer") {
+        eprintln!("{}", path.display());
+        surge::fuzzing::fuzz_check_timer_wheel(&data);
+    }
+}

@@ -326,6 +326,9 @@ impl<D> WorkerCtx<D> {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
+        // The connection keeps its tick's low 32 bits: deadlines are capped at ~24.8 days ahead
+        // (a timer that fires early on an open connection is re-armed by its core).
+        let at = at.map(|at| at.min(self.now + super::timer::MAX_LOW32_AHEAD));
         let want = at.map_or(0, |at| (self.wheel.tick_of(at) as u32).wrapping_add(1));
         if c.timer == want {
             return;
@@ -334,9 +337,9 @@ impl<D> WorkerCtx<D> {
             // Cancel the old entry now rather than leave it to fire stale: idle connections
             // then hold nothing in the wheel.
             let old = c.timer.wrapping_sub(1);
-            self.wheel.cancel(u64::from(old), |t, v| {
-                t as u32 == old && matches!(v, TimerEntry::Conn(x) if *x == id)
-            });
+            let tick = self.wheel.full_tick(old);
+            self.wheel
+                .cancel(tick, |_, v| matches!(v, TimerEntry::Conn(x) if *x == id));
             c.timer = 0;
         }
         let Some(at) = at else {
