@@ -68,6 +68,13 @@ impl WriteQueue {
         self.len
     }
 
+    /// What the queued bytes cost in memory: the bytes plus the queue's ring of entries (a pooled
+    /// chunk or a reference to a shared frame, 32 bytes each, the ring's whole capacity). Many tiny
+    /// shared frames cost more in entries than in bytes; the backpressure limit counts this.
+    pub fn cost(&self) -> usize {
+        self.len + self.chunks.capacity() * std::mem::size_of::<Segment>()
+    }
+
     /// Whether nothing waits to be written.
     pub fn is_empty(&self) -> bool {
         self.len == 0

@@ -305,6 +305,16 @@ impl Driver {
     }
 
     /// Closes a socket: drops an ordinary descriptor, frees a direct one's slot with a `CLOSE` op.
+    /// Cancels and reaps every kernel operation in flight (io_uring), so that the memory they name
+    /// (the worker's write queues among it) can be freed; `false` if some are still in flight after
+    /// the wait. Nothing to do on epoll, which holds no operation.
+    pub(crate) fn quiesce(&mut self) -> bool {
+        match self {
+            Driver::Uring(d) => d.quiesce(),
+            _ => true,
+        }
+    }
+
     pub(crate) fn close(&mut self, socket: Socket) {
         if let (Driver::Uring(d), Socket::Direct(slot)) = (self, &socket) {
             d.close_direct(*slot);

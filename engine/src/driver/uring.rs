@@ -879,11 +879,14 @@ impl UringDriver {
         Ok(())
     }
 
-    /// The connection whose send is in flight is gone: its queue stays alive until the completion.
+    /// The connection whose send is in flight is gone: its queue stays alive until the completion,
+    /// and the send is cancelled (to a peer that reads nothing it would wait forever, holding the
+    /// queue and the socket).
     pub(crate) fn orphan_send(&mut self, token: u64, queue: WriteQueue) -> Option<WriteQueue> {
         match self.sends.iter_mut().find(|(_, op)| op.token == token) {
-            Some((_, op)) => {
+            Some((key, op)) => {
                 op.orphan = Some(queue);
+                self.cancel(ud(SEND, key as u64));
                 None
             }
             None => Some(queue),
@@ -1206,10 +1209,16 @@ impl UringDriver {
     }
 }
 
-impl Drop for UringDriver {
-    fn drop(&mut self) {
-        // Cancel everything and wait for the completions, so that no operation can still touch the
-        // provided buffers, the send iovecs or the wake buffer once they are freed.
+impl UringDriver {
+    /// Cancels every operation and waits (up to 2 s) for their completions, so that none can still
+    /// touch memory that is about to be freed: the provided buffers, the send iovecs and the wake
+    /// buffer here, and the write queues the sends point into, which the worker owns. Returns
+    /// whether nothing is in flight any more. Nothing is re-armed afterwards; the events reaped
+    /// meanwhile are dropped (each orphaned queue with its completion). Idempotent.
+    pub(crate) fn quiesce(&mut self) -> bool {
+        if self.closing {
+            return self.inflight == 0;
+        }
         self.closing = true;
         let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
             .build()
@@ -1227,7 +1236,14 @@ impl Drop for UringDriver {
             }
             sink.clear();
         }
-        if self.inflight > 0 {
+        self.inflight == 0
+    }
+}
+
+impl Drop for UringDriver {
+    fn drop(&mut self) {
+        // Normally the worker quiesced the ring already (before its queues were freed).
+        if !self.quiesce() {
             // Something is still owned by the kernel: leak the memory it might touch rather than
             // free it under it. (The ring fd closes below; the kernel tears the rest down.)
             std::mem::forget(std::mem::take(&mut self.sends));

@@ -164,10 +164,17 @@ pub struct ServerConfig {
     /// unless the handler picks another.
     pub subprotocols: Vec<String>,
     /// Most bytes buffered for sending per connection before the policy applies (default 1 MiB).
-    /// A message is always accepted into an empty queue, so one message may exceed it.
+    /// A message is always accepted into an empty queue, so one message may exceed it. Counted
+    /// as memory: the queued bytes (pings and pongs included; close frames are never refused)
+    /// plus 32 bytes per entry of the queue's ring (a shared frame reference or a chunk).
     pub max_backpressure: usize,
     /// What happens beyond `max_backpressure` (default [`BackpressurePolicy::Drop`]).
     pub backpressure_policy: BackpressurePolicy,
+    /// A connection whose write queue waits this long without a byte written (its peer reads
+    /// nothing) is closed: `on_close` with 1008 at once, the socket closed without a close
+    /// handshake, a rate-limited log line (default 30 s; `None`: never). The check costs nothing
+    /// while queues drain: one wheel entry per waiting connection, re-armed on progress.
+    pub write_stall_timeout: Option<Duration>,
     /// Size of a pooled write chunk and of the message writer's buffer (default 16 KiB).
     pub write_chunk_size: usize,
     /// Size of the worker's one read buffer (default 64 KiB).
@@ -230,6 +237,7 @@ impl Default for ServerConfig {
             subprotocols: Vec::new(),
             max_backpressure: 1 << 20,
             backpressure_policy: BackpressurePolicy::Drop,
+            write_stall_timeout: Some(Duration::from_secs(30)),
             write_chunk_size: 16 * 1024,
             read_buffer_size: 64 * 1024,
             pool_max_cached: 256,

@@ -55,6 +55,8 @@ const MAX_READS_PER_TURN: usize = 16;
 // Connection flags.
 /// In the dirty list: flushed at the end of the loop turn.
 const DIRTY: u8 = 1;
+/// A write-stall check is in the timer wheel (`TimerEntry::Stall`): at most one per connection.
+const STALL_ARMED: u8 = 2;
 /// Went over the backpressure limit: `on_drain` when it falls back under.
 const OVER: u8 = 4;
 /// `shutdown(Write)` done.
@@ -125,6 +127,9 @@ pub(crate) struct Connection<D> {
     timer: u32,
     /// Messages refused under the `Drop` backpressure policy.
     dropped: u32,
+    /// Since when (the wheel's tick, low 32 bits, never 0) the write queue has been waiting with
+    /// no byte written; 0 when it is empty. See `ServerConfig::write_stall_timeout`.
+    stall: u32,
     flags: u8,
     /// Index plus one into the worker's subprotocol list (0: none).
     subprotocol: u8,
@@ -149,10 +154,10 @@ impl<D> Connection<D> {
     }
 
     /// Whether `len` more bytes would take a non-empty write queue past `limit` (the
-    /// backpressure policy's test: a message is never refused on an empty queue).
+    /// backpressure policy's test: a message is never refused on an empty queue). The queue
+    /// counts what it costs in memory (`WriteQueue::cost`), not only its bytes.
     fn would_pass(&self, len: usize, limit: usize) -> bool {
-        let queued = self.queue.len();
-        queued > 0 && queued.saturating_add(len) > limit
+        !self.queue.is_empty() && self.queue.cost().saturating_add(len) > limit
     }
 }
 
@@ -160,7 +165,12 @@ impl<D> Connection<D> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum TimerEntry {
     Conn(ConnId),
-    App { id: u64, seq: u64 },
+    /// The connection's write-stall check (`STALL_ARMED`).
+    Stall(ConnId),
+    App {
+        id: u64,
+        seq: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -204,6 +214,14 @@ pub struct WorkerCtx<D> {
     /// io_uring direct descriptors: IPv6 peer addresses of upgraded connections (an IPv4 one is
     /// packed in the connection).
     peers6: HashMap<ConnId, SocketAddr>,
+    /// The protocol settings the server-role reader gets: `cfg.proto` without automatic pongs,
+    /// which the worker sends itself, within the backpressure limit (`send_pong`).
+    rx_proto: proto::Config,
+    /// Pongs waiting for a write queue over the backpressure limit to drain: only the latest per
+    /// connection (RFC 6455 5.5.3 allows answering only the most recent ping).
+    pending_pongs: HashMap<ConnId, Vec<u8>>,
+    /// Rate-limited log lines about connections closed for writes that stall.
+    stall_log: super::RateLog,
 }
 
 impl<D> std::fmt::Debug for WorkerCtx<D> {
@@ -220,6 +238,8 @@ impl<D> WorkerCtx<D> {
         let now = Instant::now();
         let cfg_uring = cfg.backend == Backend::IoUring;
         let cfg_proto = cfg.proto.clone();
+        let mut rx_proto = cfg.proto.clone();
+        rx_proto.auto_pong = false;
         WorkerCtx {
             index,
             conns: Registry::new(),
@@ -241,6 +261,9 @@ impl<D> WorkerCtx<D> {
             fanout: fanout::Fanout::new(shared),
             client: ClientState::new(&cfg_proto),
             peers6: HashMap::new(),
+            rx_proto,
+            pending_pongs: HashMap::new(),
+            stall_log: super::RateLog::default(),
         }
     }
 
@@ -466,12 +489,74 @@ impl<D> WorkerCtx<D> {
         }
     }
 
+    /// Queues a pong (the automatic answer to a ping, or the handler's), counted toward the
+    /// backpressure limit like data: a peer that sends pings and reads nothing cannot make the
+    /// queue grow without bound. Past the limit, under the `Drop` policy, only the latest pong
+    /// waits (sent once the queue falls back under: `Backpressure`); under `Close`, the close starts.
+    fn send_pong(&mut self, id: ConnId, payload: &[u8]) -> SendStatus {
+        let Some(c) = self.conns.get_mut(id) else {
+            return SendStatus::Closed;
+        };
+        if !c.can_send() {
+            return SendStatus::Closed;
+        }
+        if payload.len() > 125 {
+            return SendStatus::Invalid;
+        }
+        if c.would_pass(payload.len() + 6, self.cfg.max_backpressure) {
+            c.flags |= OVER;
+            if let BackpressurePolicy::Close(code) = self.cfg.backpressure_policy {
+                let _ = self.start_close(id, code, "backpressure limit");
+                return SendStatus::Closed;
+            }
+            let pending = self.pending_pongs.entry(id).or_default();
+            pending.clear();
+            pending.extend_from_slice(payload);
+            return SendStatus::Backpressure;
+        }
+        self.send_frame(id, OpCode::Pong, payload, true, true)
+    }
+
+    /// A connection's write queue fell back under the limit: the pong that waited goes out.
+    fn send_pending_pong(&mut self, id: ConnId) {
+        if self.pending_pongs.is_empty() {
+            return;
+        }
+        if let Some(p) = self.pending_pongs.remove(&id) {
+            let _ = self.send_frame(id, OpCode::Pong, &p, true, true);
+        }
+    }
+
+    /// Records a flush's outcome for the write-stall check: `wrote` whether any byte left. A
+    /// queue that starts waiting (or makes progress) restarts the stall clock; the first wait arms
+    /// the connection's one check in the wheel.
+    fn note_flush(&mut self, id: ConnId, wrote: bool) {
+        let Some(timeout) = self.cfg.write_stall_timeout else {
+            return;
+        };
+        let now = self.wheel.tick_of(self.now) as u32 | 1;
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if c.queue.is_empty() {
+            c.stall = 0;
+            return;
+        }
+        if wrote || c.stall == 0 {
+            c.stall = now;
+        }
+        if !c.has(STALL_ARMED) {
+            c.flags |= STALL_ARMED;
+            self.wheel.insert(self.now + timeout, TimerEntry::Stall(id));
+        }
+    }
+
     /// Ends a send that queued bytes on `id`: marks it for flushing and, when its write queue is
     /// now past the limit, marks it over and applies the `Close` policy (`Drop` only refuses
     /// later messages). `Backpressure` when over the limit, else `Sent`.
     fn queued(&mut self, id: ConnId) -> SendStatus {
         let over = match self.conns.get_mut(id) {
-            Some(c) if c.queue.len() > self.cfg.max_backpressure => {
+            Some(c) if c.queue.cost() > self.cfg.max_backpressure => {
                 c.flags |= OVER;
                 true
             }
@@ -492,6 +577,9 @@ impl<D> WorkerCtx<D> {
     fn remove(&mut self, id: ConnId) {
         self.unlink(id);
         self.arm(id, None);
+        if !self.pending_pongs.is_empty() {
+            self.pending_pongs.remove(&id);
+        }
         if let Some(mut c) = self.conns.remove(id) {
             if c.peer == PackedPeer::V6 {
                 self.peers6.remove(&id);
@@ -587,16 +675,18 @@ impl<'a, D> Conn<'a, D> {
         }
     }
 
-    /// Sends a ping (payload at most 125 bytes).
+    /// Sends a ping (payload at most 125 bytes). It counts toward the backpressure limit like a
+    /// message and is refused (or closes) as the policy says.
     pub fn ping(&mut self, payload: &[u8]) -> SendStatus {
         self.ctx
-            .send_frame(self.id, OpCode::Ping, payload, true, true)
+            .send_frame(self.id, OpCode::Ping, payload, true, false)
     }
 
-    /// Sends a pong (payload at most 125 bytes).
+    /// Sends a pong (payload at most 125 bytes). It counts toward the backpressure limit: past it,
+    /// under the `Drop` policy, only the latest pong waits for the queue to drain (`Backpressure`);
+    /// under `Close`, the connection closes.
     pub fn pong(&mut self, payload: &[u8]) -> SendStatus {
-        self.ctx
-            .send_frame(self.id, OpCode::Pong, payload, true, true)
+        self.ctx.send_pong(self.id, payload)
     }
 
     /// Starts the close handshake. `on_close` follows when the peer answers, or with 1006 after the
@@ -605,7 +695,9 @@ impl<'a, D> Conn<'a, D> {
         self.ctx.start_close(self.id, code, reason)
     }
 
-    /// Bytes queued and not yet written to the socket.
+    /// Bytes queued and not yet written to the socket. (The backpressure limit counts a little
+    /// more: what the queue costs in memory, 32 bytes per queued frame reference or chunk besides
+    /// the bytes.)
     pub fn buffered_amount(&self) -> usize {
         self.entry().queue.len()
     }
@@ -955,6 +1047,7 @@ impl<H: Handler> Worker<H> {
                     return;
                 }
                 c.queue.advance(res as usize, &mut ctx.chunks);
+                ctx.note_flush(id, res > 0);
                 // The next send, or what follows an emptied queue (on_drain, FIN, removal).
                 ctx.mark_dirty(id);
             }
@@ -1058,6 +1151,7 @@ impl<H: Handler> Worker<H> {
                 socket,
                 timer: 0,
                 dropped: 0,
+                stall: 0,
                 flags: 0,
                 subprotocol: 0,
                 peer: PackedPeer::default(),
@@ -1143,13 +1237,30 @@ impl<H: Handler> Worker<H> {
             return;
         };
         c.flags |= PEER_EOF;
-        match c.stage {
-            Stage::Draining if !c.queue.is_empty() => {} // removed once flushed
-            _ => {
-                self.close_callback(id, CloseCode::ABNORMAL, "", false);
-                self.ctx.remove(id);
-            }
+        if c.queue.is_empty() {
+            self.close_callback(id, CloseCode::ABNORMAL, "", false);
+            self.ctx.remove(id);
+            return;
         }
+        // The peer only half-closed, maybe right after its request or a message: what is queued
+        // for it (a 101, an echo, a close frame) is flushed first, as in the draining stage; then
+        // the connection goes (flush_dirty), or at the close timeout.
+        if !matches!(c.stage, Stage::Draining) {
+            self.close_callback(id, CloseCode::ABNORMAL, "", false);
+            let ctx = &mut self.ctx;
+            let Some(c) = ctx.conns.get_mut(id) else {
+                return;
+            };
+            match std::mem::replace(&mut c.stage, Stage::Draining) {
+                Stage::Open(mut p) => p.recycle(&mut ctx.assembly),
+                Stage::Handshake(hs) => ctx.chunks.put(hs.held),
+                Stage::Dial(d) => ctx.client.forget(id, *d, &mut ctx.chunks, ctx.uring),
+                Stage::Draining => {}
+            }
+            let deadline = ctx.now + ctx.cfg.proto.close_timeout;
+            ctx.arm(id, Some(deadline));
+        }
+        self.ctx.mark_dirty(id);
     }
 
     /// Calls `on_close` if the connection was open and has not had it yet.
@@ -1344,7 +1455,7 @@ impl<H: Handler> Worker<H> {
             let proto_cfg = if c.flags & CLIENT != 0 {
                 &ctx.client.proto
             } else {
-                &ctx.cfg.proto
+                &ctx.rx_proto
             };
             let result = reader.read_ext(
                 &mut core.writer,
@@ -1395,7 +1506,12 @@ impl<H: Handler> Worker<H> {
                     first,
                     last,
                 } => self.handler.on_fragment(&mut conn, kind, data, first, last),
-                Event::Ping(d) => self.handler.on_ping(&mut conn, d),
+                Event::Ping(d) => {
+                    if conn.ctx.cfg.proto.auto_pong {
+                        let _ = conn.ctx.send_pong(id, d);
+                    }
+                    self.handler.on_ping(&mut conn, d)
+                }
                 Event::Pong(d) => self.handler.on_pong(&mut conn, d),
                 Event::Close { code, reason } => {
                     self.close_callback(id, code, reason, true);
@@ -1440,6 +1556,7 @@ impl<H: Handler> Worker<H> {
         for (tick, entry) in expired.drain(..) {
             match entry {
                 TimerEntry::Conn(id) => self.conn_timer(id, tick),
+                TimerEntry::Stall(id) => self.stall_check(id),
                 TimerEntry::App { id, seq } => {
                     let Some(t) = self.ctx.app_timers.get_mut(&id) else {
                         continue;
@@ -1465,6 +1582,42 @@ impl<H: Handler> Worker<H> {
             }
         }
         self.expired = expired;
+    }
+
+    /// A connection's write-stall check: closes it (1008, at once: a peer that reads nothing would
+    /// not read a close frame either) when its queue has waited with no progress for the
+    /// configured time, else checks again when that time would be up.
+    fn stall_check(&mut self, id: ConnId) {
+        let ctx = &mut self.ctx;
+        let Some(c) = ctx.conns.get_mut(id) else {
+            return;
+        };
+        c.flags &= !STALL_ARMED;
+        let Some(timeout) = ctx.cfg.write_stall_timeout else {
+            return;
+        };
+        if c.stall == 0 {
+            return; // drained since
+        }
+        let now = ctx.wheel.tick_of(ctx.now) as u32;
+        let waited = Duration::from_millis(u64::from(now.wrapping_sub(c.stall)));
+        if waited < timeout {
+            c.flags |= STALL_ARMED;
+            let at = ctx.now + (timeout - waited);
+            ctx.wheel.insert(at, TimerEntry::Stall(id));
+            return;
+        }
+        let queued = c.queue.len();
+        if ctx.stall_log.ready(ctx.now) {
+            let quiet = ctx.stall_log.take_quiet();
+            eprintln!(
+                "surge: closing a connection whose peer read nothing for {} ms ({queued} bytes \
+                 queued; {quiet} more since the last line)",
+                waited.as_millis()
+            );
+        }
+        self.close_callback(id, CloseCode::POLICY, "write stall", false);
+        self.ctx.remove(id);
     }
 
     fn conn_timer(&mut self, id: ConnId, tick: u64) {
@@ -1524,11 +1677,21 @@ impl<H: Handler> Worker<H> {
                     // The chunks stay in the queue, untouched, until the completion (SENDING).
                     let _ = d.send(&c.socket, id.0, &c.queue);
                     c.flags |= SENDING;
+                    if c.stall == 0 {
+                        ctx.note_flush(id, false); // waiting starts; completions make progress
+                    }
                     false
                 }
             } else {
+                let before = c.queue.len();
                 match c.queue.flush(&mut c.socket, &mut ctx.chunks) {
-                    Ok(empty) => empty,
+                    Ok(empty) => {
+                        if !empty || c.stall != 0 {
+                            let wrote = c.queue.len() != before;
+                            ctx.note_flush(id, wrote);
+                        }
+                        empty
+                    }
                     Err(_) => {
                         self.close_callback(id, CloseCode::ABNORMAL, "", false);
                         self.ctx.remove(id);
@@ -1536,8 +1699,15 @@ impl<H: Handler> Worker<H> {
                     }
                 }
             };
-            if c.has(OVER) && c.queue.len() < ctx.cfg.max_backpressure {
+            let Some(c) = ctx.conns.get_mut(id) else {
+                continue;
+            };
+            if c.has(OVER) && c.queue.cost() < ctx.cfg.max_backpressure {
                 c.flags &= !OVER;
+                ctx.send_pending_pong(id);
+                let Some(c) = self.ctx.conns.get_mut(id) else {
+                    continue;
+                };
                 if c.data.is_some() && c.can_send() {
                     self.handler.on_drain(&mut Conn {
                         ctx: &mut self.ctx,
@@ -1582,6 +1752,19 @@ impl<H: Handler> Worker<H> {
                     .ctx
                     .start_close(id, CloseCode::GOING_AWAY, "server shutting down");
             }
+        }
+    }
+}
+
+impl<H: Handler> Drop for Worker<H> {
+    /// The kernel may still be reading write queues through in-flight io_uring sends (at the
+    /// shutdown deadline, after a poll error, during an unwind): those are cancelled and reaped
+    /// before the fields drop (the context, and its queues, drop first). If some never complete,
+    /// the queues are leaked rather than freed under the kernel.
+    fn drop(&mut self) {
+        if !self.driver.quiesce() {
+            std::mem::forget(std::mem::replace(&mut self.ctx.conns, Registry::new()));
+            std::mem::forget(std::mem::take(&mut self.ctx.orphans));
         }
     }
 }

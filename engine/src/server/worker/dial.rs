@@ -188,7 +188,8 @@ pub(crate) struct ClientState<D> {
     fresh: Vec<ConnId>,
     /// io_uring: connect polls to cancel (their sockets are gone).
     cancels: Vec<u64>,
-    /// The protocol settings with the client role (frames received must not be masked).
+    /// The protocol settings with the client role (frames received must not be masked) and no
+    /// automatic pong (the worker sends it).
     pub(super) proto: proto::Config,
     /// xorshift64* for handshake nonces, seeded from the OS.
     rng: u64,
@@ -212,6 +213,8 @@ impl<D> ClientState<D> {
     pub(crate) fn new(server_proto: &proto::Config) -> Self {
         let mut proto = server_proto.clone();
         proto.role = Role::Client;
+        // The worker answers pings itself, within the backpressure limit (`send_pong`).
+        proto.auto_pong = false;
         ClientState {
             pending: HashMap::new(),
             fresh: Vec::new(),
@@ -379,6 +382,7 @@ impl<D> WorkerCtx<D> {
             socket: crate::driver::Socket::Fd(socket),
             timer: 0,
             dropped: 0,
+            stall: 0,
             flags: CLIENT,
             subprotocol: 0,
             peer: super::PackedPeer::default(),
