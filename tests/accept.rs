@@ -250,6 +250,57 @@ fn connect_storm_of_5000_all_upgraded() {
     server.join().expect("workers exit cleanly");
 }
 
+/// The listen backlog the kernel holds for the socket on `port` (the `Send-Q` that `ss -ltn` shows
+/// for a listener), once per worker socket; `None` where `ss` cannot be run.
+fn listen_backlogs(port: u16) -> Option<Vec<u64>> {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Some(
+        text.lines()
+            .filter_map(|l| l.split_whitespace().nth(2)?.parse().ok())
+            .collect(),
+    )
+}
+
+/// `ServerConfig::backlog` reaches each worker's listening socket (capped by
+/// `net.core.somaxconn`), and its default (4096) is large enough for a 5,000-connect storm.
+#[test]
+fn listen_backlog_is_the_configured_one() {
+    let somaxconn: u64 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    assert_eq!(ServerConfig::default().backlog, 4096);
+    for backlog in [ServerConfig::default().backlog, 100] {
+        let cfg = ServerConfig {
+            bind: vec!["127.0.0.1:0".parse().unwrap()],
+            workers: 2,
+            backend: surge::Backend::Epoll,
+            backlog,
+            ..ServerConfig::default()
+        };
+        let (server, _) = start(cfg);
+        let Some(got) = listen_backlogs(server.local_addr().port()) else {
+            eprintln!("SKIPPED listen_backlog_is_the_configured_one: `ss` unavailable");
+            return;
+        };
+        let want = (backlog as u64).min(somaxconn);
+        assert_eq!(
+            got,
+            vec![want; 2],
+            "backlog {backlog}, somaxconn {somaxconn}"
+        );
+        server.shutdown();
+        server.join().expect("workers exit cleanly");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Out of descriptors
 
