@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example echo -- --port 9001 --workers 2 --backend auto --host 127.0.0.1 \
-//!     --deflate off|no-context|context --uring-recv multishot|poll
+//!     --deflate off|no-context|context --uring-recv multishot|poll --backlog 4096
 //! ```
 //! `--uring-recv`: how io_uring connections receive (`ServerConfig::uring_recv`): a multishot
 //! receive each (the default), or a readiness poll then single-shot receives (`poll`: less kernel
@@ -42,7 +42,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: echo [--port 9001] [--workers N] [--backend auto|epoll|io_uring] [--host 127.0.0.1] \
          [--deflate off|no-context|context] [--deflate-min-size 0] \
-         [--uring-recv multishot|poll]"
+         [--uring-recv multishot|poll] [--backlog 4096]"
     );
     std::process::exit(2)
 }
@@ -64,6 +64,7 @@ fn main() -> std::io::Result<()> {
                 cfg.deflate.mode = common::deflate_mode(&value).unwrap_or_else(|| usage())
             }
             "--uring-recv" => cfg.uring_recv = value.parse().unwrap_or_else(|_| usage()),
+            "--backlog" => cfg.backlog = value.parse().unwrap_or_else(|_| usage()),
             "--deflate-min-size" => {
                 cfg.deflate.min_size = value.parse().unwrap_or_else(|_| usage())
             }

@@ -315,6 +315,15 @@ pub struct ClientProcess {
 impl ClientProcess {
     /// Runs `test_name` (an ignored test of this executable that calls [`client_mode`]) as a child.
     pub fn spawn(test_name: &str, addr: SocketAddr, count: usize) -> ClientProcess {
+        Self::spawn_with(
+            test_name,
+            &[(ENV_ADDR, addr.to_string()), (ENV_COUNT, count.to_string())],
+        )
+    }
+
+    /// Runs `test_name` (an ignored test of this executable) as a child with `env` set; it speaks
+    /// the same `CLIENT <word> <n>` lines.
+    pub fn spawn_with(test_name: &str, env: &[(&str, String)]) -> ClientProcess {
         let exe = std::env::current_exe().unwrap();
         let mut child = Command::new(exe)
             .args([
@@ -324,8 +333,7 @@ impl ClientProcess {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(ENV_ADDR, addr.to_string())
-            .env(ENV_COUNT, count.to_string())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -399,7 +407,7 @@ impl Drop for ClientProcess {
     }
 }
 
-fn report(word: &str, n: usize) {
+pub fn report(word: &str, n: usize) {
     println!("CLIENT {word} {n}");
     io::stdout().flush().unwrap();
 }

@@ -17,11 +17,47 @@ use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 
 use crate::server::config::{Backend, UringRecv};
+
+/// How long a worker waits before accepting again after an accept failed with an error that may
+/// persist (out of descriptors or memory): retrying at once would spin, and waiting for the next
+/// arrival could wait forever while clients sit in the accept queue.
+pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+
+/// The log of failed accepts: one line per second at most, with the count of those not logged in
+/// between. Both drivers retry after [`ACCEPT_RETRY`].
+#[derive(Debug, Default)]
+pub(crate) struct AcceptErrors {
+    logged: Option<Instant>,
+    quiet: u64,
+}
+
+impl AcceptErrors {
+    pub(crate) fn log(&mut self, e: &io::Error) {
+        let now = Instant::now();
+        if self
+            .logged
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.quiet += 1;
+            return;
+        }
+        let quiet = std::mem::take(&mut self.quiet);
+        let retry = ACCEPT_RETRY.as_millis();
+        if quiet > 0 {
+            eprintln!(
+                "surge: accept failed: {e}; retrying in {retry} ms ({quiet} more since the last line)"
+            );
+        } else {
+            eprintln!("surge: accept failed: {e}; retrying in {retry} ms");
+        }
+        self.logged = Some(now);
+    }
+}
 
 /// A connection's socket.
 #[derive(Debug)]

@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use super::{IoEvent, Socket};
+use super::{AcceptErrors, IoEvent, Socket, ACCEPT_RETRY};
 use crate::buf::WriteQueue;
 use crate::server::config::UringRecv;
 
@@ -463,9 +463,8 @@ pub(crate) struct UringDriver {
     poll_mode: bool,
     /// Poll mode: connections with receives in flight. Only busy connections have an entry.
     recvs: std::collections::HashMap<u64, RecvPair>,
-    /// When the last accept error was logged, and how many went unlogged since.
-    accept_log: Option<Instant>,
-    accept_errors_quiet: u64,
+    /// Failed accepts, logged at most once a second.
+    accept_errors: AcceptErrors,
 }
 
 impl std::fmt::Debug for UringDriver {
@@ -506,7 +505,7 @@ impl UringDriver {
             listeners: Vec::new(),
             wake_fd,
             wake_buf: Box::new(0),
-            retry_ts: Box::new(types::Timespec::new().nsec(10_000_000)),
+            retry_ts: Box::new(types::Timespec::from(ACCEPT_RETRY)),
             inflight: 0,
             closing: false,
             direct,
@@ -516,8 +515,7 @@ impl UringDriver {
             addr_lens: Vec::new(),
             poll_mode: recv == UringRecv::PollThenRecv,
             recvs: Default::default(),
-            accept_log: None,
-            accept_errors_quiet: 0,
+            accept_errors: AcceptErrors::default(),
         };
         if direct {
             if let Err(why) = super::probe::peer_support() {
@@ -995,8 +993,8 @@ impl UringDriver {
                     if !more {
                         if res < 0 && res != -libc::ECANCELED {
                             // Out of descriptors or memory, or anything else that may persist:
-                            // re-arming at once could spin, so wait 10 ms.
-                            self.log_accept_error(res);
+                            // re-arming at once could spin, so wait ACCEPT_RETRY (10 ms).
+                            self.accept_errors.log(&io::Error::from_raw_os_error(-res));
                             retry_accept.push(index);
                         } else {
                             rearm_accept.push(index);
@@ -1183,29 +1181,6 @@ impl UringDriver {
                 more: true,
             }),
         }
-    }
-
-    /// One line per second at most about accepts ending in error, with the count of those not
-    /// logged in between.
-    fn log_accept_error(&mut self, res: i32) {
-        let now = Instant::now();
-        if self
-            .accept_log
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
-            self.accept_errors_quiet += 1;
-            return;
-        }
-        let e = io::Error::from_raw_os_error(-res);
-        let quiet = std::mem::take(&mut self.accept_errors_quiet);
-        if quiet > 0 {
-            eprintln!(
-                "surge: accept failed: {e}; retrying in 10 ms ({quiet} more since the last line)"
-            );
-        } else {
-            eprintln!("surge: accept failed: {e}; retrying in 10 ms");
-        }
-        self.accept_log = Some(now);
     }
 }
 

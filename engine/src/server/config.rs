@@ -149,7 +149,12 @@ pub struct ServerConfig {
     /// The kernel interface (default [`Backend::Auto`]). The `SURGE_BACKEND` environment variable
     /// (`epoll`, `io_uring`, `auto`) overrides it.
     pub backend: Backend,
-    /// `listen(2)` backlog per worker socket (default 1024).
+    /// `listen(2)` backlog per worker socket: connections the kernel completes and queues until the
+    /// worker accepts them (default 4096; Linux caps it at `net.core.somaxconn`, 4096 by default
+    /// since 5.4). A connect arriving at a full queue is dropped and retried by the client's TCP
+    /// only after 1 s, then 3 s, 7 s...: a burst of connects (a load generator, the reconnect
+    /// storm after a deploy) larger than the queue waits seconds. With 1024, 5,000 connects at
+    /// once at one epoll worker overflowed it by 1,200-2,600 (docs/BENCHMARKS.md, "Connect storm").
     pub backlog: i32,
     /// Connections per worker, handshakes included; more are accepted and closed at once
     /// (default 100_000).
@@ -229,7 +234,7 @@ impl Default for ServerConfig {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin_cpus: false,
             backend: Backend::Auto,
-            backlog: 1024,
+            backlog: 4096,
             max_connections_per_worker: 100_000,
             handshake_timeout: Duration::from_secs(10),
             max_handshake_size: DEFAULT_MAX_HEAD_SIZE,

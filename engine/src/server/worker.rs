@@ -25,7 +25,7 @@ use super::registry::{ConnId, Registry};
 use super::timer::TimerWheel;
 use super::Shared;
 use crate::buf::{ChunkPool, QueueOutput, WriteQueue};
-use crate::driver::{Driver, IoEvent, Socket};
+use crate::driver::{AcceptErrors, Driver, IoEvent, Socket, ACCEPT_RETRY};
 use crate::handler::{CloseInfo, Handler, SendStatus, Upgrade};
 use crate::handshake::{
     check_origin, parse_request, write_accept_response, write_rejection, HandshakeConfig,
@@ -847,6 +847,11 @@ pub(crate) struct Worker<H: Handler> {
     pending_reads: Vec<ConnId>,
     expired: Vec<(u64, TimerEntry)>,
     stop_deadline: Option<Instant>,
+    /// epoll: an accept failed (out of descriptors): when to try the listeners again. The
+    /// edge-triggered listener reports nothing more until a new connection arrives, however long
+    /// the queued ones wait.
+    accept_retry: Option<Instant>,
+    accept_errors: AcceptErrors,
 }
 
 impl<H: Handler> Worker<H> {
@@ -869,6 +874,8 @@ impl<H: Handler> Worker<H> {
             pending_reads: Vec::new(),
             expired: Vec::new(),
             stop_deadline: None,
+            accept_retry: None,
+            accept_errors: AcceptErrors::default(),
         }
     }
 
@@ -888,6 +895,10 @@ impl<H: Handler> Worker<H> {
                 let left = deadline.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
+            if let Some(at) = self.accept_retry {
+                let left = at.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
             self.hand_over_removed();
             self.register_dials();
             self.poll(timeout)?;
@@ -898,6 +909,12 @@ impl<H: Handler> Worker<H> {
                 self.dispatch(ev);
             }
             self.events = events;
+            if self.accept_retry.is_some_and(|at| self.ctx.now >= at) {
+                self.accept_retry = None;
+                for i in 0..self.listeners.len() {
+                    self.accept(i);
+                }
+            }
 
             for id in std::mem::take(&mut self.pending_reads) {
                 // Read until WouldBlock: an EOF seen with the earlier edge has no edge of its own.
@@ -1131,9 +1148,22 @@ impl<H: Handler> Worker<H> {
             let (stream, _addr) = match listener.accept() {
                 Ok(found) => found,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // Out of descriptors, or the peer gave up already: the next arrival retries.
-                Err(_) => return,
+                // Interrupted, or this connection was reset while queued: the next one.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
+                // Out of descriptors or memory (the connections stay queued): no new edge comes
+                // for them, so try again after a pause, as the io_uring driver does.
+                Err(e) => {
+                    self.accept_errors.log(&e);
+                    self.accept_retry = Some(self.ctx.now + ACCEPT_RETRY);
+                    return;
+                }
             };
             self.admit(Socket::Fd(stream), i);
         }
