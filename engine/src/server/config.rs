@@ -213,10 +213,10 @@ pub struct ServerConfig {
     /// How long [`ServerHandle::shutdown`](crate::ServerHandle::shutdown) waits for close handshakes
     /// before dropping the remaining connections (default 5 s).
     pub shutdown_timeout: Duration,
-    /// Protocol settings: maximum frame and message size (16 MiB each), close-handshake timeout
-    /// (5 s, also the time to wait for the peer's FIN after ours), idle timeout with automatic ping
-    /// (off) and pong deadline (10 s), automatic pong (on), fragment streaming (off). The role is
-    /// always server.
+    /// Protocol settings: maximum frame and message size (16 MiB each), frames per message
+    /// (2^17), close-handshake timeout (5 s, also the time to wait for the peer's FIN after ours),
+    /// idle timeout with automatic ping (off) and pong deadline (10 s), automatic pong (on),
+    /// fragment streaming (off). The role is always server.
     pub proto: proto::Config,
     /// permessage-deflate (RFC 7692): the mode to negotiate (default `Disabled`), the minimum size
     /// below which messages go uncompressed (64 B) and the level (1). The largest inflated message is
