@@ -360,6 +360,43 @@ fn read_limit_counts_fragments() {
 }
 
 #[test]
+fn fragment_limit_closes_with_1009() {
+    bounded(|| {
+        let mut upgrader = Upgrader::default();
+        upgrader.proto.max_fragments = 50;
+        let (mut server, mut client) = pair_with(upgrader, Dialer::default());
+        let reader = thread::spawn(move || {
+            let first = server.read_message().map(|(_, data)| data.len());
+            (first.unwrap(), server.read_message().unwrap_err())
+        });
+        // Each flush sends what is buffered as a frame: 50 frames, then 51.
+        for frames in [50, 51] {
+            let mut w = client.next_writer(MessageType::Binary).unwrap();
+            for _ in 0..frames - 1 {
+                // The server may fail the connection before the last piece is written.
+                let _ = w.write_all(b"x").and_then(|()| w.flush());
+            }
+            let _ = w.write_all(b"x");
+            let _ = w.close();
+        }
+        assert!(is_close_error(
+            &client.read_message().unwrap_err(),
+            &[CloseCode::TOO_BIG]
+        ));
+        drop(client);
+        let (first, second) = reader.join().unwrap();
+        assert_eq!(first, 50);
+        assert!(
+            matches!(
+                second,
+                Error::Protocol(surge::proto::Error::TooManyFragments { max: 50 })
+            ),
+            "{second}"
+        );
+    });
+}
+
+#[test]
 fn read_deadline_makes_the_connection_unusable() {
     bounded(|| {
         let (mut server, client) = pair();

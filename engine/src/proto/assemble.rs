@@ -115,6 +115,10 @@ pub struct DecoderConfig {
     pub rules: HeaderRules,
     /// The largest message accepted, counted before anything is copied (1009 beyond it).
     pub max_message_size: u64,
+    /// The most frames one data message may have, its first included (1009 beyond it; a limit
+    /// under 1 counts as 1). Without it, 0-byte continuation frames would keep a message open for
+    /// ever without reaching `max_message_size`.
+    pub max_fragments: u32,
     /// Deliver messages that are not wholly in one input buffer piece by piece
     /// ([`Event::Fragment`]) instead of assembling them.
     pub stream_fragments: bool,
@@ -164,8 +168,9 @@ pub struct Decoder {
     in_frame: bool,
     frame_op: Option<OpCode>,
     frame_fin: bool,
-    masked: bool,
-    phase: u8,
+    /// The masking key of the frame in progress, rotated as its payload is unmasked so that it
+    /// applies from the next byte (all zeros for an unmasked frame: XOR with 0 changes nothing,
+    /// so no flag says whether there was one, nor a phase where the key stands).
     mask: [u8; 4],
     remaining: u64,
     /// The data message in progress (fragmented, or a frame split across reads).
@@ -177,6 +182,8 @@ pub struct Decoder {
     /// The message in progress is delivered piece by piece.
     streaming: bool,
     first_piece: bool,
+    /// Frames of the message in progress so far (see [`DecoderConfig::max_fragments`]).
+    msg_frames: u32,
     msg_len: u64,
     utf8: Utf8Stream,
     /// Assembly buffer for the message in progress; empty and without capacity when idle.
@@ -211,6 +218,13 @@ impl Decoder {
     /// Whether a message or frame is partly received.
     pub fn is_idle(&self) -> bool {
         self.msg.is_none() && !self.in_frame && self.hdr_len == 0
+    }
+
+    /// Heap bytes this decoder holds: the capacity of its assembly buffer (a message or control
+    /// frame partly received; 0 once [`Decoder::recycle`] has run between messages). What a peer
+    /// can make a connection hold by trickling a message in, for a caller's memory budget.
+    pub fn held_bytes(&self) -> usize {
+        self.assembly.capacity()
     }
 
     /// Whether the message being received (or just delivered) had RSV1 set on its first frame.
@@ -327,18 +341,16 @@ impl Decoder {
                 self.in_frame = true;
                 self.frame_op = Some(h.opcode);
                 self.frame_fin = h.fin;
-                self.masked = h.mask.is_some();
                 self.mask = h.mask.unwrap_or_default();
-                self.phase = 0;
                 self.remaining = h.len;
             }
 
             // Payload of the current frame, as much as this input holds.
             let take = self.remaining.min((input.len() - pos) as u64) as usize;
             let (start, end) = (pos, pos + take);
-            if self.masked {
-                self.phase =
-                    apply_mask(&mut input[start..end], self.mask, self.phase as usize) as u8;
+            if self.mask != [0; 4] {
+                apply_mask(&mut input[start..end], self.mask, 0);
+                self.mask.rotate_left(take % 4);
             }
             self.remaining -= take as u64;
             pos = end;
@@ -505,6 +517,17 @@ impl Decoder {
             self.msg_compressed = h.rsv & RSV1 != 0;
             self.msg_kind = Some(kind);
         }
+        let frames = if self.msg.is_some() {
+            self.msg_frames.saturating_add(1)
+        } else {
+            1
+        };
+        if frames > cfg.max_fragments.max(1) {
+            return Err(Error::TooManyFragments {
+                max: cfg.max_fragments.max(1),
+            });
+        }
+        self.msg_frames = frames;
         let total = if self.msg.is_some() { self.msg_len } else { 0 }.saturating_add(h.len);
         if total > cfg.max_message_size {
             return Err(Error::MessageTooBig {
@@ -540,4 +563,228 @@ fn control_event<'a>(
             Event::Close { code, reason }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::frame::Role;
+
+    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// One masked client frame.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![u8::from(fin) << 7 | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&KEY);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ KEY[i % 4]));
+        out
+    }
+
+    fn config(max_fragments: u32, stream_fragments: bool) -> DecoderConfig {
+        DecoderConfig {
+            rules: HeaderRules {
+                role: Role::Server,
+                allowed_rsv: 0,
+                max_frame_size: 1 << 20,
+            },
+            max_message_size: 1 << 20,
+            max_fragments,
+            stream_fragments,
+        }
+    }
+
+    /// What came out of feeding `input` in pieces of `step` bytes: messages (text and binary as
+    /// bytes), pieces, control payloads, or the error that ended it.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Out {
+        Msg(Vec<u8>),
+        Piece(Vec<u8>, bool),
+        Ping(Vec<u8>),
+        Err(Error),
+    }
+
+    fn feed(input: &[u8], step: usize, cfg: &DecoderConfig) -> Vec<Out> {
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        for chunk in input.chunks(step.max(1)) {
+            let mut buf = chunk.to_vec();
+            let mut pos = 0;
+            while pos < buf.len() {
+                match d.decode(&mut buf[pos..], cfg, &mut NoPool) {
+                    Ok((n, ev)) => {
+                        pos += n;
+                        match ev {
+                            Some(Event::Message(m)) => got.push(Out::Msg(m.as_bytes().to_vec())),
+                            Some(Event::Fragment { data, last, .. }) => {
+                                got.push(Out::Piece(data.to_vec(), last))
+                            }
+                            Some(Event::Ping(p)) => got.push(Out::Ping(p.to_vec())),
+                            Some(other) => panic!("unexpected {other:?}"),
+                            None => {}
+                        }
+                    }
+                    Err(e) => {
+                        got.push(Out::Err(e));
+                        return got;
+                    }
+                }
+            }
+            d.recycle(&mut NoPool);
+        }
+        got
+    }
+
+    /// A text message "ab" in `frames` frames: "a", then 0-byte continuations, then "b" (fin).
+    fn message_of(frames: u32) -> Vec<u8> {
+        assert!(frames >= 2);
+        let mut out = frame(false, 1, b"a");
+        for _ in 0..frames - 2 {
+            out.extend(frame(false, 0, b""));
+        }
+        out.extend(frame(true, 0, b"b"));
+        out
+    }
+
+    #[test]
+    fn fragment_limit_allows_exactly_the_limit() {
+        let cfg = config(100, false);
+        let mut input = message_of(100);
+        // The count starts again with each message.
+        input.extend(message_of(100));
+        input.extend(frame(true, 2, b"one"));
+        for step in [input.len(), 7, 1] {
+            assert_eq!(
+                feed(&input, step, &cfg),
+                vec![
+                    Out::Msg(b"ab".to_vec()),
+                    Out::Msg(b"ab".to_vec()),
+                    Out::Msg(b"one".to_vec())
+                ],
+                "in pieces of {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn fragment_limit_fails_one_frame_past_it_with_1009() {
+        let cfg = config(100, false);
+        let input = message_of(101);
+        for step in [input.len(), 5, 1] {
+            let got = feed(&input, step, &cfg);
+            assert_eq!(
+                got,
+                vec![Out::Err(Error::TooManyFragments { max: 100 })],
+                "in pieces of {step}"
+            );
+        }
+        assert_eq!(
+            Error::TooManyFragments { max: 100 }.close_code(),
+            CloseCode::TOO_BIG
+        );
+    }
+
+    #[test]
+    fn endless_empty_continuations_end_at_the_limit() {
+        // The attack: a message that starts and then only ever sends 0-byte continuations. It
+        // never reaches the size limit; the frame count ends it.
+        let cfg = config(1000, false);
+        let mut input = frame(false, 2, b"x");
+        let empty = frame(false, 0, b"");
+        for _ in 0..5000 {
+            input.extend_from_slice(&empty);
+        }
+        // All at once: consumed up to the header of frame 1001, then the error.
+        let mut d = Decoder::new();
+        let err = d.decode(&mut input.clone(), &cfg, &mut NoPool).unwrap_err();
+        assert_eq!(err, Error::TooManyFragments { max: 1000 });
+        // Frame by frame: the first 1000 are taken in, the 1001st fails.
+        let mut d = Decoder::new();
+        let mut frames = vec![frame(false, 2, b"x")];
+        frames.extend(std::iter::repeat_n(empty, 5000));
+        let mut taken = 0;
+        let err = loop {
+            let mut f = frames[taken].clone();
+            match d.decode(&mut f, &cfg, &mut NoPool) {
+                Ok((_, None)) => taken += 1,
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err, Error::TooManyFragments { max: 1000 });
+        assert_eq!(taken, 1000);
+    }
+
+    #[test]
+    fn fragment_limit_applies_to_streamed_messages_and_ignores_control_frames() {
+        let cfg = config(3, true);
+        // Three data frames with pings between them: within the limit.
+        let mut ok = frame(false, 1, b"a");
+        ok.extend(frame(true, 9, b"p"));
+        ok.extend(frame(false, 0, b""));
+        ok.extend(frame(true, 9, b"q"));
+        ok.extend(frame(true, 0, b"b"));
+        let got = feed(&ok, ok.len(), &cfg);
+        assert_eq!(
+            got,
+            vec![
+                Out::Piece(b"a".to_vec(), false),
+                Out::Ping(b"p".to_vec()),
+                Out::Ping(b"q".to_vec()),
+                Out::Piece(b"b".to_vec(), true),
+            ]
+        );
+        // A fourth data frame is one too many, even streamed.
+        let bad = message_of(4);
+        let got = feed(&bad, bad.len(), &cfg);
+        assert_eq!(
+            got.last(),
+            Some(&Out::Err(Error::TooManyFragments { max: 3 }))
+        );
+    }
+
+    #[test]
+    fn a_zero_limit_counts_as_one() {
+        let cfg = config(0, false);
+        let whole = frame(true, 2, b"whole");
+        assert_eq!(feed(&whole, 2, &cfg), vec![Out::Msg(b"whole".to_vec())]);
+        let two = message_of(2);
+        assert_eq!(
+            feed(&two, two.len(), &cfg),
+            vec![Out::Err(Error::TooManyFragments { max: 1 })]
+        );
+    }
+
+    #[test]
+    fn held_bytes_follow_a_partial_message() {
+        let cfg = config(100, false);
+        let mut d = Decoder::new();
+        assert_eq!(d.held_bytes(), 0);
+        let mut first = frame(false, 2, &[1; 1000]);
+        let len = first.len();
+        let (n, ev) = d.decode(&mut first, &cfg, &mut NoPool).unwrap();
+        assert_eq!((n, ev), (len, None));
+        assert!(d.held_bytes() >= 1000, "{}", d.held_bytes());
+        d.recycle(&mut NoPool);
+        assert!(
+            d.held_bytes() >= 1000,
+            "kept while the message is in progress"
+        );
+        let mut last = frame(true, 0, &[2; 10]);
+        let (_, ev) = d.decode(&mut last, &cfg, &mut NoPool).unwrap();
+        assert!(matches!(ev, Some(Event::Message(m)) if m.as_bytes().len() == 1010));
+        d.recycle(&mut NoPool);
+        assert_eq!(d.held_bytes(), 0, "given back between messages");
+        // A whole message in the input is not copied: nothing held.
+        let mut whole = frame(true, 2, &[3; 500]);
+        d.decode(&mut whole, &cfg, &mut NoPool).unwrap();
+        d.recycle(&mut NoPool);
+        assert_eq!(d.held_bytes(), 0);
+    }
 }

@@ -20,6 +20,11 @@ pub struct Config {
     pub max_frame_size: u64,
     /// Largest message accepted, after reassembly (default 16 MiB; 1009 beyond).
     pub max_message_size: u64,
+    /// Most frames in one received data message, its first included (default 131072 = 2^17;
+    /// 1009 beyond). Twice the 65,536 frames of the longest Autobahn case (9.3.1/9.4.1: 4 MiB in
+    /// 64-byte fragments); a 16 MiB message under it has fragments of 128 bytes on average.
+    /// Without it, 0-byte continuation frames keep a message open for ever.
+    pub max_fragments: u32,
     /// Answer pings with pongs automatically (default on, as gorilla's default ping handler).
     pub auto_pong: bool,
     /// Deliver messages that do not arrive whole in one read piece by piece (default off).
@@ -43,6 +48,7 @@ impl Config {
             role: Role::Server,
             max_frame_size: 16 << 20,
             max_message_size: 16 << 20,
+            max_fragments: 1 << 17,
             auto_pong: true,
             stream_fragments: false,
             allowed_rsv: 0,
@@ -70,6 +76,7 @@ impl Config {
                 max_frame_size: self.max_frame_size,
             },
             max_message_size: self.max_message_size,
+            max_fragments: self.max_fragments,
             stream_fragments: self.stream_fragments,
         }
     }
@@ -334,6 +341,12 @@ impl Reader {
         self.decoder.recycle(pool);
     }
 
+    /// Heap bytes held for a message (or control frame) partly received; see
+    /// [`Decoder::held_bytes`].
+    pub fn held_bytes(&self) -> usize {
+        self.decoder.held_bytes()
+    }
+
     /// Reads input: see [`Decoder::decode_ext`]. Automatic replies (pong, the close echo, the close
     /// that fails the connection on a protocol error) go through `writer` to `out`, and the close
     /// handshake advances there. Data received after we sent a close is consumed and discarded.
@@ -444,8 +457,15 @@ impl Writer {
     /// [`Reader::read_ext`], a close with the error's code is written to `out` (unless one was
     /// sent) and the state is `Closed`.
     pub fn fail(&mut self, out: &mut impl Output, error: &Error) {
+        self.fail_with(out, error.close_code(), "");
+    }
+
+    /// Fails the connection for a reason of the caller's (a resource limit above the protocol:
+    /// `code` 1013 when a server sheds load): as [`Writer::fail`], with this code and reason
+    /// (unless a close was sent already; the reason cut to 123 bytes).
+    pub fn fail_with(&mut self, out: &mut impl Output, code: CloseCode, reason: &str) {
         if !self.encoder.close_sent() {
-            let _ = self.encoder.close(out, Some(error.close_code()), "");
+            let _ = self.encoder.close(out, Some(code), reason);
         }
         self.state = State::Closed;
         self.deadline = None;

@@ -426,6 +426,12 @@ impl DeflateState {
         self.sent.capacity() + self.received.capacity()
     }
 
+    /// Whether an inflater is held between the pieces of a compressed message arriving over
+    /// several reads (given back with its last piece).
+    pub fn inflater_held(&self) -> bool {
+        self.inflating.is_some()
+    }
+
     /// Compresses one whole message into `out` (appended) and advances our window: see
     /// [`DeflateState::compress_pending`] and [`DeflateState::commit`].
     pub fn compress(

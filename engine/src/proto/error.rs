@@ -90,6 +90,12 @@ pub enum Error {
         /// The configured limit.
         max: u64,
     },
+    /// A data message of more frames than the configured maximum (1009): a message of endless
+    /// 0-byte continuation frames never reaches the size limit, yet never ends.
+    TooManyFragments {
+        /// The configured limit.
+        max: u32,
+    },
     /// A continuation frame without a message in progress (5.4).
     ContinuationWithoutStart,
     /// A new text or binary frame while a fragmented message is in progress (5.4).
@@ -112,7 +118,9 @@ impl Error {
     /// The close code sent when failing the connection for this error.
     pub fn close_code(&self) -> CloseCode {
         match self {
-            Error::FrameTooBig { .. } | Error::MessageTooBig { .. } => CloseCode::TOO_BIG,
+            Error::FrameTooBig { .. }
+            | Error::MessageTooBig { .. }
+            | Error::TooManyFragments { .. } => CloseCode::TOO_BIG,
             Error::InvalidUtf8 | Error::CompressedDataInvalid => CloseCode::INVALID_PAYLOAD,
             _ => CloseCode::PROTOCOL,
         }
@@ -146,6 +154,9 @@ impl fmt::Display for Error {
                     f,
                     "message of {len} bytes or more exceeds the limit of {max}"
                 )
+            }
+            Error::TooManyFragments { max } => {
+                write!(f, "message of more than {max} frames")
             }
             Error::ContinuationWithoutStart => {
                 f.write_str("continuation frame without a message in progress")

@@ -186,6 +186,15 @@ pub struct ServerConfig {
     pub read_buffer_size: usize,
     /// Free chunks a worker keeps in each pool (default 256, i.e. up to 4 MiB per pool).
     pub pool_max_cached: usize,
+    /// Most bytes a worker's connections may hold together for messages partly received
+    /// (default 256 MiB): a message trickling in is held until it is whole, up to
+    /// `proto.max_message_size` each. Past it, the connections holding the most are failed with
+    /// 1013 (try again later), a close frame and `on_close` as for a protocol error, until the
+    /// total is back under it (one log line a second at most says so). Counted: assembly buffers
+    /// (their capacity) and the inflater a compressed message streamed in pieces holds between
+    /// reads. The default lets 16 messages of the default 16 MiB limit assemble at once per
+    /// worker; `usize::MAX` turns it off.
+    pub max_assembly_per_worker: usize,
     /// Set `TCP_NODELAY` on accepted sockets (default on). It is set on the listening sockets,
     /// which Linux copies to each accepted one: no syscall per connection.
     pub tcp_nodelay: bool,
@@ -216,10 +225,10 @@ pub struct ServerConfig {
     /// How long [`ServerHandle::shutdown`](crate::ServerHandle::shutdown) waits for close handshakes
     /// before dropping the remaining connections (default 5 s).
     pub shutdown_timeout: Duration,
-    /// Protocol settings: maximum frame and message size (16 MiB each), close-handshake timeout
-    /// (5 s, also the time to wait for the peer's FIN after ours), idle timeout with automatic ping
-    /// (off) and pong deadline (10 s), automatic pong (on), fragment streaming (off). The role is
-    /// always server.
+    /// Protocol settings: maximum frame and message size (16 MiB each), frames per message
+    /// (2^17), close-handshake timeout (5 s, also the time to wait for the peer's FIN after ours),
+    /// idle timeout with automatic ping (off) and pong deadline (10 s), automatic pong (on),
+    /// fragment streaming (off). The role is always server.
     pub proto: proto::Config,
     /// permessage-deflate (RFC 7692): the mode to negotiate (default `Disabled`), the minimum size
     /// below which messages go uncompressed (64 B) and the level (1). The largest inflated message is
@@ -246,6 +255,7 @@ impl Default for ServerConfig {
             write_chunk_size: 16 * 1024,
             read_buffer_size: 64 * 1024,
             pool_max_cached: 256,
+            max_assembly_per_worker: 256 << 20,
             tcp_nodelay: true,
             uring_direct_descriptors: true,
             uring_recv: UringRecv::Multishot,

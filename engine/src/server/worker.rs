@@ -37,6 +37,7 @@ pub(crate) mod dial;
 use dial::{ClientState, ConnectError, Dial};
 mod compression;
 use compression::{Compression, Inflated};
+mod budget;
 
 /// Token of the worker's waker.
 pub(crate) const WAKER_TOKEN: usize = usize::MAX;
@@ -211,6 +212,8 @@ pub struct WorkerCtx<D> {
     client: ClientState<D>,
     /// permessage-deflate: the worker's pooled compressors and buffers.
     compression: Compression,
+    /// Bytes held by messages in progress, against `max_assembly_per_worker` (budget.rs).
+    budget: budget::AssemblyBudget,
     /// io_uring direct descriptors: IPv6 peer addresses of upgraded connections (an IPv4 one is
     /// packed in the connection).
     peers6: HashMap<ConnId, SocketAddr>,
@@ -251,6 +254,7 @@ impl<D> WorkerCtx<D> {
             hs_cfg: cfg.handshake(),
             protocols: cfg.subprotocols.iter().take(255).cloned().collect(),
             compression: Compression::new(&cfg),
+            budget: budget::AssemblyBudget::default(),
             cfg,
             app_timers: HashMap::new(),
             timer_seq: 0,
@@ -581,6 +585,7 @@ impl<D> WorkerCtx<D> {
             self.pending_pongs.remove(&id);
         }
         if let Some(mut c) = self.conns.remove(id) {
+            self.assembly_released(c.assembly_held());
             if c.peer == PackedPeer::V6 {
                 self.peers6.remove(&id);
             }
@@ -606,6 +611,7 @@ impl<D> WorkerCtx<D> {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
+        self.budget.release(c.assembly_held());
         if let Stage::Open(mut p) = std::mem::replace(&mut c.stage, Stage::Draining) {
             p.recycle(&mut self.assembly);
         }
@@ -1463,6 +1469,7 @@ impl<H: Handler> Worker<H> {
     /// core's reader is out on the stack meanwhile (the events borrow its buffers); its writer stays
     /// in the slot, so what the handler sends or closes goes straight through it.
     fn ws_bytes(&mut self, id: ConnId, input: &mut [u8]) {
+        let held_before = self.ctx.conns.get(id).map_or(0, Connection::assembly_held);
         let Some(Stage::Open(core)) = self.ctx.conns.get_mut(id).map(|c| &mut c.stage) else {
             unreachable!("ws_bytes is called in the open stage");
         };
@@ -1573,11 +1580,14 @@ impl<H: Handler> Worker<H> {
             unreachable!("handlers cannot remove connections");
         };
         core.reader = reader;
-        if core.writer.is_closed() {
+        let closed = core.writer.is_closed();
+        ctx.assembly_settled(id, held_before);
+        if closed {
             ctx.enter_draining(id);
         } else {
             ctx.sync_timer(id);
         }
+        self.enforce_assembly_budget();
     }
 
     fn fire_timers(&mut self) {
