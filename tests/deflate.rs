@@ -425,7 +425,75 @@ fn rfc7692_examples() {
     assert_eq!(out, b"Hello");
 }
 
+/// Bytes after a block with BFINAL set are not read, however the message is split (found by the
+/// `deflate` fuzz target: split right after that block, the rest was inflated as a new stream).
+#[test]
+fn bytes_after_a_final_block_are_ignored_at_every_split() {
+    // 7.2.3.3's "Hello" with BFINAL set, then "Hello" again (7.2.3.1), then the next message.
+    let mut msg = vec![0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+    msg.extend_from_slice(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
+    let c = cfg(DeflateMode::NoContextTakeover);
+    let mut pool = DeflatePool::new(1);
+    for takeover in [false, true] {
+        let p = params(!takeover, !takeover, 15, 15);
+        for cut in 0..=msg.len() {
+            for cut2 in cut..=msg.len() {
+                let mut rx = DeflateState::new(p, Role::Client);
+                let mut out = Vec::new();
+                for (piece, first, fin) in [
+                    (&msg[..cut], true, false),
+                    (&msg[cut..cut2], false, false),
+                    (&msg[cut2..], false, true),
+                ] {
+                    rx.decompress(piece, first, fin, &c, &mut pool, &mut out)
+                        .unwrap();
+                }
+                assert_eq!(out, b"Hello", "cuts {cut} {cut2}");
+                // The next message is read afresh.
+                let mut next = Vec::new();
+                rx.decompress(&msg[7..], true, true, &c, &mut pool, &mut next)
+                    .unwrap();
+                assert_eq!(next, b"Hello", "cuts {cut} {cut2}");
+            }
+        }
+    }
+}
+
 // ---- bombs and bad data --------------------------------------------------------------------------
+
+/// A reused output buffer with more capacity than the limit is not filled past the limit plus one
+/// (found by the `deflate` fuzz target, with a piece's limit below the buffer's capacity).
+#[test]
+fn limit_holds_in_a_buffer_with_more_capacity() {
+    let zeros = vec![0u8; 100_000];
+    let mut compressed = Vec::new();
+    let mut pool = DeflatePool::new(1);
+    let p = params(true, true, 15, 15);
+    let mut tx = DeflateState::new(p, Role::Server);
+    assert!(tx.compress(
+        &zeros,
+        &cfg(DeflateMode::NoContextTakeover),
+        &mut pool,
+        &mut compressed
+    ));
+    let mut rx = DeflateState::new(p, Role::Client);
+    for max in [0, 1, 100, 4073] {
+        let c = DeflateConfig {
+            max_decompressed: max,
+            ..cfg(DeflateMode::NoContextTakeover)
+        };
+        let mut out = Vec::with_capacity(65536);
+        let err = rx
+            .decompress(&compressed, true, true, &c, &mut pool, &mut out)
+            .unwrap_err();
+        assert!(matches!(err, Error::MessageTooBig { .. }), "{err:?}");
+        assert!(
+            out.len() as u64 <= max + 1,
+            "{} bytes out, limit {max}",
+            out.len()
+        );
+    }
+}
 
 #[test]
 fn decompression_bomb_ends_with_1009_and_bounded_memory() {

@@ -46,6 +46,14 @@ fn handshake_corpus() {
 }
 
 #[test]
+fn deflate_corpus() {
+    for (path, data) in corpus("deflate") {
+        eprintln!("{}", path.display());
+        surge::fuzzing::fuzz_check_deflate(&data);
+    }
+}
+
+#[test]
 fn mask_corpus() {
     for (path, data) in corpus("mask") {
         eprintln!("{}", path.display());

@@ -62,7 +62,8 @@ enum TimerKind {
 
 /// The handler of every loopback test: echoes, and reacts to a few magic messages and paths.
 ///
-/// Paths: `/reject` is refused with 401; `/tick` starts a 20 ms interval timer sending "tick".
+/// Paths: `/reject` is refused with 401; `/tick` starts a 20 ms interval timer sending "tick";
+/// `/proto/NAME` is accepted with subprotocol NAME (whatever the client offered).
 /// Texts: "please close" -> close 4001; "flood" -> 64 x 64 KiB at once; "flood-timer" -> 4 x 64 KiB
 /// every millisecond.
 struct TestHandler {
@@ -114,7 +115,11 @@ impl Handler for TestHandler {
             r.headers.push(("WWW-Authenticate".into(), "Bearer".into()));
             return Upgrade::Reject(r);
         }
-        Upgrade::Accept(Accept::new(req.path().to_owned()))
+        let mut accept = Accept::new(req.path().to_owned());
+        if let Some(name) = req.path().strip_prefix("/proto/") {
+            accept.subprotocol = Some(name.to_owned());
+        }
+        Upgrade::Accept(accept)
     }
 
     fn on_open(&mut self, conn: &mut Conn<'_, String>) {
@@ -878,6 +883,51 @@ fn client_process() {
     support::client_mode();
 }
 
+/// Whatever the number of distinct subprotocols a handler picks, every connection's
+/// `subprotocol()` is what its 101 named (the connection keeps a one-byte tag; one worker interns
+/// at most 254 names, the others are kept per connection), also once closed connections' names
+/// are freed and their tags reused.
+fn handler_chosen_subprotocols_are_all_reported() {
+    let server = TestServer::with(|c| c.workers = 1);
+    let open = |name: String| {
+        let c = RawClient::connect(server.addr, &format!("/proto/{name}"));
+        let line = format!("Sec-WebSocket-Protocol: {name}\r\n");
+        assert!(c.response.contains(&line), "{}", c.response);
+        (name, c)
+    };
+    let check = |clients: &mut [(String, RawClient)]| {
+        for (name, c) in clients {
+            c.send(true, 1, b"subprotocol?");
+            let f = c.read_frame_timeout(support::READ_TIMEOUT).expect("answer");
+            assert_eq!(String::from_utf8_lossy(&f.payload), name.as_str());
+        }
+    };
+    let mut clients: Vec<_> = (0..300).map(|i| open(format!("p{i}"))).collect();
+    check(&mut clients);
+    // Every other one closes (interned names and side-table ones alike): new names take their
+    // place.
+    let (gone, kept): (Vec<_>, Vec<_>) = clients
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| i % 2 == 0);
+    for (_, (_, mut c)) in gone {
+        c.send(true, 8, &1000u16.to_be_bytes());
+    }
+    let mut clients: Vec<_> = kept.into_iter().map(|(_, c)| c).collect();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            server.stats.closed.load(Ordering::SeqCst) == 150
+        }),
+        "{} closed",
+        server.stats.closed.load(Ordering::SeqCst)
+    );
+    clients.extend((0..150).map(|i| open(format!("q{i}"))));
+    check(&mut clients);
+    // A name another live connection holds.
+    clients.push(open("p100".into()));
+    check(&mut clients);
+}
+
 per_driver!(
     echo_text_and_binary,
     large_fragmented_messages_echo_intact,
@@ -890,6 +940,7 @@ per_driver!(
     handshake_rejections,
     half_request_dropped_at_handshake_timeout_while_others_served,
     subprotocol_selection_follows_server_preference,
+    handler_chosen_subprotocols_are_all_reported,
     plain_http_get_reaches_the_handler,
     idle_timeout_sends_ping_and_closes_without_pong,
     application_interval_timer_ticks,

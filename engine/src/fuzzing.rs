@@ -1,6 +1,9 @@
 //! Bodies of the cargo-fuzz targets, kept in the library so that the ordinary test suite runs them over
 //! the committed seed corpora (`tests/fuzz_corpus.rs`). Each asserts invariants, not only "no panic".
 
+mod deflate;
+pub use deflate::fuzz_check_deflate;
+
 use crate::proto::{Config, Conn, Event, FrameHeader, HeaderRules, Message, NoPool, Role, RSV1};
 
 /// An owned record of what a connection reported, to compare runs over differently split input.

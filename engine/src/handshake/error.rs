@@ -23,6 +23,9 @@ pub enum HandshakeError {
     MethodNotAllowed,
     /// "the HTTP version MUST be at least 1.1" (505).
     HttpVersion,
+    /// The request target is neither a path nor an absolute http(s)/ws(s) URI without user info
+    /// (400).
+    InvalidTarget,
     /// No `Host` header (400).
     MissingHost,
     /// A header that must appear once appears several times (400).
@@ -47,7 +50,7 @@ impl HandshakeError {
         use HandshakeError::*;
         match self {
             RequestTooLarge { .. } | TooManyHeaders => 431,
-            Malformed(_) | NotUtf8 | MissingHost | DuplicateHeader(_) => 400,
+            Malformed(_) | NotUtf8 | InvalidTarget | MissingHost | DuplicateHeader(_) => 400,
             UpgradeNotWebSocket | ConnectionNotUpgrade | MissingKey | InvalidKey => 400,
             MethodNotAllowed => 405,
             HttpVersion => 505,
@@ -99,6 +102,9 @@ impl fmt::Display for HandshakeError {
             NotUtf8 => f.write_str("websocket: request head is not valid UTF-8"),
             MethodNotAllowed => f.write_str("websocket: request method is not GET"),
             HttpVersion => f.write_str("websocket: HTTP/1.1 or later is required"),
+            InvalidTarget => f.write_str(
+                "websocket: request target must be a path or an absolute http(s) or ws(s) URI",
+            ),
             MissingHost => f.write_str("websocket: 'Host' header is missing"),
             DuplicateHeader(name) => write!(f, "websocket: '{name}' header appears more than once"),
             UpgradeNotWebSocket => f.write_str(

@@ -58,7 +58,44 @@ fn split_port(authority: &str) -> (&str, Option<&str>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{parse_request, ParseStatus};
     use super::*;
+
+    fn check(target: &str, origin: &str) -> Result<(), HandshakeError> {
+        let text = format!(
+            "GET {target} HTTP/1.1\r\nHost: victim.example\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n"
+        );
+        let cfg = HandshakeConfig::default();
+        match parse_request(text.as_bytes(), &cfg) {
+            Ok(ParseStatus::Complete { request, .. }) => check_origin(&request, &cfg),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// An absolute-form target names the host in place of `Host` (RFC 9112 section 3.2.2): the
+    /// origin must match it, not the header.
+    #[test]
+    fn absolute_form_target_is_the_host_checked() {
+        assert_eq!(check("/chat", "http://victim.example"), Ok(()));
+        assert_eq!(
+            check("http://other.example/chat", "http://other.example"),
+            Ok(())
+        );
+        assert_eq!(
+            check("ws://other.example:80/", "http://other.example"),
+            Ok(())
+        );
+        assert_eq!(
+            check("http://other.example/chat", "http://victim.example"),
+            Err(HandshakeError::OriginRejected)
+        );
+        assert_eq!(
+            check("http://victim.example:8080/", "http://victim.example"),
+            Err(HandshakeError::OriginRejected)
+        );
+    }
 
     #[test]
     fn same_host_rules() {

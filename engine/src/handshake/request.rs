@@ -38,9 +38,19 @@ pub enum ParseStatus {
 
 /// Parses and validates a WebSocket upgrade request from the bytes received so far.
 ///
-/// Checks, in order: size limit (431), HTTP syntax (400), HTTP/1.1 (505), GET (405), `Host`
-/// (400), `Upgrade: websocket` (400), `Connection: upgrade` (400), `Sec-WebSocket-Version: 13`
-/// (426), `Sec-WebSocket-Key` (400). The origin is left to [`check_origin`](super::check_origin).
+/// Checks, in order: size limit (431), HTTP syntax (400), HTTP/1.1 (505), GET (405), request
+/// target (400), `Host` (400), `Upgrade: websocket` (400), `Connection: upgrade` (400),
+/// `Sec-WebSocket-Version: 13` (426), `Sec-WebSocket-Key` (400). The origin is left to
+/// [`check_origin`](super::check_origin).
+///
+/// The request target (RFC 9112 section 3.2) is a path (origin-form) or an absolute `http`,
+/// `https`, `ws` or `wss` URI without user info (absolute-form, which an HTTP/1.1 server must
+/// accept): then, as RFC 9112 section 3.2.2 requires and as Go's `net/http` (gorilla) does, the
+/// URI's authority is the request's [`host`](Request::host) in place of the `Host` header (which
+/// must still be there), so the origin check compares with it, and its path (`/` when empty) and
+/// query are [`path`](Request::path) and [`query`](Request::query). The authority-form (only for
+/// `CONNECT`) and the asterisk-form (only for `OPTIONS`, so never an upgrade; a plain `OPTIONS *`
+/// goes to the application) are refused, as is anything else.
 ///
 /// The answer depends only on the first `cfg.max_request_size` bytes and on whether there are
 /// more, so feeding the bytes in any number of pieces gives the same result once it is not
@@ -73,6 +83,13 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<ParseStatus, H
     if upgrade && method.get(head) != "GET" {
         return Err(HandshakeError::MethodNotAllowed);
     }
+    let (authority, target) = match split_target(head, target) {
+        Some(t) => t,
+        None if !upgrade && method.get(head) == "OPTIONS" && target.get(head) == "*" => {
+            (None, target)
+        }
+        None => return Err(HandshakeError::InvalidTarget),
+    };
     // "The request MUST contain a |Host| header field whose value contains /host/ plus optionally
     // ":" followed by /port/".
     let host = match fields.find("Host") {
@@ -80,6 +97,10 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<ParseStatus, H
         (_, 0 | 1) => return Err(HandshakeError::MissingHost),
         _ => return Err(HandshakeError::DuplicateHeader("Host")),
     };
+    // RFC 9112 section 3.2.2: "When an origin server receives a request with an absolute-form of
+    // request-target, the origin server MUST ignore the received Host header field (if any) and
+    // instead use the host information of the request-target."
+    let host = authority.unwrap_or(host);
     if !upgrade {
         let request = build_request(
             head,
@@ -119,6 +140,34 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Result<ParseStatus, H
     Ok(ParseStatus::Complete { request, consumed })
 }
 
+/// Splits a request target (RFC 9112 section 3.2) into the authority of an absolute-form (`None`
+/// for an origin-form) and its path with the query; `None` for any other form.
+fn split_target(head: &str, target: Span) -> Option<(Option<Span>, Span)> {
+    let t = target.get(head);
+    if t.starts_with('/') {
+        return Some((None, target));
+    }
+    // absolute-URI = scheme ":" hier-part [ "?" query ], with hier-part = "//" authority path.
+    let (scheme, rest) = t.split_once("://")?;
+    if !["http", "https", "ws", "wss"]
+        .iter()
+        .any(|s| scheme.eq_ignore_ascii_case(s))
+    {
+        return None;
+    }
+    let at = target.start as usize + scheme.len() + 3;
+    let len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..len];
+    // RFC 9110 section 4.2.4: user info in an http(s) URI is treated as an error.
+    if authority.is_empty() || authority.contains('@') || rest[len..].starts_with('#') {
+        return None;
+    }
+    Some((
+        Some(Span::new(at, at + len)),
+        Span::new(at + len, target.end as usize),
+    ))
+}
+
 /// Builds the owned request: one copy of the header block, spans into it.
 fn build_request(
     head: &str,
@@ -149,9 +198,16 @@ fn build_request(
             extensions.parse_header(head, value, &mut unescaped, consumed);
         }
     }
-    let mut text = String::with_capacity(consumed + unescaped.len());
+    let mut text = String::with_capacity(consumed + unescaped.len() + 1);
     text.push_str(head);
     text.push_str(&unescaped);
+    // An absolute-form target with an empty path (`http://host` or `http://host?q`) asks for `/`.
+    let path = if path.start == path.end {
+        text.push('/');
+        Span::new(text.len() - 1, text.len())
+    } else {
+        path
+    };
 
     Request {
         text,
@@ -227,7 +283,9 @@ impl Request {
         self.fields().iter()
     }
 
-    /// The `Host` header.
+    /// The host the request is for: the `Host` header, or the authority of an absolute-form
+    /// target (`GET http://host:port/path HTTP/1.1`), which RFC 9112 section 3.2.2 puts in its
+    /// place (`header("Host")` still gives the header).
     pub fn host(&self) -> &str {
         self.host.get(&self.text)
     }
@@ -427,6 +485,86 @@ mod tests {
                 assert_eq!(consumed, CHROME.len());
             }
         }
+    }
+
+    /// `with_header` with the request target `target`.
+    fn with_target(target: &str) -> String {
+        with_header("X", None).replace("GET /chat ", &format!("GET {target} "))
+    }
+
+    #[test]
+    fn absolute_form_target_names_the_host() {
+        let req = parse(&with_target("http://Other.example:8080/chat/x?room=1")).unwrap();
+        assert_eq!(req.host(), "Other.example:8080");
+        assert_eq!(req.header("Host"), Some("server.example.com"));
+        assert_eq!((req.path(), req.query()), ("/chat/x", Some("room=1")));
+        let cases = [
+            ("ws://h", "h", "/", None),
+            ("WSS://h:443?x=1", "h:443", "/", Some("x=1")),
+            ("https://[::1]:9000/", "[::1]:9000", "/", None),
+            ("HTTP://h/?", "h", "/", Some("")),
+        ];
+        for (target, host, path, query) in cases {
+            let req = parse(&with_target(target)).unwrap();
+            assert_eq!(
+                (req.host(), req.path(), req.query()),
+                (host, path, query),
+                "{target}"
+            );
+        }
+        // The Host header is still required (RFC 9112 section 3.2).
+        let req = with_header("Host", None).replace("/chat", "http://h/chat");
+        assert_eq!(parse(&req).unwrap_err(), HandshakeError::MissingHost);
+        // A plain HTTP request too.
+        let req = with_target("http://h/page?a").replace("Upgrade: websocket\r\n", "");
+        let ParseStatus::Http { request, .. } = parse_request(req.as_bytes(), &cfg()).unwrap()
+        else {
+            panic!("not plain HTTP")
+        };
+        assert_eq!(
+            (request.host(), request.path(), request.query()),
+            ("h", "/page", Some("a"))
+        );
+    }
+
+    #[test]
+    fn other_target_forms_are_400() {
+        let targets = [
+            "*",              // asterisk-form (OPTIONS only)
+            "example.com:80", // authority-form (CONNECT only)
+            "example.com",    // relative
+            "chat",           // relative
+            "ftp://h/chat",   // not an HTTP or WebSocket URI
+            "http:/chat",     // no authority
+            "http:///chat",   // empty authority
+            "http://u:p@h/",  // user info
+            "http://h#f",     // fragment
+            "mailto:a@b",     // no hier-part
+        ];
+        for target in targets {
+            let err = parse(&with_target(target)).unwrap_err();
+            assert_eq!(err, HandshakeError::InvalidTarget, "{target}");
+            assert_eq!(err.status(), 400);
+            // Plain HTTP requests alike.
+            let plain = with_target(target).replace("Upgrade: websocket\r\n", "");
+            assert_eq!(
+                parse_request(plain.as_bytes(), &cfg()),
+                Err(HandshakeError::InvalidTarget),
+                "{target}"
+            );
+        }
+        // Except `OPTIONS *`, which is not an upgrade: it goes to the application.
+        let req = with_target("*")
+            .replace("GET ", "OPTIONS ")
+            .replace("Upgrade: websocket\r\n", "");
+        let ParseStatus::Http { request, .. } = parse_request(req.as_bytes(), &cfg()).unwrap()
+        else {
+            panic!("not plain HTTP")
+        };
+        assert_eq!((request.method(), request.path()), ("OPTIONS", "*"));
+        // An OPTIONS * upgrade is refused for its method.
+        let req = with_target("*").replace("GET ", "OPTIONS ");
+        assert_eq!(parse(&req).unwrap_err(), HandshakeError::MethodNotAllowed);
     }
 
     #[test]

@@ -382,6 +382,9 @@ pub struct DeflateState {
     received: Vec<u8>,
     /// The worker's inflater, taken while a message arrives in pieces over several reads.
     inflating: Option<Box<Decompress>>,
+    /// A block with BFINAL set ended the message being inflated before its last piece: the rest of
+    /// the message is not read (as when it follows in the same piece).
+    ended: bool,
     /// UTF-8 of a compressed text message delivered in pieces.
     utf8: surge_simd::Utf8Stream,
 }
@@ -395,6 +398,7 @@ impl DeflateState {
             sent: Vec::new(),
             received: Vec::new(),
             inflating: None,
+            ended: false,
             utf8: surge_simd::Utf8Stream::new(),
         }
     }
@@ -510,6 +514,11 @@ impl DeflateState {
     ///
     /// The inflater is the worker's; between the first and the last piece of a message it is held by
     /// the connection (a message arriving over several reads), and given back with the last.
+    ///
+    /// Bytes after a block with BFINAL set (which ends the message's DEFLATE stream, 7.2.3.3) are
+    /// not read, whether they come in the same piece or in later ones, so the result does not
+    /// depend on how the message is split (gorilla's reader, Go's `compress/flate`, stops there
+    /// too).
     pub fn decompress(
         &mut self,
         input: &[u8],
@@ -519,6 +528,12 @@ impl DeflateState {
         pool: &mut DeflatePool,
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
+        if first {
+            self.ended = false;
+        } else if self.ended {
+            self.ended = !fin;
+            return Ok(());
+        }
         let mut d = match self.inflating.take() {
             Some(d) if !first => d,
             held => {
@@ -543,10 +558,11 @@ impl DeflateState {
                 ended = inflate(&mut d, &TAIL, out, max)?;
             }
             if ended {
-                // A block with BFINAL set ended the stream (7.2.3.3): what follows is a new stream.
+                // A block with BFINAL set ended the stream (7.2.3.3): the next message is a new
+                // stream.
                 d.reset(false);
             }
-            Ok(())
+            Ok(ended)
         })();
         if result.is_ok() && !self.recv.no_context_takeover {
             push_window(
@@ -555,12 +571,15 @@ impl DeflateState {
                 window_size(self.recv.window_bits),
             );
         }
-        if fin || result.is_err() {
-            pool.give_inflater(d);
-        } else {
-            self.inflating = Some(d);
+        match result {
+            Ok(false) if !fin => self.inflating = Some(d),
+            Ok(true) if !fin => {
+                self.ended = true;
+                pool.give_inflater(d);
+            }
+            _ => pool.give_inflater(d),
         }
-        result
+        result.map(|_| ())
     }
 
     /// Inflates one piece of a compressed message delivered in pieces (`stream_fragments`) into
@@ -621,7 +640,14 @@ fn inflate(
     max: u64,
 ) -> Result<bool, Error> {
     let cap_limit = usize::try_from(max).unwrap_or(usize::MAX - 1) + 1;
+    let too_big = |out: &Vec<u8>| Error::MessageTooBig {
+        len: out.len() as u64,
+        max,
+    };
     loop {
+        if out.len() as u64 > max {
+            return Err(too_big(out));
+        }
         if out.len() == out.capacity() {
             let target = out
                 .len()
@@ -630,24 +656,29 @@ fn inflate(
                 .min(cap_limit);
             out.reserve_exact(target - out.len());
         }
+        // The output space ends at the limit plus one, also in a reused buffer with more capacity
+        // than that (found by the `deflate` fuzz target: the inflater filled the whole capacity).
+        let room_end = out.capacity().min(cap_limit);
         let (in0, out0) = (d.total_in(), d.total_out());
-        let status = d
-            .decompress_vec(input, out, FlushDecompress::Sync)
-            .map_err(|_| Error::CompressedDataInvalid)?;
+        let status = if out.capacity() > cap_limit {
+            let start = out.len();
+            out.resize(cap_limit, 0);
+            let status = d.decompress(input, &mut out[start..], FlushDecompress::Sync);
+            out.truncate(start + (d.total_out() - out0) as usize);
+            status
+        } else {
+            d.decompress_vec(input, out, FlushDecompress::Sync)
+        }
+        .map_err(|_| Error::CompressedDataInvalid)?;
         let consumed = (d.total_in() - in0) as usize;
         let produced = d.total_out() - out0;
         input = &input[consumed..];
         if out.len() as u64 > max {
-            return Err(Error::MessageTooBig {
-                len: out.len() as u64,
-                max,
-            });
+            return Err(too_big(out));
         }
         match status {
             Status::StreamEnd => return Ok(true),
-            _ if out.len() < out.capacity()
-                && (input.is_empty() || consumed == 0 && produced == 0) =>
-            {
+            _ if out.len() < room_end && (input.is_empty() || consumed == 0 && produced == 0) => {
                 // All input taken and all output written (the inflater had room left).
                 return Ok(false);
             }

@@ -38,6 +38,8 @@ use dial::{ClientState, ConnectError, Dial};
 mod compression;
 use compression::{Compression, Inflated};
 mod budget;
+mod protocols;
+use protocols::Protocols;
 
 /// Token of the worker's waker.
 pub(crate) const WAKER_TOKEN: usize = usize::MAX;
@@ -132,7 +134,7 @@ pub(crate) struct Connection<D> {
     /// no byte written; 0 when it is empty. See `ServerConfig::write_stall_timeout`.
     stall: u32,
     flags: u8,
-    /// Index plus one into the worker's subprotocol list (0: none).
+    /// The subprotocol the 101 named: a tag in the worker's `Protocols` (0: none).
     subprotocol: u8,
     /// io_uring direct descriptors: the peer's address after the handshake.
     peer: PackedPeer,
@@ -194,8 +196,8 @@ pub struct WorkerCtx<D> {
     now: Instant,
     cfg: Arc<ServerConfig>,
     hs_cfg: HandshakeConfig,
-    /// Subprotocols: the configured ones, then any other a handler chose (at most 255 in all).
-    protocols: Vec<String>,
+    /// Subprotocols of live connections (see `protocols.rs`).
+    protocols: Protocols,
     app_timers: HashMap<u64, AppTimer>,
     timer_seq: u64,
     dropped: u64,
@@ -252,7 +254,7 @@ impl<D> WorkerCtx<D> {
             dirty: Vec::new(),
             now,
             hs_cfg: cfg.handshake(),
-            protocols: cfg.subprotocols.iter().take(255).cloned().collect(),
+            protocols: Protocols::new(&cfg.subprotocols),
             compression: Compression::new(&cfg),
             budget: budget::AssemblyBudget::default(),
             cfg,
@@ -589,6 +591,7 @@ impl<D> WorkerCtx<D> {
             if c.peer == PackedPeer::V6 {
                 self.peers6.remove(&id);
             }
+            self.protocols.release(id, c.subprotocol);
             if self.uring {
                 if c.has(SENDING) {
                     // The kernel may still read these chunks: they live until the completion.
@@ -735,8 +738,7 @@ impl<'a, D> Conn<'a, D> {
 
     /// The subprotocol agreed at upgrade.
     pub fn subprotocol(&self) -> Option<&str> {
-        let i = self.entry().subprotocol;
-        (i != 0).then(|| self.ctx.protocols[usize::from(i) - 1].as_str())
+        self.ctx.protocols.get(self.id, self.entry().subprotocol)
     }
 
     /// The user data created at upgrade.
@@ -1393,17 +1395,7 @@ impl<H: Handler> Worker<H> {
             Some(p) => Some(p.as_str()),
             None => request.select_subprotocol(&ctx.cfg.subprotocols),
         };
-        let index = match chosen {
-            None => 0,
-            Some(p) => match ctx.protocols.iter().position(|q| q == p) {
-                Some(i) => i + 1,
-                None if ctx.protocols.len() < 255 => {
-                    ctx.protocols.push(p.to_owned());
-                    ctx.protocols.len()
-                }
-                None => 0,
-            },
-        };
+        let tag = chosen.map_or(0, |p| ctx.protocols.intern(id, p));
         let deflate = ctx.compression.negotiate(&request);
         let mut resp = ctx.chunks.get();
         let ext = deflate.as_ref().map(|(_, ext)| ext.as_str());
@@ -1418,7 +1410,7 @@ impl<H: Handler> Worker<H> {
         }
         core.start(ctx.now, &ctx.cfg.proto);
         c.stage = Stage::Open(core);
-        c.subprotocol = index as u8;
+        c.subprotocol = tag;
         if let (Socket::Direct(_), Some(addr)) = (&c.socket, peer) {
             c.peer = match addr {
                 SocketAddr::V4(a) => {

@@ -566,17 +566,9 @@ impl<H: Handler> Worker<H> {
         deflate: Option<proto::DeflateParams>,
     ) {
         let ctx = &mut self.ctx;
-        let index = match response.subprotocol() {
-            None => 0,
-            Some(p) => match ctx.protocols.iter().position(|q| q == p) {
-                Some(i) => i + 1,
-                None if ctx.protocols.len() < 255 => {
-                    ctx.protocols.push(p.to_owned());
-                    ctx.protocols.len()
-                }
-                None => 0,
-            },
-        };
+        let tag = response
+            .subprotocol()
+            .map_or(0, |p| ctx.protocols.intern(id, p));
         let seed = ctx.client.next_u64();
         let c = ctx.conns.get_mut(id).expect("still registered");
         let mut core = proto::Conn::new(Role::Client, seed);
@@ -586,7 +578,7 @@ impl<H: Handler> Worker<H> {
         }
         core.start(ctx.now, &ctx.client.proto);
         c.stage = Stage::Open(core);
-        c.subprotocol = index as u8;
+        c.subprotocol = tag;
         c.data = ctx.client.pending.remove(&id);
         ctx.arm(id, None);
         ctx.sync_timer(id);
