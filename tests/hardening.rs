@@ -352,7 +352,106 @@ fn eof_right_after_request_or_message_flushes_first() {
     stop(handle);
 }
 
+/// Panics on the message "boom".
+struct Bomb;
+
+impl Handler for Bomb {
+    type Data = ();
+    fn on_upgrade(&mut self, _req: &Request) -> Upgrade<()> {
+        Upgrade::Accept(Accept::new(()))
+    }
+    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+        if msg.as_bytes() == b"boom" {
+            panic!("boom");
+        }
+        let _ = conn.send(msg);
+    }
+}
+
+/// Finding 9, `PanicPolicy::Shutdown`: a panicking handler stops the whole server (the other
+/// connections are closed, not left to a worker that is gone) and `join` names the panic.
+fn panic_shuts_the_server_down() {
+    let mut cfg = config(2);
+    cfg.panic_policy = surge::PanicPolicy::Shutdown;
+    let handle = Server::new(cfg).start(|_| Bomb).expect("server starts");
+    let addr = handle.local_addr();
+    let mut others: Vec<RawClient> = (0..4).map(|_| RawClient::connect(addr, "/")).collect();
+    let mut bomb = RawClient::connect(addr, "/");
+    bomb.send(true, 0x1, b"boom");
+    for c in &mut others {
+        // A 1001 close (another worker) or the socket dropped (the panicking worker's).
+        if let Some(f) = c.read_frame_timeout(Duration::from_secs(10)) {
+            assert_eq!(f.close_code().map(|c| c.0), Some(1001));
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(handle.join());
+    });
+    let joined = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("join returns");
+    let err = joined.expect_err("join reports the panic");
+    assert!(err.to_string().contains("boom"), "{err}");
+}
+
+/// Finding 9, `PanicPolicy::Abort` (the default): the process aborts with a log line. Run in a
+/// child process (this test binary again, `panic_abort_child`).
+fn panic_aborts_the_process() {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new(exe)
+        .args(["--ignored", "--exact", "panic_abort_child", "--nocapture"])
+        .env("SURGE_BACKEND", support::backend().name())
+        .env("SURGE_URING_RECV", support::uring_recv().name())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next().expect("the child prints its address").unwrap();
+        if let Some(a) = line.strip_prefix("ADDR ") {
+            break a.parse().unwrap();
+        }
+    };
+    let mut c = RawClient::connect(addr, "/");
+    c.send(true, 0x1, b"boom");
+    assert!(wait_until(Duration::from_secs(10), || matches!(
+        child.try_wait(),
+        Ok(Some(_))
+    )));
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}: {err}");
+    assert!(
+        err.contains("surge: worker 0 panicked (boom); aborting the process"),
+        "{err}"
+    );
+}
+
+/// The child of `panic_aborts_the_process`: a server with the default policy that panics on
+/// "boom" (waits at most 20 s).
+#[test]
+#[ignore = "run by panic_aborts_the_process as a child process"]
+fn panic_abort_child() {
+    let handle = Server::new(config(1))
+        .start(|_| Bomb)
+        .expect("server starts");
+    println!("ADDR {}", handle.local_addr());
+    std::thread::sleep(Duration::from_secs(20));
+}
+
 per_driver!(
+    panic_shuts_the_server_down,
+    panic_aborts_the_process,
     interval_beside_far_timeout,
     ping_flood_stays_bounded,
     ping_flood_closes_under_close_policy,

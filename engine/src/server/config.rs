@@ -136,6 +136,27 @@ pub enum BackpressurePolicy {
     Close(CloseCode),
 }
 
+/// What the server does when a handler callback panics (see [`ServerConfig::panic_policy`]).
+///
+/// A callback runs inside the worker's event loop, in the middle of its connections' state: a
+/// panic leaves that state unknown, so the worker is not resumed. Before, the worker's thread died
+/// silently: its connections got EOF without a close frame, the other workers went on with less
+/// capacity and nothing restarted it. Now one log line names the worker and the panic, and the
+/// whole server follows the policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PanicPolicy {
+    /// Abort the process (as native uWebSockets does on an exception) so that a supervisor
+    /// (systemd, Kubernetes) restarts it whole, at once.
+    #[default]
+    Abort,
+    /// Shut the whole server down: every other worker closes its connections with 1001, as
+    /// [`ServerHandle::shutdown`](crate::ServerHandle::shutdown) does; the panicking worker's own
+    /// connections are dropped without a close frame (its state is not trusted any more).
+    /// [`ServerHandle::join`](crate::ServerHandle::join) then returns an error naming the panic. For a program that
+    /// embeds the server and restarts it itself, and for tests.
+    Shutdown,
+}
+
 /// Server settings: pub fields, `Default` for everything.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -180,6 +201,8 @@ pub struct ServerConfig {
     /// handshake, a rate-limited log line (default 30 s; `None`: never). The check costs nothing
     /// while queues drain: one wheel entry per waiting connection, re-armed on progress.
     pub write_stall_timeout: Option<Duration>,
+    /// What a panic in a handler callback does (default [`PanicPolicy::Abort`], with a log line).
+    pub panic_policy: PanicPolicy,
     /// Size of a pooled write chunk and of the message writer's buffer (default 16 KiB).
     pub write_chunk_size: usize,
     /// Size of the worker's one read buffer (default 64 KiB).
@@ -252,6 +275,7 @@ impl Default for ServerConfig {
             max_backpressure: 1 << 20,
             backpressure_policy: BackpressurePolicy::Drop,
             write_stall_timeout: Some(Duration::from_secs(30)),
+            panic_policy: PanicPolicy::Abort,
             write_chunk_size: 16 * 1024,
             read_buffer_size: 64 * 1024,
             pool_max_cached: 256,

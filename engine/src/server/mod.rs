@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use client::Client;
-pub use config::{Backend, BackpressurePolicy, ServerConfig, UringRecv};
+pub use config::{Backend, BackpressurePolicy, PanicPolicy, ServerConfig, UringRecv};
 pub use handle::{ConnHandle, HandleError, Publisher};
 pub use registry::ConnId;
 pub use worker::dial::{ConnectError, ConnectRequest};
@@ -153,7 +153,36 @@ impl Server {
                         .into_iter()
                         .map(mio::net::TcpListener::from_std)
                         .collect();
-                    worker::Worker::new(i, cfg, driver, listeners, handler, shared).run()
+                    let policy = cfg.panic_policy;
+                    let stop = Arc::clone(&shared);
+                    let run = std::panic::AssertUnwindSafe(|| {
+                        worker::Worker::new(i, cfg, driver, listeners, handler, shared).run()
+                    });
+                    // The worker's Drop has quiesced its ring by the time the unwind gets here.
+                    std::panic::catch_unwind(run).unwrap_or_else(|payload| {
+                        let what = payload
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a non-string payload".into());
+                        match policy {
+                            PanicPolicy::Abort => {
+                                eprintln!(
+                                    "surge: worker {i} panicked ({what}); aborting the process \
+                                     (ServerConfig::panic_policy)"
+                                );
+                                std::process::abort();
+                            }
+                            PanicPolicy::Shutdown => {
+                                eprintln!(
+                                    "surge: worker {i} panicked ({what}); shutting the server down \
+                                     (ServerConfig::panic_policy)"
+                                );
+                                ShutdownTrigger { shared: stop }.shutdown();
+                                Err(io::Error::other(format!("worker {i} panicked: {what}")))
+                            }
+                        }
+                    })
                 })?;
             threads.push(thread);
         }
