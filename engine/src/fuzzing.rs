@@ -199,8 +199,8 @@ pub fn fuzz_check_timer_wheel(data: &[u8]) {
                 let r = num(4, &mut bytes);
                 let delay_us = match (op >> 3) % 4 {
                     0 => r % 64_000,
-                    1 => r % 9_000_000,              // a few level 0 blocks ahead
-                    2 => r % (4_096 * 1_100 * 1000), // past level 1's reach
+                    1 => r % 9_000_000, // a few turns of the wheel ahead
+                    2 => r % (4_096 * 1_100 * 1000), // a thousand turns ahead
                     _ => (r << 12) % (max_ahead_ms * 1000),
                 };
                 let deadline = now_us + delay_us;

@@ -1709,8 +1709,11 @@ impl<H: Handler> Worker<H> {
                     // The chunks stay in the queue, untouched, until the completion (SENDING).
                     let _ = d.send(&c.socket, id.0, &c.queue);
                     c.flags |= SENDING;
-                    if c.stall == 0 {
-                        ctx.note_flush(id, false); // waiting starts; completions make progress
+                    if c.stall == 0 && c.has(OVER) {
+                        // A queue past the limit starts the stall clock even if this send never
+                        // completes; otherwise completions do (a partial one leaves bytes), so
+                        // the sends of idle connections arm nothing.
+                        ctx.note_flush(id, false);
                     }
                     false
                 }
