@@ -1289,6 +1289,7 @@ impl<H: Handler> Worker<H> {
             let Some(c) = ctx.conns.get_mut(id) else {
                 return;
             };
+            ctx.budget.release(c.assembly_held());
             match std::mem::replace(&mut c.stage, Stage::Draining) {
                 Stage::Open(mut p) => p.recycle(&mut ctx.assembly),
                 Stage::Handshake(hs) => ctx.chunks.put(hs.held),
