@@ -16,6 +16,7 @@ pub mod handler;
 pub mod handshake;
 pub mod prepared;
 pub mod proto;
+mod ratelog;
 pub mod server;
 pub mod signal;
 

@@ -19,6 +19,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::ratelog::RateLog;
+
 use mio::net::{TcpListener, TcpStream};
 
 use crate::server::config::{Backend, UringRecv};
@@ -31,31 +33,15 @@ pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 /// The log of failed accepts: one line per second at most, with the count of those not logged in
 /// between. Both drivers retry after [`ACCEPT_RETRY`].
 #[derive(Debug, Default)]
-pub(crate) struct AcceptErrors {
-    logged: Option<Instant>,
-    quiet: u64,
-}
+pub(crate) struct AcceptErrors(RateLog);
 
 impl AcceptErrors {
     pub(crate) fn log(&mut self, e: &io::Error) {
-        let now = Instant::now();
-        if self
-            .logged
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
-            self.quiet += 1;
-            return;
+        if let Some(quiet) = self.0.ready(Instant::now(), 1) {
+            let retry = ACCEPT_RETRY.as_millis();
+            let more = RateLog::more(quiet);
+            eprintln!("surge: accept failed: {e}; retrying in {retry} ms{more}");
         }
-        let quiet = std::mem::take(&mut self.quiet);
-        let retry = ACCEPT_RETRY.as_millis();
-        if quiet > 0 {
-            eprintln!(
-                "surge: accept failed: {e}; retrying in {retry} ms ({quiet} more since the last line)"
-            );
-        } else {
-            eprintln!("surge: accept failed: {e}; retrying in {retry} ms");
-        }
-        self.logged = Some(now);
     }
 }
 

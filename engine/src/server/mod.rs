@@ -493,31 +493,3 @@ mod tests {
         server.join().unwrap();
     }
 }
-
-/// At most one log line per second about one kind of event, with the count of those left unlogged.
-#[derive(Debug, Default)]
-pub(crate) struct RateLog {
-    last: Option<std::time::Instant>,
-    quiet: u64,
-}
-
-impl RateLog {
-    /// Whether a line may be written at `now` (then call [`RateLog::take_quiet`] for the count
-    /// to mention); otherwise the event is counted as unlogged.
-    pub(crate) fn ready(&mut self, now: std::time::Instant) -> bool {
-        if self
-            .last
-            .is_some_and(|t| now.saturating_duration_since(t) < std::time::Duration::from_secs(1))
-        {
-            self.quiet += 1;
-            return false;
-        }
-        self.last = Some(now);
-        true
-    }
-
-    /// The events left unlogged since the last line (and restarts the count).
-    pub(crate) fn take_quiet(&mut self) -> u64 {
-        std::mem::take(&mut self.quiet)
-    }
-}

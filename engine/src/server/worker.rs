@@ -226,7 +226,7 @@ pub struct WorkerCtx<D> {
     /// connection (RFC 6455 5.5.3 allows answering only the most recent ping).
     pending_pongs: HashMap<ConnId, Vec<u8>>,
     /// Rate-limited log lines about connections closed for writes that stall.
-    stall_log: super::RateLog,
+    stall_log: crate::ratelog::RateLog,
 }
 
 impl<D> std::fmt::Debug for WorkerCtx<D> {
@@ -269,7 +269,7 @@ impl<D> WorkerCtx<D> {
             peers6: HashMap::new(),
             rx_proto,
             pending_pongs: HashMap::new(),
-            stall_log: super::RateLog::default(),
+            stall_log: crate::ratelog::RateLog::default(),
         }
     }
 
@@ -1641,12 +1641,12 @@ impl<H: Handler> Worker<H> {
             return;
         }
         let queued = c.queue.len();
-        if ctx.stall_log.ready(ctx.now) {
-            let quiet = ctx.stall_log.take_quiet();
+        if let Some(quiet) = ctx.stall_log.ready(ctx.now, 1) {
             eprintln!(
                 "surge: closing a connection whose peer read nothing for {} ms ({queued} bytes \
-                 queued; {quiet} more since the last line)",
-                waited.as_millis()
+                 queued; write_stall_timeout){}",
+                waited.as_millis(),
+                crate::ratelog::RateLog::more(quiet)
             );
         }
         self.close_callback(id, CloseCode::POLICY, "write stall", false);

@@ -16,8 +16,6 @@
 //!
 //! [`ServerConfig::max_assembly_per_worker`]: crate::ServerConfig::max_assembly_per_worker
 
-use std::time::{Duration, Instant};
-
 use super::{Connection, Stage, Worker, WorkerCtx};
 use crate::buf::QueueOutput;
 use crate::handler::Handler;
@@ -34,18 +32,13 @@ pub(super) const SHED_CODE: CloseCode = CloseCode::TRY_AGAIN;
 /// The reason sent with [`SHED_CODE`].
 pub(super) const SHED_REASON: &str = "server busy: message assembly budget";
 
-/// At most one log line per this long.
-const LOG_EVERY: Duration = Duration::from_secs(1);
-
 /// A worker's running total of bytes held by messages in progress, and its log state.
 #[derive(Debug, Default)]
 pub(super) struct AssemblyBudget {
     /// Bytes held for messages in progress by this worker's open connections.
     held: usize,
-    /// When the last line was logged.
-    logged_at: Option<Instant>,
-    /// Connections shed since then without a line of their own.
-    unlogged: u64,
+    /// Log lines about sheds (the count is of connections).
+    log: crate::ratelog::RateLog,
 }
 
 impl AssemblyBudget {
@@ -124,27 +117,16 @@ impl<H: Handler> Worker<H> {
             shed += 1;
         }
         let ctx = &mut self.ctx;
-        let b = &mut ctx.budget;
-        b.unlogged += shed;
-        if b.logged_at
-            .is_some_and(|at| ctx.now.saturating_duration_since(at) < LOG_EVERY)
-        {
+        let Some(earlier) = ctx.budget.log.ready(ctx.now, shed) else {
             return;
-        }
-        let earlier = b.unlogged - shed;
-        let more = if earlier > 0 {
-            format!(" ({earlier} more since the last such line)")
-        } else {
-            String::new()
         };
+        let more = crate::ratelog::RateLog::more(earlier);
         eprintln!(
             "surge: worker {}: messages in progress held {before} bytes, over \
              max_assembly_per_worker ({limit}): closed the {shed} connection(s) holding the most \
              with {}{more}",
             ctx.index, SHED_CODE
         );
-        b.logged_at = Some(ctx.now);
-        b.unlogged = 0;
     }
 
     /// Fails `id` as for a protocol error: the core queues a close with [`SHED_CODE`], `on_close`
