@@ -15,7 +15,7 @@ use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
 
 use crate::load::{cpu_seconds, new_histogram};
-use crate::{free_port, uws, ServerProc};
+use crate::{free_port, uws, uws_cpp, ServerProc};
 
 #[derive(Parser, Debug, Clone)]
 pub struct EchoArgs {
@@ -23,8 +23,9 @@ pub struct EchoArgs {
     #[arg(long)]
     pub url: Option<String>,
     /// Systems, one after another: surge (auto backend), surge-epoll, surge-io_uring,
-    /// surge-io_uring-poll (`--uring-recv poll`), tokio-tungstenite, fastwebsockets, uws
-    /// (uWebSockets.js under node, one thread; skipped unless installed with
+    /// surge-io_uring-poll (`--uring-recv poll`), tokio-tungstenite, fastwebsockets, uws-cpp
+    /// (native uWebSockets, one thread; skipped unless built with benches/peers/uws-cpp/build.sh),
+    /// uws (uWebSockets.js under node, one thread; skipped unless installed with
     /// benches/peers/uws/setup.sh).
     #[arg(long, value_delimiter = ',', default_value = "surge")]
     pub systems: Vec<String>,
@@ -61,6 +62,19 @@ pub struct EchoArgs {
     /// New connections per second, all processes together.
     #[arg(long, default_value_t = 20_000.0)]
     pub ramp_rate: f64,
+    /// permessage-deflate: off, no-context or context (window 15). The load generator offers it and
+    /// compresses every message; the servers accept it and answer uncompressed (surge-echo, uws-cpp;
+    /// uWebSockets.js and the Rust peers only run with off).
+    #[arg(long, default_value = "off")]
+    pub deflate: String,
+    /// Pin the server to CPU 0 and the load generators to CPU 1 (the figures in docs/BENCHMARKS.md
+    /// are taken so: one core each).
+    #[arg(long)]
+    pub pin: bool,
+    /// Rounds: the systems run one after another, the whole list this many times (interleaved),
+    /// then the medians of each system's rounds.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -81,6 +95,8 @@ pub struct EchoResult {
     pub hist: Histogram<u64>,
     pub client_cpu: f64,
     pub server_cpu: Option<f64>,
+    /// The server's largest resident set seen during the measured window (bytes).
+    pub rss: Option<u64>,
 }
 
 impl EchoResult {
@@ -106,14 +122,26 @@ impl EchoResult {
     }
 }
 
-/// Starts the server of a system (a child process printing `listening on ADDR`).
-fn spawn_server(system: &str, workers: usize, port: u16) -> std::io::Result<ServerProc> {
+/// Starts the server of a system (a child process printing `listening on ADDR`), on CPU 0 with
+/// `--pin`.
+fn spawn_server(system: &str, args: &EchoArgs, port: u16) -> std::io::Result<ServerProc> {
+    let workers = args.server_workers;
+    let cpu = args.pin.then_some(0);
+    let deflate = args.deflate.as_str();
     let mut args = vec![
         "--port".to_owned(),
         port.to_string(),
         "--workers".to_owned(),
         workers.to_string(),
     ];
+    if deflate != "off" {
+        if !(system.starts_with("surge") || system == uws_cpp::SYSTEM) {
+            return Err(std::io::Error::other(format!(
+                "{system} runs without permessage-deflate only (--deflate {deflate})"
+            )));
+        }
+        args.extend(["--deflate".to_owned(), deflate.to_owned()]);
+    }
     let binary = match system {
         "surge" => "surge-echo",
         "surge-epoll" | "surge-io_uring" => {
@@ -133,11 +161,18 @@ fn spawn_server(system: &str, workers: usize, port: u16) -> std::io::Result<Serv
                     "[{system}] one thread (uWebSockets.js); --server-workers {workers} ignored"
                 );
             }
-            return ServerProc::spawn_command(uws::spawn_command("echo.js", &args), system, false);
+            let mut cmd = uws::spawn_command("echo.js", &args);
+            crate::pin(&mut cmd, cpu);
+            return ServerProc::spawn_command(cmd, system, false);
+        }
+        uws_cpp::SYSTEM => {
+            let mut cmd = uws_cpp::command("echo", &args);
+            crate::pin(&mut cmd, cpu);
+            return ServerProc::spawn_command(cmd, system, false);
         }
         other => return Err(std::io::Error::other(format!("unknown system {other}"))),
     };
-    ServerProc::spawn(binary, &args)
+    ServerProc::spawn_pinned(binary, &args, cpu)
 }
 
 /// A load-generator child process.
@@ -222,7 +257,9 @@ impl Fleet {
         let mut list = Vec::new();
         for i in 0..procs {
             let share = n / procs + usize::from(i < n % procs);
-            let mut child = Command::new(&exe)
+            let mut cmd = Command::new(&exe);
+            crate::pin(&mut cmd, args.pin.then_some(1));
+            let mut child = cmd
                 .arg("load")
                 .args(["--url", url])
                 .args(["--connections", &share.to_string()])
@@ -233,6 +270,7 @@ impl Fleet {
                 .args(["--workers", &args.client_workers.to_string()])
                 .args(["--ramp-rate", &(args.ramp_rate / procs as f64).to_string()])
                 .args(["--backend", &args.client_backend])
+                .args(["--deflate", &args.deflate])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -353,6 +391,7 @@ pub fn measure(
     let record_at = start + warmup;
     let end = record_at + duration;
     let mut server_cpu0 = None;
+    let mut rss: Option<u64> = None;
     let mut last = (Instant::now(), 0u64);
     let mut results = Vec::new();
     while results.len() < fleet.procs.len() {
@@ -360,8 +399,10 @@ pub fn measure(
         if server_cpu0.is_none() && now >= record_at {
             server_cpu0 = server.and_then(ServerProc::cpu_seconds);
         }
-        if server_cpu0.is_some() && now >= end && results.is_empty() {
-            // (sampled once, below)
+        if server_cpu0.is_some() && now < end {
+            if let Some(r) = server.and_then(|s| rss_bytes(s.pid())) {
+                rss = Some(rss.map_or(r, |m| m.max(r)));
+            }
         }
         match fleet.next(Duration::from_millis(50)) {
             Some((_, Said::Result(r))) => results.push(*r),
@@ -417,6 +458,7 @@ pub fn measure(
         hist,
         client_cpu,
         server_cpu,
+        rss,
     })
 }
 
@@ -427,27 +469,118 @@ pub fn run_all(args: &EchoArgs) -> std::io::Result<Vec<EchoResult>> {
         results.push(measure(url, url, None, args)?);
         return Ok(results);
     }
-    for system in &args.systems {
-        if uws::skip(system) {
-            continue;
+    let systems: Vec<&String> = args.systems.iter().filter(|s| !crate::skip(s)).collect();
+    if systems.iter().any(|s| *s == uws_cpp::SYSTEM) {
+        eprintln!(
+            "[{}] {}",
+            uws_cpp::SYSTEM,
+            uws_cpp::version().unwrap_or_else(|| "version unknown".to_owned())
+        );
+    }
+    for round in 1..=args.rounds.max(1) {
+        if args.rounds > 1 {
+            eprintln!("round {round} of {}", args.rounds);
         }
-        let port = free_port();
-        let server = spawn_server(system, args.server_workers, port)?;
-        let r = measure(
-            system,
-            &format!("ws://{}/", server.addr),
-            Some(&server),
-            args,
-        )?;
-        drop(server);
-        print_row_header_once(&results);
-        print_row(&r);
-        results.push(r);
-        // Let the sockets of the last run go (TIME_WAIT is per address pair; the next run uses
-        // another port).
-        std::thread::sleep(Duration::from_millis(300));
+        for system in &systems {
+            let port = free_port();
+            let server = spawn_server(system, args, port)?;
+            let r = measure(
+                system,
+                &format!("ws://{}/", server.addr),
+                Some(&server),
+                args,
+            )?;
+            drop(server);
+            print_row_header_once(&results);
+            print_row(&r);
+            results.push(r);
+            // Let the sockets of the last run go (TIME_WAIT is per address pair; the next run uses
+            // another port).
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
     Ok(results)
+}
+
+/// One system's medians over its rounds.
+#[derive(Debug)]
+pub struct Median {
+    pub system: String,
+    pub rounds: usize,
+    pub msgs_per_s: f64,
+    pub us_per_msg: Option<f64>,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub rss: Option<u64>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Each system's medians, in the order systems first appear.
+pub fn medians(results: &[EchoResult]) -> Vec<Median> {
+    let mut order: Vec<&str> = Vec::new();
+    for r in results {
+        if !order.contains(&r.system.as_str()) {
+            order.push(&r.system);
+        }
+    }
+    order
+        .into_iter()
+        .map(|system| {
+            let rs: Vec<&EchoResult> = results.iter().filter(|r| r.system == system).collect();
+            let of = |f: &dyn Fn(&EchoResult) -> Option<f64>| {
+                median(rs.iter().filter_map(|r| f(r)).collect())
+            };
+            Median {
+                system: system.to_owned(),
+                rounds: rs.len(),
+                msgs_per_s: of(&|r| Some(r.msgs_per_s())).unwrap_or(0.0),
+                us_per_msg: of(&|r| r.server_us_per_msg()),
+                p50_us: of(&|r| Some(r.us(0.5))).unwrap_or(0.0),
+                p99_us: of(&|r| Some(r.us(0.99))).unwrap_or(0.0),
+                rss: of(&|r| r.rss.map(|b| b as f64)).map(|b| b as u64),
+            }
+        })
+        .collect()
+}
+
+fn mb(b: Option<u64>) -> String {
+    b.map_or("-".to_owned(), |b| format!("{:.1}", b as f64 / 1e6))
+}
+
+fn print_medians(ms: &[Median]) {
+    println!(
+        "\nmedians of {} rounds:\n{:<18} {:>12} {:>10} {:>9} {:>9} {:>8}",
+        ms.first().map_or(0, |m| m.rounds),
+        "system",
+        "msg/s",
+        "srv us/msg",
+        "p50 us",
+        "p99 us",
+        "rss MB"
+    );
+    for m in ms {
+        println!(
+            "{:<18} {:>12.0} {:>10} {:>9.1} {:>9.1} {:>8}",
+            uws::label(&m.system),
+            m.msgs_per_s,
+            m.us_per_msg.map_or("-".to_owned(), |u| format!("{u:.2}")),
+            m.p50_us,
+            m.p99_us,
+            mb(m.rss)
+        );
+    }
 }
 
 fn print_row_header_once(done: &[EchoResult]) {
@@ -458,7 +591,7 @@ fn print_row_header_once(done: &[EchoResult]) {
 
 fn print_header() {
     println!(
-        "{:<18} {:>7} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>6}",
+        "{:<18} {:>7} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>7} {:>6}",
         "system",
         "conns",
         "msg/s",
@@ -470,13 +603,14 @@ fn print_header() {
         "cli cpu",
         "srv cpu",
         "srv us/msg",
+        "rss MB",
         "errors"
     );
 }
 
 fn print_row(r: &EchoResult) {
     println!(
-        "{:<18} {:>7} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>8} {:>10} {:>6}",
+        "{:<18} {:>7} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>8} {:>10} {:>7} {:>6}",
         uws::label(&r.system),
         r.opened,
         r.msgs_per_s(),
@@ -490,29 +624,34 @@ fn print_row(r: &EchoResult) {
             .map_or("-".to_owned(), |c| format!("{:.2}", c / r.seconds)),
         r.server_us_per_msg()
             .map_or("-".to_owned(), |u| format!("{u:.2}")),
+        mb(r.rss),
         r.errors
     );
 }
 
-/// Ratios of every surge run to every peer.
-pub fn print_ratios(results: &[EchoResult]) {
-    let peers: Vec<&EchoResult> = results
+/// Ratios of every surge system to every peer (medians over the rounds).
+pub fn print_ratios(ms: &[Median]) {
+    let peers: Vec<&Median> = ms
         .iter()
-        .filter(|r| !r.system.starts_with("surge"))
+        .filter(|m| !m.system.starts_with("surge"))
         .collect();
-    for s in results.iter().filter(|r| r.system.starts_with("surge")) {
+    for s in ms.iter().filter(|m| m.system.starts_with("surge")) {
         for p in &peers {
-            let cpu = match (s.server_us_per_msg(), p.server_us_per_msg()) {
-                (Some(a), Some(b)) if a > 0.0 => format!(", server CPU/msg {:.2}x", a / b),
+            let cpu = match (s.us_per_msg, p.us_per_msg) {
+                (Some(a), Some(b)) if b > 0.0 => format!(", server CPU/msg {:.2}x", a / b),
+                _ => String::new(),
+            };
+            let rss = match (s.rss, p.rss) {
+                (Some(a), Some(b)) if b > 0 => format!(", RSS {:.2}x", a as f64 / b as f64),
                 _ => String::new(),
             };
             println!(
-                "{} vs {}: {:.2}x msg/s, p99 {:.2}x ({}){cpu}",
+                "{} vs {}: {:.2}x msg/s, p99 {:.2}x ({}){cpu}{rss}",
                 uws::label(&s.system),
                 uws::label(&p.system),
-                s.msgs_per_s() / p.msgs_per_s().max(1e-9),
-                s.us(0.99) / p.us(0.99).max(1e-9),
-                if s.us(0.99) <= p.us(0.99) {
+                s.msgs_per_s / p.msgs_per_s.max(1e-9),
+                s.p99_us / p.p99_us.max(1e-9),
+                if s.p99_us <= p.p99_us {
                     "no worse"
                 } else {
                     "worse"
@@ -534,7 +673,8 @@ pub fn write_json(
             format!(
                 "{{\"system\":\"{}\",\"connections\":{},\"msgs_per_s\":{:.1},\"mb_per_s\":{:.2},\
                  \"p50_us\":{:.2},\"p99_us\":{:.2},\"p999_us\":{:.2},\"max_us\":{:.2},\
-                 \"client_cpu\":{:.3},\"server_cpu\":{},\"server_us_per_msg\":{},\"errors\":{}}}",
+                 \"client_cpu\":{:.3},\"server_cpu\":{},\"server_us_per_msg\":{},\"rss_bytes\":{},\
+                 \"errors\":{}}}",
                 r.system,
                 r.opened,
                 r.msgs_per_s(),
@@ -548,7 +688,25 @@ pub fn write_json(
                     .map_or("null".to_owned(), |c| format!("{:.3}", c / r.seconds)),
                 r.server_us_per_msg()
                     .map_or("null".to_owned(), |u| format!("{u:.3}")),
+                r.rss.map_or("null".to_owned(), |b| b.to_string()),
                 r.errors
+            )
+        })
+        .collect();
+    let meds: Vec<String> = medians(results)
+        .iter()
+        .map(|m| {
+            format!(
+                "{{\"system\":\"{}\",\"rounds\":{},\"msgs_per_s\":{:.1},\"server_us_per_msg\":{},\
+                 \"p50_us\":{:.2},\"p99_us\":{:.2},\"rss_bytes\":{}}}",
+                m.system,
+                m.rounds,
+                m.msgs_per_s,
+                m.us_per_msg
+                    .map_or("null".to_owned(), |u| format!("{u:.3}")),
+                m.p50_us,
+                m.p99_us,
+                m.rss.map_or("null".to_owned(), |b| b.to_string())
             )
         })
         .collect();
@@ -556,13 +714,16 @@ pub fn write_json(
         path,
         format!(
             "{{\"bench\":\"{bench}\",\"connections\":{},\"size\":{},\"inflight\":{},\"rate\":{},\
-             \"duration\":{},\"results\":[{}]}}\n",
+             \"duration\":{},\"deflate\":\"{}\",\"pinned\":{},\"results\":[{}],\"medians\":[{}]}}\n",
             args.connections,
             args.size,
             args.inflight,
             args.rate,
             args.duration,
-            rows.join(",")
+            args.deflate,
+            args.pin,
+            rows.join(","),
+            meds.join(",")
         ),
     )
 }
@@ -575,8 +736,12 @@ pub fn echo(args: EchoArgs) -> std::io::Result<()> {
             print_row(r);
         }
     }
-    if results.len() > 1 {
-        print_ratios(&results);
+    let ms = medians(&results);
+    if args.rounds > 1 {
+        print_medians(&ms);
+    }
+    if ms.len() > 1 {
+        print_ratios(&ms);
     }
     if let Some(path) = &args.json {
         write_json(path, "echo", &args, &results)?;
@@ -634,12 +799,12 @@ pub fn idle(args: EchoArgs, hold: f64) -> std::io::Result<()> {
     };
     let mut rows = Vec::new();
     for system in systems {
-        if args.url.is_none() && uws::skip(&system) {
+        if args.url.is_none() && crate::skip(&system) {
             continue;
         }
         let server = match &args.url {
             Some(_) => None,
-            None => Some(spawn_server(&system, args.server_workers, free_port())?),
+            None => Some(spawn_server(&system, &args, free_port())?),
         };
         let url = match (&server, &args.url) {
             (Some(s), _) => format!("ws://{}/", s.addr),

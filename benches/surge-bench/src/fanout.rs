@@ -26,8 +26,9 @@ pub struct FanoutArgs {
     /// Messages published per second, one step each.
     #[arg(long, value_delimiter = ',', default_value = "50,200,500,1000")]
     rates: Vec<u32>,
-    /// Systems: surge, tokio-tungstenite, uws (uWebSockets.js pub/sub under node, one thread;
-    /// skipped unless installed with benches/peers/uws/setup.sh).
+    /// Systems: surge, tokio-tungstenite, uws-cpp (native uWebSockets pub/sub, one thread; skipped
+    /// unless built with benches/peers/uws-cpp/build.sh), uws (uWebSockets.js pub/sub under node,
+    /// one thread; skipped unless installed with benches/peers/uws/setup.sh).
     #[arg(long, value_delimiter = ',', default_value = "surge,tokio-tungstenite")]
     systems: Vec<String>,
     /// Payload bytes (at least 16: timestamp and sequence number).
@@ -91,7 +92,7 @@ pub fn run(args: FanoutArgs) -> std::io::Result<()> {
     );
     for &n in &args.subscribers {
         for system in &args.systems {
-            if crate::uws::skip(system) {
+            if crate::skip(system) {
                 continue;
             }
             run_system(&args, system, n)?;
@@ -174,6 +175,7 @@ fn run_system(args: &FanoutArgs, system: &str, n: usize) -> std::io::Result<()> 
         "tokio-tungstenite" => Command::new(crate::sibling("peer-tokio-tungstenite-broadcast")?),
         // One thread whatever --workers says (uWS pub/sub is per App, an App per thread).
         crate::uws::SYSTEM => crate::uws::spawn_command("broadcast.js", &[]),
+        crate::uws_cpp::SYSTEM => crate::uws_cpp::command("pubsub", &[]),
         other => return Err(std::io::Error::other(format!("unknown system {other}"))),
     };
     cmd.args(&sargs);

@@ -26,6 +26,7 @@ use base64::Engine as _;
 use clap::Parser;
 use hdrhistogram::serialization::{Serializer, V2Serializer};
 use hdrhistogram::Histogram;
+use surge::proto::DeflateMode;
 use surge::{
     Backend, Client, CloseInfo, Conn, ConnId, ConnectError, ConnectRequest, Handler, Message,
     Rejection, Request, ServerConfig, Upgrade, WorkerCtx,
@@ -54,6 +55,22 @@ pub struct LoadArgs {
     pub ramp_rate: f64,
     #[arg(long, default_value = "epoll")]
     pub backend: Backend,
+    /// permessage-deflate offered and used for every message: off, no-context, context.
+    #[arg(long, default_value = "off")]
+    pub deflate: String,
+}
+
+/// The `--deflate` names (shared with surge-echo's flag).
+pub fn deflate_mode(name: &str) -> Result<DeflateMode, String> {
+    match name {
+        "off" => Ok(DeflateMode::Disabled),
+        "no-context" => Ok(DeflateMode::NoContextTakeover),
+        "context" => Ok(DeflateMode::ContextTakeover {
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+        }),
+        other => Err(format!("--deflate off|no-context|context, not {other}")),
+    }
 }
 
 const PHASE_RUN: u8 = 1;
@@ -300,6 +317,11 @@ pub fn run(args: LoadArgs) -> std::io::Result<()> {
         workers,
         backend: args.backend,
         max_backpressure: 64 << 20,
+        deflate: surge::proto::DeflateConfig {
+            mode: deflate_mode(&args.deflate).map_err(std::io::Error::other)?,
+            min_size: 0, // every message compressed, whatever its size
+            ..Default::default()
+        },
         handshake_timeout: Duration::from_secs(30),
         ..ServerConfig::default()
     };

@@ -13,6 +13,7 @@ mod echo;
 mod fanout;
 mod load;
 mod uws;
+mod uws_cpp;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -137,9 +138,19 @@ pub(crate) fn sibling(binary: &str) -> std::io::Result<PathBuf> {
 
 impl ServerProc {
     fn spawn(binary: &str, args: &[String]) -> std::io::Result<ServerProc> {
+        ServerProc::spawn_pinned(binary, args, None)
+    }
+
+    /// As `spawn`, on CPU `cpu` only.
+    fn spawn_pinned(
+        binary: &str,
+        args: &[String],
+        cpu: Option<usize>,
+    ) -> std::io::Result<ServerProc> {
         let path = sibling(binary)?;
         let mut cmd = Command::new(&path);
         cmd.args(args);
+        pin(&mut cmd, cpu);
         ServerProc::spawn_command(cmd, binary, binary == "surge-echo")
     }
 
@@ -215,6 +226,28 @@ impl Drop for ServerProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// True (after saying why) when `system` is a peer that is not installed or built here.
+pub(crate) fn skip(system: &str) -> bool {
+    uws::skip(system) || uws_cpp::skip(system)
+}
+
+/// Runs the child on CPU `cpu` only (`None`: wherever the kernel likes), as `taskset -c` would.
+pub(crate) fn pin(cmd: &mut Command, cpu: Option<usize>) {
+    use std::os::unix::process::CommandExt;
+    let Some(cpu) = cpu else { return };
+    // SAFETY: sched_setaffinity is async-signal-safe and only reads the local set.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
@@ -305,7 +338,7 @@ fn latency(args: LatencyArgs) -> std::io::Result<()> {
         });
     } else {
         for system in &args.systems {
-            if uws::skip(system) {
+            if skip(system) {
                 continue;
             }
             let port = free_port().to_string();
@@ -417,6 +450,7 @@ fn main() -> std::io::Result<()> {
                     "surge-io_uring",
                     "tokio-tungstenite",
                     "fastwebsockets",
+                    uws_cpp::SYSTEM,
                     uws::SYSTEM,
                 ]
                 .map(String::from)

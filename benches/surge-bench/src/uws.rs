@@ -18,10 +18,10 @@ pub const SYSTEM: &str = "uws";
 
 /// How tables and charts name a system.
 pub fn label(system: &str) -> &str {
-    if system == SYSTEM {
-        "uWebSockets.js"
-    } else {
-        system
+    match system {
+        SYSTEM => "uWebSockets.js",
+        crate::uws_cpp::SYSTEM => "uWS C++",
+        _ => system,
     }
 }
 
@@ -133,6 +133,7 @@ mod tests {
     #[test]
     fn labels() {
         assert_eq!(label("uws"), "uWebSockets.js");
+        assert_eq!(label("uws-cpp"), "uWS C++");
         assert_eq!(label("surge-epoll"), "surge-epoll");
     }
 
