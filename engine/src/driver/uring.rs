@@ -1454,3 +1454,78 @@ impl Drop for UringDriver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ring's size follows its use: one growth per turn however many receives ran short, up
+    /// to its limit; a trim shrinks it to twice the busiest turn (at least the initial size),
+    /// buffers past that retire as they come back, and a quiet interval drops every page.
+    #[test]
+    fn buf_ring_follows_the_working_set() {
+        if super::super::probe::uring_support().is_err() {
+            eprintln!("SKIPPED: no io_uring");
+            return;
+        }
+        let ring = builder().build(8).unwrap();
+        let mut br = BufRing::new(&ring, 1024, 4096, 0, 512).unwrap();
+        assert_eq!(br.target, RING_INITIAL);
+        assert_eq!(br.held_bytes(), 0, "nothing touched yet");
+        // Many receives short in one turn: one doubling.
+        for _ in 0..100 {
+            br.note_short();
+        }
+        br.end_turn();
+        assert_eq!(br.target, 128);
+        assert!(!br.at_max());
+        for _ in 0..5 {
+            br.note_short();
+            br.end_turn();
+        }
+        assert_eq!(br.target, 512, "capped at the limit");
+        assert!(br.at_max());
+        // A busy turn used 200 buffers (handed out and given back in the same turn).
+        for bid in 0..200 {
+            br.handed_out();
+            br.give_back(bid);
+        }
+        br.end_turn();
+        assert_eq!(br.held_bytes(), 512 * 4096);
+        br.trim();
+        assert_eq!(br.target, 512, "2 x 200 rounds up to 512");
+        // A lighter interval: 20 buffers in the busiest turn -> 64 (the floor).
+        for bid in 200..220 {
+            br.handed_out();
+            br.give_back(bid);
+        }
+        br.end_turn();
+        br.trim();
+        assert_eq!(br.target, RING_INITIAL);
+        // Buffers past the new size retire when they come back; those below go back in.
+        br.handed_out();
+        br.give_back(300);
+        br.handed_out();
+        br.give_back(3);
+        br.end_turn();
+        assert!(br.spare.contains(&300));
+        assert!(!br.spare.contains(&3));
+        assert!(
+            br.spare.windows(2).all(|w| w[0] > w[1]),
+            "spare stays sorted"
+        );
+        // The interval that saw those two ends; a quiet one drops every page.
+        br.trim();
+        assert_eq!(br.target, RING_INITIAL);
+        assert!(br.held_bytes() > 0);
+        br.trim();
+        assert_eq!(br.held_bytes(), 0);
+        // Growth after a shrink takes the lowest spare ids first.
+        br.note_short();
+        br.end_turn();
+        assert_eq!(br.target, 128);
+        assert!(br.spare.iter().all(|&b| b >= 128));
+        drop(br);
+        drop(ring);
+    }
+}
