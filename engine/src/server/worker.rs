@@ -2,8 +2,10 @@
 //! and timer wheel. Nothing here is shared with other workers.
 //!
 //! A loop turn: poll (after an optional busy-poll spin) -> for each event, accept or read (bytes go
-//! through the handshake parser or the protocol core, and the handler is called per event) -> fire
-//! due timers -> flush every connection that has something to send, one `writev` each.
+//! through the handshake parser or the protocol core, and the handler is called per event; on epoll
+//! the connection's own replies are sent right after its input) -> fire due timers -> flush every
+//! connection that still has something to send, one `writev` (or `sendmsg`) each -> every
+//! `buffer_trim_interval`, give back the buffers the last interval did not need.
 //!
 //! Connection stages: `Handshake` (request bytes accumulate in a pooled buffer) -> `Open` (the
 //! protocol core drives the close handshake) -> `Draining` (our last bytes are flushed, then
