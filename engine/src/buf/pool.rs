@@ -8,7 +8,10 @@ use crate::proto::BufferPool;
 /// A free list of `Vec<u8>` buffers of (at least) one chunk size.
 ///
 /// Buffers that grew far beyond the chunk size (a 16 MiB message assembled in one) are freed instead
-/// of kept, so the pool's memory stays bounded by `max_cached * chunk_size * 4`.
+/// of kept, so the pool's memory stays bounded by `max_cached * chunk_size * 4`. Within that, it
+/// follows recent use: [`ChunkPool::trim`] (the worker's periodic buffer trim) frees as many free
+/// buffers as sat unused since the previous trim (the fewest the free list held meanwhile), so
+/// after a quiet interval the pool is empty again.
 #[derive(Debug)]
 pub struct ChunkPool {
     free: Vec<Vec<u8>>,
@@ -16,6 +19,10 @@ pub struct ChunkPool {
     max_cached: usize,
     /// Buffers handed out and not given back (for tests and statistics).
     outstanding: usize,
+    /// The fewest free buffers held since the last trim.
+    low: usize,
+    /// The capacity of the free buffers, in bytes.
+    cached_bytes: usize,
 }
 
 impl ChunkPool {
@@ -26,6 +33,8 @@ impl ChunkPool {
             chunk_size: chunk_size.max(64),
             max_cached,
             outstanding: 0,
+            low: 0,
+            cached_bytes: 0,
         }
     }
 
@@ -38,7 +47,11 @@ impl ChunkPool {
     pub fn get(&mut self) -> Vec<u8> {
         self.outstanding += 1;
         match self.free.pop() {
-            Some(buf) => buf,
+            Some(buf) => {
+                self.low = self.low.min(self.free.len());
+                self.cached_bytes -= buf.capacity();
+                buf
+            }
             None => Vec::with_capacity(self.chunk_size),
         }
     }
@@ -53,6 +66,7 @@ impl ChunkPool {
             return;
         }
         buf.clear();
+        self.cached_bytes += buf.capacity();
         self.free.push(buf);
     }
 
@@ -66,10 +80,47 @@ impl ChunkPool {
         self.outstanding
     }
 
+    /// The capacity of the free buffers held, in bytes.
+    pub fn cached_bytes(&self) -> usize {
+        self.cached_bytes
+    }
+
     /// Frees every cached buffer.
     pub fn shrink(&mut self) {
         self.free = Vec::new();
+        self.low = 0;
+        self.cached_bytes = 0;
     }
+
+    /// Frees the free buffers that were not needed since the last trim (as many as the free list
+    /// never went below), the oldest first: after an interval without use, all of them. Returns
+    /// the bytes freed.
+    pub fn trim(&mut self) -> usize {
+        let unused = self.low.min(self.free.len());
+        let freed: usize = self.free.drain(..unused).map(|b| b.capacity()).sum();
+        self.cached_bytes -= freed;
+        if self.free.is_empty() {
+            self.free = Vec::new();
+        }
+        self.low = self.free.len();
+        freed
+    }
+}
+
+/// Asks the allocator to give free memory back to the system, after a trim freed `freed` bytes.
+/// glibc's malloc keeps freed chunks of the heap (below its 128 KiB mmap threshold, as pooled
+/// chunks are) resident until `malloc_trim`, which returns every whole free page; other allocators
+/// (and other C libraries) manage that themselves.
+pub fn release_to_system(freed: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if freed >= 64 * 1024 {
+        // SAFETY: malloc_trim takes no pointers and may be called at any time from any thread.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = freed;
 }
 
 /// The protocol core takes its assembly buffers from here.
@@ -113,5 +164,35 @@ mod tests {
         c.extend_from_slice(b"abc");
         pool.put(c);
         assert!(pool.get().is_empty(), "returned buffers come back cleared");
+    }
+
+    #[test]
+    fn trim_frees_what_an_interval_did_not_need() {
+        let mut pool = ChunkPool::new(1024, 64);
+        // A burst: 10 buffers out at once, then back.
+        let burst: Vec<_> = (0..10).map(|_| pool.get()).collect();
+        for b in burst {
+            pool.put(b);
+        }
+        assert_eq!(pool.cached(), 10);
+        assert_eq!(pool.cached_bytes(), 10 * 1024);
+        // The burst's interval: the free list went down to 0, so nothing is surplus yet.
+        assert_eq!(pool.trim(), 0);
+        assert_eq!(pool.cached(), 10);
+        // Steady use of 3 at a time: the free list never goes below 7; those go.
+        for _ in 0..5 {
+            let held: Vec<_> = (0..3).map(|_| pool.get()).collect();
+            for b in held {
+                pool.put(b);
+            }
+        }
+        assert_eq!(pool.trim(), 7 * 1024);
+        assert_eq!(pool.cached(), 3);
+        // A quiet interval: everything goes.
+        assert_eq!(pool.trim(), 3 * 1024);
+        assert_eq!(pool.cached(), 0);
+        assert_eq!(pool.cached_bytes(), 0);
+        assert_eq!(pool.trim(), 0);
+        release_to_system(0);
     }
 }

@@ -136,7 +136,8 @@ pub(crate) enum IoEvent {
         len: u32,
         more: bool,
     },
-    /// uring: a receive completion without data: `res` 0 is EOF, `-ENOBUFS` means re-arm, other
+    /// uring: a receive completion without data: `res` 0 is EOF, `-ENOBUFS` means re-arm (at once,
+    /// or a few per turn when `UringDriver::recv_starved`: the ring is at its limit), other
     /// negative values are errors (`-ECANCELED` after a cancel). In the poll mode
     /// ([`UringRecv::PollThenRecv`]) the end of a connection's readiness poll comes as `-EAGAIN`
     /// without `more` (re-arm with [`Driver::register_conn`]'s `arm_recv`), and a poll's error as
@@ -191,18 +192,20 @@ pub(crate) enum DriverSeed {
         wake: Arc<OwnedFd>,
         direct: u32,
         recv: UringRecv,
+        ring_max: usize,
     },
 }
 
 impl DriverSeed {
     /// The seed for `backend` (already resolved: `Epoll` or `IoUring`) and its waker. `direct`: the
     /// size of the direct-descriptor table to ask for (0: ordinary descriptors); `recv`: how
-    /// io_uring connections receive.
+    /// io_uring connections receive; `ring_max`: the most provided receive buffers per ring.
     pub(crate) fn new(
         backend: Backend,
         waker_token: usize,
         direct: u32,
         recv: UringRecv,
+        ring_max: usize,
     ) -> io::Result<(DriverSeed, Waker)> {
         match backend {
             Backend::IoUring => {
@@ -217,6 +220,7 @@ impl DriverSeed {
                     wake: Arc::clone(&fd),
                     direct,
                     recv,
+                    ring_max,
                 };
                 Ok((seed, Waker::EventFd(fd)))
             }
@@ -232,9 +236,14 @@ impl DriverSeed {
     pub(crate) fn open(self) -> io::Result<Driver> {
         match self {
             DriverSeed::Epoll(d) => Ok(Driver::Epoll(d)),
-            DriverSeed::Uring { wake, direct, recv } => Ok(Driver::Uring(Box::new(
-                uring::UringDriver::new(wake, direct, recv)?,
-            ))),
+            DriverSeed::Uring {
+                wake,
+                direct,
+                recv,
+                ring_max,
+            } => Ok(Driver::Uring(Box::new(uring::UringDriver::new(
+                wake, direct, recv, ring_max,
+            )?))),
         }
     }
 }

@@ -251,6 +251,13 @@ fn build_ring() -> io::Result<IoUring> {
 }
 
 /// A provided-buffer ring and the buffers it hands out (both in anonymous mappings).
+///
+/// Its size follows the working set: it starts with [`RING_INITIAL`] buffers, grows (doubling,
+/// at most once per loop turn) when receives end with `ENOBUFS`, up to `max`, and shrinks at each
+/// [`BufRing::trim`] (the worker's buffer-trim interval) to twice the most buffers one turn used
+/// since the last trim: buffers past the new size leave the ring as they come back (retired),
+/// and their pages are dropped at once (`MADV_DONTNEED`), so memory goes back to the system even
+/// while they wait in the ring. After an interval without any receive, every page is dropped.
 pub(crate) struct BufRing {
     entries: *mut types::BufRingEntry,
     entries_len: usize,
@@ -261,8 +268,22 @@ pub(crate) struct BufRing {
     /// Our copy of the tail: entries up to here are written, published by [`BufRing::publish`].
     tail: u16,
     published: u16,
-    /// Buffers not in the ring yet (see [`BufRing::grow`]), popped lowest id first.
+    /// Buffers not in the ring (never added, or retired), sorted highest id first: popped lowest
+    /// id first.
     spare: Vec<u16>,
+    /// The ring's size: buffers with a lower id belong in it, higher ones retire when they come
+    /// back (see [`BufRing::give_back`]).
+    target: u16,
+    /// The most buffers the ring may grow to (`ServerConfig::uring_max_recv_buffers`).
+    max: u16,
+    /// A receive ended with `ENOBUFS` since the last publish: grow once, at the publish.
+    short: bool,
+    /// Buffers handed out since the last publish (one loop turn), and the most of any turn since
+    /// the last trim.
+    used_turn: u32,
+    peak: u32,
+    /// Every buffer's pages were dropped and none was handed out since.
+    dropped: bool,
 }
 
 fn mmap(len: usize) -> io::Result<*mut u8> {
@@ -285,11 +306,20 @@ fn mmap(len: usize) -> io::Result<*mut u8> {
 }
 
 impl BufRing {
-    /// Maps `count` buffers of `size` bytes and registers them as group `bgid` of `ring`.
-    pub(crate) fn new(ring: &IoUring, count: u16, size: u32, bgid: u16) -> io::Result<BufRing> {
+    /// Maps `count` buffers of `size` bytes and registers them as group `bgid` of `ring`; at
+    /// most `max` of them are ever in the ring.
+    pub(crate) fn new(
+        ring: &IoUring,
+        count: u16,
+        size: u32,
+        bgid: u16,
+        max: u16,
+    ) -> io::Result<BufRing> {
         assert!(count.is_power_of_two());
+        let max = max.clamp(1, count);
         let entries_len = usize::from(count) * std::mem::size_of::<types::BufRingEntry>();
-        let mem_len = usize::from(count) * size as usize;
+        // Only the buffers the ring may hold are mapped.
+        let mem_len = usize::from(max) * size as usize;
         let entries = mmap(entries_len)?.cast::<types::BufRingEntry>();
         let mem = match mmap(mem_len) {
             Ok(m) => m,
@@ -299,6 +329,7 @@ impl BufRing {
                 return Err(e);
             }
         };
+        let first = max.min(RING_INITIAL);
         let mut br = BufRing {
             entries,
             entries_len,
@@ -309,6 +340,12 @@ impl BufRing {
             tail: 0,
             published: 0,
             spare: Vec::new(),
+            target: first,
+            max,
+            short: false,
+            used_turn: 0,
+            peak: 0,
+            dropped: true,
         };
         // SAFETY: the entry array is page aligned (mmap), `count` entries long, and lives until
         // `Drop` of this BufRing, which the owner (UringDriver) runs only after the ring is idle or
@@ -320,28 +357,124 @@ impl BufRing {
         };
         // Only a few buffers go in at first. The kernel takes buffers in ring order and the
         // worker gives each back in the same loop turn, so every buffer in the ring is used in
-        // turn: with all of them (up to 64 MiB) in, each receive would land in memory that left the CPU
-        // caches long ago, and copying into it (and unmasking it) costs several times a copy into
-        // a buffer used a moment ago. The ring grows when the kernel runs short (ENOBUFS).
-        let first = count.min(RING_INITIAL);
+        // turn: with many more than a turn needs, each receive would land in memory that left the
+        // CPU caches long ago, and copying into it (and unmasking it) costs several times a copy
+        // into a buffer used a moment ago. The ring grows when the kernel runs short (ENOBUFS).
         for bid in 0..first {
             br.push(bid);
         }
-        br.spare = (first..count).rev().collect();
+        br.spare = (first..max).rev().collect();
         br.publish();
         Ok(br)
     }
 
-    /// The kernel ran out of buffers (a receive ended with ENOBUFS): doubles the buffers in the
-    /// ring, from the spare ones (visible at the next publish). Returns how many were added.
+    /// A receive ended with `ENOBUFS`: the ring grows at the next publish (once per turn however
+    /// many receives ran short).
+    fn note_short(&mut self) {
+        self.short = true;
+    }
+
+    /// Whether the ring is as large as it may grow: a receive that ran short waits for buffers
+    /// to come back rather than for more.
+    fn at_max(&self) -> bool {
+        self.target >= self.max
+    }
+
+    /// A completion handed buffer `bid` out.
+    fn handed_out(&mut self) {
+        self.used_turn += 1;
+        self.dropped = false;
+    }
+
+    /// Doubles the ring's size (at least 16 more), up to `max`, from the spare buffers (visible at
+    /// the next publish). Returns how many were added.
     fn grow(&mut self) -> usize {
-        let in_ring = usize::from(self.count) - self.spare.len();
-        let add = in_ring.max(16).min(self.spare.len());
-        for _ in 0..add {
-            let bid = self.spare.pop().expect("counted above");
+        self.target = (self.target.saturating_add(self.target.max(16))).min(self.max);
+        let mut added = 0;
+        while let Some(&bid) = self.spare.last() {
+            if bid >= self.target {
+                break;
+            }
+            self.spare.pop();
             self.push(bid);
+            added += 1;
         }
-        add
+        added
+    }
+
+    /// Buffer `bid` comes back from the worker (or a completion that used no data): into the
+    /// ring, or retired if the ring shrank below it (its pages were dropped at the shrink).
+    fn give_back(&mut self, bid: u16) {
+        if bid < self.target {
+            self.push(bid);
+            return;
+        }
+        let at = self.spare.partition_point(|&b| b > bid);
+        self.spare.insert(at, bid);
+        // Handed out after the shrink: its pages may be back.
+        self.drop_pages(bid, bid + 1);
+    }
+
+    /// Drops the pages of buffers `from..to`: the memory goes back to the system, and the next
+    /// write into one of them finds a fresh zeroed page.
+    fn drop_pages(&mut self, from: u16, to: u16) {
+        let to = to.min(self.max);
+        if from >= to {
+            return;
+        }
+        let start = usize::from(from) * self.size as usize;
+        let len = usize::from(to - from) * self.size as usize;
+        // SAFETY: the range lies inside the buffer mapping (to <= max, which the mapping holds).
+        // No buffer of the range is handed out to the worker (each comes back in the turn that
+        // received it, before the worker trims), so nothing in this process refers to the bytes.
+        // Those still in the ring may be written by the kernel, but only while it runs a receive
+        // of this ring, which happens inside this thread's io_uring_enter (inline issue or task
+        // work: DEFER_TASKRUN, or COOP_TASKRUN on older kernels; receives are never forced to the
+        // kernel's worker threads), not concurrently with this call; the next write faults in a
+        // zeroed page. MADV_DONTNEED on a private anonymous mapping keeps the mapping valid.
+        unsafe {
+            libc::madvise(self.mem.add(start).cast(), len, libc::MADV_DONTNEED);
+        }
+    }
+
+    /// The end of a loop turn's buffer use (at the publish): grows if a receive ran short.
+    fn end_turn(&mut self) {
+        self.peak = self.peak.max(self.used_turn);
+        self.used_turn = 0;
+        if std::mem::take(&mut self.short) && !self.at_max() {
+            self.grow();
+        }
+    }
+
+    /// The worker's periodic trim: shrinks the ring to twice the most buffers one turn used since
+    /// the last trim (at least [`RING_INITIAL`]), dropping the pages of the buffers past it; after
+    /// an interval without receives, drops every buffer's pages (the ring keeps its entries).
+    /// Call between loop turns, when no buffer is handed out.
+    fn trim(&mut self) {
+        let peak = std::mem::take(&mut self.peak);
+        let floor = RING_INITIAL.min(self.max);
+        let want = (peak.saturating_mul(2).next_power_of_two())
+            .clamp(u32::from(floor), u32::from(self.max)) as u16;
+        if want < self.target {
+            // Past `want`: spare buffers have no pages (dropped when retired); those in the ring
+            // retire when they come back.
+            self.drop_pages(want, self.target);
+            self.target = want;
+        }
+        if peak == 0 && !self.dropped {
+            self.drop_pages(0, self.target);
+            self.dropped = true;
+        }
+    }
+
+    /// Buffers in the ring (or handed out) whose pages may be resident, in bytes: 0 after an
+    /// interval without receives.
+    fn held_bytes(&self) -> usize {
+        if self.dropped {
+            0
+        } else {
+            usize::from(self.max - self.spare.len() as u16) * self.size as usize
+        }
     }
 
     /// Writes buffer `bid` into the next free entry (not yet visible to the kernel).
@@ -435,6 +568,8 @@ pub(crate) struct UringDriver {
     /// op moves between this list and `sends`, and the kernel holds pointers into it meanwhile.
     #[allow(clippy::vec_box)]
     free_sends: Vec<Box<SendOp>>,
+    /// The fewest boxes `free_sends` held since the last trim: that many were not needed.
+    free_sends_low: usize,
     /// The completions of one reap (kept for its capacity).
     cq: Vec<(u64, i32, u32)>,
     /// Listener descriptors by index, for re-arming accepts (-1: stopped).
@@ -481,7 +616,14 @@ impl UringDriver {
     /// direct-descriptor table of `direct` slots (0: ordinary descriptors; also where the kernel
     /// refuses the table, with one log line).
     /// `recv`: how connections receive.
-    pub(crate) fn new(wake_fd: Arc<OwnedFd>, direct: u32, recv: UringRecv) -> io::Result<Self> {
+    /// `ring_max`: the most provided receive buffers in the ring
+    /// ([`ServerConfig::uring_max_recv_buffers`](crate::ServerConfig)).
+    pub(crate) fn new(
+        wake_fd: Arc<OwnedFd>,
+        direct: u32,
+        recv: UringRecv,
+        ring_max: usize,
+    ) -> io::Result<Self> {
         let ring = build_ring()?;
         let direct = direct > 0
             && match ring.submitter().register_files_sparse(direct) {
@@ -494,13 +636,15 @@ impl UringDriver {
                 }
             };
         let ring_index = register_ring_fd(ring.as_raw_fd());
-        let bufs = BufRing::new(&ring, RING_BUFFERS, RING_BUFFER_SIZE, BGID)?;
+        let max = u16::try_from(ring_max.clamp(1, usize::from(RING_BUFFERS))).expect("clamped");
+        let bufs = BufRing::new(&ring, RING_BUFFERS, RING_BUFFER_SIZE, BGID, max)?;
         let mut d = UringDriver {
             ring,
             ring_index,
             bufs,
             sends: slab::Slab::new(),
             free_sends: Vec::new(),
+            free_sends_low: 0,
             cq: Vec::new(),
             listeners: Vec::new(),
             wake_fd,
@@ -824,7 +968,51 @@ impl UringDriver {
 
     /// Gives a provided buffer back to the kernel (visible at the next poll).
     pub(crate) fn recycle(&mut self, bid: u16) {
-        self.bufs.push(bid);
+        self.bufs.give_back(bid);
+    }
+
+    /// The worker's periodic buffer trim (see [`BufRing::trim`]): the ring shrinks to what the
+    /// last interval needed, and completed sends' boxes kept for reuse beyond what the interval
+    /// needed are freed. Call between loop turns.
+    pub(crate) fn trim(&mut self) {
+        self.bufs.trim();
+        let keep = self.free_sends.len() - self.free_sends_low.min(self.free_sends.len());
+        self.free_sends.truncate(keep);
+        self.free_sends.shrink_to(keep);
+        self.free_sends_low = self.free_sends.len();
+    }
+
+    /// Bytes of provided buffers whose pages may be resident, plus the send boxes kept for reuse
+    /// (see [`BufRing::held_bytes`]).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.bufs.held_bytes() + self.free_sends.len() * std::mem::size_of::<SendOp>()
+    }
+
+    /// Whether a trim could free anything.
+    pub(crate) fn holds_spare(&self) -> bool {
+        self.held_bytes() > 0 || self.bufs.target > RING_INITIAL.min(self.bufs.max)
+    }
+
+    /// Whether a receive that ended with `ENOBUFS` should wait for buffers to come back (the ring
+    /// cannot grow) rather than re-arm at once.
+    pub(crate) fn recv_starved(&self) -> bool {
+        self.bufs.at_max()
+    }
+
+    /// Re-arms the receive of a connection whose receive ended with `ENOBUFS` while the ring could
+    /// not grow: its multishot receive, or in the poll mode a pair of receives.
+    pub(crate) fn rearm_starved(&mut self, socket: &Socket, token: u64) {
+        if self.poll_mode {
+            self.recv_once(socket, token);
+        } else {
+            self.arm_recv(socket, token);
+        }
+    }
+
+    /// How many starved connections to re-arm before the next submit: half the ring's buffers
+    /// (a receive of a message larger than a buffer takes two), so that most find one.
+    pub(crate) fn starved_budget(&self) -> usize {
+        usize::from(self.bufs.target / 2).max(1)
     }
 
     /// Starts one `sendmsg` of (the first chunks of) `queue` for connection `token`.
@@ -836,7 +1024,9 @@ impl UringDriver {
     ) -> io::Result<()> {
         let entry = self.sends.vacant_entry();
         let key = entry.key() as u64;
-        let mut op = match self.free_sends.pop() {
+        let popped = self.free_sends.pop();
+        self.free_sends_low = self.free_sends_low.min(self.free_sends.len());
+        let mut op = match popped {
             Some(mut op) => {
                 op.token = token;
                 op
@@ -897,6 +1087,7 @@ impl UringDriver {
         out: &mut Vec<IoEvent>,
         timeout: Option<Duration>,
     ) -> io::Result<()> {
+        self.bufs.end_turn();
         self.bufs.publish();
         match self.enter(timeout) {
             Ok(_) => {}
@@ -1023,19 +1214,22 @@ impl UringDriver {
                 RECV => {
                     let token = payload;
                     match cqueue::buffer_select(flags) {
-                        Some(bid) if res > 0 => out.push(IoEvent::Received {
-                            token,
-                            bid,
-                            len: res as u32,
-                            more,
-                        }),
+                        Some(bid) if res > 0 => {
+                            self.bufs.handed_out();
+                            out.push(IoEvent::Received {
+                                token,
+                                bid,
+                                len: res as u32,
+                                more,
+                            })
+                        }
                         Some(bid) => {
-                            self.bufs.push(bid);
+                            self.bufs.give_back(bid);
                             out.push(IoEvent::RecvEnd { token, res, more });
                         }
                         None => {
                             if res == -libc::ENOBUFS {
-                                self.bufs.grow();
+                                self.bufs.note_short();
                             }
                             out.push(IoEvent::RecvEnd { token, res, more })
                         }
@@ -1135,21 +1329,24 @@ impl UringDriver {
             // Not ours to track (cannot happen: every receive has its entry until its pair is
             // done); just give the buffer back.
             if let Some(bid) = bid {
-                self.bufs.push(bid);
+                self.bufs.give_back(bid);
             }
             return;
         };
         pair.inflight = pair.inflight.saturating_sub(1);
         match bid {
-            Some(bid) if res > 0 && pair.ended.is_none() => out.push(IoEvent::Received {
-                token,
-                bid,
-                len: res as u32,
-                more: true, // the poll stays armed
-            }),
+            Some(bid) if res > 0 && pair.ended.is_none() => {
+                self.bufs.handed_out();
+                out.push(IoEvent::Received {
+                    token,
+                    bid,
+                    len: res as u32,
+                    more: true, // the poll stays armed
+                })
+            }
             _ => {
                 if let Some(bid) = bid {
-                    self.bufs.push(bid);
+                    self.bufs.give_back(bid);
                 }
                 pair.ended.get_or_insert(res);
             }
@@ -1162,10 +1359,19 @@ impl UringDriver {
             // Both brought bytes: read on.
             None => out.push(IoEvent::Readable { token }),
             Some(res) if res == -libc::ENOBUFS => {
-                // The bytes wait in the socket; buffers are back (and the ring larger) by the
+                // The bytes wait in the socket; buffers are back (and the ring larger, unless at
+                // its limit: then the worker re-arms a few such connections per turn) by the
                 // next submit, which carries the retry.
-                self.bufs.grow();
-                out.push(IoEvent::Readable { token });
+                self.bufs.note_short();
+                if self.bufs.at_max() {
+                    out.push(IoEvent::RecvEnd {
+                        token,
+                        res,
+                        more: true,
+                    });
+                } else {
+                    out.push(IoEvent::Readable { token });
+                }
             }
             // Nothing more there: the poll brings the next arrival.
             Some(res) if res == -libc::EAGAIN || res == -libc::EINTR => {
@@ -1236,9 +1442,90 @@ impl Drop for UringDriver {
                     tail: 0,
                     published: 0,
                     spare: Vec::new(),
+                    target: 0,
+                    max: 0,
+                    short: false,
+                    used_turn: 0,
+                    peak: 0,
+                    dropped: true,
                 },
             );
             std::mem::forget(leaked);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ring's size follows its use: one growth per turn however many receives ran short, up
+    /// to its limit; a trim shrinks it to twice the busiest turn (at least the initial size),
+    /// buffers past that retire as they come back, and a quiet interval drops every page.
+    #[test]
+    fn buf_ring_follows_the_working_set() {
+        if super::super::probe::uring_support().is_err() {
+            eprintln!("SKIPPED: no io_uring");
+            return;
+        }
+        let ring = builder().build(8).unwrap();
+        let mut br = BufRing::new(&ring, 1024, 4096, 0, 512).unwrap();
+        assert_eq!(br.target, RING_INITIAL);
+        assert_eq!(br.held_bytes(), 0, "nothing touched yet");
+        // Many receives short in one turn: one doubling.
+        for _ in 0..100 {
+            br.note_short();
+        }
+        br.end_turn();
+        assert_eq!(br.target, 128);
+        assert!(!br.at_max());
+        for _ in 0..5 {
+            br.note_short();
+            br.end_turn();
+        }
+        assert_eq!(br.target, 512, "capped at the limit");
+        assert!(br.at_max());
+        // A busy turn used 200 buffers (handed out and given back in the same turn).
+        for bid in 0..200 {
+            br.handed_out();
+            br.give_back(bid);
+        }
+        br.end_turn();
+        assert_eq!(br.held_bytes(), 512 * 4096);
+        br.trim();
+        assert_eq!(br.target, 512, "2 x 200 rounds up to 512");
+        // A lighter interval: 20 buffers in the busiest turn -> 64 (the floor).
+        for bid in 200..220 {
+            br.handed_out();
+            br.give_back(bid);
+        }
+        br.end_turn();
+        br.trim();
+        assert_eq!(br.target, RING_INITIAL);
+        // Buffers past the new size retire when they come back; those below go back in.
+        br.handed_out();
+        br.give_back(300);
+        br.handed_out();
+        br.give_back(3);
+        br.end_turn();
+        assert!(br.spare.contains(&300));
+        assert!(!br.spare.contains(&3));
+        assert!(
+            br.spare.windows(2).all(|w| w[0] > w[1]),
+            "spare stays sorted"
+        );
+        // The interval that saw those two ends; a quiet one drops every page.
+        br.trim();
+        assert_eq!(br.target, RING_INITIAL);
+        assert!(br.held_bytes() > 0);
+        br.trim();
+        assert_eq!(br.held_bytes(), 0);
+        // Growth after a shrink takes the lowest spare ids first.
+        br.note_short();
+        br.end_turn();
+        assert_eq!(br.target, 128);
+        assert!(br.spare.iter().all(|&b| b >= 128));
+        drop(br);
+        drop(ring);
     }
 }

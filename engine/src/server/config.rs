@@ -207,8 +207,25 @@ pub struct ServerConfig {
     pub write_chunk_size: usize,
     /// Size of the worker's one read buffer (default 64 KiB).
     pub read_buffer_size: usize,
-    /// Free chunks a worker keeps in each pool (default 256, i.e. up to 4 MiB per pool).
+    /// Free chunks a worker keeps in each pool at most (default 256, i.e. up to 4 MiB per pool);
+    /// the buffer trim gives back what recent traffic did not need.
     pub pool_max_cached: usize,
+    /// Every this long, each worker gives back the buffers it kept for reuse but did not need
+    /// during the last interval (default 2 s; `None`: never): free chunks of its pools (the
+    /// fewest that sat unused all interval), and on io_uring the provided receive buffers past
+    /// twice the most one loop turn used (their pages dropped), then the allocator's free pages
+    /// (`malloc_trim` on glibc). So memory follows the working set and goes back within two
+    /// intervals after the load drops. A trim costs nothing per message; an idle worker holding
+    /// nothing wakes for none.
+    pub buffer_trim_interval: Option<Duration>,
+    /// io_uring: the most provided receive buffers (16 KiB each) in a worker's buffer ring
+    /// (default 64, i.e. 1 MiB; at most 4096). The ring starts with up to 64 and grows on
+    /// `ENOBUFS` to this; past it, a connection whose receive found no buffer waits in a queue
+    /// (its bytes stay in the socket, as with epoll) and a few such connections are re-armed
+    /// each loop turn, as buffers come back. Bounds what one loop turn receives, hence the
+    /// memory a worker holds under load (docs/BENCHMARKS.md, "Memory under load"). No effect on
+    /// epoll.
+    pub uring_max_recv_buffers: usize,
     /// Most bytes a worker's connections may hold together for messages partly received
     /// (default 256 MiB): a message trickling in is held until it is whole, up to
     /// `proto.max_message_size` each. Past it, the connections holding the most are failed with
@@ -279,6 +296,8 @@ impl Default for ServerConfig {
             write_chunk_size: 16 * 1024,
             read_buffer_size: 64 * 1024,
             pool_max_cached: 256,
+            buffer_trim_interval: Some(Duration::from_secs(2)),
+            uring_max_recv_buffers: 64,
             max_assembly_per_worker: 256 << 20,
             tcp_nodelay: true,
             uring_direct_descriptors: true,

@@ -2,8 +2,10 @@
 //! and timer wheel. Nothing here is shared with other workers.
 //!
 //! A loop turn: poll (after an optional busy-poll spin) -> for each event, accept or read (bytes go
-//! through the handshake parser or the protocol core, and the handler is called per event) -> fire
-//! due timers -> flush every connection that has something to send, one `writev` each.
+//! through the handshake parser or the protocol core, and the handler is called per event; on epoll
+//! the connection's own replies are sent right after its input) -> fire due timers -> flush every
+//! connection that still has something to send, one `writev` (or `sendmsg`) each -> every
+//! `buffer_trim_interval`, give back the buffers the last interval did not need.
 //!
 //! Connection stages: `Handshake` (request bytes accumulate in a pooled buffer) -> `Open` (the
 //! protocol core drives the close handshake) -> `Draining` (our last bytes are flushed, then
@@ -227,6 +229,9 @@ pub struct WorkerCtx<D> {
     pending_pongs: HashMap<ConnId, Vec<u8>>,
     /// Rate-limited log lines about connections closed for writes that stall.
     stall_log: crate::ratelog::RateLog,
+    /// io_uring: the driver's share of `buffer_memory` (its receive buffers' pages and kept send
+    /// boxes), copied each loop turn.
+    driver_held: usize,
 }
 
 impl<D> std::fmt::Debug for WorkerCtx<D> {
@@ -270,7 +275,17 @@ impl<D> WorkerCtx<D> {
             rx_proto,
             pending_pongs: HashMap::new(),
             stall_log: crate::ratelog::RateLog::default(),
+            driver_held: 0,
         }
+    }
+
+    /// Bytes of buffers this worker keeps for reuse: the free chunks of its pools and, on
+    /// io_uring, its provided receive buffers whose pages may be resident and the boxes of
+    /// completed sends. Follows the working set: what an interval of
+    /// [`ServerConfig::buffer_trim_interval`] did not need is given back at its end, so it drops
+    /// to (nearly) 0 within two intervals after the load stops.
+    pub fn buffer_memory(&self) -> usize {
+        self.chunks.cached_bytes() + self.assembly.cached_bytes() + self.driver_held
     }
 
     /// This worker's index (0-based).
@@ -860,6 +875,12 @@ pub(crate) struct Worker<H: Handler> {
     /// the queued ones wait.
     accept_retry: Option<Instant>,
     accept_errors: AcceptErrors,
+    /// io_uring: connections whose receive ended with `ENOBUFS` while the buffer ring was at its
+    /// limit; their bytes wait in the socket and a few are re-armed each turn (`rearm_starved`).
+    starved: std::collections::VecDeque<ConnId>,
+    /// When the next buffer trim is due (`ServerConfig::buffer_trim_interval`); `None` while the
+    /// worker holds nothing a trim could give back.
+    trim_at: Option<Instant>,
 }
 
 impl<H: Handler> Worker<H> {
@@ -884,6 +905,8 @@ impl<H: Handler> Worker<H> {
             stop_deadline: None,
             accept_retry: None,
             accept_errors: AcceptErrors::default(),
+            starved: std::collections::VecDeque::new(),
+            trim_at: None,
         }
     }
 
@@ -903,11 +926,12 @@ impl<H: Handler> Worker<H> {
                 let left = deadline.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
-            if let Some(at) = self.accept_retry {
+            for at in [self.accept_retry, self.trim_at].into_iter().flatten() {
                 let left = at.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
             self.hand_over_removed();
+            self.rearm_starved();
             self.register_dials();
             self.poll(timeout)?;
             self.ctx.now = Instant::now();
@@ -931,6 +955,7 @@ impl<H: Handler> Worker<H> {
             self.fire_timers();
             self.flush_dirty();
             self.ctx.store_stats();
+            self.trim_buffers();
 
             if let Some(deadline) = self.stop_deadline {
                 if self.ctx.conns.len() == 0 {
@@ -1041,8 +1066,13 @@ impl<H: Handler> Worker<H> {
                 if self.ctx.conns.get(id).is_none() {
                     return; // cancelled, or a stale completion
                 }
+                let starved = matches!(&self.driver, Driver::Uring(d) if d.recv_starved());
                 if res == 0 {
                     self.on_eof(id);
+                } else if res == -libc::ENOBUFS && starved {
+                    // The ring is at its limit: wait for buffers with the bytes in the socket,
+                    // behind the connections already waiting (re-armed a few per turn).
+                    self.starved.push_back(id);
                 } else if res == -libc::ENOBUFS || res == -libc::EINTR || res == -libc::EAGAIN {
                     // Out of provided buffers: the bytes wait in the socket; they are back by the
                     // next submit.
@@ -1105,6 +1135,59 @@ impl<H: Handler> Worker<H> {
                 }
             }
             IoEvent::Ready { .. } | IoEvent::Wake => unreachable!("handled by dispatch"),
+        }
+    }
+
+    /// io_uring: re-arms the receives of up to half the ring's buffers' worth of connections
+    /// that found the ring empty at its limit, first come first served, before the next submit.
+    /// (Re-arming them all at once would end most in `ENOBUFS` again, each turn.)
+    fn rearm_starved(&mut self) {
+        let Driver::Uring(d) = &mut self.driver else {
+            return;
+        };
+        let mut budget = d.starved_budget();
+        while budget > 0 {
+            let Some(id) = self.starved.pop_front() else {
+                break;
+            };
+            let Some(c) = self.ctx.conns.get(id) else {
+                continue; // closed meanwhile
+            };
+            if c.has(PEER_EOF) {
+                continue;
+            }
+            d.rearm_starved(&c.socket, id.0);
+            budget -= 1;
+        }
+    }
+
+    /// The periodic buffer trim (`ServerConfig::buffer_trim_interval`): when due, the pools and
+    /// the io_uring buffer ring give back what the last interval did not need, then the
+    /// allocator its free pages. Armed only while something is held, so an idle worker holding
+    /// nothing is never woken for it. Per turn: a clock comparison and a few loads.
+    fn trim_buffers(&mut self) {
+        let Some(interval) = self.ctx.cfg.buffer_trim_interval else {
+            return;
+        };
+        if self.trim_at.is_some_and(|at| self.ctx.now >= at) {
+            self.trim_at = None;
+            let freed = self.ctx.chunks.trim() + self.ctx.assembly.trim();
+            crate::buf::pool::release_to_system(freed);
+            if let Driver::Uring(d) = &mut self.driver {
+                d.trim();
+            }
+        }
+        let driver_spare = match &self.driver {
+            Driver::Uring(d) => {
+                self.ctx.driver_held = d.held_bytes();
+                d.holds_spare()
+            }
+            Driver::Epoll(_) => false,
+        };
+        if self.trim_at.is_none()
+            && (driver_spare || self.ctx.chunks.cached() > 0 || self.ctx.assembly.cached() > 0)
+        {
+            self.trim_at = Some(self.ctx.now + interval);
         }
     }
 
@@ -1220,7 +1303,20 @@ impl<H: Handler> Worker<H> {
 
     /// Reads what the socket has (bounded per turn) and processes it by stage.
     /// `hup`: the peer's EOF is known to be queued, so a short read does not mean "empty".
+    /// epoll: reads what connection `id` has, hands it to the protocol core, then sends what
+    /// handling it queued on this connection at once, before the next connection is read (as
+    /// uWebSockets uncorks after each socket's data): a chunk written goes straight back to the
+    /// pool for the next connection, so a turn that echoes hundreds of messages holds one or two
+    /// chunks, not one per message until the end of the turn. Sends to other connections still
+    /// wait for the turn's end (one `writev` each, however many messages).
     fn on_readable(&mut self, id: ConnId, hup: bool) {
+        self.read_input(id, hup);
+        if self.ctx.conns.get(id).is_some_and(|c| c.has(DIRTY)) {
+            self.flush_conn(id);
+        }
+    }
+
+    fn read_input(&mut self, id: ConnId, hup: bool) {
         for _ in 0..MAX_READS_PER_TURN {
             let Some(c) = self.ctx.conns.get_mut(id) else {
                 return;
@@ -1695,74 +1791,83 @@ impl<H: Handler> Worker<H> {
     /// One `writev` (or a few, until the socket is full) per connection with something queued.
     fn flush_dirty(&mut self) {
         while let Some(id) = self.ctx.dirty.pop() {
-            let ctx = &mut self.ctx;
-            let Some(c) = ctx.conns.get_mut(id) else {
-                continue;
-            };
-            c.flags &= !DIRTY;
-            let empty = if let Driver::Uring(d) = &mut self.driver {
-                if c.has(SENDING) {
-                    continue; // its completion marks it dirty again
-                }
-                if c.queue.is_empty() {
-                    true
-                } else {
-                    // The chunks stay in the queue, untouched, until the completion (SENDING).
-                    let _ = d.send(&c.socket, id.0, &c.queue);
-                    c.flags |= SENDING;
-                    if c.stall == 0 && c.has(OVER) {
-                        // A queue past the limit starts the stall clock even if this send never
-                        // completes; otherwise completions do (a partial one leaves bytes), so
-                        // the sends of idle connections arm nothing.
-                        ctx.note_flush(id, false);
-                    }
-                    false
-                }
+            self.flush_conn(id);
+        }
+    }
+
+    /// Sends what connection `id` has queued (if it is marked dirty; an entry of `dirty` whose
+    /// connection was flushed early is skipped).
+    fn flush_conn(&mut self, id: ConnId) {
+        let ctx = &mut self.ctx;
+        let Some(c) = ctx.conns.get_mut(id) else {
+            return;
+        };
+        if !c.has(DIRTY) {
+            return;
+        }
+        c.flags &= !DIRTY;
+        let empty = if let Driver::Uring(d) = &mut self.driver {
+            if c.has(SENDING) {
+                return; // its completion marks it dirty again
+            }
+            if c.queue.is_empty() {
+                true
             } else {
-                let before = c.queue.len();
-                match c.queue.flush(&mut c.socket, &mut ctx.chunks) {
-                    Ok(empty) => {
-                        if !empty || c.stall != 0 {
-                            let wrote = c.queue.len() != before;
-                            ctx.note_flush(id, wrote);
-                        }
-                        empty
-                    }
-                    Err(_) => {
-                        self.close_callback(id, CloseCode::ABNORMAL, "", false);
-                        self.ctx.remove(id);
-                        continue;
-                    }
+                // The chunks stay in the queue, untouched, until the completion (SENDING).
+                let _ = d.send(&c.socket, id.0, &c.queue);
+                c.flags |= SENDING;
+                if c.stall == 0 && c.has(OVER) {
+                    // A queue past the limit starts the stall clock even if this send never
+                    // completes; otherwise completions do (a partial one leaves bytes), so
+                    // the sends of idle connections arm nothing.
+                    ctx.note_flush(id, false);
                 }
-            };
-            let Some(c) = ctx.conns.get_mut(id) else {
-                continue;
-            };
-            if c.has(OVER) && c.queue.cost() < ctx.cfg.max_backpressure {
-                c.flags &= !OVER;
-                ctx.send_pending_pong(id);
-                let Some(c) = self.ctx.conns.get_mut(id) else {
-                    continue;
-                };
-                if c.data.is_some() && c.can_send() {
-                    self.handler.on_drain(&mut Conn {
-                        ctx: &mut self.ctx,
-                        id,
-                    });
+                false
+            }
+        } else {
+            let before = c.queue.len();
+            match c.queue.flush(&mut c.socket, &mut ctx.chunks) {
+                Ok(empty) => {
+                    if !empty || c.stall != 0 {
+                        let wrote = c.queue.len() != before;
+                        ctx.note_flush(id, wrote);
+                    }
+                    empty
+                }
+                Err(_) => {
+                    self.close_callback(id, CloseCode::ABNORMAL, "", false);
+                    self.ctx.remove(id);
+                    return;
                 }
             }
-            let ctx = &mut self.ctx;
-            let Some(c) = ctx.conns.get_mut(id) else {
-                continue;
+        };
+        let Some(c) = ctx.conns.get_mut(id) else {
+            return;
+        };
+        if c.has(OVER) && c.queue.cost() < ctx.cfg.max_backpressure {
+            c.flags &= !OVER;
+            ctx.send_pending_pong(id);
+            let Some(c) = self.ctx.conns.get_mut(id) else {
+                return;
             };
-            if empty && matches!(c.stage, Stage::Draining) {
-                if c.has(PEER_EOF) {
+            if c.data.is_some() && c.can_send() {
+                self.handler.on_drain(&mut Conn {
+                    ctx: &mut self.ctx,
+                    id,
+                });
+            }
+        }
+        let ctx = &mut self.ctx;
+        let Some(c) = ctx.conns.get_mut(id) else {
+            return;
+        };
+        if empty && matches!(c.stage, Stage::Draining) {
+            if c.has(PEER_EOF) {
+                ctx.remove(id);
+            } else if !c.has(FIN_SENT) {
+                c.flags |= FIN_SENT;
+                if self.driver.shutdown_write(&c.socket).is_err() {
                     ctx.remove(id);
-                } else if !c.has(FIN_SENT) {
-                    c.flags |= FIN_SENT;
-                    if self.driver.shutdown_write(&c.socket).is_err() {
-                        ctx.remove(id);
-                    }
                 }
             }
         }
