@@ -6,6 +6,15 @@
 //! connection) and two buffers (inflated messages, compressed messages), taken out while in use;
 //! per connection an `Option<Box<DeflateState>>` (8 bytes in the slot; `None` without compression),
 //! whose windows are allocated on the first compressed message (context takeover only).
+//!
+//! Live streams (context takeover): a connection that receives (sends) compressed messages keeps
+//! an inflater (compressor) of the pool attached, so that each message goes through its own stream
+//! with no priming. At most `DeflateConfig::live_inflaters` (`live_compressors`) per worker: a
+//! [`LiveSet`] per kind lists the holders, and when a connection without a stream needs one and the
+//! set is full, a clock (second chance on the state's used bit) detaches the stream of one that
+//! was not used since the hand last passed; its window stays saved, so its next message primes a
+//! stream again. A closed connection's stream goes with it; its entry is dropped when the hand
+//! reaches it.
 
 use super::{Conn, Worker, WorkerCtx};
 use crate::handler::{Handler, SendStatus};
@@ -29,6 +38,83 @@ pub(super) struct Compression {
     inflated: Vec<u8>,
     /// Where sent messages are compressed (taken out while the frame is queued).
     deflated: Vec<u8>,
+    /// Connections holding a live inflater.
+    live_in: LiveSet,
+    /// Connections holding a live compressor.
+    live_out: LiveSet,
+}
+
+/// Which live stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    Inflater,
+    Compressor,
+}
+
+/// The connections of a worker that hold a live stream of one kind, with a clock hand.
+#[derive(Debug, Default)]
+struct LiveSet {
+    /// Holders (and connections that were holders: closed, or whose stream went otherwise; removed
+    /// when the hand reaches them).
+    ids: Vec<crate::ConnId>,
+    hand: usize,
+}
+
+impl LiveSet {
+    /// Detaches one stream if the set holds `limit` or more: the first holder from the hand that
+    /// has not used its stream since the hand last passed (a closed connection or one that holds
+    /// none is only dropped from the list). Gives up after two turns (every holder mid-message):
+    /// the set then goes past the limit until some message ends.
+    fn make_room<D>(
+        &mut self,
+        limit: usize,
+        kind: Stream,
+        conns: &mut crate::server::registry::Registry<super::Connection<D>>,
+        pool: &mut DeflatePool,
+    ) {
+        let mut steps = 0;
+        while self.ids.len() >= limit.max(1) && steps <= 2 * self.ids.len() {
+            if self.hand >= self.ids.len() {
+                self.hand = 0;
+            }
+            let id = self.ids[self.hand];
+            steps += 1;
+            let Some(st) = conns.get_mut(id).and_then(|c| c.deflate.as_deref_mut()) else {
+                self.ids.swap_remove(self.hand);
+                continue;
+            };
+            let (holds, used) = match kind {
+                Stream::Inflater => (st.holds_inflater(), st.take_inflater_used()),
+                Stream::Compressor => (st.holds_compressor(), st.take_compressor_used()),
+            };
+            if !holds {
+                self.ids.swap_remove(self.hand);
+                continue;
+            }
+            if used {
+                self.hand += 1;
+                continue;
+            }
+            let released = match kind {
+                Stream::Inflater => st.release_inflater(pool),
+                Stream::Compressor => {
+                    st.release_compressor(pool);
+                    true
+                }
+            };
+            if released {
+                self.ids.swap_remove(self.hand);
+            } else {
+                self.hand += 1;
+            }
+        }
+    }
+
+    /// How many holders are listed (stale entries included until the hand drops them).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
 }
 
 impl Compression {
@@ -42,6 +128,8 @@ impl Compression {
             pool,
             inflated: Vec::new(),
             deflated: Vec::new(),
+            live_in: LiveSet::default(),
+            live_out: LiveSet::default(),
         }
     }
 
@@ -109,6 +197,16 @@ impl<H: Handler> Worker<H> {
     ) -> Inflated {
         let ctx = &mut self.ctx;
         let comp = &mut ctx.compression;
+        let Some(st) = ctx.conns.get_mut(id).and_then(|c| c.deflate.as_deref_mut()) else {
+            return Inflated::Failed(Error::CompressedDataInvalid);
+        };
+        let attaching = st.wants_inflater();
+        if attaching {
+            let limit = comp.cfg.live_inflaters;
+            comp.live_in
+                .make_room(limit, Stream::Inflater, &mut ctx.conns, &mut comp.pool);
+            comp.live_in.ids.push(id);
+        }
         let Some(st) = ctx.conns.get_mut(id).and_then(|c| c.deflate.as_deref_mut()) else {
             return Inflated::Failed(Error::CompressedDataInvalid);
         };
@@ -190,6 +288,16 @@ impl<D> WorkerCtx<D> {
             _ => None,
         };
         let Some(st) = st else {
+            return self.send_frame(id, op, payload, true, false);
+        };
+        let comp = &mut self.compression;
+        if st.wants_compressor() && payload.len() >= comp.cfg.min_size {
+            let limit = comp.cfg.live_compressors;
+            comp.live_out
+                .make_room(limit, Stream::Compressor, &mut self.conns, &mut comp.pool);
+            comp.live_out.ids.push(id);
+        }
+        let Some(st) = self.conns.get_mut(id).and_then(|c| c.deflate.as_deref_mut()) else {
             return self.send_frame(id, op, payload, true, false);
         };
         let comp = &mut self.compression;
