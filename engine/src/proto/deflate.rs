@@ -217,8 +217,14 @@ impl std::fmt::Debug for DeflatePool {
         f.debug_struct("DeflatePool")
             .field("level", &self.level)
             .field("whole", &self.whole.is_some())
-            .field("inflaters", &self.inflaters.iter().map(Vec::len).sum::<usize>())
-            .field("compressors", &self.compressors.iter().map(Vec::len).sum::<usize>())
+            .field(
+                "inflaters",
+                &self.inflaters.iter().map(Vec::len).sum::<usize>(),
+            )
+            .field(
+                "compressors",
+                &self.compressors.iter().map(Vec::len).sum::<usize>(),
+            )
             .finish()
     }
 }
@@ -891,6 +897,33 @@ fn inflate(
                 return Ok(false);
             }
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ring holds the last `size` bytes pushed, whatever the sizes of the pushes.
+    #[test]
+    fn window_is_the_last_bytes_pushed() {
+        for size in [512usize, 4096] {
+            let mut w = Window::default();
+            let mut all = Vec::new();
+            let mut x = 7u32;
+            for i in 0..2000usize {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                let len = [0, 1, 3, 20, 511, 512, 513, 5000][(x >> 16) as usize % 8];
+                let data: Vec<u8> = (0..len).map(|k| (k + i) as u8).collect();
+                w.push(&data, size);
+                all.extend_from_slice(&data);
+                assert!(w.capacity() <= size);
+                if i % 7 == 0 {
+                    let tail = &all[all.len().saturating_sub(size)..];
+                    assert_eq!(w.contiguous(), tail);
+                }
+            }
         }
     }
 }
