@@ -207,8 +207,10 @@ pub struct DeflatePool {
     /// Free inflaters per window size 9..=15 (without context takeover 15 is used: a larger window
     /// inflates anything made with a smaller one). Boxed: attached to a connection and given back
     /// without copying.
+    #[allow(clippy::vec_box)]
     inflaters: [Vec<Box<Decompress>>; 7],
     /// Free compressors per window size 9..=15, for connections sending with context takeover.
+    #[allow(clippy::vec_box)]
     compressors: [Vec<Box<Compress>>; 7],
 }
 
