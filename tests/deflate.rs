@@ -908,7 +908,9 @@ fn accept_response(
 
 /// Heap bytes a connection's state holds after it has sent and received `n` messages (the worker's
 /// pooled compressors and inflaters excluded: they are warmed first and shared by every connection).
-fn held_bytes(p: DeflateParams, level: u8, n: usize) -> isize {
+/// Heap bytes one connection holds after `n` messages each way: all of it (windows and live
+/// streams), and the saved windows alone (what it keeps once its streams are detached).
+fn held_bytes(p: DeflateParams, level: u8, n: usize) -> (isize, usize) {
     let msgs = corpus(n, 1);
     let c = cfg(DeflateMode::NoContextTakeover);
     let mut pool = DeflatePool::new(level);
@@ -944,28 +946,36 @@ fn held_bytes(p: DeflateParams, level: u8, n: usize) -> isize {
     drop((out, inflated));
     let held = live() - before;
     std::hint::black_box(&st);
-    held
+    let windows = st.held_bytes();
+    assert!(st.release_inflater(&mut pool));
+    st.release_compressor(&mut pool);
+    assert!(!st.holds_inflater() && !st.holds_compressor());
+    assert_eq!(st.held_bytes(), windows, "the windows stay");
+    (held, windows)
 }
 
 #[test]
 fn memory_per_connection() {
     // Without context takeover a connection holds nothing: the pool's state is shared.
-    assert_eq!(held_bytes(params(true, true, 15, 15), 1, 100), 0);
+    assert_eq!(held_bytes(params(true, true, 15, 15), 1, 100), (0, 0));
     let mut report = String::new();
     for bits in [9u8, 10, 12, 15] {
-        let one = held_bytes(params(false, false, bits, bits), 1, 1);
-        let both = held_bytes(params(false, false, bits, bits), 1, 100);
-        let send_only = held_bytes(params(false, true, bits, bits), 1, 100);
+        let (_, one) = held_bytes(params(false, false, bits, bits), 1, 1);
+        let (active, both) = held_bytes(params(false, false, bits, bits), 1, 100);
+        let (active_send, send_only) = held_bytes(params(false, true, bits, bits), 1, 100);
         report.push_str(&format!(
-            "window {bits}: after one message each way {one} B; after 100: takeover both ways \
-             {both} B, send only {send_only} B\n"
+            "window {bits}: saved windows after one message each way {one} B; after 100: takeover \
+             both ways {both} B, send only {send_only} B; active with live streams {active} B, \
+             send only {active_send} B\n"
         ));
-        // Context takeover keeps only the windows: the last 2^w bytes each way (grown on use),
-        // no compressor or inflater per connection.
-        let window = 1isize << bits.max(9);
+        // Saved, context takeover keeps only the windows: the last 2^w bytes each way (grown on
+        // use). Active, a live inflater (~47 KiB) and compressor (245-371 KiB) besides.
+        let window = 1usize << bits.max(9);
         assert!(send_only > 0 && both > send_only, "{report}");
         assert!(both <= 2 * window + 256, "{report}");
         assert!(one < both || bits < 11, "{report}");
+        assert!(active as usize <= both + (430 << 10), "{report}");
+        assert!(active > active_send, "{report}");
     }
     eprintln!("{report}");
 }

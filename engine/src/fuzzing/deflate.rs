@@ -17,8 +17,10 @@
 //!   zlib-rs, prepared messages) inflates back to the message in a flate2 inflater that plays the
 //!   peer, with the negotiated window; what a flate2 compressor playing the peer sends (sync
 //!   flushes, context takeover, blocks with BFINAL) inflates to the message, however it is split;
-//!   arbitrary bytes as a compressed message give what a plain flate2 inflater gives (same output
-//!   or both failing), however split, and never more than one byte past the size limit.
+//!   arbitrary bytes as a compressed message give what a flate2 inflater gives (same output
+//!   or both failing), however split, and never more than one byte past the size limit: a fresh
+//!   one per message without context takeover, one kept across messages with it (see
+//!   `LiveModel`).
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -474,6 +476,40 @@ fn inflate_plain(payload: &[u8], dictionary: &[u8], max: u64) -> Result<Vec<u8>,
     if !dictionary.is_empty() {
         d.set_dictionary(dictionary).map_err(|_| ())?;
     }
+    inflate_with(&mut d, payload, max).map(|(out, _)| out)
+}
+
+/// Our inflater for a peer with context takeover, as a model: one flate2 stream with the peer's
+/// window kept across messages (as a zlib stream per connection), started afresh and primed with
+/// the window when none is running (the first message, and after a BFINAL block ended one).
+struct LiveModel {
+    d: Option<Decompress>,
+    bits: u8,
+}
+
+impl LiveModel {
+    fn message(&mut self, payload: &[u8], window: &[u8], max: u64) -> Result<Vec<u8>, ()> {
+        let mut d = match self.d.take() {
+            Some(d) => d,
+            None => {
+                let mut d = Decompress::new_with_window_bits(false, self.bits);
+                if !window.is_empty() {
+                    d.set_dictionary(window).map_err(|_| ())?;
+                }
+                d
+            }
+        };
+        let (out, ended) = inflate_with(&mut d, payload, max)?;
+        if !ended {
+            self.d = Some(d);
+        }
+        Ok(out)
+    }
+}
+
+/// `payload` then the four octets unless a BFINAL block ended the stream (anything after it is not
+/// read), through `d`; at most `max + 1` bytes out. The output and whether the stream ended.
+fn inflate_with(d: &mut Decompress, payload: &[u8], max: u64) -> Result<(Vec<u8>, bool), ()> {
     let cap = usize::try_from(max).unwrap_or(usize::MAX - 1) + 1;
     let mut out = Vec::new();
     for mut input in [payload, &TAIL[..]] {
@@ -492,14 +528,14 @@ fn inflate_plain(payload: &[u8], dictionary: &[u8], max: u64) -> Result<Vec<u8>,
                 return Err(());
             }
             if status == Status::StreamEnd {
-                return Ok(out);
+                return Ok((out, true));
             }
             if out.len() < out.capacity() && (input.is_empty() || consumed == 0 && produced == 0) {
                 break;
             }
         }
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 /// The peer's inflater for what we send: one zlib stream with the negotiated window (so a match
@@ -612,6 +648,7 @@ fn check_connection(c: &mut Choices<'_>) {
         level,
         max_decompressed: [0, 1, 100, 4096, 1 << 16, 16 << 20][c.below(6)],
         libdeflate: c.bool(),
+        ..DeflateConfig::default()
     };
     let mut pool = DeflatePool::new(level);
     pool.use_libdeflate(cfg.libdeflate);
@@ -623,6 +660,11 @@ fn check_connection(c: &mut Choices<'_>) {
     // Our model of the peer's window as we must hold it (context takeover only).
     let recv_window = 1usize << zlib_bits(recv.window_bits);
     let mut received: Vec<u8> = Vec::new();
+    // Our live inflater as a model (context takeover only).
+    let mut live = LiveModel {
+        d: None,
+        bits: zlib_bits(recv.window_bits),
+    };
     // Everything exchanged, for messages that refer back to it.
     let mut before: Vec<u8> = Vec::new();
 
@@ -639,6 +681,13 @@ fn check_connection(c: &mut Choices<'_>) {
                 cuts,
             } => {
                 let payload = peer_out.compress(&data, final_block);
+                if !recv.no_context_takeover {
+                    // Keeps the model's stream in step (what the peer sends inflates in it too).
+                    let model = live.message(&payload, &received, cfg.max_decompressed);
+                    if data.len() as u64 <= cfg.max_decompressed {
+                        assert!(model.as_deref() == Ok(&data[..]), "the model disagrees");
+                    }
+                }
                 let mut cuts: Vec<usize> = cuts.iter().map(|&x| x % (payload.len() + 1)).collect();
                 cuts.sort_unstable();
                 let got = inflate_ours(&mut st, kind, &payload, &cuts, &cfg, &mut pool);
@@ -664,12 +713,14 @@ fn check_connection(c: &mut Choices<'_>) {
                 before.extend_from_slice(&data);
             }
             Op::PeerRaw { kind, data, cuts } => {
-                let dictionary: &[u8] = if recv.no_context_takeover {
-                    &[]
+                // Without context takeover each message is a stream of its own; with it, the
+                // connection's stream carries on from the last message (a message that does not
+                // end on a block boundary leaves it mid-block, as a zlib stream per connection).
+                let plain = if recv.no_context_takeover {
+                    inflate_plain(&data, &[], cfg.max_decompressed)
                 } else {
-                    &received
+                    live.message(&data, &received, cfg.max_decompressed)
                 };
-                let plain = inflate_plain(&data, dictionary, cfg.max_decompressed);
                 let got = inflate_ours(&mut st, kind, &data, &cuts, &cfg, &mut pool);
                 let plain_text_ok =
                     |p: &Vec<u8>| kind == MessageKind::Binary || std::str::from_utf8(p).is_ok();

@@ -92,6 +92,19 @@ pub struct DeflateConfig {
     /// inflater to take the appended `00 00 ff ff` after the stream ended). zlib-rs ends each
     /// message with a sync flush, as every common implementation does.
     pub libdeflate: bool,
+    /// Live inflaters a worker keeps attached to connections with context takeover (default 256).
+    /// An active connection inflates each message with its own stream, as a zlib stream kept per
+    /// connection would, with no priming; past this many, the least recently used connection's
+    /// stream is detached (its window is kept, as for an idle connection) and the next message it
+    /// gets primes a stream from that window again. About 47 KiB per live inflater at window 15
+    /// (zlib-rs: 14 KiB of state and the 32 KiB window): 12 MiB per worker at the default.
+    pub live_inflaters: usize,
+    /// Live compressors a worker keeps attached to connections that send with context takeover
+    /// (default 128): without one, a message is compressed by a stream primed with the
+    /// connection's window, and priming a compressor hashes the whole window (about 20 us for
+    /// 32 KiB). About 371 KiB per live compressor at window 15 (46 MiB per worker at the
+    /// default; 259 KiB at window 12).
+    pub live_compressors: usize,
 }
 
 impl Default for DeflateConfig {
@@ -102,6 +115,8 @@ impl Default for DeflateConfig {
             level: 1,
             max_decompressed: 16 << 20,
             libdeflate: false,
+            live_inflaters: 256,
+            live_compressors: 128,
         }
     }
 }
@@ -172,9 +187,12 @@ pub struct Variant {
     pub window_bits: u8,
 }
 
-/// Free inflaters a pool keeps (more are only needed while that many connections each have a
-/// compressed message arriving over several reads).
+/// Free inflaters a pool keeps per window size (more are only needed while that many connections
+/// each have a compressed message arriving over several reads, or attach live streams at once).
 const MAX_CACHED_INFLATERS: usize = 16;
+
+/// Free compressors a pool keeps per window size for connections with context takeover.
+const MAX_CACHED_COMPRESSORS: usize = 2;
 
 /// Compression state that no connection keeps between messages: one per worker.
 pub struct DeflatePool {
@@ -186,11 +204,14 @@ pub struct DeflatePool {
     whole: Option<libdeflater::Compressor>,
     /// zlib-rs compressors for windows 9..=15 (8 uses 9), reset before each message.
     windowed: [Option<Box<Compress>>; 7],
-    /// Free inflaters (window 15: a larger window inflates anything made with a smaller one),
-    /// reset, primed with a connection's window and used for one message at a time.
+    /// Free inflaters per window size 9..=15 (without context takeover 15 is used: a larger window
+    /// inflates anything made with a smaller one). Boxed: attached to a connection and given back
+    /// without copying.
     #[allow(clippy::vec_box)]
-    // boxed: moved to a connection mid-message and back without copying
-    inflaters: Vec<Box<Decompress>>,
+    inflaters: [Vec<Box<Decompress>>; 7],
+    /// Free compressors per window size 9..=15, for connections sending with context takeover.
+    #[allow(clippy::vec_box)]
+    compressors: [Vec<Box<Compress>>; 7],
 }
 
 impl std::fmt::Debug for DeflatePool {
@@ -198,7 +219,14 @@ impl std::fmt::Debug for DeflatePool {
         f.debug_struct("DeflatePool")
             .field("level", &self.level)
             .field("whole", &self.whole.is_some())
-            .field("inflaters", &self.inflaters.len())
+            .field(
+                "inflaters",
+                &self.inflaters.iter().map(Vec::len).sum::<usize>(),
+            )
+            .field(
+                "compressors",
+                &self.compressors.iter().map(Vec::len).sum::<usize>(),
+            )
             .finish()
     }
 }
@@ -211,7 +239,8 @@ impl DeflatePool {
             libdeflate: false,
             whole: None,
             windowed: Default::default(),
-            inflaters: Vec::new(),
+            inflaters: Default::default(),
+            compressors: Default::default(),
         }
     }
 
@@ -241,21 +270,43 @@ impl DeflatePool {
         slot.get_or_insert_with(|| Box::new(new_compressor(level, bits)))
     }
 
-    /// A reset inflater (from the free list, or new).
-    fn take_inflater(&mut self) -> Box<Decompress> {
-        match self.inflaters.pop() {
+    /// A reset inflater with a `window_bits` window (from the free list, or new).
+    fn take_inflater(&mut self, window_bits: u8) -> Box<Decompress> {
+        let bits = zlib_window_bits(window_bits);
+        match self.inflaters[usize::from(bits - 9)].pop() {
             Some(mut d) => {
                 d.reset(false);
                 d
             }
-            None => Box::new(Decompress::new_with_window_bits(false, MAX_WINDOW_BITS)),
+            None => Box::new(Decompress::new_with_window_bits(false, bits)),
         }
     }
 
-    /// Gives an inflater back (a few are kept: one per message being inflated at once).
-    fn give_inflater(&mut self, d: Box<Decompress>) {
-        if self.inflaters.len() < MAX_CACHED_INFLATERS {
-            self.inflaters.push(d);
+    /// Gives back an inflater with a `window_bits` window (a few are kept).
+    fn give_inflater(&mut self, window_bits: u8, d: Box<Decompress>) {
+        let list = &mut self.inflaters[usize::from(zlib_window_bits(window_bits) - 9)];
+        if list.len() < MAX_CACHED_INFLATERS {
+            list.push(d);
+        }
+    }
+
+    /// A reset compressor with a `window_bits` window (from the free list, or new).
+    fn take_compressor(&mut self, window_bits: u8) -> Box<Compress> {
+        let bits = zlib_window_bits(window_bits);
+        match self.compressors[usize::from(bits - 9)].pop() {
+            Some(mut c) => {
+                c.reset();
+                c
+            }
+            None => Box::new(new_compressor(self.level, bits)),
+        }
+    }
+
+    /// Gives back a compressor with a `window_bits` window (a few are kept).
+    fn give_compressor(&mut self, window_bits: u8, c: Box<Compress>) {
+        let list = &mut self.compressors[usize::from(zlib_window_bits(window_bits) - 9)];
+        if list.len() < MAX_CACHED_COMPRESSORS {
+            list.push(c);
         }
     }
 }
@@ -331,26 +382,64 @@ fn compress_stream(c: &mut Compress, payload: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// Appends `data` to a sliding window of at most `size` bytes (the last `size` bytes of everything
-/// appended). The buffer grows geometrically up to `size`, never past it, so a connection that has
-/// sent little holds little.
-fn push_window(win: &mut Vec<u8>, data: &[u8], size: usize) {
-    if data.len() >= size {
-        win.clear();
-        win.reserve_exact(size.saturating_sub(win.capacity()));
-        win.extend_from_slice(&data[data.len() - size..]);
-        return;
+/// A sliding window: the last `size` bytes of everything pushed, kept as a ring so that pushing a
+/// message copies only the message (no memmove of the window). Grows geometrically up to `size`,
+/// never past it, so a connection that has sent little holds little.
+#[derive(Debug, Default)]
+struct Window {
+    buf: Vec<u8>,
+    /// Once `buf` holds `size` bytes: where the oldest byte is (and the next is written).
+    next: usize,
+}
+
+impl Window {
+    fn push(&mut self, mut data: &[u8], size: usize) {
+        if data.len() >= size {
+            self.buf.clear();
+            self.buf.reserve_exact(size);
+            self.buf.extend_from_slice(&data[data.len() - size..]);
+            self.next = 0;
+            return;
+        }
+        if self.buf.len() < size {
+            let take = data.len().min(size - self.buf.len());
+            let needed = self.buf.len() + take;
+            if needed > self.buf.capacity() {
+                let target = needed.max(self.buf.capacity().saturating_mul(2).min(size));
+                self.buf.reserve_exact(target - self.buf.len());
+            }
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+        }
+        // Full: overwrite the oldest bytes, wrapping around.
+        let first = data.len().min(size - self.next);
+        self.buf[self.next..self.next + first].copy_from_slice(&data[..first]);
+        self.buf[..data.len() - first].copy_from_slice(&data[first..]);
+        self.next = (self.next + data.len()) % size;
     }
-    let needed = (win.len() + data.len()).min(size);
-    if needed > win.capacity() {
-        let target = needed.max(win.capacity().saturating_mul(2).min(size));
-        win.reserve_exact(target - win.len());
+
+    /// The window, oldest byte first (rotated in place when it wraps: only when a stream is
+    /// primed, not per message).
+    fn contiguous(&mut self) -> &[u8] {
+        if self.next != 0 {
+            self.buf.rotate_left(self.next);
+            self.next = 0;
+        }
+        &self.buf
     }
-    let keep = size - data.len();
-    if win.len() > keep {
-        win.drain(..win.len() - keep);
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
     }
-    win.extend_from_slice(data);
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.next = 0;
+    }
+
+    fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
 }
 
 /// The window size in bytes for `bits` as zlib uses it (8 is compressed with 9, see the module
@@ -361,27 +450,50 @@ fn window_size(bits: u8) -> usize {
 
 /// One connection's permessage-deflate state.
 ///
-/// Context takeover without a compressor per connection: what the peer's inflater remembers of our
-/// stream is exactly the last `2^w` bytes we sent compressed, and what ours must remember of the
-/// peer's is the last `2^w` bytes it sent. So a connection keeps only those bytes (`sent`,
-/// `received`: plain buffers, grown on use up to the window) and each message is compressed by the
-/// worker's compressor, reset and primed with `sent` as a preset dictionary (zlib's
-/// `deflateSetDictionary` on a raw stream, through flate2), then flushed with `Z_SYNC_FLUSH`; the
-/// window is then advanced by the message. Inflating is the same with `inflateSetDictionary`. The
-/// LZ77 matches the compressor can find are the same as with a compressor kept per connection; only
-/// the Huffman state of an unfinished block differs, and a sync flush ends the block anyway. A message
-/// that does not shrink, or that the application sends uncompressed, does not enter the window, so
-/// either may go out uncompressed even with context takeover.
+/// Context takeover: what the peer's inflater remembers of our stream is exactly the last `2^w`
+/// bytes we sent compressed, and what ours must remember of the peer's is the last `2^w` bytes it
+/// sent. A connection keeps those bytes (`sent`, `received`: rings grown on use up to the window,
+/// appended to per message without moving what they hold), and, while it is active, a live
+/// stream of each direction taken from the worker's pool: an inflater that inflates each message
+/// of the peer in turn, as a zlib stream kept per connection does, and a compressor that
+/// compresses each message we send with `Z_SYNC_FLUSH`. Neither is primed per message. A
+/// connection without a live stream (its first compressed message, or after the worker detached
+/// the stream for a more recently active connection: see [`DeflateConfig::live_inflaters`]) gets
+/// one from the pool, reset and primed with the saved window as a preset dictionary (zlib's
+/// `inflateSetDictionary` / `deflateSetDictionary` on a raw stream); the LZ77 history is the same
+/// either way, and a sync flush ends every message on a block boundary. A message that does not
+/// shrink, or that the application sends uncompressed, does not enter the window, so either may go
+/// out uncompressed even with context takeover.
+///
+/// Attaching and detaching live streams is the caller's: [`DeflateState::holds_inflater`],
+/// [`DeflateState::release_inflater`] and the compressor's counterparts, with a recently-used
+/// bit for a clock ([`DeflateState::take_inflater_used`]). `surge::blocking` keeps both streams for
+/// the life of the connection (one connection per pool); the engine bounds them per worker.
 #[derive(Debug)]
 pub struct DeflateState {
     send: Direction,
     recv: Direction,
     /// The last bytes we sent compressed (context takeover only; empty until the first).
-    sent: Vec<u8>,
+    sent: Window,
     /// The last bytes the peer sent compressed, inflated (context takeover only).
-    received: Vec<u8>,
-    /// The worker's inflater, taken while a message arrives in pieces over several reads.
-    inflating: Option<Box<Decompress>>,
+    received: Window,
+    /// The live compressor (context takeover only).
+    compressor: Option<Box<Compress>>,
+    /// The live compressor compressed a message that was not committed (dropped before it was
+    /// queued): it must be primed again from `sent`.
+    compressor_stale: bool,
+    /// The live inflater (context takeover), or the pool's inflater held while a message arrives
+    /// in pieces over several reads (without context takeover).
+    inflater: Option<Box<Decompress>>,
+    /// The inflater does not hold the window (a new stream after a BFINAL block, or an error):
+    /// reset and prime it at the next message.
+    inflater_stale: bool,
+    /// Between the first and the last piece of a message: the inflater cannot be detached.
+    mid_message: bool,
+    /// Used since the caller last asked ([`DeflateState::take_inflater_used`]).
+    inflater_used: bool,
+    /// Used since the caller last asked ([`DeflateState::take_compressor_used`]).
+    compressor_used: bool,
     /// A block with BFINAL set ended the message being inflated before its last piece: the rest of
     /// the message is not read (as when it follows in the same piece).
     ended: bool,
@@ -395,9 +507,15 @@ impl DeflateState {
         DeflateState {
             send: params.send(role),
             recv: params.recv(role),
-            sent: Vec::new(),
-            received: Vec::new(),
-            inflating: None,
+            sent: Window::default(),
+            received: Window::default(),
+            compressor: None,
+            compressor_stale: false,
+            inflater: None,
+            inflater_stale: false,
+            mid_message: false,
+            inflater_used: false,
+            compressor_used: false,
             ended: false,
             utf8: surge_simd::Utf8Stream::new(),
         }
@@ -422,18 +540,73 @@ impl DeflateState {
 
     /// Whether this connection holds compression state between messages.
     pub fn holds_state(&self) -> bool {
-        self.sent.capacity() != 0 || self.received.capacity() != 0 || self.inflating.is_some()
+        self.sent.capacity() != 0
+            || self.received.capacity() != 0
+            || self.inflater.is_some()
+            || self.compressor.is_some()
     }
 
-    /// Heap bytes this connection's state holds (its windows and a borrowed inflater aside).
+    /// Heap bytes of this connection's saved windows (live streams aside).
     pub fn held_bytes(&self) -> usize {
         self.sent.capacity() + self.received.capacity()
     }
 
     /// Whether an inflater is held between the pieces of a compressed message arriving over
-    /// several reads (given back with its last piece).
+    /// several reads (without context takeover: given back with its last piece).
     pub fn inflater_held(&self) -> bool {
-        self.inflating.is_some()
+        self.inflater.is_some() && self.mid_message
+    }
+
+    /// Whether this connection holds a live inflater (context takeover) or one mid-message.
+    pub fn holds_inflater(&self) -> bool {
+        self.inflater.is_some()
+    }
+
+    /// Whether this connection holds a live compressor (context takeover).
+    pub fn holds_compressor(&self) -> bool {
+        self.compressor.is_some()
+    }
+
+    /// Whether the next message received attaches a live inflater that stays after it (context
+    /// takeover, none held yet): the caller may make room for one first.
+    pub fn wants_inflater(&self) -> bool {
+        !self.recv.no_context_takeover && self.inflater.is_none()
+    }
+
+    /// Whether the next message sent compressed attaches a live compressor (context takeover, none
+    /// held yet).
+    pub fn wants_compressor(&self) -> bool {
+        !self.send.no_context_takeover && self.compressor.is_none()
+    }
+
+    /// Whether the inflater was used since the last call (and clears the mark): a clock's
+    /// second chance.
+    pub fn take_inflater_used(&mut self) -> bool {
+        std::mem::take(&mut self.inflater_used)
+    }
+
+    /// Whether the compressor was used since the last call (and clears the mark).
+    pub fn take_compressor_used(&mut self) -> bool {
+        std::mem::take(&mut self.compressor_used)
+    }
+
+    /// Gives the live inflater back to `pool`; the saved window stays, and the next message primes
+    /// a stream from it. `false` (nothing done) between the pieces of a message.
+    pub fn release_inflater(&mut self, pool: &mut DeflatePool) -> bool {
+        if self.mid_message {
+            return false;
+        }
+        if let Some(d) = self.inflater.take() {
+            pool.give_inflater(self.recv.window_bits, d);
+        }
+        true
+    }
+
+    /// Gives the live compressor back to `pool`; the saved window stays.
+    pub fn release_compressor(&mut self, pool: &mut DeflatePool) {
+        if let Some(c) = self.compressor.take() {
+            pool.give_compressor(self.send.window_bits, c);
+        }
     }
 
     /// Compresses one whole message into `out` (appended) and advances our window: see
@@ -472,13 +645,24 @@ impl DeflateState {
         if self.send.no_context_takeover {
             compress_variant(payload, self.variant(), pool, out);
         } else {
-            let c = pool.windowed(self.send.window_bits);
-            c.reset();
-            if !self.sent.is_empty() {
-                c.set_dictionary(&self.sent)
-                    .expect("a raw deflate stream takes a dictionary after a reset");
-            }
-            compress_stream(c, payload, out);
+            let mut c = match self.compressor.take() {
+                Some(c) if !self.compressor_stale => c,
+                Some(mut c) => {
+                    c.reset();
+                    self.prime_compressor(&mut c);
+                    c
+                }
+                None => {
+                    let mut c = pool.take_compressor(self.send.window_bits);
+                    self.prime_compressor(&mut c);
+                    c
+                }
+            };
+            compress_stream(&mut c, payload, out);
+            self.compressor = Some(c);
+            self.compressor_used = true;
+            // Until `commit`: a message dropped before it is queued is not in the peer's window.
+            self.compressor_stale = true;
             // Sent compressed even when it did not shrink: the message then enters both windows and
             // the next similar message refers to it.
             return true;
@@ -490,11 +674,19 @@ impl DeflateState {
         true
     }
 
+    fn prime_compressor(&mut self, c: &mut Compress) {
+        if !self.sent.is_empty() {
+            c.set_dictionary(self.sent.contiguous())
+                .expect("a raw deflate stream takes a dictionary after a reset");
+        }
+    }
+
     /// The message compressed by [`DeflateState::compress_pending`] was sent: the peer's window now
     /// holds it, so ours does too.
     pub fn commit(&mut self, payload: &[u8]) {
         if !self.send.no_context_takeover {
-            push_window(&mut self.sent, payload, window_size(self.send.window_bits));
+            self.sent.push(payload, window_size(self.send.window_bits));
+            self.compressor_stale = false;
         }
     }
 
@@ -505,6 +697,10 @@ impl DeflateState {
     /// valid.
     pub fn sent_independent(&mut self) {
         self.sent.clear();
+        if let Some(c) = &mut self.compressor {
+            // A reset stream refers to nothing before: the same as one primed with an empty window.
+            c.reset();
+        }
     }
 
     /// Inflates one piece of a compressed message, appending to `out`; `fin` marks the message's last
@@ -512,13 +708,15 @@ impl DeflateState {
     /// `cfg.max_decompressed`: beyond it, [`Error::MessageTooBig`] (1009), and `out` never grows past
     /// one byte more than the limit. Corrupt data is [`Error::CompressedDataInvalid`] (1007).
     ///
-    /// The inflater is the worker's; between the first and the last piece of a message it is held by
-    /// the connection (a message arriving over several reads), and given back with the last.
+    /// With context takeover the connection's live inflater is used (attached from the pool and
+    /// primed with the saved window when there is none); without, the worker's inflater, held by
+    /// the connection between the first and the last piece of a message and given back with the
+    /// last.
     ///
     /// Bytes after a block with BFINAL set (which ends the message's DEFLATE stream, 7.2.3.3) are
     /// not read, whether they come in the same piece or in later ones, so the result does not
     /// depend on how the message is split (gorilla's reader, Go's `compress/flate`, stops there
-    /// too).
+    /// too). The next message is then a new stream, primed with the window.
     pub fn decompress(
         &mut self,
         input: &[u8],
@@ -534,20 +732,28 @@ impl DeflateState {
             self.ended = !fin;
             return Ok(());
         }
-        let mut d = match self.inflating.take() {
-            Some(d) if !first => d,
-            held => {
-                if let Some(d) = held {
-                    pool.give_inflater(d);
-                }
-                let mut d = pool.take_inflater();
-                if !self.recv.no_context_takeover && !self.received.is_empty() {
-                    d.set_dictionary(&self.received)
-                        .map_err(|_| Error::CompressedDataInvalid)?;
-                }
+        let takeover = !self.recv.no_context_takeover;
+        // Without context takeover every message starts afresh, in a window-15 inflater (a larger
+        // window inflates anything made with a smaller one).
+        let bits = if takeover {
+            self.recv.window_bits
+        } else {
+            MAX_WINDOW_BITS
+        };
+        let mut d = match self.inflater.take() {
+            Some(d) if !first || (takeover && !self.inflater_stale && !self.mid_message) => d,
+            Some(mut d) => {
+                d.reset(false);
+                self.prime_inflater(&mut d, takeover)?;
+                d
+            }
+            None => {
+                let mut d = pool.take_inflater(bits);
+                self.prime_inflater(&mut d, takeover)?;
                 d
             }
         };
+        self.inflater_used = true;
         let max = cfg.max_decompressed;
         let start = out.len();
         let result = (|| {
@@ -564,22 +770,32 @@ impl DeflateState {
             }
             Ok(ended)
         })();
-        if result.is_ok() && !self.recv.no_context_takeover {
-            push_window(
-                &mut self.received,
-                &out[start..],
-                window_size(self.recv.window_bits),
-            );
+        if result.is_ok() && takeover {
+            self.received
+                .push(&out[start..], window_size(self.recv.window_bits));
         }
-        match result {
-            Ok(false) if !fin => self.inflating = Some(d),
-            Ok(true) if !fin => {
-                self.ended = true;
-                pool.give_inflater(d);
-            }
-            _ => pool.give_inflater(d),
+        self.mid_message = matches!(result, Ok(false)) && !fin;
+        // After a BFINAL block or an error the stream no longer holds the window.
+        self.inflater_stale = !matches!(result, Ok(false));
+        if let Ok(true) = result {
+            self.ended = !fin;
+        }
+        if takeover || self.mid_message {
+            self.inflater = Some(d);
+        } else {
+            pool.give_inflater(bits, d);
         }
         result.map(|_| ())
+    }
+
+    /// Primes a reset inflater with the saved window (context takeover).
+    fn prime_inflater(&mut self, d: &mut Decompress, takeover: bool) -> Result<(), Error> {
+        self.inflater_stale = false;
+        if takeover && !self.received.is_empty() {
+            d.set_dictionary(self.received.contiguous())
+                .map_err(|_| Error::CompressedDataInvalid)?;
+        }
+        Ok(())
     }
 
     /// Inflates one piece of a compressed message delivered in pieces (`stream_fragments`) into
@@ -683,6 +899,33 @@ fn inflate(
                 return Ok(false);
             }
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ring holds the last `size` bytes pushed, whatever the sizes of the pushes.
+    #[test]
+    fn window_is_the_last_bytes_pushed() {
+        for size in [512usize, 4096] {
+            let mut w = Window::default();
+            let mut all = Vec::new();
+            let mut x = 7u32;
+            for i in 0..2000usize {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                let len = [0, 1, 3, 20, 511, 512, 513, 5000][(x >> 16) as usize % 8];
+                let data: Vec<u8> = (0..len).map(|k| (k + i) as u8).collect();
+                w.push(&data, size);
+                all.extend_from_slice(&data);
+                assert!(w.capacity() <= size);
+                if i % 7 == 0 {
+                    let tail = &all[all.len().saturating_sub(size)..];
+                    assert_eq!(w.contiguous(), tail);
+                }
+            }
         }
     }
 }

@@ -6,6 +6,15 @@
 //! connection) and two buffers (inflated messages, compressed messages), taken out while in use;
 //! per connection an `Option<Box<DeflateState>>` (8 bytes in the slot; `None` without compression),
 //! whose windows are allocated on the first compressed message (context takeover only).
+//!
+//! Live streams (context takeover): a connection that receives (sends) compressed messages keeps
+//! an inflater (compressor) of the pool attached, so that each message goes through its own stream
+//! with no priming. At most `DeflateConfig::live_inflaters` (`live_compressors`) per worker: a
+//! [`LiveSet`] per kind lists the holders, and when a connection without a stream needs one and the
+//! set is full, a clock (second chance on the state's used bit) detaches the stream of one that
+//! was not used since the hand last passed; its window stays saved, so its next message primes a
+//! stream again. A closed connection's stream goes with it; its entry is dropped when the hand
+//! reaches it.
 
 use super::{Conn, Worker, WorkerCtx};
 use crate::handler::{Handler, SendStatus};
@@ -29,6 +38,103 @@ pub(super) struct Compression {
     inflated: Vec<u8>,
     /// Where sent messages are compressed (taken out while the frame is queued).
     deflated: Vec<u8>,
+    /// Connections holding a live inflater.
+    live_in: LiveSet,
+    /// Connections holding a live compressor.
+    live_out: LiveSet,
+}
+
+/// Which live stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    Inflater,
+    Compressor,
+}
+
+/// Where a [`LiveSet`] finds a holder's state by its key.
+trait Holders<K> {
+    fn state(&mut self, key: K) -> Option<&mut DeflateState>;
+}
+
+impl<D> Holders<crate::ConnId> for crate::server::registry::Registry<super::Connection<D>> {
+    fn state(&mut self, id: crate::ConnId) -> Option<&mut DeflateState> {
+        self.get_mut(id).and_then(|c| c.deflate.as_deref_mut())
+    }
+}
+
+/// The connections of a worker that hold a live stream of one kind, with a clock hand.
+#[derive(Debug)]
+struct LiveSet<K = crate::ConnId> {
+    /// Holders (and connections that were holders: closed, or whose stream went otherwise; removed
+    /// when the hand reaches them).
+    ids: Vec<K>,
+    hand: usize,
+}
+
+impl<K> Default for LiveSet<K> {
+    fn default() -> Self {
+        LiveSet {
+            ids: Vec::new(),
+            hand: 0,
+        }
+    }
+}
+
+impl<K: Copy> LiveSet<K> {
+    /// Detaches one stream if the set holds `limit` or more: the first holder from the hand that
+    /// has not used its stream since the hand last passed (a closed connection or one that holds
+    /// none is only dropped from the list). Gives up after two turns (every holder mid-message):
+    /// the set then goes past the limit until some message ends.
+    fn make_room(
+        &mut self,
+        limit: usize,
+        kind: Stream,
+        conns: &mut impl Holders<K>,
+        pool: &mut DeflatePool,
+    ) {
+        let mut steps = 0;
+        while self.ids.len() >= limit.max(1) && steps <= 2 * self.ids.len() {
+            if self.hand >= self.ids.len() {
+                self.hand = 0;
+            }
+            let id = self.ids[self.hand];
+            steps += 1;
+            let Some(st) = conns.state(id) else {
+                self.ids.swap_remove(self.hand);
+                continue;
+            };
+            let (holds, used) = match kind {
+                Stream::Inflater => (st.holds_inflater(), st.take_inflater_used()),
+                Stream::Compressor => (st.holds_compressor(), st.take_compressor_used()),
+            };
+            if !holds {
+                self.ids.swap_remove(self.hand);
+                continue;
+            }
+            if used {
+                self.hand += 1;
+                continue;
+            }
+            let released = match kind {
+                Stream::Inflater => st.release_inflater(pool),
+                Stream::Compressor => {
+                    st.release_compressor(pool);
+                    true
+                }
+            };
+            if released {
+                self.ids.swap_remove(self.hand);
+            } else {
+                self.hand += 1;
+            }
+        }
+    }
+
+    /// How many holders are listed (stale entries included until the hand drops them).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
 }
 
 impl Compression {
@@ -42,6 +148,8 @@ impl Compression {
             pool,
             inflated: Vec::new(),
             deflated: Vec::new(),
+            live_in: LiveSet::default(),
+            live_out: LiveSet::default(),
         }
     }
 
@@ -109,6 +217,16 @@ impl<H: Handler> Worker<H> {
     ) -> Inflated {
         let ctx = &mut self.ctx;
         let comp = &mut ctx.compression;
+        let Some(st) = ctx.conns.get_mut(id).and_then(|c| c.deflate.as_deref_mut()) else {
+            return Inflated::Failed(Error::CompressedDataInvalid);
+        };
+        let attaching = st.wants_inflater();
+        if attaching {
+            let limit = comp.cfg.live_inflaters;
+            comp.live_in
+                .make_room(limit, Stream::Inflater, &mut ctx.conns, &mut comp.pool);
+            comp.live_in.ids.push(id);
+        }
         let Some(st) = ctx.conns.get_mut(id).and_then(|c| c.deflate.as_deref_mut()) else {
             return Inflated::Failed(Error::CompressedDataInvalid);
         };
@@ -193,6 +311,20 @@ impl<D> WorkerCtx<D> {
             return self.send_frame(id, op, payload, true, false);
         };
         let comp = &mut self.compression;
+        if st.wants_compressor() && payload.len() >= comp.cfg.min_size {
+            let limit = comp.cfg.live_compressors;
+            comp.live_out
+                .make_room(limit, Stream::Compressor, &mut self.conns, &mut comp.pool);
+            comp.live_out.ids.push(id);
+        }
+        let Some(st) = self
+            .conns
+            .get_mut(id)
+            .and_then(|c| c.deflate.as_deref_mut())
+        else {
+            return self.send_frame(id, op, payload, true, false);
+        };
+        let comp = &mut self.compression;
         let mut buf = std::mem::take(&mut comp.deflated);
         let status = if st.compress_pending(payload, &comp.cfg, &mut comp.pool, &mut buf) {
             let status = self.send_frame_rsv(id, op, &buf, true, false, RSV1);
@@ -226,5 +358,120 @@ impl<D> Conn<'_, D> {
     /// Whether permessage-deflate was negotiated on this connection.
     pub fn compression(&self) -> bool {
         self.entry().deflate.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::DeflateParams;
+    use flate2::{Compress, Compression as Level, FlushCompress};
+
+    impl Holders<usize> for Vec<Option<DeflateState>> {
+        fn state(&mut self, key: usize) -> Option<&mut DeflateState> {
+            self.get_mut(key).and_then(Option::as_mut)
+        }
+    }
+
+    /// Many connections with context takeover, more than the live set, messages interleaved
+    /// (random order, similar contents so that each refers back to earlier ones, some connections
+    /// closing and others opening): every message inflates to the bytes sent, compared against a
+    /// flate2 stream per connection playing the peer, and the set never goes past its limit.
+    #[test]
+    fn eviction_keeps_every_window() {
+        const CONNS: usize = 40;
+        const LIMIT: usize = 7;
+        let cfg = DeflateConfig {
+            min_size: 0,
+            ..DeflateConfig::default()
+        };
+        let mut pool = DeflatePool::new(1);
+        let mut live_in: LiveSet<usize> = LiveSet::default();
+        let mut live_out: LiveSet<usize> = LiveSet::default();
+        let new_conn = || {
+            (
+                Some(DeflateState::new(DeflateParams::default(), Role::Server)),
+                Compress::new_with_window_bits(Level::new(6), false, 15),
+                flate2::Decompress::new_with_window_bits(false, 15),
+            )
+        };
+        let (mut states, mut peers): (Vec<_>, Vec<_>) = (0..CONNS)
+            .map(|_| {
+                let (s, c, d) = new_conn();
+                (s, (c, d))
+            })
+            .unzip();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut out = Vec::new();
+        for step in 0..6000u64 {
+            let i = (next() % CONNS as u64) as usize;
+            if next() % 300 == 0 {
+                // The connection closes; a new one takes its place.
+                let (s, c, d) = new_conn();
+                states[i] = s;
+                peers[i] = (c, d);
+                continue;
+            }
+            let len = 10 + (next() % 600) as usize;
+            let msg: Vec<u8> = (0..len)
+                .map(|k| {
+                    b"abcdefgh"[((k as u64 + step * (i as u64 + 1)) % 8) as usize]
+                        ^ (next() % 7 == 0) as u8
+                })
+                .collect();
+            // The peer compresses with its own stream; we inflate.
+            let mut wire = Vec::with_capacity(len + 64);
+            peers[i]
+                .0
+                .compress_vec(&msg, &mut wire, FlushCompress::Sync)
+                .unwrap();
+            wire.truncate(wire.len() - 4);
+            if states[i].as_ref().unwrap().wants_inflater() {
+                live_in.make_room(LIMIT, Stream::Inflater, &mut states, &mut pool);
+                live_in.ids.push(i);
+            }
+            out.clear();
+            let st = states[i].as_mut().unwrap();
+            st.decompress(&wire, true, true, &cfg, &mut pool, &mut out)
+                .unwrap();
+            assert_eq!(out, msg, "connection {i}, step {step}");
+            assert!(live_in.len() <= LIMIT);
+            // We compress the message back; the peer's stream reads it.
+            if states[i].as_ref().unwrap().wants_compressor() {
+                live_out.make_room(LIMIT, Stream::Compressor, &mut states, &mut pool);
+                live_out.ids.push(i);
+            }
+            let st = states[i].as_mut().unwrap();
+            let mut back = Vec::new();
+            assert!(st.compress_pending(&msg, &cfg, &mut pool, &mut back));
+            if next() % 10 == 0 {
+                // Dropped before it was queued: not in either window.
+                continue;
+            }
+            st.commit(&msg);
+            back.extend_from_slice(&crate::proto::deflate::TAIL);
+            let mut read = Vec::with_capacity(len + 64);
+            peers[i]
+                .1
+                .decompress_vec(&back, &mut read, flate2::FlushDecompress::Sync)
+                .unwrap();
+            assert_eq!(
+                read, msg,
+                "connection {i}, step {step}: the peer read other bytes"
+            );
+            assert!(live_out.len() <= LIMIT);
+        }
+        let live = states
+            .iter()
+            .flatten()
+            .filter(|s| s.holds_inflater())
+            .count();
+        assert!(live <= LIMIT, "{live} live inflaters");
     }
 }
