@@ -9,6 +9,7 @@
 # per message; strace slows the server, the counts per message stay), under perf record (cpu-clock
 # samples with call graphs: this machine's VM exposes no hardware counters, so instructions and
 # cache misses per message are not available here). Output in target/profile/SYSTEM-N-SIZE/.
+# SURGE_ECHO_ARGS adds flags to surge-io_uring (e.g. "--uring-max-recv-buffers 256").
 # Build first: cargo build --release -p surge-bench --bins (and benches/peers/uws-cpp/build.sh).
 set -euo pipefail
 system="$1"; n="$2"; size="$3"; secs="${4:-5}"; inflight="${5:-1}"
@@ -19,7 +20,7 @@ mkdir -p "$out"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 case "$system" in
   surge-epoll) cmd=("$bin/surge-echo" --port "$port" --workers 1 --backend epoll) ;;
-  surge-io_uring) cmd=("$bin/surge-echo" --port "$port" --workers 1 --backend io_uring) ;;
+  surge-io_uring) cmd=("$bin/surge-echo" --port "$port" --workers 1 --backend io_uring ${SURGE_ECHO_ARGS:-}) ;;
   surge-io_uring-poll) cmd=("$bin/surge-echo" --port "$port" --workers 1 --backend io_uring --uring-recv poll) ;;
   uws-cpp) cmd=("${SURGE_UWS_CPP_DIR:-$root/target/uws-cpp}/uws-cpp-server" echo --port "$port") ;;
   *) echo "unknown system $system" >&2; exit 2 ;;
@@ -48,10 +49,10 @@ print(f"msg/s {r['msgs_per_s']:.0f}  p50 {r['p50_us']:.0f} us  p99 {r['p99_us']:
 print(f"server CPU/msg: user {us(u1-u0):.2f} us + kernel {us(s1-s0):.2f} us = {us(u1-u0+s1-s0):.2f} us")
 PY
 # 2. system calls
-( sleep 1; timeout "$secs" strace -c -f -q -p "$pid" -o "$out/strace.txt" || true ) &
+( sleep 1; timeout "$secs" strace -c -f -q -p "$pid" -o "$out/syscalls.txt" || true ) &
 tool=$!; load strace; wait "$tool"
 smsgs=$(jq '.results[0].msgs_per_s * '"$secs" "$out/strace.json")
-python3 - "$smsgs" "$out/strace.txt" >> "$out/summary.txt" <<'PY'
+python3 - "$smsgs" "$out/syscalls.txt" >> "$out/summary.txt" <<'PY'
 import sys
 msgs = float(sys.argv[1]); calls = {}
 for line in open(sys.argv[2]):

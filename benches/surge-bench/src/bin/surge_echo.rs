@@ -1,6 +1,6 @@
 //! The surge echo server as the harness runs it: a child process like every peer, so that each system
 //! is measured the same way. `surge-echo --port P --workers N [--busy-poll-us US] [--backend B]
-//! [--deflate off|no-context|context] [--uring-recv multishot|poll]`.
+//! [--deflate off|no-context|context] [--uring-recv multishot|poll] [--uring-max-recv-buffers N]`.
 
 #[path = "../server_args.rs"]
 mod server_args;
@@ -64,6 +64,9 @@ fn main() -> std::io::Result<()> {
             }
             "--backend" => cfg.backend = value.parse::<Backend>().expect("backend"),
             "--uring-recv" => cfg.uring_recv = value.parse().expect("uring receive mode"),
+            "--uring-max-recv-buffers" => {
+                cfg.uring_max_recv_buffers = value.parse().expect("buffer count")
+            }
             "--deflate" => {
                 cfg.deflate.mode = match value {
                     "off" => surge::proto::DeflateMode::Disabled,
