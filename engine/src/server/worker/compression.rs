@@ -130,6 +130,20 @@ impl<K: Copy> LiveSet<K> {
         }
     }
 
+    /// Lists `key` as a holder of a stream it is about to attach, making room first (see
+    /// [`LiveSet::make_room`]).
+    fn admit(
+        &mut self,
+        key: K,
+        limit: usize,
+        kind: Stream,
+        conns: &mut impl Holders<K>,
+        pool: &mut DeflatePool,
+    ) {
+        self.make_room(limit, kind, conns, pool);
+        self.ids.push(key);
+    }
+
     /// How many holders are listed (stale entries included until the hand drops them).
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -224,8 +238,7 @@ impl<H: Handler> Worker<H> {
         if attaching {
             let limit = comp.cfg.live_inflaters;
             comp.live_in
-                .make_room(limit, Stream::Inflater, &mut ctx.conns, &mut comp.pool);
-            comp.live_in.ids.push(id);
+                .admit(id, limit, Stream::Inflater, &mut ctx.conns, &mut comp.pool);
         }
         let Some(st) = ctx.conns.get_mut(id).and_then(|c| c.deflate.as_deref_mut()) else {
             return Inflated::Failed(Error::CompressedDataInvalid);
@@ -313,9 +326,13 @@ impl<D> WorkerCtx<D> {
         let comp = &mut self.compression;
         if st.wants_compressor() && payload.len() >= comp.cfg.min_size {
             let limit = comp.cfg.live_compressors;
-            comp.live_out
-                .make_room(limit, Stream::Compressor, &mut self.conns, &mut comp.pool);
-            comp.live_out.ids.push(id);
+            comp.live_out.admit(
+                id,
+                limit,
+                Stream::Compressor,
+                &mut self.conns,
+                &mut comp.pool,
+            );
         }
         let Some(st) = self
             .conns
@@ -433,8 +450,7 @@ mod tests {
                 .unwrap();
             wire.truncate(wire.len() - 4);
             if states[i].as_ref().unwrap().wants_inflater() {
-                live_in.make_room(LIMIT, Stream::Inflater, &mut states, &mut pool);
-                live_in.ids.push(i);
+                live_in.admit(i, LIMIT, Stream::Inflater, &mut states, &mut pool);
             }
             out.clear();
             let st = states[i].as_mut().unwrap();
@@ -444,8 +460,7 @@ mod tests {
             assert!(live_in.len() <= LIMIT);
             // We compress the message back; the peer's stream reads it.
             if states[i].as_ref().unwrap().wants_compressor() {
-                live_out.make_room(LIMIT, Stream::Compressor, &mut states, &mut pool);
-                live_out.ids.push(i);
+                live_out.admit(i, LIMIT, Stream::Compressor, &mut states, &mut pool);
             }
             let st = states[i].as_mut().unwrap();
             let mut back = Vec::new();
