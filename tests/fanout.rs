@@ -14,6 +14,10 @@
 //!   for their window, compressed once per distinct window; short and opted-out messages go plain,
 //!   and direct compressed sends around it stay decodable (context takeover).
 //!
+//! - A `FanoutBridge` (what surge-cluster plugs in) is told every publish made on the node and
+//!   each worker's topic interest exactly (first subscriber in, last out, closes included);
+//!   `Publisher::publish_local` reaches the node's subscribers without going back to it.
+//!
 //! Run without `SURGE_BACKEND` set: that variable overrides the configured backend.
 
 #[macro_use]
@@ -40,6 +44,7 @@ per_driver!(
     direct_sends_and_topic_messages_stay_in_order,
     compressing_subscribers_get_one_compressed_variant_per_window,
     prepared_messages_respect_max_send_frame_size,
+    a_bridge_sees_every_publish_and_exact_topic_interest,
 );
 
 /// The 10k tests hold 10k server sockets each: one at a time in this process.
@@ -778,6 +783,126 @@ fn prepared_messages_respect_max_send_frame_size(backend: Backend) {
     assert!(f.fin && f.opcode == 1);
     assert_eq!(f.payload, b"short");
     drop(sub);
+    server.shutdown();
+    server.join().unwrap();
+}
+
+/// Records what the engine tells a bridge.
+#[derive(Debug, Default)]
+struct Recorder {
+    publisher: Mutex<Option<surge::Publisher>>,
+    published: Mutex<Vec<(String, String)>>,
+    interest: Mutex<Vec<(usize, String, bool)>>,
+}
+
+impl surge::FanoutBridge for Recorder {
+    fn attach(&self, publisher: surge::Publisher) {
+        *self.publisher.lock().unwrap() = Some(publisher);
+    }
+    fn published(&self, topic: &str, msg: &PreparedMessage) {
+        let text = String::from_utf8(msg.payload().to_vec()).unwrap();
+        self.published
+            .lock()
+            .unwrap()
+            .push((topic.to_owned(), text));
+    }
+    fn interest(&self, worker: usize, topic: &Arc<str>, subscribed: bool) {
+        self.interest
+            .lock()
+            .unwrap()
+            .push((worker, topic.to_string(), subscribed));
+    }
+}
+
+impl Recorder {
+    /// Workers with a subscriber of `topic`, by summing the interest calls.
+    fn workers_with(&self, topic: &str) -> i64 {
+        self.interest
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, t, _)| t == topic)
+            .map(|&(_, _, s)| if s { 1 } else { -1 })
+            .sum()
+    }
+}
+
+fn a_bridge_sees_every_publish_and_exact_topic_interest(backend: Backend) {
+    let state = Arc::new(State::default());
+    let bridge = Arc::new(Recorder::default());
+    let cfg = ServerConfig {
+        bind: vec!["127.0.0.1:0".parse().unwrap()],
+        workers: 2,
+        backend,
+        uring_recv: support::uring_recv(),
+        ..ServerConfig::default()
+    };
+    let s = Arc::clone(&state);
+    let server = Server::new(cfg)
+        .with_bridge(Arc::clone(&bridge) as Arc<dyn surge::FanoutBridge>)
+        .start(move |_| Fan(Arc::clone(&s)))
+        .unwrap();
+    let addr = server.local_addr();
+    assert!(
+        bridge.publisher.lock().unwrap().is_some(),
+        "attached at start"
+    );
+    assert_eq!(bridge.workers_with(TOPIC), 0);
+    let mut subs: Vec<RawClient> = (0..16)
+        .map(|i| RawClient::connect(addr, &format!("/sub/{i}")))
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || {
+        state.handles.lock().unwrap().len() == 16
+    }));
+    let workers_used = state
+        .per_worker
+        .iter()
+        .filter(|a| a.load(Ordering::SeqCst) > 0)
+        .count() as i64;
+    assert!(wait_until(Duration::from_secs(5), || {
+        bridge.workers_with(TOPIC) == workers_used
+    }));
+    // One call per worker that gained the topic, however many subscribers it has.
+    assert_eq!(bridge.interest.lock().unwrap().len() as i64, workers_used);
+    // A publish from a callback and one from a thread both reach the bridge; a local publish
+    // (what the bridge itself does with messages from other nodes) does not, but is delivered.
+    subs[0].send(true, 1, b"pub:from-callback");
+    for c in &mut subs {
+        assert_eq!(read_texts(c, 1), ["from-callback"]);
+    }
+    server
+        .publisher()
+        .publish(TOPIC, &PreparedMessage::text("from-thread"))
+        .unwrap();
+    for c in &mut subs {
+        assert_eq!(read_texts(c, 1), ["from-thread"]);
+    }
+    let local = bridge.publisher.lock().unwrap().clone().unwrap();
+    local
+        .publish_local(TOPIC, &PreparedMessage::text("from-elsewhere"))
+        .unwrap();
+    for c in &mut subs {
+        assert_eq!(read_texts(c, 1), ["from-elsewhere"]);
+    }
+    assert_eq!(
+        *bridge.published.lock().unwrap(),
+        [
+            (TOPIC.to_owned(), "from-callback".to_owned()),
+            (TOPIC.to_owned(), "from-thread".to_owned())
+        ]
+    );
+    // Unsubscribing and closing: the last subscriber out of each worker ends its interest.
+    subs[1].send(true, 1, b"unsub");
+    assert_eq!(read_texts(&mut subs[1], 1), ["unsubscribed"]);
+    assert_eq!(bridge.workers_with(TOPIC), workers_used, "others remain");
+    for c in subs.drain(..) {
+        drop(c);
+    }
+    assert!(wait_until(Duration::from_secs(5), || {
+        bridge.workers_with(TOPIC) == 0
+    }));
+    let calls = bridge.interest.lock().unwrap().clone();
+    assert_eq!(calls.len() as i64, 2 * workers_used, "{calls:?}");
     server.shutdown();
     server.join().unwrap();
 }

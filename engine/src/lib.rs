@@ -26,6 +26,6 @@ pub use prepared::PreparedMessage;
 pub use proto::{CloseCode, Message, MessageKind};
 pub use server::{
     Backend, BackpressurePolicy, Client, Conn, ConnHandle, ConnId, ConnectError, ConnectRequest,
-    HandleError, MessageWriter, PanicPolicy, Publisher, Server, ServerConfig, ServerHandle,
-    ShutdownTrigger, UringRecv, WorkerCtx,
+    FanoutBridge, HandleError, MessageWriter, PanicPolicy, Publisher, Server, ServerConfig,
+    ServerHandle, ShutdownTrigger, UringRecv, WorkerCtx,
 };

@@ -102,11 +102,16 @@ impl<D> WorkerCtx<D> {
     /// Sends `msg` to every subscriber of `topic` on every worker: this worker's subscribers now,
     /// the other workers' through one mailbox command each (only to workers that may have
     /// subscribers of `topic`).
+    ///
+    /// With a [`FanoutBridge`](crate::server::FanoutBridge) (a cluster), the message also goes to
+    /// the other nodes.
     pub fn publish(&mut self, topic: &str, msg: &PreparedMessage) {
         self.deliver(topic, msg);
-        self.fanout
-            .shared
-            .publish_except(Some(self.index), topic, msg);
+        let shared = &self.fanout.shared;
+        shared.publish_except(Some(self.index), topic, msg);
+        if let Some(bridge) = &shared.bridge {
+            bridge.published(topic, msg);
+        }
     }
 
     /// This worker's subscribers of `topic`.
@@ -136,18 +141,32 @@ impl<D> WorkerCtx<D> {
             return false;
         }
         c.flags |= LINKED;
-        self.fanout.topics.subscribe(id, topic)
+        match self.fanout.topics.subscribe(id, topic) {
+            None => false,
+            Some(created) => {
+                if created {
+                    if let Some(bridge) = &self.fanout.shared.bridge {
+                        bridge.interest(self.index, &Arc::from(topic), true);
+                    }
+                }
+                true
+            }
+        }
     }
 
     fn unsubscribe_id(&mut self, id: ConnId, topic: &str) -> bool {
         let removed = match self.conns.get(id) {
             Some(c) if c.has(LINKED) => self.fanout.topics.unsubscribe(id, topic),
-            _ => false,
+            _ => None,
         };
-        if removed {
-            self.interest().sub(topic_bucket(topic));
+        let Some(ended) = removed else {
+            return false;
+        };
+        self.interest().sub(topic_bucket(topic));
+        if let (Some(name), Some(bridge)) = (ended, &self.fanout.shared.bridge) {
+            bridge.interest(self.index, &name, false);
         }
-        removed
+        true
     }
 
     /// The connection is closed (or gone): drops its subscriptions and fails its handles.
@@ -155,10 +174,15 @@ impl<D> WorkerCtx<D> {
         if let Some(c) = self.conns.get_mut(id) {
             if c.has(LINKED) {
                 c.flags &= !LINKED;
-                let interest = &self.fanout.shared.mailboxes[self.index].interest;
-                self.fanout
-                    .topics
-                    .unlink(id, |name| interest.sub(topic_bucket(name)));
+                let shared = &self.fanout.shared;
+                let interest = &shared.mailboxes[self.index].interest;
+                let index = self.index;
+                self.fanout.topics.unlink(id, |name, gone| {
+                    interest.sub(topic_bucket(name));
+                    if let (true, Some(bridge)) = (gone, &shared.bridge) {
+                        bridge.interest(index, name, false);
+                    }
+                });
             }
         }
     }

@@ -215,12 +215,34 @@ impl Publisher {
     /// Sends `msg` to every subscriber of `topic` on every worker: one command per worker, each
     /// worker writes the shared frame to its subscribers in one loop turn. Messages published by
     /// one thread to one topic arrive in order.
+    ///
+    /// With a [`FanoutBridge`](crate::server::FanoutBridge) (a cluster), the message also goes to
+    /// the other nodes.
     pub fn publish(&self, topic: &str, msg: &PreparedMessage) -> Result<(), HandleError> {
         if self.shared.stopped() {
             return Err(HandleError::Stopped);
         }
         self.shared.publish_except(None, topic, msg);
+        if let Some(bridge) = &self.shared.bridge {
+            bridge.published(topic, msg);
+        }
         Ok(())
+    }
+
+    /// Sends `msg` to this node's subscribers of `topic` only: what a
+    /// [`FanoutBridge`](crate::server::FanoutBridge) calls with a message from another node (the
+    /// bridge is not told). Otherwise the same as [`publish`](Self::publish).
+    pub fn publish_local(&self, topic: &str, msg: &PreparedMessage) -> Result<(), HandleError> {
+        if self.shared.stopped() {
+            return Err(HandleError::Stopped);
+        }
+        self.shared.publish_except(None, topic, msg);
+        Ok(())
+    }
+
+    /// Server worker threads (mailboxes) this publisher reaches.
+    pub fn worker_count(&self) -> usize {
+        self.shared.mailboxes.len()
     }
 
     /// Connections held by all workers (handshakes and closing ones included), as of each
@@ -280,6 +302,7 @@ mod tests {
             stop: AtomicBool::new(false),
             mailboxes: (0..workers).map(|_| Default::default()).collect(),
             wakers,
+            bridge: None,
         })
     }
 

@@ -4,6 +4,7 @@
 //! thread, so that bind errors surface there and port 0 resolves to one port for all workers), then
 //! spawns the workers. Each worker creates its handler with the factory on its own thread.
 
+pub(crate) mod bridge;
 mod client;
 pub mod config;
 pub(crate) mod handle;
@@ -21,6 +22,7 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub use bridge::FanoutBridge;
 pub use client::Client;
 pub use config::{Backend, BackpressurePolicy, PanicPolicy, ServerConfig, UringRecv};
 pub use handle::{ConnHandle, HandleError, Publisher};
@@ -38,18 +40,33 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     pub(crate) wakers: Vec<crate::driver::Waker>,
     pub(crate) mailboxes: Vec<crossbeam_utils::CachePadded<mailbox::Mailbox>>,
+    /// Where publishes and topic interest go beyond this process ([`Server::with_bridge`]).
+    pub(crate) bridge: Option<Arc<dyn FanoutBridge>>,
 }
 
 /// A WebSocket server: [`ServerConfig`] plus [`run`](Server::run) or [`start`](Server::start).
 #[derive(Debug, Clone)]
 pub struct Server {
     config: ServerConfig,
+    bridge: Option<Arc<dyn FanoutBridge>>,
 }
 
 impl Server {
     /// A server with these settings.
     pub fn new(config: ServerConfig) -> Self {
-        Server { config }
+        Server {
+            config,
+            bridge: None,
+        }
+    }
+
+    /// Extends this server's topics beyond the process: every publish and every change of a
+    /// worker's topic interest is told to `bridge`, which delivers messages from other nodes
+    /// through [`Publisher::publish_local`] (see [`FanoutBridge`]; the `surge-cluster` crate
+    /// implements it over NATS and Redis).
+    pub fn with_bridge(mut self, bridge: Arc<dyn FanoutBridge>) -> Self {
+        self.bridge = Some(bridge);
+        self
     }
 
     /// Starts the workers and blocks until they stop (after [`ShutdownTrigger::shutdown`] from
@@ -123,7 +140,13 @@ impl Server {
             stop: AtomicBool::new(false),
             mailboxes: (0..wakers.len()).map(|_| Default::default()).collect(),
             wakers,
+            bridge: self.bridge,
         });
+        if let Some(bridge) = &shared.bridge {
+            bridge.attach(Publisher {
+                shared: Arc::clone(&shared),
+            });
+        }
         let cfg = Arc::new(cfg);
         let factory = Arc::new(factory);
         let mut threads = Vec::with_capacity(workers);

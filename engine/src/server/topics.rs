@@ -45,10 +45,11 @@ impl TopicTable {
         self.links.entry(id).or_default()
     }
 
-    /// Subscribes `id` to `name`; false if it already was.
-    pub(crate) fn subscribe(&mut self, id: ConnId, name: &str) -> bool {
-        let t = match self.by_name.get(name) {
-            Some(&t) => t,
+    /// Subscribes `id` to `name`: `None` if it already was, `Some(true)` if `name` had no
+    /// subscriber on this worker before, `Some(false)` otherwise.
+    pub(crate) fn subscribe(&mut self, id: ConnId, name: &str) -> Option<bool> {
+        let (t, created) = match self.by_name.get(name) {
+            Some(&t) => (t, false),
             None => {
                 let name: Arc<str> = Arc::from(name);
                 let t = self.topics.insert(Topic {
@@ -56,41 +57,35 @@ impl TopicTable {
                     subs: Vec::new(),
                 }) as u32;
                 self.by_name.insert(name, t);
-                t
+                (t, true)
             }
         };
         let links = self.links.entry(id).or_default();
         if links.topics.iter().any(|&(x, _)| x == t) {
-            return false;
+            return None;
         }
         let topic = &mut self.topics[t as usize];
         links.topics.push((t, topic.subs.len() as u32));
         topic.subs.push(id);
-        true
+        Some(created)
     }
 
-    /// Unsubscribes `id` from `name`; false if it was not subscribed.
-    pub(crate) fn unsubscribe(&mut self, id: ConnId, name: &str) -> bool {
-        let Some(&t) = self.by_name.get(name) else {
-            return false;
-        };
-        let Some(links) = self.links.get_mut(&id) else {
-            return false;
-        };
-        let Some(i) = links.topics.iter().position(|&(x, _)| x == t) else {
-            return false;
-        };
+    /// Unsubscribes `id` from `name`: `None` if it was not subscribed, `Some(name)` if that was
+    /// the topic's last subscriber on this worker (the topic is gone), `Some(None)` otherwise.
+    pub(crate) fn unsubscribe(&mut self, id: ConnId, name: &str) -> Option<Option<Arc<str>>> {
+        let &t = self.by_name.get(name)?;
+        let links = self.links.get_mut(&id)?;
+        let i = links.topics.iter().position(|&(x, _)| x == t)?;
         let (_, pos) = links.topics.swap_remove(i);
         if links.topics.is_empty() && links.alive.is_none() {
             self.links.remove(&id);
         }
-        self.detach(t, pos);
-        true
+        Some(self.detach(t, pos))
     }
 
     /// Removes subscriber `pos` of topic `t`, fixing the position of the one moved into its place
-    /// and dropping the topic once empty.
-    fn detach(&mut self, t: u32, pos: u32) {
+    /// and dropping the topic once empty (then its name is returned).
+    fn detach(&mut self, t: u32, pos: u32) -> Option<Arc<str>> {
         let topic = &mut self.topics[t as usize];
         topic.subs.swap_remove(pos as usize);
         if let Some(&moved) = topic.subs.get(pos as usize) {
@@ -104,12 +99,15 @@ impl TopicTable {
         if topic.subs.is_empty() {
             let topic = self.topics.remove(t as usize);
             self.by_name.remove(&topic.name);
+            return Some(topic.name);
         }
+        None
     }
 
-    /// The connection is closed: every subscription goes (`ended` is told each topic's name) and
-    /// its handles fail from now on.
-    pub(crate) fn unlink(&mut self, id: ConnId, mut ended: impl FnMut(&str)) {
+    /// The connection is closed: every subscription goes (`ended` is told each topic's name, and
+    /// whether that was the topic's last subscriber on this worker) and its handles fail from now
+    /// on.
+    pub(crate) fn unlink(&mut self, id: ConnId, mut ended: impl FnMut(&Arc<str>, bool)) {
         let Some(links) = self.links.remove(&id) else {
             return;
         };
@@ -117,8 +115,9 @@ impl TopicTable {
             alive.store(false, Ordering::Release);
         }
         for &(t, pos) in &links.topics {
-            ended(&self.topics[t as usize].name);
-            self.detach(t, pos);
+            let name = Arc::clone(&self.topics[t as usize].name);
+            let gone = self.detach(t, pos).is_some();
+            ended(&name, gone);
         }
     }
 
@@ -165,22 +164,26 @@ mod tests {
         let mut t = TopicTable::default();
         let ids: Vec<ConnId> = (0..50).map(|i| ConnId::new(i, 0)).collect();
         for (i, &id) in ids.iter().enumerate() {
-            assert!(t.subscribe(id, "all"));
+            assert_eq!(
+                t.subscribe(id, "all"),
+                Some(i == 0),
+                "first one creates the topic"
+            );
             if i % 2 == 0 {
-                assert!(t.subscribe(id, "even"));
+                assert_eq!(t.subscribe(id, "even"), Some(i == 0));
             }
         }
-        assert!(!t.subscribe(ids[0], "all"), "already subscribed");
+        assert_eq!(t.subscribe(ids[0], "all"), None, "already subscribed");
         assert_eq!(t.subscribers("all").len(), 50);
         assert_eq!(t.subscribers("even").len(), 25);
         check(&t);
         for &id in ids.iter().step_by(3) {
-            assert!(t.unsubscribe(id, "all"));
-            assert!(!t.unsubscribe(id, "all"));
+            assert_eq!(t.unsubscribe(id, "all"), Some(None));
+            assert_eq!(t.unsubscribe(id, "all"), None);
             check(&t);
         }
         for &id in ids.iter().step_by(4) {
-            t.unlink(id, |_| {});
+            t.unlink(id, |_, gone| assert!(!gone));
             check(&t);
         }
         let mut left: Vec<_> = t.subscribers("all").to_vec();
@@ -190,9 +193,20 @@ mod tests {
             .map(|i| ConnId::new(i, 0))
             .collect();
         assert_eq!(left, want);
+        let mut ended = Vec::new();
         for &id in &ids {
-            t.unlink(id, |_| {});
+            t.unlink(id, |name, gone| {
+                if gone {
+                    ended.push(name.to_string());
+                }
+            });
         }
+        ended.sort();
+        assert_eq!(
+            ended,
+            ["all", "even"],
+            "each topic ends once, with its last subscriber"
+        );
         assert_eq!(t.topic_count(), 0);
         assert!(t.links.is_empty() && t.by_name.is_empty());
         assert!(t.subscribers("all").is_empty());
