@@ -10,6 +10,15 @@
 //! (`PreparedMessage`: encoded once, shared by every recipient); each worker writes it to its own
 //! subscribers, whichever worker the sender is on.
 //!
+//! Across machines: `--cluster nats://127.0.0.1:4222` (or `redis://127.0.0.1:6379`) joins the
+//! room to every other chat started with the same broker (surge-cluster): a line said on one node
+//! reaches the room on all of them.
+//!
+//! ```text
+//! cargo run --example chat -- --port 8080 --cluster nats://127.0.0.1:4222
+//! cargo run --example chat -- --port 8081 --cluster nats://127.0.0.1:4222
+//! ```
+//!
 //! Ctrl-C (SIGINT) or SIGTERM closes every connection with 1001 and exits.
 
 use std::net::{IpAddr, SocketAddr};
@@ -121,19 +130,23 @@ document.getElementById("form").onsubmit = (e) => {
 "#;
 
 fn usage() -> ! {
-    eprintln!("usage: chat [--port 8080] [--host 127.0.0.1]   (page at /, chat at /ws)");
+    eprintln!(
+        "usage: chat [--port 8080] [--host 127.0.0.1] [--cluster nats://HOST:PORT|redis://HOST:PORT]   (page at /, chat at /ws)"
+    );
     std::process::exit(2)
 }
 
 fn main() -> std::io::Result<()> {
     let mut host: IpAddr = [127, 0, 0, 1].into();
     let mut port = 8080u16;
+    let mut cluster_url: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_else(|| usage());
         match flag.as_str() {
             "--port" => port = value.parse().unwrap_or_else(|_| usage()),
             "--host" => host = value.parse().unwrap_or_else(|_| usage()),
+            "--cluster" => cluster_url = Some(value),
             _ => usage(),
         }
     }
@@ -144,7 +157,17 @@ fn main() -> std::io::Result<()> {
 
     // Block SIGINT and SIGTERM in every thread (workers inherit the mask), and take them here.
     let signals = ShutdownSignals::block();
-    let handle = Server::new(cfg).start(|_worker| Chat { next_guest: 0 })?;
+    let mut server = Server::new(cfg);
+    let cluster = match cluster_url {
+        Some(url) => {
+            let c = surge_cluster::Cluster::start(surge_cluster::ClusterConfig::new(url))
+                .map_err(std::io::Error::other)?;
+            server = server.with_bridge(c.bridge());
+            Some(c)
+        }
+        None => None,
+    };
+    let handle = server.start(|_worker| Chat { next_guest: 0 })?;
     println!(
         "chat on http://{0}/ (WebSocket at ws://{0}/ws)",
         handle.local_addr()
@@ -154,5 +177,9 @@ fn main() -> std::io::Result<()> {
         eprintln!("shutting down");
         trigger.shutdown();
     });
-    handle.join()
+    let done = handle.join();
+    if let Some(c) = cluster {
+        c.shutdown();
+    }
+    done
 }
