@@ -8,6 +8,13 @@
 //! `--per-process` each, each process connecting from its own 127.0.1.x source address (the
 //! machine allows 20,000 descriptors per process, and one source address has ~28k ports).
 //! They read with one epoll loop each and report their counts and latency histograms per step.
+//!
+//! Across machines (surge-cluster): `--nodes N --broker nats|redis` runs N surge nodes on one
+//! broker (started here on a free port from Debian's `nats-server`/`redis-server`, or
+//! `--broker-url`), the subscriber processes spread over the nodes, the publisher on node 0. Per
+//! step it adds: p99 of the subscribers on node 0 (local: no broker hop) and on the other nodes
+//! (remote), the broker's messages per publish in (publishes sent to it) and out (envelopes it
+//! delivered to the nodes), the nodes' CPU together and the broker's.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -46,8 +53,18 @@ pub struct FanoutArgs {
     /// Subscribers per client process.
     #[arg(long, default_value_t = 5000)]
     per_process: usize,
-    #[arg(long, default_value_t = 9300)]
+    /// First server port; 0 picks free ports.
+    #[arg(long, default_value_t = 0)]
     port: u16,
+    /// surge nodes (surge only): more than one needs --broker.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// The broker joining the nodes: nats or redis (surge-cluster).
+    #[arg(long)]
+    broker: Option<String>,
+    /// A running broker to use instead of starting one (nats://... or redis://...).
+    #[arg(long)]
+    broker_url: Option<String>,
     /// Child mode: `ADDR,COUNT,SOURCE_IP`.
     #[arg(long, hide = true)]
     client: Option<String>,
@@ -77,7 +94,13 @@ pub fn run(args: FanoutArgs) -> std::io::Result<()> {
         "fanout: {} B payload, {} s per step, {} server workers, subscribers {:?}, rates {:?} msg/s",
         args.size, args.duration, args.workers, args.subscribers, args.rates
     );
-    println!(
+    if args.nodes > 1 && args.broker.is_none() && args.broker_url.is_none() {
+        return Err(std::io::Error::other(
+            "--nodes > 1 needs --broker nats|redis",
+        ));
+    }
+    let cluster = args.broker.is_some() || args.broker_url.is_some();
+    print!(
         "{:<18} {:>6} {:>6} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10}",
         "system",
         "subs",
@@ -90,9 +113,20 @@ pub fn run(args: FanoutArgs) -> std::io::Result<()> {
         "max us",
         "srv us/dlv"
     );
+    if cluster {
+        print!(
+            " {:>9} {:>9} {:>7} {:>7} {:>10}",
+            "loc p99", "rem p99", "brk in", "brk out", "brk us/pub"
+        );
+    }
+    println!();
     for &n in &args.subscribers {
         for system in &args.systems {
             if crate::skip(system) {
+                continue;
+            }
+            if cluster && system != "surge" {
+                eprintln!("{system}: skipped (--nodes/--broker are surge-cluster's)");
                 continue;
             }
             run_system(&args, system, n)?;
@@ -109,11 +143,15 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command) -> std::io::Result<Proc> {
+    fn spawn(cmd: Command) -> std::io::Result<Proc> {
+        Self::spawn_with(cmd, Stdio::inherit())
+    }
+
+    fn spawn_with(mut cmd: Command, stderr: Stdio) -> std::io::Result<Proc> {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped");
@@ -160,57 +198,201 @@ impl Drop for Proc {
     }
 }
 
+/// A free loopback port.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A broker of the run's own (or none with --broker-url), killed on drop.
+struct BrokerProc {
+    url: String,
+    proc: Option<Proc>,
+}
+
+fn start_broker(args: &FanoutArgs) -> std::io::Result<Option<BrokerProc>> {
+    if let Some(url) = &args.broker_url {
+        return Ok(Some(BrokerProc {
+            url: url.clone(),
+            proc: None,
+        }));
+    }
+    let Some(kind) = args.broker.as_deref() else {
+        return Ok(None);
+    };
+    let port = free_port()?;
+    let (cmd, url) = match kind {
+        "nats" => {
+            let mut c = Command::new("nats-server");
+            c.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+            (c, format!("nats://127.0.0.1:{port}"))
+        }
+        "redis" => {
+            let mut c = Command::new("redis-server");
+            c.args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]);
+            (c, format!("redis://127.0.0.1:{port}"))
+        }
+        other => {
+            return Err(std::io::Error::other(format!(
+                "--broker {other}: expected nats or redis"
+            )))
+        }
+    };
+    let proc = Proc::spawn_with(cmd, Stdio::null()).map_err(|e| {
+        std::io::Error::other(format!(
+            "cannot start {kind}'s server ({e}): install Debian's nats-server / redis-server, \
+             or pass --broker-url"
+        ))
+    })?;
+    let end = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > end {
+            return Err(std::io::Error::other(format!("{kind} did not come up")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Some(BrokerProc {
+        url,
+        proc: Some(proc),
+    }))
+}
+
+/// A node's cluster counters (`stats` on its stdin): (sent, received).
+fn node_stats(node: &mut Proc) -> std::io::Result<(u64, u64)> {
+    node.say("stats");
+    let line = node.wait_for("cluster ", Duration::from_secs(5))?;
+    let field = |name: &str| -> u64 {
+        line.split(' ')
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("sent="), field("received=")))
+}
+
 fn run_system(args: &FanoutArgs, system: &str, n: usize) -> std::io::Result<()> {
     let exe = std::env::current_exe()?;
-    let sargs = [
-        "--port".to_owned(),
-        args.port.to_string(),
-        "--workers".to_owned(),
-        args.workers.to_string(),
-        "--backend".to_owned(),
-        args.backend.clone(),
-    ];
-    let mut cmd = match system {
-        "surge" => Command::new(crate::sibling("surge-broadcast")?),
-        "tokio-tungstenite" => Command::new(crate::sibling("peer-tokio-tungstenite-broadcast")?),
-        // One thread whatever --workers says (uWS pub/sub is per App, an App per thread).
-        crate::uws::SYSTEM => crate::uws::spawn_command("broadcast.js", &[]),
-        crate::uws_cpp::SYSTEM => crate::uws_cpp::command("pubsub", &[]),
-        other => return Err(std::io::Error::other(format!("unknown system {other}"))),
-    };
-    cmd.args(&sargs);
-    let server = Proc::spawn(cmd)?;
-    let server_pid = server.child.id().to_string();
-    server.wait_for("listening on", Duration::from_secs(10))?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], args.port));
+    let broker = start_broker(args)?;
+    let nodes = args.nodes.max(1);
+    let mut servers = Vec::with_capacity(nodes);
+    let mut addrs = Vec::with_capacity(nodes);
+    for i in 0..nodes {
+        // surge binds port 0 and says which port it got (no race with other sockets); the peers
+        // get a port that was free a moment ago.
+        let port = match args.port {
+            0 if system == "surge" => 0,
+            0 => free_port()?,
+            p => p + i as u16,
+        };
+        let mut sargs = vec![
+            "--port".to_owned(),
+            port.to_string(),
+            "--workers".to_owned(),
+            args.workers.to_string(),
+            "--backend".to_owned(),
+            args.backend.clone(),
+        ];
+        if let Some(b) = &broker {
+            sargs.extend(["--cluster".to_owned(), b.url.clone()]);
+        }
+        let mut cmd = match system {
+            "surge" => Command::new(crate::sibling("surge-broadcast")?),
+            "tokio-tungstenite" => {
+                Command::new(crate::sibling("peer-tokio-tungstenite-broadcast")?)
+            }
+            // One thread whatever --workers says (uWS pub/sub is per App, an App per thread).
+            crate::uws::SYSTEM => crate::uws::spawn_command("broadcast.js", &[]),
+            crate::uws_cpp::SYSTEM => crate::uws_cpp::command("pubsub", &[]),
+            other => return Err(std::io::Error::other(format!("unknown system {other}"))),
+        };
+        cmd.args(&sargs);
+        let server = Proc::spawn(cmd)?;
+        let line = server.wait_for("listening on", Duration::from_secs(10))?;
+        let bound = line
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .map_or(port, |a| a.port());
+        servers.push(server);
+        addrs.push(SocketAddr::from(([127, 0, 0, 1], bound)));
+    }
+    let pids: Vec<String> = servers.iter().map(|s| s.child.id().to_string()).collect();
+    let broker_pid = broker
+        .as_ref()
+        .and_then(|b| b.proc.as_ref())
+        .map(|p| p.child.id().to_string());
     let mut clients = Vec::new();
+    // The node each client process is on.
+    let mut client_node = Vec::new();
     let mut left = n;
     let mut k = 0;
+    // At least one process per node, so that every node has subscribers.
+    let per_process = args.per_process.min(n.div_ceil(nodes)).max(1);
     while left > 0 {
-        let count = left.min(args.per_process);
+        let count = left.min(per_process);
         left -= count;
         k += 1;
+        let node = (k - 1) % nodes;
         let mut cmd = Command::new(&exe);
-        cmd.args(["fanout", "--client", &format!("{addr},{count},127.0.1.{k}")]);
+        cmd.args([
+            "fanout",
+            "--client",
+            &format!("{},{count},127.0.1.{k}", addrs[node]),
+        ]);
         clients.push(Proc::spawn(cmd)?);
+        client_node.push(node);
     }
     for c in &clients {
         c.wait_for("opened", Duration::from_secs(120))?;
     }
     let (mut publisher, _) =
-        tungstenite::connect(format!("ws://{addr}/pub")).map_err(std::io::Error::other)?;
+        tungstenite::connect(format!("ws://{}/pub", addrs[0])).map_err(std::io::Error::other)?;
     if let tungstenite::stream::MaybeTlsStream::Plain(s) = publisher.get_mut() {
         s.set_nodelay(true)?;
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Time for the nodes' broker subscriptions to settle.
+    std::thread::sleep(Duration::from_millis(if broker.is_some() {
+        1500
+    } else {
+        500
+    }));
+    let label = match (&args.broker, &args.broker_url) {
+        (Some(b), _) => format!("surge x{nodes} {b}"),
+        (None, Some(_)) => format!("surge x{nodes} url"),
+        _ => crate::uws::label(system).to_string(),
+    };
     for &rate in &args.rates {
         for c in &mut clients {
             c.say("start");
         }
+        let before: Vec<(u64, u64)> = if broker.is_some() {
+            servers
+                .iter_mut()
+                .map(node_stats)
+                .collect::<std::io::Result<_>>()?
+        } else {
+            Vec::new()
+        };
         std::thread::sleep(Duration::from_millis(100));
         let period_ns = 1_000_000_000 / u64::from(rate.max(1));
         let total = (args.duration * f64::from(rate)) as u64;
-        let cpu0 = crate::load::cpu_seconds(&server_pid);
+        let cpu_of = |ps: &[String]| -> Option<f64> {
+            ps.iter()
+                .map(|p| crate::load::cpu_seconds(p))
+                .sum::<Option<f64>>()
+        };
+        let cpu0 = cpu_of(&pids);
+        let bcpu0 = broker_pid.as_deref().and_then(crate::load::cpu_seconds);
         let start = mono_ns() + 1_000_000;
         let mut payload = vec![0u8; args.size];
         for i in 0..total {
@@ -235,16 +417,25 @@ fn run_system(args: &FanoutArgs, system: &str, n: usize) -> std::io::Result<()> 
         }
         // Let the tail arrive.
         std::thread::sleep(Duration::from_millis(1500));
-        let cpu = match (cpu0, crate::load::cpu_seconds(&server_pid)) {
+        let cpu = match (cpu0, cpu_of(&pids)) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        let bcpu = match (
+            bcpu0,
+            broker_pid.as_deref().and_then(crate::load::cpu_seconds),
+        ) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         };
         let mut hist = new_hist();
+        let mut local = new_hist();
+        let mut remote = new_hist();
         let mut delivered = 0u64;
         for c in &mut clients {
             c.say("stop");
         }
-        for c in &clients {
+        for (c, &node) in clients.iter().zip(&client_node) {
             let line = c.wait_for("result", Duration::from_secs(30))?;
             let mut parts = line.split(' ');
             parts.next();
@@ -256,14 +447,16 @@ fn run_system(args: &FanoutArgs, system: &str, n: usize) -> std::io::Result<()> 
                 .filter(|p| !p.is_empty())
             {
                 let (v, c) = pair.split_once(':').expect("value:count");
-                let _ = hist.record_n(v.parse().expect("value"), c.parse().expect("count"));
+                let (v, c) = (v.parse().expect("value"), c.parse().expect("count"));
+                let _ = hist.record_n(v, c);
+                let _ = if node == 0 { &mut local } else { &mut remote }.record_n(v, c);
             }
         }
         let offered = total * n as u64;
         let secs = args.duration;
-        println!(
+        print!(
             "{:<18} {:>6} {:>6} {:>12.0} {:>12.0} {:>9.2} {:>9} {:>9} {:>9} {:>10}",
-            crate::uws::label(system),
+            label,
             n,
             rate,
             offered as f64 / secs,
@@ -279,13 +472,43 @@ fn run_system(args: &FanoutArgs, system: &str, n: usize) -> std::io::Result<()> 
                     c * 1e6 / delivered as f64
                 ))
         );
+        if broker.is_some() {
+            let after: Vec<(u64, u64)> = servers
+                .iter_mut()
+                .map(node_stats)
+                .collect::<std::io::Result<_>>()?;
+            let (sent, received) = before
+                .iter()
+                .zip(&after)
+                .fold((0, 0), |(s, r), (b, a)| (s + a.0 - b.0, r + a.1 - b.1));
+            let q = |h: &Histogram<u64>| {
+                if h.is_empty() {
+                    "-".to_owned()
+                } else {
+                    h.value_at_quantile(0.99).to_string()
+                }
+            };
+            print!(
+                " {:>9} {:>9} {:>7.2} {:>7.2} {:>10}",
+                q(&local),
+                q(&remote),
+                sent as f64 / total.max(1) as f64,
+                received as f64 / total.max(1) as f64,
+                bcpu.map_or("-".to_owned(), |c| format!(
+                    "{:.1}",
+                    c * 1e6 / total.max(1) as f64
+                ))
+            );
+        }
+        println!();
     }
     let _ = publisher.close(None);
     for c in &mut clients {
         c.say("quit");
     }
     drop(clients);
-    drop(server);
+    drop(servers);
+    drop(broker);
     Ok(())
 }
 

@@ -1,6 +1,9 @@
 //! The surge side of `surge-bench fanout`: connections to `/sub` subscribe to one topic; each
 //! binary message received on `/pub` is published to it (encoded once, shared by every
-//! subscriber on every worker). `surge-broadcast --port P --workers N [--backend B]`.
+//! subscriber on every worker). `surge-broadcast --port P --workers N [--backend B]
+//! [--cluster nats://...|redis://...]`: with `--cluster`, the node joins a surge-cluster on that
+//! broker (publishes reach the subscribers of every node), and a line `stats` on stdin prints
+//! `cluster sent=N received=N own=N lost=N dropped=N`.
 
 #[path = "../server_args.rs"]
 mod server_args;
@@ -36,9 +39,14 @@ impl Handler for Broadcast {
 
 fn main() -> std::io::Result<()> {
     let mut cfg = ServerConfig::default();
+    let mut cluster_url = None;
     let (port, workers) = server_args::parse(cfg.workers, |flag, value| match flag {
         "--backend" => {
             cfg.backend = value.parse::<Backend>().expect("backend");
+            true
+        }
+        "--cluster" => {
+            cluster_url = Some(value.to_owned());
             true
         }
         _ => false,
@@ -47,7 +55,34 @@ fn main() -> std::io::Result<()> {
     cfg.bind = vec![SocketAddr::from(([0, 0, 0, 0], port))];
     cfg.origin = surge::handshake::OriginPolicy::AllowAll;
     cfg.backlog = 4096;
-    let handle = Server::new(cfg).start(|_| Broadcast)?;
+    let mut server = Server::new(cfg);
+    let cluster = match cluster_url {
+        Some(url) => {
+            let c = surge_cluster::Cluster::start(surge_cluster::ClusterConfig::new(url))
+                .map_err(std::io::Error::other)?;
+            server = server.with_bridge(c.bridge());
+            Some(c)
+        }
+        None => None,
+    };
+    let handle = server.start(|_| Broadcast)?;
     println!("listening on {}", handle.local_addr());
+    if let Some(c) = cluster {
+        // The harness asks for the counters; the node runs until it is killed.
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if line == "stats" {
+                let s = c.stats();
+                println!(
+                    "cluster sent={} received={} own={} lost={} dropped={}",
+                    s.sent,
+                    s.received,
+                    s.own_skipped,
+                    s.lost_disconnected,
+                    s.dropped_queue_full + s.dropped_oversized
+                );
+            }
+        }
+    }
     handle.join()
 }
