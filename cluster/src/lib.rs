@@ -1,5 +1,6 @@
 //! Topics across surge nodes: publish on any node, delivered to the topic's subscribers on every
-//! node, through a broker you already run ([NATS](nats) or [Redis pub/sub](redis)).
+//! node, through a broker you already run ([NATS](nats) or [Redis pub/sub](redis), sharded on a
+//! Redis Cluster).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -50,7 +51,9 @@ use tokio::sync::{mpsc, watch};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ClusterConfig {
-    /// `nats://host:port` or `redis://host:port[/db]` (the scheme picks the broker).
+    /// `nats://host:port`, `redis://host:port[/db]` (one Redis server, classic pub/sub) or
+    /// `redis-cluster://host:port[,host:port...]` (a Redis Cluster's seed nodes, sharded pub/sub):
+    /// the scheme picks the broker.
     pub url: String,
     /// Subjects and channels are `{prefix}.{topic}` (NATS, the topic escaped: see
     /// [`nats::subject`]) or `{prefix}:{topic}` (Redis). Nodes of one cluster share it; two
@@ -110,7 +113,8 @@ impl std::fmt::Display for Error {
         match self {
             Error::UnknownScheme(url) => write!(
                 f,
-                "unknown broker URL {url:?}: expected nats://host:port or redis://host:port"
+                "unknown broker URL {url:?}: expected nats://host:port, redis://host:port or \
+                 redis-cluster://host:port[,host:port...]"
             ),
             Error::Io(e) => write!(f, "cannot start the cluster thread: {e}"),
         }
@@ -474,7 +478,7 @@ pub trait Broker: Send + 'static {
 pub fn broker_for(url: &str) -> Result<Box<dyn Broker>, Error> {
     if url.starts_with("nats://") {
         Ok(Box::new(nats::Nats))
-    } else if url.starts_with("redis://") {
+    } else if url.starts_with("redis://") || url.starts_with("redis-cluster://") {
         Ok(Box::new(redis::Redis))
     } else {
         Err(Error::UnknownScheme(url.to_owned()))

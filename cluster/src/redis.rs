@@ -1,34 +1,50 @@
-//! Redis pub/sub, over the [`redis`](::redis) crate.
+//! Redis pub/sub, over the [`redis`](::redis) crate, in two modes picked by the URL:
 //!
-//! - One connection per node: a `ConnectionManager` speaking RESP3, so that publishes, the
-//!   subscribe commands and the messages pushed to the node share it; it reconnects (with the
-//!   cluster's backoff) and re-issues the node's subscriptions itself. A health check (PING)
-//!   every second notices a dead server even on a node that only listens, and drives the
-//!   reconnection.
-//! - Channel `{prefix}:{topic}` per topic, subscribed while the node has local subscribers.
-//! - Publishes already queued are sent as one pipeline (one round trip for many), in order.
-//! - Redis sends a publisher's message to its own subscriptions too: the node drops its own
-//!   (the envelope carries the node id; counted in [`Stats::own_skipped`](crate::Stats)).
-//! - Sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`) is what spreads channels over the shards of a
-//!   Redis Cluster; on one server it is the same as `SUBSCRIBE`/`PUBLISH`, and the `redis` crate
-//!   speaks it only on cluster connections. This broker targets one Redis server (or a
-//!   replicated primary), so it uses classic pub/sub; docs/CLUSTER.md says so.
+//! - `redis://host:port[/db]`: one Redis server (or a replicated primary), classic pub/sub
+//!   (`SUBSCRIBE`/`PUBLISH`) through a `ConnectionManager`. Sharded pub/sub exists to spread
+//!   channels over the shards of a Redis Cluster; on one server it is the same thing, and the
+//!   crate's single-server connections cannot track `SSUBSCRIBE` confirmations.
+//! - `redis-cluster://host:port[,host:port...]` (seed nodes): a Redis Cluster, **sharded pub/sub**
+//!   (`SSUBSCRIBE`/`SPUBLISH`) through the crate's cluster client: each channel lives on the shard
+//!   that owns its slot, so a publish crosses only that shard instead of every node of the
+//!   cluster.
+//!
+//! Both speak RESP3, so publishes, subscribe commands and the pushed messages share the
+//! connection(s); both reconnect with the cluster's backoff and re-issue the confirmed
+//! subscriptions themselves. On top of that the session:
+//! - sends a PING every second, which notices a dead server even on a node that only listens and
+//!   drives the reconnection; after a failed subscribe it subscribes to all the node's topics again
+//!   once the server answers;
+//! - sends the publishes already queued as one pipeline (one round trip for many), in order
+//!   (cluster mode: one command each, in order);
+//! - drops this node's own messages, which Redis echoes to the publisher's subscriptions (the
+//!   envelope carries the node id; counted in [`Stats::own_skipped`](crate::Stats)).
 
+use std::future::Future;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{PushInfo, PushKind, Value};
+use ::redis::cluster::ClusterClientBuilder;
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{AsyncCommands, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::mpsc;
 
-use crate::{BoxFuture, Broker, Link, Op};
+use crate::{BoxFuture, Broker, Inbound, Link, Op, Outgoing};
 
-/// Redis pub/sub through the `redis` crate; chosen by a `redis://` URL.
+/// Redis pub/sub through the `redis` crate; chosen by a `redis://` (one server, classic pub/sub)
+/// or `redis-cluster://` (Redis Cluster, sharded pub/sub) URL.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Redis;
 
 impl Broker for Redis {
     fn run(self: Box<Self>, link: Link) -> BoxFuture {
-        Box::pin(session(link))
+        Box::pin(async move {
+            if link.config().url.starts_with("redis-cluster://") {
+                session::<ClusterConnection>(link).await
+            } else {
+                session::<ConnectionManager>(link).await
+            }
+        })
     }
 }
 
@@ -37,7 +53,30 @@ const BATCH: usize = 256;
 /// How long one command (or pipeline) may take before the server counts as unreachable.
 const TIMEOUT: Duration = Duration::from_secs(1);
 
-/// `url` with RESP3 asked for (pushed messages share the connection with commands).
+/// The channel of `topic`.
+pub fn channel(prefix: &str, topic: &str) -> String {
+    format!("{prefix}:{topic}")
+}
+
+/// What the session needs of a connection, single-server or cluster.
+trait Conn: Sized + Send + 'static {
+    /// Connects (one attempt; the connection reconnects by itself afterwards). `push` gets the
+    /// pushed messages and disconnections.
+    fn connect(
+        link: &Link,
+        push: impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static,
+    ) -> impl Future<Output = RedisResult<Self>> + Send;
+    fn subscribe(&mut self, channels: Vec<String>) -> impl Future<Output = RedisResult<()>> + Send;
+    fn unsubscribe(&mut self, channel: String) -> impl Future<Output = RedisResult<()>> + Send;
+    fn publish(
+        &mut self,
+        prefix: &str,
+        batch: &[Outgoing],
+    ) -> impl Future<Output = RedisResult<()>> + Send;
+    fn ping(&mut self) -> impl Future<Output = RedisResult<()>> + Send;
+}
+
+/// `url` with RESP3 asked for.
 fn resp3(url: &str) -> String {
     if url.contains("protocol=") {
         url.to_owned()
@@ -48,28 +87,111 @@ fn resp3(url: &str) -> String {
     }
 }
 
-/// The channel of `topic`.
-pub fn channel(prefix: &str, topic: &str) -> String {
-    format!("{prefix}:{topic}")
+impl Conn for ConnectionManager {
+    async fn connect(
+        link: &Link,
+        push: impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static,
+    ) -> RedisResult<Self> {
+        let cfg = link.config();
+        let client = ::redis::Client::open(resp3(&cfg.url))?;
+        let manager_cfg = ConnectionManagerConfig::new()
+            .set_push_sender(push)
+            .set_automatic_resubscription()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(cfg.reconnect_min)
+            .set_max_delay(cfg.reconnect_max);
+        ConnectionManager::new_with_config(client, manager_cfg).await
+    }
+
+    async fn subscribe(&mut self, channels: Vec<String>) -> RedisResult<()> {
+        ConnectionManager::subscribe(self, channels).await
+    }
+
+    async fn unsubscribe(&mut self, channel: String) -> RedisResult<()> {
+        ConnectionManager::unsubscribe(self, channel).await
+    }
+
+    async fn publish(&mut self, prefix: &str, batch: &[Outgoing]) -> RedisResult<()> {
+        let mut pipe = ::redis::pipe();
+        for o in batch {
+            pipe.cmd("PUBLISH")
+                .arg(channel(prefix, &o.topic))
+                .arg(&o.envelope[..])
+                .ignore();
+        }
+        pipe.exec_async(self).await
+    }
+
+    async fn ping(&mut self) -> RedisResult<()> {
+        ::redis::cmd("PING").exec_async(self).await
+    }
 }
 
-async fn session(mut link: Link) {
-    let cfg = link.config().clone();
-    let client = match ::redis::Client::open(resp3(&cfg.url)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("surge-cluster: cannot use {}: {e}", cfg.url);
-            return;
+impl Conn for ClusterConnection {
+    async fn connect(
+        link: &Link,
+        push: impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static,
+    ) -> RedisResult<Self> {
+        let cfg = link.config();
+        let seeds: Vec<String> = cfg
+            .url
+            .trim_start_matches("redis-cluster://")
+            .split(',')
+            .map(|hp| format!("redis://{hp}"))
+            .collect();
+        let millis = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        ClusterClientBuilder::new(seeds)
+            .use_protocol(ProtocolVersion::RESP3)
+            .push_sender(push)
+            .connection_timeout(TIMEOUT)
+            .response_timeout(TIMEOUT)
+            .retries(1)
+            .min_retry_wait(millis(cfg.reconnect_min))
+            .max_retry_wait(millis(cfg.reconnect_max))
+            .build()?
+            .get_async_connection()
+            .await
+    }
+
+    async fn subscribe(&mut self, channels: Vec<String>) -> RedisResult<()> {
+        // One SSUBSCRIBE per channel: a cluster routes each by its slot.
+        for ch in channels {
+            self.ssubscribe(ch).await?;
         }
-    };
-    let prefix = format!("{}:", cfg.prefix);
-    let inbound = link.inbound();
-    // Pushed messages are delivered from the connection's own task; a lost connection is
-    // reported to the session.
-    let (down_tx, mut down_rx) = mpsc::unbounded_channel::<()>();
-    let push = move |p: PushInfo| -> Result<(), ()> {
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, channel: String) -> RedisResult<()> {
+        self.sunsubscribe(channel).await
+    }
+
+    async fn publish(&mut self, prefix: &str, batch: &[Outgoing]) -> RedisResult<()> {
+        // Each to the shard of its channel, in order.
+        for o in batch {
+            let _: Value = self
+                .spublish(channel(prefix, &o.topic), &o.envelope[..])
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn ping(&mut self) -> RedisResult<()> {
+        ::redis::cmd("PING").exec_async(self).await
+    }
+}
+
+/// Hands pushed messages (`message` or `smessage`: channel, payload) to the node, and reports a
+/// lost connection on `down`.
+fn pusher(
+    prefix: String,
+    inbound: Inbound,
+    down: mpsc::UnboundedSender<()>,
+) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static {
+    move |p: PushInfo| {
         match p.kind {
-            PushKind::Message => {
+            PushKind::Message | PushKind::SMessage => {
                 if let [Value::BulkString(ch), Value::BulkString(payload)] = &p.data[..] {
                     if let Some(topic) = ch.strip_prefix(prefix.as_bytes()) {
                         if let Ok(topic) = std::str::from_utf8(topic) {
@@ -79,31 +201,25 @@ async fn session(mut link: Link) {
                 }
             }
             PushKind::Disconnection => {
-                let _ = down_tx.send(());
+                let _ = down.send(());
             }
             _ => {}
         }
         Ok(())
-    };
-    let manager_cfg = ConnectionManagerConfig::new()
-        .set_push_sender(push)
-        .set_automatic_resubscription()
-        .set_connection_timeout(Some(TIMEOUT))
-        .set_response_timeout(Some(TIMEOUT))
-        .set_number_of_retries(1)
-        .set_min_delay(cfg.reconnect_min)
-        .set_max_delay(cfg.reconnect_max);
+    }
+}
+
+async fn session<C: Conn>(mut link: Link) {
+    let cfg = link.config().clone();
+    let (down_tx, mut down_rx) = mpsc::unbounded_channel::<()>();
+    let inbound = link.inbound();
+    let push = || pusher(format!("{}:", cfg.prefix), inbound.clone(), down_tx.clone());
 
     // The first connection: retried with backoff; meanwhile publishes are lost (counted) and
     // interest changes are only counted (the subscriptions are made once connected).
     let mut attempts = 0;
     let mut con = loop {
-        let made = tokio::time::timeout(
-            TIMEOUT * 2,
-            ConnectionManager::new_with_config(client.clone(), manager_cfg.clone()),
-        )
-        .await;
-        match made {
+        match tokio::time::timeout(TIMEOUT * 2, C::connect(&link, push())).await {
             Ok(Ok(c)) => break c,
             Ok(Err(e)) if attempts == 0 => {
                 eprintln!(
@@ -127,17 +243,17 @@ async fn session(mut link: Link) {
             }
         }
     };
-    let topics: Vec<String> = link.topics().map(|t| channel(&cfg.prefix, t)).collect();
-    let mut up = true;
-    if !topics.is_empty() {
-        up = run(con.subscribe(topics)).await.is_ok();
-    }
+    let all =
+        |link: &Link| -> Vec<String> { link.topics().map(|t| channel(&cfg.prefix, t)).collect() };
+    let first = all(&link);
+    let up = first.is_empty() || run(con.subscribe(first)).await.is_ok();
     link.set_connected(up);
-    // A subscribe failed: the manager restores only the subscriptions the server confirmed, so
-    // the session subscribes to every topic of the node once the server answers again.
+    // A subscribe failed: the connection restores only the subscriptions the server confirmed,
+    // so the session subscribes to every topic of the node once the server answers again.
     let mut resubscribe = !up;
     let mut health = tokio::time::interval(Duration::from_secs(1));
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         let op = tokio::select! {
             biased;
@@ -146,12 +262,12 @@ async fn session(mut link: Link) {
                 continue;
             }
             _ = health.tick() => {
-                // Also what makes the manager reconnect (and resubscribe) on a node that sends
-                // nothing else.
-                let mut ok = run(::redis::cmd("PING").exec_async(&mut con)).await.is_ok();
+                // Also what makes the connection reconnect (and resubscribe) on a node that
+                // sends nothing else.
+                let mut ok = run(con.ping()).await.is_ok();
                 if ok && resubscribe {
-                    let all: Vec<String> = link.topics().map(|t| channel(&cfg.prefix, t)).collect();
-                    ok = all.is_empty() || run(con.subscribe(all)).await.is_ok();
+                    let topics = all(&link);
+                    ok = topics.is_empty() || run(con.subscribe(topics)).await.is_ok();
                     resubscribe = !ok;
                 }
                 link.set_connected(ok);
@@ -162,9 +278,7 @@ async fn session(mut link: Link) {
         let Some(op) = op else { break };
         match op {
             Op::Subscribe(topic) => {
-                if let Err(e) = run(con.subscribe(channel(&cfg.prefix, &topic))).await {
-                    // The manager tracks only confirmed subscriptions: this one is made again
-                    // with the others after the reconnect (from the link's topic set).
+                if let Err(e) = run(con.subscribe(vec![channel(&cfg.prefix, &topic)])).await {
                     eprintln!("surge-cluster: redis subscribe to {topic:?} failed: {e}");
                     link.set_connected(false);
                     resubscribe = true;
@@ -174,27 +288,20 @@ async fn session(mut link: Link) {
                 let _ = run(con.unsubscribe(channel(&cfg.prefix, &topic))).await;
             }
             Op::Publish(first) => {
-                let mut pipe = ::redis::pipe();
-                pipe.cmd("PUBLISH")
-                    .arg(channel(&cfg.prefix, &first.topic))
-                    .arg(&first.envelope[..])
-                    .ignore();
-                let mut n = 1u64;
-                while n < BATCH as u64 {
+                batch.clear();
+                batch.push(first);
+                while batch.len() < BATCH {
                     let Some(o) = link.try_next_publish() else {
                         break;
                     };
-                    pipe.cmd("PUBLISH")
-                        .arg(channel(&cfg.prefix, &o.topic))
-                        .arg(&o.envelope[..])
-                        .ignore();
-                    n += 1;
+                    batch.push(o);
                 }
+                let n = batch.len() as u64;
                 if !link.is_connected() {
                     link.lost(n, &"the Redis server is not connected");
                     continue;
                 }
-                match run(pipe.exec_async(&mut con)).await {
+                match run(con.publish(&cfg.prefix, &batch)).await {
                     Ok(()) => link.sent(n),
                     Err(e) => {
                         link.lost(n, &e);
@@ -207,9 +314,7 @@ async fn session(mut link: Link) {
 }
 
 /// Runs one command with the session's timeout.
-async fn run<T>(
-    f: impl std::future::Future<Output = ::redis::RedisResult<T>>,
-) -> Result<T, String> {
+async fn run<T>(f: impl Future<Output = RedisResult<T>>) -> Result<T, String> {
     match tokio::time::timeout(TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),

@@ -8,7 +8,8 @@
 //! - a subscriber on node A receives, in order and once, what node C publishes (from a thread
 //!   and from a callback); C's own subscriber gets C's messages once (never back through the
 //!   broker); node B without subscribers of the topic is not subscribed at the broker (asked of
-//!   the broker itself: NATS monitoring `/subsz`, Redis `PUBSUB NUMSUB`), is subscribed while it
+//!   the broker itself: NATS monitoring `/subsz`, Redis `PUBSUB NUMSUB`, and `PUBSUB SHARDNUMSUB`
+//!   for the sharded pub/sub of a (one-node) Redis Cluster), is subscribed while it
 //!   has one, and is not once that one leaves;
 //! - the broker is killed and restarted on the same port while C publishes: local delivery goes
 //!   on, traffic to A resumes, the counts add up, nothing hangs; a cluster whose broker is dead
@@ -76,6 +77,8 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 enum Kind {
     Nats,
     Redis,
+    /// A one-node Redis Cluster (all 16,384 slots): sharded pub/sub.
+    RedisCluster,
 }
 
 /// A broker process of the test's own, killed on drop.
@@ -85,13 +88,15 @@ struct Broker {
     port: u16,
     monitor: u16,
     child: Option<Child>,
+    /// Redis Cluster: the node's directory (its nodes.conf keeps the slots across a restart).
+    dir: Option<PathBuf>,
 }
 
 impl Broker {
     fn start(kind: Kind) -> Option<Broker> {
         let bin = match kind {
             Kind::Nats => find("nats-server", "SURGE_NATS_SERVER")?,
-            Kind::Redis => find("redis-server", "SURGE_REDIS_SERVER")?,
+            Kind::Redis | Kind::RedisCluster => find("redis-server", "SURGE_REDIS_SERVER")?,
         };
         let mut b = Broker {
             kind,
@@ -99,8 +104,32 @@ impl Broker {
             port: free_port(),
             monitor: free_port(),
             child: None,
+            dir: None,
         };
+        if kind == Kind::RedisCluster {
+            let dir = std::env::temp_dir().join(format!(
+                "surge-cluster-test-{}-{}",
+                std::process::id(),
+                b.port
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            b.dir = Some(dir);
+        }
         b.restart();
+        if kind == Kind::RedisCluster {
+            // One node owning every slot, then wait for the cluster to say it is up.
+            let _: () = redis_query(
+                b.port,
+                ::redis::cmd("CLUSTER")
+                    .arg("ADDSLOTSRANGE")
+                    .arg(0)
+                    .arg(16383),
+            );
+            assert!(wait_until(Duration::from_secs(10), || {
+                let info: String = redis_query(b.port, ::redis::cmd("CLUSTER").arg("INFO"));
+                info.contains("cluster_state:ok")
+            }));
+        }
         Some(b)
     }
 
@@ -108,6 +137,7 @@ impl Broker {
         match self.kind {
             Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
             Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+            Kind::RedisCluster => format!("redis-cluster://127.0.0.1:{}", self.port),
         }
     }
 
@@ -133,6 +163,22 @@ impl Broker {
                 "--appendonly",
                 "no",
             ]),
+            Kind::RedisCluster => cmd
+                .args([
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    &self.port.to_string(),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .current_dir(self.dir.as_ref().unwrap()),
         };
         let child = cmd
             .stdout(Stdio::null())
@@ -171,34 +217,34 @@ impl Broker {
                     .map(|l| l.iter().filter(|s| s["subject"] == subject).count())
                     .unwrap_or(0)
             }
-            Kind::Redis => {
+            Kind::Redis | Kind::RedisCluster => {
                 let channel = surge_cluster::redis::channel("surge", topic);
-                let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let cmd = format!(
-                    "*3\r\n$6\r\nPUBSUB\r\n$6\r\nNUMSUB\r\n${}\r\n{channel}\r\n",
-                    channel.len()
-                );
-                s.write_all(cmd.as_bytes()).unwrap();
-                // *2 $len channel :count
-                let mut reply = Vec::new();
-                let mut b = [0u8; 512];
-                while !(reply.ends_with(b"\r\n") && reply.windows(3).any(|w| w == b"\r\n:")) {
-                    let n = s.read(&mut b).unwrap();
-                    assert!(n > 0, "redis closed");
-                    reply.extend_from_slice(&b[..n]);
-                }
-                let text = String::from_utf8(reply).unwrap();
-                let count = text.rsplit(':').next().unwrap().trim();
-                count.parse().unwrap()
+                let sub = if self.kind == Kind::Redis {
+                    "NUMSUB"
+                } else {
+                    "SHARDNUMSUB"
+                };
+                let reply: (String, usize) =
+                    redis_query(self.port, ::redis::cmd("PUBSUB").arg(sub).arg(&channel));
+                reply.1
             }
         }
     }
 }
 
+/// One command to the Redis server on `port`, through the redis crate's blocking client.
+fn redis_query<T: ::redis::FromRedisValue>(port: u16, cmd: &mut ::redis::Cmd) -> T {
+    let client = ::redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut con = client.get_connection().unwrap();
+    cmd.query(&mut con).unwrap()
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -396,7 +442,7 @@ fn three_nodes_one_topic(kind: Kind) {
     assert_eq!(sc.delivered, 0, "{sc:?}");
     match kind {
         // Redis echoes to the publisher's own subscription: skipped by node id.
-        Kind::Redis => assert_eq!(sc.own_skipped, 201, "{sc:?}"),
+        Kind::Redis | Kind::RedisCluster => assert_eq!(sc.own_skipped, 201, "{sc:?}"),
         Kind::Nats => assert_eq!(sc.received, 0, "no_echo: {sc:?}"),
     }
     // B gains a subscriber (0 -> 1), then loses it (1 -> 0).
@@ -528,6 +574,16 @@ fn nats_broker_restart_mid_stream() {
 #[test]
 fn redis_broker_restart_mid_stream() {
     broker_restart_mid_stream(Kind::Redis);
+}
+
+#[test]
+fn redis_cluster_sharded_three_nodes_one_topic() {
+    three_nodes_one_topic(Kind::RedisCluster);
+}
+
+#[test]
+fn redis_cluster_sharded_broker_restart_mid_stream() {
+    broker_restart_mid_stream(Kind::RedisCluster);
 }
 
 #[test]
