@@ -7,7 +7,13 @@
 //! use surge::{Server, ServerConfig};
 //! use surge_cluster::{Cluster, ClusterConfig};
 //! # struct App;
-//! # impl surge::Handler for App { type Data = (); }
+//! # impl surge::Handler for App {
+//! #     type Data = ();
+//! #     fn on_upgrade(&mut self, _: &surge::Request) -> surge::Upgrade<()> {
+//! #         surge::Upgrade::Accept(surge::Accept::new(()))
+//! #     }
+//! #     fn on_message(&mut self, _: &mut surge::Conn<'_, ()>, _: surge::Message<'_>) {}
+//! # }
 //!
 //! let cluster = Cluster::start(ClusterConfig::new("nats://127.0.0.1:4222"))?;
 //! let server = Server::new(ServerConfig::default())
