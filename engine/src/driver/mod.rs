@@ -133,7 +133,13 @@ pub(crate) enum IoEvent {
     Received {
         token: u64,
         bid: u16,
+        /// Where the bytes start in the buffer (0 unless the kernel consumes buffers
+        /// incrementally).
+        at: u32,
         len: u32,
+        /// The kernel keeps the rest of the buffer for later receives: recycling this part does
+        /// not give the buffer back.
+        keep: bool,
         more: bool,
     },
     /// uring: a receive completion without data: `res` 0 is EOF, `-ENOBUFS` means re-arm (at once,

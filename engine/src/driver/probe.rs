@@ -102,7 +102,7 @@ fn probe() -> Result<Support, String> {
             return Err(format!("opcode {name} not supported"));
         }
     }
-    super::uring::BufRing::new(&ring, 8, 64, 0, 8)
+    super::uring::BufRing::new(&ring, 8, 64, 0, 8, false)
         .map(drop)
         .map_err(|e| format!("provided buffer ring refused: {e}"))?;
     let direct = DIRECT_OPCODES.iter().all(|&c| probe.is_supported(c))

@@ -173,6 +173,14 @@ const CQ_ENTRIES: u32 = 32768;
 /// [`BufRing::grow`]) are ever touched: as many as one loop turn's receives needed at the peak.
 const RING_BUFFERS: u16 = 4096;
 const RING_BUFFER_SIZE: u32 = 16 * 1024;
+/// The buffer size where the kernel consumes provided buffers incrementally
+/// (`IOU_PBUF_RING_INC`, 6.12): receives are packed one after another into a buffer, so a larger
+/// buffer costs no more memory per small receive, and a 16 KiB frame with its header arrives in
+/// one receive instead of two (a 16 KiB buffer holds the payload but not the header).
+const RING_BUFFER_SIZE_INC: u32 = 128 * 1024;
+/// `IOU_PBUF_RING_INC` of `io_uring_register_pbuf_ring_flags` (the io-uring crate does not
+/// re-export it).
+const IOU_PBUF_RING_INC: u16 = 2;
 const BGID: u16 = 0;
 /// Provided buffers in the ring at first (see [`BufRing::new`]).
 const RING_INITIAL: u16 = 64;
@@ -284,6 +292,14 @@ pub(crate) struct BufRing {
     peak: u32,
     /// Every buffer's pages were dropped and none was handed out since.
     dropped: bool,
+    /// The kernel consumes buffers incrementally (`IOU_PBUF_RING_INC`): a completion may take
+    /// part of a buffer and leave the rest in the ring for the next receive (`BUF_MORE`).
+    inc: bool,
+    /// With `inc`: where the next receive into each buffer starts.
+    offsets: Vec<u32>,
+    /// Buffers in the ring at first, and the least a trim leaves: [`RING_INITIAL`] buffers'
+    /// worth of 16 KiB ones.
+    initial: u16,
 }
 
 fn mmap(len: usize) -> io::Result<*mut u8> {
@@ -307,13 +323,15 @@ fn mmap(len: usize) -> io::Result<*mut u8> {
 
 impl BufRing {
     /// Maps `count` buffers of `size` bytes and registers them as group `bgid` of `ring`; at
-    /// most `max` of them are ever in the ring.
+    /// most `max` of them are ever in the ring. `inc`: with incremental consumption, which fails
+    /// where the kernel lacks it (before 6.12).
     pub(crate) fn new(
         ring: &IoUring,
         count: u16,
         size: u32,
         bgid: u16,
         max: u16,
+        inc: bool,
     ) -> io::Result<BufRing> {
         assert!(count.is_power_of_two());
         let max = max.clamp(1, count);
@@ -329,7 +347,12 @@ impl BufRing {
                 return Err(e);
             }
         };
-        let first = max.min(RING_INITIAL);
+        let initial = if size > RING_BUFFER_SIZE {
+            (u32::from(RING_INITIAL) * RING_BUFFER_SIZE / size).max(1) as u16
+        } else {
+            RING_INITIAL
+        };
+        let first = max.min(initial);
         let mut br = BufRing {
             entries,
             entries_len,
@@ -346,14 +369,24 @@ impl BufRing {
             used_turn: 0,
             peak: 0,
             dropped: true,
+            inc,
+            offsets: if inc {
+                vec![0; usize::from(max)]
+            } else {
+                Vec::new()
+            },
+            initial,
         };
+        let flags = if br.inc { IOU_PBUF_RING_INC } else { 0 };
         // SAFETY: the entry array is page aligned (mmap), `count` entries long, and lives until
         // `Drop` of this BufRing, which the owner (UringDriver) runs only after the ring is idle or
         // leaks it otherwise (see UringDriver's Drop). The probe's throwaway ring is dropped
         // before its BufRing (declaration order at the call site: the BufRing is a temporary).
+        // Refused (with `inc`, before 6.12: EINVAL): nothing was registered, and `br` unmaps
+        // both mappings on the way out.
         unsafe {
             ring.submitter()
-                .register_buf_ring_with_flags(entries as u64, count, bgid, 0)?
+                .register_buf_ring_with_flags(entries as u64, count, bgid, flags)?
         };
         // Only a few buffers go in at first. The kernel takes buffers in ring order and the
         // worker gives each back in the same loop turn, so every buffer in the ring is used in
@@ -384,6 +417,26 @@ impl BufRing {
     fn handed_out(&mut self) {
         self.used_turn += 1;
         self.dropped = false;
+    }
+
+    /// A receive completion named buffer `bid` with `len` bytes: where in the buffer they start,
+    /// and whether the kernel keeps the rest of the buffer for the next receive (then the buffer
+    /// is not given back when this part is: [`UringDriver::recycle`] is told).
+    fn take(&mut self, bid: u16, len: u32, flags: u32) -> (u32, bool) {
+        if !self.inc {
+            self.handed_out();
+            return (0, false);
+        }
+        let keep = cqueue::buffer_more(flags);
+        let Some(off) = self.offsets.get_mut(usize::from(bid)) else {
+            return (0, keep);
+        };
+        let at = *off;
+        *off = if keep { at + len } else { 0 };
+        if at == 0 {
+            self.handed_out();
+        }
+        (at, keep)
     }
 
     /// Doubles the ring's size (at least 16 more), up to `max`, from the spare buffers (visible at
@@ -452,7 +505,7 @@ impl BufRing {
     /// Call between loop turns, when no buffer is handed out.
     fn trim(&mut self) {
         let peak = std::mem::take(&mut self.peak);
-        let floor = RING_INITIAL.min(self.max);
+        let floor = self.initial.min(self.max);
         let want = (peak.saturating_mul(2).next_power_of_two())
             .clamp(u32::from(floor), u32::from(self.max)) as u16;
         if want < self.target {
@@ -513,11 +566,16 @@ impl BufRing {
     /// # Safety
     /// The kernel must have handed `bid` out (a completion named it) and it must not have been
     /// given back yet: then only this process touches it.
-    unsafe fn slice(&mut self, bid: u16, len: usize) -> &mut [u8] {
-        debug_assert!(bid < self.count && len <= self.size as usize);
-        // SAFETY: in bounds of the mapping (bid < count, len <= size); exclusive per the contract.
+    unsafe fn slice(&mut self, bid: u16, at: usize, len: usize) -> &mut [u8] {
+        debug_assert!(bid < self.count && at + len <= self.size as usize);
+        // SAFETY: in bounds of the mapping (bid < count, at + len <= size); exclusive per the
+        // contract (with incremental consumption the kernel may later write the same buffer past
+        // `at + len`, but only inside this thread's io_uring_enter, not while the slice lives).
         unsafe {
-            std::slice::from_raw_parts_mut(self.mem.add(usize::from(bid) * self.size as usize), len)
+            std::slice::from_raw_parts_mut(
+                self.mem.add(usize::from(bid) * self.size as usize + at),
+                len,
+            )
         }
     }
 }
@@ -637,7 +695,27 @@ impl UringDriver {
             };
         let ring_index = register_ring_fd(ring.as_raw_fd());
         let max = u16::try_from(ring_max.clamp(1, usize::from(RING_BUFFERS))).expect("clamped");
-        let bufs = BufRing::new(&ring, RING_BUFFERS, RING_BUFFER_SIZE, BGID, max)?;
+        // Incremental consumption where the kernel has it (6.12): as many bytes in fewer, larger
+        // buffers (`uring_max_recv_buffers` counts 16 KiB). SURGE_URING_NO_INC=1 turns it off
+        // (to compare).
+        let per = (RING_BUFFER_SIZE_INC / RING_BUFFER_SIZE) as u16;
+        let try_inc = max >= per && std::env::var_os("SURGE_URING_NO_INC").is_none();
+        let inc = match try_inc {
+            true => BufRing::new(
+                &ring,
+                RING_BUFFERS,
+                RING_BUFFER_SIZE_INC,
+                BGID,
+                max / per,
+                true,
+            )
+            .ok(),
+            false => None,
+        };
+        let bufs = match inc {
+            Some(b) => b,
+            None => BufRing::new(&ring, RING_BUFFERS, RING_BUFFER_SIZE, BGID, max, false)?,
+        };
         let mut d = UringDriver {
             ring,
             ring_index,
@@ -883,13 +961,13 @@ impl UringDriver {
             Socket::Fd(s) => opcode::Recv::new(
                 types::Fd(s.as_raw_fd()),
                 std::ptr::null_mut(),
-                RING_BUFFER_SIZE,
+                self.bufs.size,
             )
             .buf_group(BGID)
             .flags(flags)
             .build(),
             Socket::Direct(slot) => {
-                opcode::Recv::new(types::Fixed(*slot), std::ptr::null_mut(), RING_BUFFER_SIZE)
+                opcode::Recv::new(types::Fixed(*slot), std::ptr::null_mut(), self.bufs.size)
                     .buf_group(BGID)
                     .flags(flags)
                     .build()
@@ -961,14 +1039,18 @@ impl UringDriver {
     /// # Safety
     /// `bid` and `len` must come from a `Received` event not yet given back with `recycle`, and the
     /// slice must be dropped before that.
-    pub(crate) unsafe fn buffer(&mut self, bid: u16, len: usize) -> *mut [u8] {
+    pub(crate) unsafe fn buffer(&mut self, bid: u16, at: u32, len: usize) -> *mut [u8] {
         // SAFETY: forwarded contract.
-        unsafe { self.bufs.slice(bid, len) as *mut [u8] }
+        unsafe { self.bufs.slice(bid, at as usize, len) as *mut [u8] }
     }
 
-    /// Gives a provided buffer back to the kernel (visible at the next poll).
-    pub(crate) fn recycle(&mut self, bid: u16) {
-        self.bufs.give_back(bid);
+    /// The worker is done with a `Received` event's bytes: the buffer goes back to the kernel
+    /// (visible at the next poll), unless the kernel kept its rest for later receives (`keep`,
+    /// from the event): then it comes back with the receive that finishes it.
+    pub(crate) fn recycle(&mut self, bid: u16, keep: bool) {
+        if !keep {
+            self.bufs.give_back(bid);
+        }
     }
 
     /// The worker's periodic buffer trim (see [`BufRing::trim`]): the ring shrinks to what the
@@ -990,7 +1072,7 @@ impl UringDriver {
 
     /// Whether a trim could free anything.
     pub(crate) fn holds_spare(&self) -> bool {
-        self.held_bytes() > 0 || self.bufs.target > RING_INITIAL.min(self.bufs.max)
+        self.held_bytes() > 0 || self.bufs.target > self.bufs.initial.min(self.bufs.max)
     }
 
     /// Whether a receive that ended with `ENOBUFS` should wait for buffers to come back (the ring
@@ -1215,16 +1297,20 @@ impl UringDriver {
                     let token = payload;
                     match cqueue::buffer_select(flags) {
                         Some(bid) if res > 0 => {
-                            self.bufs.handed_out();
+                            let (at, keep) = self.bufs.take(bid, res as u32, flags);
                             out.push(IoEvent::Received {
                                 token,
                                 bid,
+                                at,
                                 len: res as u32,
+                                keep,
                                 more,
                             })
                         }
                         Some(bid) => {
-                            self.bufs.give_back(bid);
+                            if !(self.bufs.inc && cqueue::buffer_more(flags)) {
+                                self.bufs.give_back(bid);
+                            }
                             out.push(IoEvent::RecvEnd { token, res, more });
                         }
                         None => {
@@ -1327,26 +1413,39 @@ impl UringDriver {
         let bid = cqueue::buffer_select(flags);
         let Some(pair) = self.recvs.get_mut(&token) else {
             // Not ours to track (cannot happen: every receive has its entry until its pair is
-            // done); just give the buffer back.
+            // done); just give the buffer back (or its part, when the kernel keeps the rest).
             if let Some(bid) = bid {
-                self.bufs.give_back(bid);
+                let (_, keep) = self.bufs.take(bid, res.max(0) as u32, flags);
+                if !keep {
+                    self.bufs.give_back(bid);
+                }
             }
             return;
         };
         pair.inflight = pair.inflight.saturating_sub(1);
         match bid {
             Some(bid) if res > 0 && pair.ended.is_none() => {
-                self.bufs.handed_out();
+                let (at, keep) = self.bufs.take(bid, res as u32, flags);
                 out.push(IoEvent::Received {
                     token,
                     bid,
+                    at,
                     len: res as u32,
+                    keep,
                     more: true, // the poll stays armed
                 })
             }
             _ => {
                 if let Some(bid) = bid {
-                    self.bufs.give_back(bid);
+                    if res > 0 {
+                        // Bytes after the pair ended: dropped, the buffer's part consumed.
+                        let (_, keep) = self.bufs.take(bid, res as u32, flags);
+                        if !keep {
+                            self.bufs.give_back(bid);
+                        }
+                    } else if !(self.bufs.inc && cqueue::buffer_more(flags)) {
+                        self.bufs.give_back(bid);
+                    }
                 }
                 pair.ended.get_or_insert(res);
             }
@@ -1445,6 +1544,9 @@ impl Drop for UringDriver {
                     target: 0,
                     max: 0,
                     short: false,
+                    inc: false,
+                    offsets: Vec::new(),
+                    initial: 0,
                     used_turn: 0,
                     peak: 0,
                     dropped: true,
@@ -1469,7 +1571,7 @@ mod tests {
             return;
         }
         let ring = builder().build(8).unwrap();
-        let mut br = BufRing::new(&ring, 1024, 4096, 0, 512).unwrap();
+        let mut br = BufRing::new(&ring, 1024, 4096, 0, 512, false).unwrap();
         assert_eq!(br.target, RING_INITIAL);
         assert_eq!(br.held_bytes(), 0, "nothing touched yet");
         // Many receives short in one turn: one doubling.
@@ -1525,6 +1627,35 @@ mod tests {
         br.end_turn();
         assert_eq!(br.target, 128);
         assert!(br.spare.iter().all(|&b| b >= 128));
+        drop(br);
+        drop(ring);
+    }
+
+    /// Incremental consumption: completions of one buffer start where the previous one ended
+    /// while the kernel keeps the buffer (`BUF_MORE`); the one without it ends the buffer, which
+    /// counts once as used.
+    #[test]
+    fn incremental_buffers_are_read_in_parts() {
+        if super::super::probe::uring_support().is_err() {
+            eprintln!("SKIPPED: no io_uring");
+            return;
+        }
+        let ring = builder().build(8).unwrap();
+        let Ok(mut br) = BufRing::new(&ring, 64, 65536, 0, 16, true) else {
+            eprintln!("SKIPPED: the kernel has no incremental provided buffers (6.12)");
+            return;
+        };
+        assert_eq!(br.target, 16, "64 x 16 KiB worth of 64 KiB buffers");
+        let more = 1 << 4; // IORING_CQE_F_BUF_MORE
+        assert_eq!(br.take(2, 100, more), (0, true));
+        assert_eq!(br.take(2, 16388, more), (100, true));
+        assert_eq!(
+            br.take(2, 50, 0),
+            (16488, false),
+            "the last part ends the buffer"
+        );
+        assert_eq!(br.used_turn, 1, "one buffer used");
+        assert_eq!(br.take(2, 10, more), (0, true), "its next use starts over");
         drop(br);
         drop(ring);
     }

@@ -1039,7 +1039,9 @@ impl<H: Handler> Worker<H> {
             IoEvent::Received {
                 token,
                 bid,
+                at,
                 len,
+                keep,
                 more,
             } => {
                 let id = ConnId(token);
@@ -1049,14 +1051,14 @@ impl<H: Handler> Worker<H> {
                 // SAFETY: the completion handed `bid` to us and it is recycled only below, after
                 // the last use of `input`. The buffer is in the driver's mapping, which neither the
                 // handler nor the protocol core can reach, so nothing else aliases it meanwhile.
-                let input = unsafe { &mut *d.buffer(bid, len as usize) };
+                let input = unsafe { &mut *d.buffer(bid, at, len as usize) };
                 if self.ctx.conns.get(id).is_some() {
                     self.process_input(id, input);
                 }
                 let Driver::Uring(d) = &mut self.driver else {
                     unreachable!()
                 };
-                d.recycle(bid);
+                d.recycle(bid, keep);
                 if !more {
                     self.rearm_recv(id);
                 }
