@@ -22,6 +22,8 @@
 //! Ctrl-C (SIGINT) or SIGTERM closes every connection with 1001 and exits.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use surge::signal::ShutdownSignals;
 use surge::{
@@ -34,6 +36,9 @@ const ROOM: &str = "room";
 
 struct Chat {
     next_guest: u64,
+    /// Chatters on this node, all workers (not the page's or favicon's HTTP connections, which
+    /// `connection_count` would include).
+    present: Arc<AtomicUsize>,
 }
 
 impl Chat {
@@ -80,8 +85,7 @@ impl Handler for Chat {
 
     fn on_open(&mut self, conn: &mut Conn<'_, String>) {
         conn.subscribe(ROOM);
-        // Server-wide, as of each worker's last loop turn.
-        let here = conn.worker().publisher().connection_count().max(1);
+        let here = self.present.fetch_add(1, Ordering::Relaxed) + 1;
         let text = format!("* {} joined ({here} here)", conn.data());
         Self::broadcast(conn.worker(), &text);
     }
@@ -95,6 +99,7 @@ impl Handler for Chat {
     }
 
     fn on_close(&mut self, worker: &mut WorkerCtx<String>, nick: String, _info: &CloseInfo<'_>) {
+        self.present.fetch_sub(1, Ordering::Relaxed);
         // Its subscription has ended with it: the others hear it.
         Self::broadcast(worker, &format!("* {nick} left"));
     }
@@ -167,7 +172,11 @@ fn main() -> std::io::Result<()> {
         }
         None => None,
     };
-    let handle = server.start(|_worker| Chat { next_guest: 0 })?;
+    let present = Arc::new(AtomicUsize::new(0));
+    let handle = server.start(move |_worker| Chat {
+        next_guest: 0,
+        present: Arc::clone(&present),
+    })?;
     println!(
         "chat on http://{0}/ (WebSocket at ws://{0}/ws)",
         handle.local_addr()
