@@ -148,7 +148,8 @@ pub struct Stats {
     /// This node's own publications that came back from the broker and were skipped (Redis
     /// pub/sub echoes to the publisher's subscriptions; NATS is told not to).
     pub own_skipped: u64,
-    /// Publishes dropped because the queue to the broker was full.
+    /// Publishes dropped because the queue to the broker was full (or the cluster was shut down
+    /// while the server runs on).
     pub dropped_queue_full: u64,
     /// Messages over `max_message_size`, dropped (sent or received).
     pub dropped_oversized: u64,
@@ -261,11 +262,19 @@ impl FanoutBridge for Node {
             topic: Arc::from(topic),
             envelope: envelope::encode(self.id, msg).into(),
         };
-        if self.out.try_send(item).is_err() {
+        if let Err(e) = self.out.try_send(item) {
             bump(&c.dropped_queue_full);
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    "the queue to the broker is full (max_queued): publishes dropped for other nodes"
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    "the cluster has shut down: publishes go to this node's subscribers only"
+                }
+            };
             self.full_log.log(
                 self.started,
-                "the queue to the broker is full (max_queued): publishes dropped for other nodes",
+                why,
                 c.dropped_queue_full.load(Ordering::Relaxed),
             );
         }
