@@ -162,16 +162,8 @@ fn main() -> std::io::Result<()> {
 
     // Block SIGINT and SIGTERM in every thread (workers inherit the mask), and take them here.
     let signals = ShutdownSignals::block();
-    let mut server = Server::new(cfg);
-    let cluster = match cluster_url {
-        Some(url) => {
-            let c = surge_cluster::Cluster::start(surge_cluster::ClusterConfig::new(url))
-                .map_err(std::io::Error::other)?;
-            server = server.with_bridge(c.bridge());
-            Some(c)
-        }
-        None => None,
-    };
+    let (server, cluster) = surge_cluster::Cluster::join(Server::new(cfg), cluster_url)
+        .map_err(std::io::Error::other)?;
     let present = Arc::new(AtomicUsize::new(0));
     let handle = server.start(move |_worker| Chat {
         next_guest: 0,

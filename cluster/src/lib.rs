@@ -567,6 +567,19 @@ impl Cluster {
         })
     }
 
+    /// `server` joined to the cluster at `url` when there is one (a `--cluster` flag), else
+    /// `server` as it is: the server to start, and the cluster to shut down after it.
+    pub fn join(
+        server: surge::Server,
+        url: Option<String>,
+    ) -> Result<(surge::Server, Option<Cluster>), Error> {
+        let Some(url) = url else {
+            return Ok((server, None));
+        };
+        let cluster = Cluster::start(ClusterConfig::new(url))?;
+        Ok((server.with_bridge(cluster.bridge()), Some(cluster)))
+    }
+
     /// The bridge to start the server with ([`surge::Server::with_bridge`]).
     pub fn bridge(&self) -> Arc<dyn FanoutBridge> {
         Arc::clone(&self.node) as Arc<dyn FanoutBridge>

@@ -225,8 +225,8 @@ pub struct ServerConfig {
     /// each loop turn, as buffers come back. Bounds what one loop turn receives, hence the
     /// memory a worker holds under load (docs/BENCHMARKS.md, "Memory under load"). No effect on
     /// epoll. Where the kernel consumes provided buffers incrementally (6.12 and later) and this
-    /// is at least 4, the same bytes are in a quarter as many 64 KiB buffers, each receive packed
-    /// after the previous one, so that a 16 KiB message and its frame header arrive in one
+    /// is at least 8, the same bytes are in an eighth as many 128 KiB buffers, each receive
+    /// packed after the previous one, so that a 16 KiB message and its frame header arrive in one
     /// receive (`SURGE_URING_NO_INC=1` keeps 16 KiB buffers, to compare).
     pub uring_max_recv_buffers: usize,
     /// Most bytes a worker's connections may hold together for messages partly received

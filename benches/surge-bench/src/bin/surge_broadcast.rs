@@ -55,16 +55,8 @@ fn main() -> std::io::Result<()> {
     cfg.bind = vec![SocketAddr::from(([0, 0, 0, 0], port))];
     cfg.origin = surge::handshake::OriginPolicy::AllowAll;
     cfg.backlog = 4096;
-    let mut server = Server::new(cfg);
-    let cluster = match cluster_url {
-        Some(url) => {
-            let c = surge_cluster::Cluster::start(surge_cluster::ClusterConfig::new(url))
-                .map_err(std::io::Error::other)?;
-            server = server.with_bridge(c.bridge());
-            Some(c)
-        }
-        None => None,
-    };
+    let (server, cluster) = surge_cluster::Cluster::join(Server::new(cfg), cluster_url)
+        .map_err(std::io::Error::other)?;
     let handle = server.start(|_| Broadcast)?;
     println!("listening on {}", handle.local_addr());
     if let Some(c) = cluster {
