@@ -19,9 +19,7 @@
 
 use crate::handshake::{Rejection, Request};
 use crate::proto::{CloseCode, Message, MessageKind};
-use crate::server::worker::dial::ConnectError;
-use crate::server::worker::{Conn, WorkerCtx};
-use crate::server::ConnId;
+use crate::server::{Conn, ConnId, ConnectError, WorkerCtx};
 
 /// What [`Handler::on_upgrade`] decides.
 #[derive(Debug)]

@@ -9,21 +9,24 @@
 //! [`probe`] decides which one runs (`SURGE_BACKEND`, then a probe of the kernel), and whether the
 //! uring driver accepts into direct descriptors ([`Socket::Direct`]).
 
+pub(crate) mod backend;
 pub(crate) mod epoll;
 pub(crate) mod probe;
+pub(crate) mod sys;
 pub(crate) mod uring;
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::buf::{ChunkPool, WriteQueue};
 use crate::ratelog::RateLog;
 
 use mio::net::{TcpListener, TcpStream};
 
-use crate::server::config::{Backend, UringRecv};
+pub use backend::{Backend, UringRecv};
 
 /// How long a worker waits before accepting again after an accept failed with an error that may
 /// persist (out of descriptors or memory): retrying at once would spin, and waiting for the next
@@ -114,9 +117,12 @@ pub(crate) enum IoEvent {
         writable: bool,
         hup: bool,
     },
-    /// uring: the connect poll of connection `token` completed (`res`: the poll mask, or -errno;
-    /// the connect's own outcome is the socket's `SO_ERROR`).
-    Connected { token: u64, res: i32 },
+    /// uring: the connect poll of connection `token` completed (`error`: the poll failed; else the
+    /// connect's own outcome is the socket's `SO_ERROR`). A cancelled poll reports nothing.
+    Connected {
+        token: u64,
+        error: Option<io::Error>,
+    },
     /// uring: the worker's eventfd was written.
     Wake,
     /// uring: listener `listener` accepted `socket` (now owned by the worker: dropping a direct
@@ -128,27 +134,20 @@ pub(crate) enum IoEvent {
         token: u64,
         addr: Option<SocketAddr>,
     },
-    /// uring: `len` bytes arrived for connection `token` in provided buffer `bid`; `more`: the
-    /// multishot receive stays armed.
+    /// uring: bytes arrived for connection `token`, lent in `buf` (give it back with
+    /// [`Driver::recycle`] once they are processed); `more`: the receive stays armed (else re-arm
+    /// with [`Driver::rearm_recv`]).
     Received {
         token: u64,
-        bid: u16,
-        /// Where the bytes start in the buffer (0 unless the kernel consumes buffers
-        /// incrementally).
-        at: u32,
-        len: u32,
-        /// The kernel keeps the rest of the buffer for later receives: recycling this part does
-        /// not give the buffer back.
-        keep: bool,
+        buf: uring::RecvBuf,
         more: bool,
     },
-    /// uring: a receive completion without data: `res` 0 is EOF, `-ENOBUFS` means re-arm (at once,
-    /// or a few per turn when `UringDriver::recv_starved`: the ring is at its limit), other
-    /// negative values are errors (`-ECANCELED` after a cancel). In the poll mode
-    /// ([`UringRecv::PollThenRecv`]) the end of a connection's readiness poll comes as `-EAGAIN`
-    /// without `more` (re-arm with [`Driver::register_conn`]'s `arm_recv`), and a poll's error as
-    /// that error.
-    RecvEnd { token: u64, res: i32, more: bool },
+    /// uring: a receive ended without data (see [`RecvEnd`]); `more`: the receive stays armed.
+    RecvEnd {
+        token: u64,
+        end: RecvEnd,
+        more: bool,
+    },
     /// uring, poll mode: connection `token` may have bytes to read and none of its receives is in
     /// flight: start one with `UringDriver::recv_once` (unless the connection is gone or at EOF).
     Readable { token: u64 },
@@ -159,6 +158,46 @@ pub(crate) enum IoEvent {
         res: i32,
         orphan: Option<crate::buf::WriteQueue>,
     },
+}
+
+/// Why a receive ended without data (io_uring), as the worker acts on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RecvEnd {
+    /// The peer's EOF.
+    Eof,
+    /// Out of provided buffers with the ring at its limit: the bytes wait in the socket; re-arm
+    /// with [`Driver::rearm_starved`], a few connections per turn (re-arming them all at once
+    /// would end most in `ENOBUFS` again).
+    Starved,
+    /// Nothing wrong (out of buffers below the limit, interrupted, cancelled, the end of a
+    /// readiness poll): re-arm unless the receive stays armed.
+    Retry,
+    /// A socket error: the connection is broken.
+    Failed,
+}
+
+impl RecvEnd {
+    /// The end a receive completion's result `res` (<= 0) means; `at_max`: the buffer ring cannot
+    /// grow.
+    pub(crate) fn of(res: i32, at_max: bool) -> RecvEnd {
+        match -res {
+            0 => RecvEnd::Eof,
+            libc::ENOBUFS if at_max => RecvEnd::Starved,
+            libc::ENOBUFS | libc::EINTR | libc::EAGAIN | libc::ECANCELED => RecvEnd::Retry,
+            e if e > 0 => RecvEnd::Failed,
+            _ => RecvEnd::Retry,
+        }
+    }
+}
+
+/// What [`Driver::write`] did with a write queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// Written at once (epoll): `empty` the queue is now empty, `wrote` some bytes left.
+    Done { empty: bool, wrote: bool },
+    /// A write of the queue is in flight (io_uring): its chunks must stay put, and no other write
+    /// of it may start, until its [`IoEvent::Sent`].
+    InFlight,
 }
 
 /// Wakes a worker blocked in its driver's wait, from any thread.
@@ -215,13 +254,7 @@ impl DriverSeed {
     ) -> io::Result<(DriverSeed, Waker)> {
         match backend {
             Backend::IoUring => {
-                // SAFETY: eventfd takes no pointers; the result is checked before use.
-                let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-                let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+                let fd = Arc::new(sys::event_fd()?);
                 let seed = DriverSeed::Uring {
                     wake: Arc::clone(&fd),
                     direct,
@@ -355,6 +388,142 @@ impl Driver {
     pub(crate) fn close(&mut self, socket: Socket) {
         if let (Driver::Uring(d), Socket::Direct(slot)) = (self, &socket) {
             d.close_direct(*slot);
+        }
+    }
+
+    /// Ends connection `token` in the driver: its receive is cancelled, its socket closed (a direct
+    /// descriptor's slot freed) and its write queue released, or, while a write of the queue is in
+    /// flight (`writing`), kept by the driver until that write's completion (the kernel may still
+    /// read its chunks), and the write cancelled.
+    pub(crate) fn close_conn(
+        &mut self,
+        token: u64,
+        socket: Socket,
+        mut queue: WriteQueue,
+        writing: bool,
+        pool: &mut ChunkPool,
+    ) {
+        if let Driver::Uring(d) = self {
+            d.cancel_recv(token);
+            if let Socket::Direct(slot) = socket {
+                d.close_direct(slot);
+            } // an ordinary descriptor closes on drop
+            if writing {
+                match d.orphan_send(token, queue) {
+                    Some(q) => queue = q, // its send completed already
+                    None => return,
+                }
+            }
+        }
+        queue.release(pool);
+    }
+
+    /// Gives back the buffer of a [`IoEvent::Received`] (the worker is done with its bytes).
+    pub(crate) fn recycle(&mut self, buf: uring::RecvBuf) {
+        if let Driver::Uring(d) = self {
+            d.recycle(buf);
+        }
+    }
+
+    /// Re-arms connection `token`'s receive after it ended (io_uring; epoll needs nothing).
+    pub(crate) fn rearm_recv(&mut self, socket: &Socket, token: u64) {
+        if let Driver::Uring(d) = self {
+            d.arm_recv(socket, token);
+        }
+    }
+
+    /// After an [`IoEvent::Readable`]: starts reading connection `token` (io_uring poll mode).
+    pub(crate) fn read_more(&mut self, socket: &Socket, token: u64) {
+        if let Driver::Uring(d) = self {
+            d.recv_once(socket, token);
+        }
+    }
+
+    /// How many [`RecvEnd::Starved`] connections to re-arm before the next poll (0 on epoll).
+    pub(crate) fn starved_budget(&self) -> usize {
+        match self {
+            Driver::Uring(d) => d.starved_budget(),
+            Driver::Epoll(_) => 0,
+        }
+    }
+
+    /// Re-arms a [`RecvEnd::Starved`] connection's receive.
+    pub(crate) fn rearm_starved(&mut self, socket: &Socket, token: u64) {
+        if let Driver::Uring(d) = self {
+            d.rearm_starved(socket, token);
+        }
+    }
+
+    /// The periodic buffer trim: the driver gives back what the last interval did not need.
+    pub(crate) fn trim(&mut self) {
+        if let Driver::Uring(d) = self {
+            d.trim();
+        }
+    }
+
+    /// Bytes of buffers the driver keeps for reuse (part of `WorkerCtx::buffer_memory`).
+    pub(crate) fn held_bytes(&self) -> usize {
+        match self {
+            Driver::Uring(d) => d.held_bytes(),
+            Driver::Epoll(_) => 0,
+        }
+    }
+
+    /// Whether a [`Driver::trim`] could free anything.
+    pub(crate) fn holds_spare(&self) -> bool {
+        match self {
+            Driver::Uring(d) => d.holds_spare(),
+            Driver::Epoll(_) => false,
+        }
+    }
+
+    /// Writes connection `token`'s queue: at once with `writev` until the socket is full (epoll),
+    /// or as a `sendmsg` in flight (io_uring, when the queue is not empty: then the queue's chunks
+    /// must stay put until its [`IoEvent::Sent`]). An error means the connection is broken.
+    pub(crate) fn write(
+        &mut self,
+        socket: &mut Socket,
+        token: u64,
+        queue: &mut WriteQueue,
+        pool: &mut ChunkPool,
+    ) -> io::Result<Written> {
+        match self {
+            Driver::Uring(d) if !queue.is_empty() => {
+                d.send(socket, token, queue)?;
+                Ok(Written::InFlight)
+            }
+            Driver::Uring(_) => Ok(Written::Done {
+                empty: true,
+                wrote: false,
+            }),
+            Driver::Epoll(_) => {
+                let before = queue.len();
+                let empty = queue.flush(socket, pool)?;
+                Ok(Written::Done {
+                    empty,
+                    wrote: queue.len() != before,
+                })
+            }
+        }
+    }
+
+    /// Cancels the connect wait of outgoing connection `token` (its socket is being closed).
+    pub(crate) fn cancel_connect(&mut self, token: u64) {
+        if let Driver::Uring(d) = self {
+            d.cancel_connect(token);
+        }
+    }
+
+    /// After an outgoing connection's connect wait ended (io_uring): `connected`, its receive
+    /// starts; else it waits again. (epoll: its registration covers both.)
+    pub(crate) fn dial_progress(&mut self, socket: &Socket, token: u64, connected: bool) {
+        let Driver::Uring(d) = self else {
+            return;
+        };
+        if connected {
+            d.arm_recv(socket, token);
+        } else if let Socket::Fd(s) = socket {
+            d.poll_connect(s.as_raw_fd(), token);
         }
     }
 

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 use io_uring::{opcode, IoUring, Probe};
 
-use crate::server::config::Backend;
+use super::Backend;
 
 /// The environment variable that overrides [`ServerConfig::backend`](crate::ServerConfig::backend).
 pub(crate) const ENV: &str = "SURGE_BACKEND";

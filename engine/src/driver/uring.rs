@@ -53,9 +53,11 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+use super::RecvEnd;
+use super::UringRecv;
 use super::{AcceptErrors, IoEvent, Socket, ACCEPT_RETRY};
 use crate::buf::WriteQueue;
-use crate::server::config::UringRecv;
+use std::rc::Rc;
 
 /// Most chunks in one `sendmsg`.
 const MAX_IOV: usize = 64;
@@ -304,6 +306,49 @@ pub(crate) struct BufRing {
     /// Buffers in the ring at first, and the least a trim leaves: [`RING_INITIAL`] buffers'
     /// worth of 16 KiB ones.
     initial: u16,
+    /// Shared with every [`RecvBuf`] lent: while one lives, the buffers' mapping stays.
+    live: Rc<()>,
+}
+
+/// Bytes the kernel received into a provided buffer, lent to the worker by an
+/// [`IoEvent::Received`] until it gives them back with [`UringDriver::recycle`]. Only this process
+/// touches them meanwhile: the kernel handed the range out and reuses it only once it is given
+/// back (with incremental consumption it writes the same buffer later, past this range).
+pub(crate) struct RecvBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+    bid: u16,
+    /// The kernel keeps the rest of the buffer for later receives: giving this part back does not
+    /// return the buffer.
+    keep: bool,
+    /// Keeps the mapping: a `BufRing` dropped while buffers are lent leaks it.
+    live: Rc<()>,
+}
+
+impl std::fmt::Debug for RecvBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBuf")
+            .field("bid", &self.bid)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl std::ops::Deref for RecvBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr + len` lies in the ring's mapping (checked in `BufRing::lend`), which
+        // stays mapped while `live` is shared; the kernel handed the range to us and does not
+        // write it until it is given back, which consumes this value.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for RecvBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; `&mut self` makes the access exclusive (one `RecvBuf` per range).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
 }
 
 fn mmap(len: usize) -> io::Result<*mut u8> {
@@ -380,6 +425,7 @@ impl BufRing {
                 Vec::new()
             },
             initial,
+            live: Rc::new(()),
         };
         let flags = if br.inc { IOU_PBUF_RING_INC } else { 0 };
         // SAFETY: the entry array is page aligned (mmap), `count` entries long, and lives until
@@ -565,21 +611,18 @@ impl BufRing {
         self.published = self.tail;
     }
 
-    /// Buffer `bid`'s first `len` bytes.
-    ///
-    /// # Safety
-    /// The kernel must have handed `bid` out (a completion named it) and it must not have been
-    /// given back yet: then only this process touches it.
-    unsafe fn slice(&mut self, bid: u16, at: usize, len: usize) -> &mut [u8] {
-        debug_assert!(bid < self.count && at + len <= self.size as usize);
-        // SAFETY: in bounds of the mapping (bid < count, at + len <= size); exclusive per the
-        // contract (with incremental consumption the kernel may later write the same buffer past
-        // `at + len`, but only inside this thread's io_uring_enter, not while the slice lives).
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.mem.add(usize::from(bid) * self.size as usize + at),
-                len,
-            )
+    /// Lends the `len` bytes at `at` of buffer `bid`, which a completion handed out.
+    fn lend(&mut self, bid: u16, at: u32, len: u32, keep: bool) -> RecvBuf {
+        assert!(bid < self.count && at as usize + len as usize <= self.size as usize);
+        let offset = usize::from(bid) * self.size as usize + at as usize;
+        // SAFETY: in bounds of the mapping (asserted above), which is not null.
+        let ptr = unsafe { std::ptr::NonNull::new_unchecked(self.mem.add(offset)) };
+        RecvBuf {
+            ptr,
+            len: len as usize,
+            bid,
+            keep,
+            live: Rc::clone(&self.live),
         }
     }
 }
@@ -587,9 +630,12 @@ impl BufRing {
 impl Drop for BufRing {
     fn drop(&mut self) {
         // SAFETY: both mappings were created in `new` with these lengths. The owner guarantees the
-        // kernel no longer uses them (the ring is idle or closed).
+        // kernel no longer uses them (the ring is idle or closed). The buffers stay mapped (leaked)
+        // while a `RecvBuf` still points into them.
         unsafe {
-            libc::munmap(self.mem.cast(), self.mem_len);
+            if Rc::strong_count(&self.live) == 1 {
+                libc::munmap(self.mem.cast(), self.mem_len);
+            }
             libc::munmap(self.entries.cast(), self.entries_len);
         }
     }
@@ -1038,22 +1084,16 @@ impl UringDriver {
         unsafe { self.push(e) };
     }
 
-    /// The bytes of provided buffer `bid`, handed out by a [`IoEvent::Received`].
-    ///
-    /// # Safety
-    /// `bid` and `len` must come from a `Received` event not yet given back with `recycle`, and the
-    /// slice must be dropped before that.
-    pub(crate) unsafe fn buffer(&mut self, bid: u16, at: u32, len: usize) -> *mut [u8] {
-        // SAFETY: forwarded contract.
-        unsafe { self.bufs.slice(bid, at as usize, len) as *mut [u8] }
-    }
-
     /// The worker is done with a `Received` event's bytes: the buffer goes back to the kernel
-    /// (visible at the next poll), unless the kernel kept its rest for later receives (`keep`,
-    /// from the event): then it comes back with the receive that finishes it.
-    pub(crate) fn recycle(&mut self, bid: u16, keep: bool) {
-        if !keep {
-            self.bufs.give_back(bid);
+    /// (visible at the next poll), unless the kernel kept its rest for later receives: then it
+    /// comes back with the receive that finishes it.
+    pub(crate) fn recycle(&mut self, buf: RecvBuf) {
+        debug_assert!(
+            Rc::ptr_eq(&buf.live, &self.bufs.live),
+            "another ring's buffer"
+        );
+        if !buf.keep {
+            self.bufs.give_back(buf.bid);
         }
     }
 
@@ -1077,12 +1117,6 @@ impl UringDriver {
     /// Whether a trim could free anything.
     pub(crate) fn holds_spare(&self) -> bool {
         self.held_bytes() > 0 || self.bufs.target > self.bufs.initial.min(self.bufs.max)
-    }
-
-    /// Whether a receive that ended with `ENOBUFS` should wait for buffers to come back (the ring
-    /// cannot grow) rather than re-arm at once.
-    pub(crate) fn recv_starved(&self) -> bool {
-        self.bufs.at_max()
     }
 
     /// Re-arms the receive of a connection whose receive ended with `ENOBUFS` while the ring could
@@ -1285,14 +1319,18 @@ impl UringDriver {
                     if res < 0 {
                         // -ECANCELED: cancelled at close (the connection is gone), or by the
                         // kernel; the worker re-arms if the connection is still there.
-                        out.push(IoEvent::RecvEnd { token, res, more });
+                        out.push(IoEvent::RecvEnd {
+                            token,
+                            end: RecvEnd::of(res, self.bufs.at_max()),
+                            more,
+                        });
                         continue;
                     }
                     self.readable(token, out);
                     if !more {
                         out.push(IoEvent::RecvEnd {
                             token,
-                            res: -libc::EAGAIN,
+                            end: RecvEnd::Retry,
                             more: false,
                         });
                     }
@@ -1302,26 +1340,28 @@ impl UringDriver {
                     match cqueue::buffer_select(flags) {
                         Some(bid) if res > 0 => {
                             let (at, keep) = self.bufs.take(bid, res as u32, flags);
-                            out.push(IoEvent::Received {
-                                token,
-                                bid,
-                                at,
-                                len: res as u32,
-                                keep,
-                                more,
-                            })
+                            let buf = self.bufs.lend(bid, at, res as u32, keep);
+                            out.push(IoEvent::Received { token, buf, more })
                         }
                         Some(bid) => {
                             if !(self.bufs.inc && cqueue::buffer_more(flags)) {
                                 self.bufs.give_back(bid);
                             }
-                            out.push(IoEvent::RecvEnd { token, res, more });
+                            out.push(IoEvent::RecvEnd {
+                                token,
+                                end: RecvEnd::of(res, self.bufs.at_max()),
+                                more,
+                            });
                         }
                         None => {
                             if res == -libc::ENOBUFS {
                                 self.bufs.note_short();
                             }
-                            out.push(IoEvent::RecvEnd { token, res, more })
+                            out.push(IoEvent::RecvEnd {
+                                token,
+                                end: RecvEnd::of(res, self.bufs.at_max()),
+                                more,
+                            })
                         }
                     }
                 }
@@ -1339,9 +1379,12 @@ impl UringDriver {
                         }
                     }
                 }
+                // A cancelled connect poll: its connection is gone.
+                CONNECT if res == -libc::ECANCELED => {}
                 CONNECT => out.push(IoEvent::Connected {
                     token: payload,
-                    res,
+                    error: (res < 0 && res != -libc::EINTR)
+                        .then(|| io::Error::from_raw_os_error(-res)),
                 }),
                 WAKE => {
                     out.push(IoEvent::Wake);
@@ -1430,13 +1473,12 @@ impl UringDriver {
         match bid {
             Some(bid) if res > 0 && pair.ended.is_none() => {
                 let (at, keep) = self.bufs.take(bid, res as u32, flags);
+                let buf = self.bufs.lend(bid, at, res as u32, keep);
+                // The poll stays armed.
                 out.push(IoEvent::Received {
                     token,
-                    bid,
-                    at,
-                    len: res as u32,
-                    keep,
-                    more: true, // the poll stays armed
+                    buf,
+                    more: true,
                 })
             }
             _ => {
@@ -1469,7 +1511,7 @@ impl UringDriver {
                 if self.bufs.at_max() {
                     out.push(IoEvent::RecvEnd {
                         token,
-                        res,
+                        end: RecvEnd::Starved,
                         more: true,
                     });
                 } else {
@@ -1486,7 +1528,7 @@ impl UringDriver {
             // ignores it. The poll stays armed (cancelled at close).
             Some(res) => out.push(IoEvent::RecvEnd {
                 token,
-                res,
+                end: RecvEnd::of(res, self.bufs.at_max()),
                 more: true,
             }),
         }
@@ -1551,6 +1593,7 @@ impl Drop for UringDriver {
                     inc: false,
                     offsets: Vec::new(),
                     initial: 0,
+                    live: Rc::new(()),
                     used_turn: 0,
                     peak: 0,
                     dropped: true,

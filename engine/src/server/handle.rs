@@ -283,20 +283,12 @@ impl ServerHandle {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{FromRawFd, OwnedFd};
-
     use super::*;
     use crate::driver::Waker;
 
     fn shared(workers: usize) -> Arc<Shared> {
         let wakers = (0..workers)
-            .map(|_| {
-                // SAFETY: eventfd takes no pointers; the result is checked before use.
-                let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-                assert!(fd >= 0);
-                // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-                Waker::EventFd(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }))
-            })
+            .map(|_| Waker::EventFd(Arc::new(crate::driver::sys::event_fd().unwrap())))
             .collect::<Vec<_>>();
         Arc::new(Shared {
             stop: AtomicBool::new(false),

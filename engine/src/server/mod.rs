@@ -163,7 +163,7 @@ impl Server {
                 .name(format!("surge-worker-{i}"))
                 .spawn(move || {
                     if cfg.pin_cpus {
-                        worker::pin_to_cpu(i);
+                        crate::driver::sys::pin_to_cpu(i);
                     }
                     let driver = match driver.open() {
                         Ok(d) => {
@@ -252,14 +252,7 @@ fn direct_table_size(cfg: &ServerConfig) -> u32 {
     {
         return 0;
     }
-    // SAFETY: `rlimit` is plain data; getrlimit writes one into it.
-    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: `lim` is a live, writable rlimit.
-    let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur
-    } else {
-        1024
-    };
+    let nofile = crate::driver::sys::nofile_limit();
     let want = cfg.max_connections_per_worker as u64;
     want.min(nofile).min(1 << 20) as u32
 }

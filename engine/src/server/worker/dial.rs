@@ -31,12 +31,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
-
-use super::{Conn, Connection, Stage, Worker, WorkerCtx, CLIENT};
+use super::{Conn, Connection, Flag, Flags, Stage, Worker, WorkerCtx};
 use crate::buf::{ChunkPool, WriteQueue};
 use crate::driver::Driver;
 use crate::handler::Handler;
@@ -186,8 +183,6 @@ pub(crate) struct ClientState<D> {
     pending: HashMap<ConnId, D>,
     /// Connections to register with the driver before the next poll.
     fresh: Vec<ConnId>,
-    /// io_uring: connect polls to cancel (their sockets are gone).
-    cancels: Vec<u64>,
     /// The protocol settings with the client role (frames received must not be masked) and no
     /// automatic pong (the worker sends it).
     pub(super) proto: proto::Config,
@@ -218,7 +213,6 @@ impl<D> ClientState<D> {
         ClientState {
             pending: HashMap::new(),
             fresh: Vec::new(),
-            cancels: Vec::new(),
             proto,
             rng: os_seed(),
         }
@@ -234,13 +228,19 @@ impl<D> ClientState<D> {
     }
 
     /// A connection in the `Dial` stage leaves the registry.
-    pub(super) fn forget(&mut self, id: ConnId, dial: Dial, chunks: &mut ChunkPool, uring: bool) {
+    pub(super) fn forget(
+        &mut self,
+        id: ConnId,
+        dial: Dial,
+        chunks: &mut ChunkPool,
+        driver: &mut Driver,
+    ) {
         self.pending.remove(&id);
         if dial.buf.capacity() != 0 {
             chunks.put(dial.buf);
         }
-        if uring && !dial.connected {
-            self.cancels.push(id.0);
+        if !dial.connected {
+            driver.cancel_connect(id.0);
         }
     }
 }
@@ -298,49 +298,6 @@ fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address found")))
 }
 
-/// `IP_BIND_ADDRESS_NO_PORT` (Linux 4.2): a bind without a port does not reserve one; the port
-/// is chosen at connect time, per destination, so many addresses can share the port range.
-const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
-
-/// A non-blocking TCP socket, bound to `source` if given, with its connect under way.
-fn start_connect(
-    addr: SocketAddr,
-    source: Option<IpAddr>,
-    nodelay: bool,
-) -> io::Result<mio::net::TcpStream> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_nonblocking(true)?;
-    if nodelay {
-        socket.set_nodelay(true)?;
-    }
-    if let Some(src) = source {
-        if src.is_ipv4() {
-            let one: libc::c_int = 1;
-            // SAFETY: setsockopt reads `size_of::<c_int>()` bytes of `one`, a live local; the
-            // descriptor is the socket's own.
-            let r = unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::IPPROTO_IP,
-                    IP_BIND_ADDRESS_NO_PORT,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if r != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        socket.bind(&SocketAddr::new(src, 0).into())?;
-    }
-    match socket.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(mio::net::TcpStream::from_std(socket.into()))
-}
-
 impl<D> WorkerCtx<D> {
     /// Opens an outgoing WebSocket connection from this worker, driven by the same loop and driver
     /// as accepted ones, with the same handler: `on_open` once the server's 101 is checked, then
@@ -358,7 +315,8 @@ impl<D> WorkerCtx<D> {
         }
         let (host, port, path) = parse_url(&req.url)?;
         let addr = resolve(&host, port)?;
-        let socket = start_connect(addr, req.source_addr, self.cfg.tcp_nodelay)?;
+        let socket =
+            crate::driver::sys::start_connect(addr, req.source_addr, self.cfg.tcp_nodelay)?;
         let mut request = ClientRequest::new(host, port, path);
         for p in &req.subprotocols {
             request = request.subprotocol(p.clone());
@@ -383,7 +341,7 @@ impl<D> WorkerCtx<D> {
             timer: 0,
             dropped: 0,
             stall: 0,
-            flags: CLIENT,
+            flags: Flags::only(Flag::Client),
             subprotocol: 0,
             peer: super::PackedPeer::default(),
             queue,
@@ -412,19 +370,13 @@ impl<D> WorkerCtx<D> {
 }
 
 impl<H: Handler> Worker<H> {
-    /// Registers the connections opened since the last poll, and (io_uring) cancels the connect
-    /// polls of those removed meanwhile.
+    /// Registers the connections opened since the last poll.
     pub(super) fn register_dials(&mut self) {
-        if let Driver::Uring(d) = &mut self.driver {
-            for token in self.ctx.client.cancels.drain(..) {
-                d.cancel_connect(token);
-            }
-        }
         while let Some(id) = self.ctx.client.fresh.pop() {
             let Some(c) = self.ctx.conns.get_mut(id) else {
                 continue;
             };
-            if let Err(e) = self.driver.register_dial(&mut c.socket, id.0 as usize) {
+            if let Err(e) = self.ctx.driver.register_dial(&mut c.socket, id.0 as usize) {
                 self.dial_failed(id, ConnectError::Io(e));
             }
         }
@@ -441,29 +393,23 @@ impl<H: Handler> Worker<H> {
     }
 
     /// io_uring: the connect poll of `id` completed.
-    pub(super) fn dial_polled(&mut self, id: ConnId, res: i32) {
+    pub(super) fn dial_polled(&mut self, id: ConnId, error: Option<io::Error>) {
         if !matches!(
             self.ctx.conns.get(id).map(|c| &c.stage),
             Some(Stage::Dial(d)) if !d.connected
         ) {
             return; // stale (removed, or its slot reused)
         }
-        if res < 0 && res != -libc::EINTR {
-            if res == -libc::ECANCELED {
-                return;
-            }
-            self.dial_failed(id, ConnectError::Io(io::Error::from_raw_os_error(-res)));
+        if let Some(e) = error {
+            self.dial_failed(id, ConnectError::Io(e));
             return;
         }
         if self.dial_connected(id) {
-            let c = self.ctx.conns.get(id).expect("still there");
-            if let Driver::Uring(d) = &mut self.driver {
-                if matches!(&c.stage, Stage::Dial(dial) if dial.connected) {
-                    d.arm_recv(&c.socket, id.0);
-                } else if let crate::driver::Socket::Fd(s) = &c.socket {
-                    d.poll_connect(s.as_raw_fd(), id.0); // not connected yet: wait again
-                }
-            }
+            let ctx = &mut self.ctx;
+            let c = ctx.conns.get(id).expect("still there");
+            // Connected: the receive starts; not yet: wait again.
+            let connected = matches!(&c.stage, Stage::Dial(dial) if dial.connected);
+            ctx.driver.dial_progress(&c.socket, id.0, connected);
         }
     }
 

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::{Conn, WorkerCtx, CLIENT, LINKED};
+use super::{Conn, Flag, WorkerCtx};
 use crate::handler::SendStatus;
 use crate::prepared::PreparedMessage;
 use crate::server::handle::ConnHandle;
@@ -43,7 +43,7 @@ impl<D> WorkerCtx<D> {
         let Some(c) = self.conns.get(id) else {
             return SendStatus::Closed;
         };
-        if c.flags & CLIENT != 0 {
+        if c.has(Flag::Client) {
             // An outgoing connection masks every frame with its own key: the shared (unmasked)
             // frame cannot go out as is, so the payload is framed (and compressed, when
             // negotiated) for it alone.
@@ -140,7 +140,7 @@ impl<D> WorkerCtx<D> {
         if c.data.is_none() {
             return false;
         }
-        c.flags |= LINKED;
+        c.set(Flag::Linked);
         match self.fanout.topics.subscribe(id, topic) {
             None => false,
             Some(created) => {
@@ -156,7 +156,7 @@ impl<D> WorkerCtx<D> {
 
     fn unsubscribe_id(&mut self, id: ConnId, topic: &str) -> bool {
         let removed = match self.conns.get(id) {
-            Some(c) if c.has(LINKED) => self.fanout.topics.unsubscribe(id, topic),
+            Some(c) if c.has(Flag::Linked) => self.fanout.topics.unsubscribe(id, topic),
             _ => None,
         };
         let Some(ended) = removed else {
@@ -172,8 +172,8 @@ impl<D> WorkerCtx<D> {
     /// The connection is closed (or gone): drops its subscriptions and fails its handles.
     pub(super) fn unlink(&mut self, id: ConnId) {
         if let Some(c) = self.conns.get_mut(id) {
-            if c.has(LINKED) {
-                c.flags &= !LINKED;
+            if c.has(Flag::Linked) {
+                c.clear(Flag::Linked);
                 let shared = &self.fanout.shared;
                 let interest = &shared.mailboxes[self.index].interest;
                 let index = self.index;
@@ -268,7 +268,7 @@ impl<D> Conn<'_, D> {
 
     /// Whether this connection is subscribed to `topic`.
     pub fn is_subscribed(&self, topic: &str) -> bool {
-        self.entry().has(LINKED) && self.ctx.fanout.topics.is_subscribed(self.id, topic)
+        self.entry().has(Flag::Linked) && self.ctx.fanout.topics.is_subscribed(self.id, topic)
     }
 
     /// Sends `msg` to every subscriber of `topic` on every worker (this connection too, if it is
@@ -287,7 +287,7 @@ impl<D> Conn<'_, D> {
             .conns
             .get_mut(id)
             .expect("a Conn handle names a live connection");
-        c.flags |= LINKED;
+        c.set(Flag::Linked);
         let open = c.data.is_some();
         let alive = ctx
             .fanout

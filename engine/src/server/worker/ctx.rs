@@ -1,0 +1,289 @@
+//! The worker's state as the application sees it ([`WorkerCtx`]): connections, pools, timers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::buf::ChunkPool;
+
+use crate::handshake::HandshakeConfig;
+use crate::proto;
+use crate::server::config::ServerConfig;
+use crate::server::registry::{ConnId, Registry};
+use crate::server::timer::TimerWheel;
+use crate::server::Shared;
+
+/// What a wheel entry is for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TimerEntry {
+    Conn(ConnId),
+    /// The connection's write-stall check (`STALL_ARMED`).
+    Stall(ConnId),
+    App {
+        id: u64,
+        seq: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct AppTimer {
+    pub(super) seq: u64,
+    pub(super) due: Instant,
+    pub(super) period: Option<Duration>,
+}
+
+/// A worker's state as the application sees it in callbacks: its connections, its timers.
+///
+/// Reached through [`Conn::worker`] or given to [`Handler::on_timer`].
+pub struct WorkerCtx<D> {
+    pub(super) index: usize,
+    pub(super) conns: Registry<Connection<D>>,
+    pub(super) chunks: ChunkPool,
+    pub(super) assembly: ChunkPool,
+    pub(super) wheel: TimerWheel<TimerEntry>,
+    pub(super) dirty: Vec<ConnId>,
+    pub(super) now: Instant,
+    pub(super) cfg: Arc<ServerConfig>,
+    pub(super) hs_cfg: HandshakeConfig,
+    /// Subprotocols of live connections (see `protocols.rs`).
+    pub(super) protocols: Protocols,
+    pub(super) app_timers: HashMap<u64, AppTimer>,
+    pub(super) timer_seq: u64,
+    pub(super) dropped: u64,
+    /// Topics, handles and the mailbox (fanout.rs).
+    pub(super) fanout: fanout::Fanout,
+    /// Outgoing connections: pending upgrades, the client-role settings.
+    pub(super) client: ClientState<D>,
+    /// permessage-deflate: the worker's pooled compressors and buffers.
+    pub(super) compression: Compression,
+    /// Bytes held by messages in progress, against `max_assembly_per_worker` (budget.rs).
+    pub(super) budget: budget::AssemblyBudget,
+    /// io_uring direct descriptors: IPv6 peer addresses of upgraded connections (an IPv4 one is
+    /// packed in the connection).
+    pub(super) peers6: HashMap<ConnId, SocketAddr>,
+    /// The protocol settings the server-role reader gets: `cfg.proto` without automatic pongs,
+    /// which the worker sends itself, within the backpressure limit (`send_pong`).
+    pub(super) rx_proto: proto::Config,
+    /// Pongs waiting for a write queue over the backpressure limit to drain: only the latest per
+    /// connection (RFC 6455 5.5.3 allows answering only the most recent ping).
+    pub(super) pending_pongs: HashMap<ConnId, Vec<u8>>,
+    /// Rate-limited log lines about connections closed for writes that stall.
+    pub(super) stall_log: crate::ratelog::RateLog,
+    /// The kernel side: sockets, and with io_uring the operations in flight and their buffers.
+    pub(super) driver: Driver,
+}
+
+impl<D> std::fmt::Debug for WorkerCtx<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerCtx")
+            .field("index", &self.index)
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D> WorkerCtx<D> {
+    pub(super) fn new(
+        index: usize,
+        cfg: Arc<ServerConfig>,
+        shared: Arc<Shared>,
+        driver: Driver,
+    ) -> Self {
+        let now = Instant::now();
+        let cfg_proto = cfg.proto.clone();
+        let mut rx_proto = cfg.proto.clone();
+        rx_proto.auto_pong = false;
+        WorkerCtx {
+            index,
+            conns: Registry::new(),
+            chunks: ChunkPool::new(cfg.write_chunk_size, cfg.pool_max_cached),
+            assembly: ChunkPool::new(cfg.write_chunk_size, cfg.pool_max_cached),
+            wheel: TimerWheel::new(now),
+            dirty: Vec::new(),
+            now,
+            hs_cfg: cfg.handshake(),
+            protocols: Protocols::new(&cfg.subprotocols),
+            compression: Compression::new(&cfg),
+            budget: budget::AssemblyBudget::default(),
+            cfg,
+            app_timers: HashMap::new(),
+            timer_seq: 0,
+            dropped: 0,
+            fanout: fanout::Fanout::new(shared),
+            client: ClientState::new(&cfg_proto),
+            peers6: HashMap::new(),
+            rx_proto,
+            pending_pongs: HashMap::new(),
+            stall_log: crate::ratelog::RateLog::default(),
+            driver,
+        }
+    }
+
+    /// Bytes of buffers this worker keeps for reuse: the free chunks of its pools and, on
+    /// io_uring, its provided receive buffers whose pages may be resident and the boxes of
+    /// completed sends. Follows the working set: what an interval of
+    /// [`ServerConfig::buffer_trim_interval`] did not need is given back at its end, so it drops
+    /// to (nearly) 0 within two intervals after the load stops.
+    pub fn buffer_memory(&self) -> usize {
+        self.chunks.cached_bytes() + self.assembly.cached_bytes() + self.driver.held_bytes()
+    }
+
+    /// This worker's index (0-based).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Connections held, handshakes and closing ones included.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Messages dropped under backpressure on this worker so far.
+    pub fn dropped_count(&self) -> u64 {
+        self.dropped
+    }
+
+    /// The time cached at the start of this loop turn.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// An open connection of this worker (`None` once `on_close` has been called for it).
+    pub fn conn(&mut self, id: ConnId) -> Option<Conn<'_, D>> {
+        let c = self.conns.get(id)?;
+        c.data.as_ref()?;
+        Some(Conn { ctx: self, id })
+    }
+
+    /// The ids of this worker's open connections (collected: the caller may then send to each).
+    pub fn conn_ids(&self) -> Vec<ConnId> {
+        self.conns
+            .ids()
+            .filter(|&id| self.conns.get(id).is_some_and(|c| c.data.is_some()))
+            .collect()
+    }
+
+    /// Calls `f` on every open connection.
+    pub fn for_each_conn(&mut self, mut f: impl FnMut(&mut Conn<'_, D>)) {
+        for id in self.conn_ids() {
+            if let Some(mut c) = self.conn(id) {
+                f(&mut c);
+            }
+        }
+    }
+
+    /// Calls [`Handler::on_timer`] with `id` once, after `after`. Replaces a timer with the same id.
+    pub fn set_timeout(&mut self, after: Duration, id: u64) {
+        self.arm_app(after, id, None);
+    }
+
+    /// Calls [`Handler::on_timer`] with `id` every `every` (a game tick), without drift. Replaces a
+    /// timer with the same id.
+    pub fn set_interval(&mut self, every: Duration, id: u64) {
+        self.arm_app(every, id, Some(every.max(crate::server::timer::TICK)));
+    }
+
+    /// Cancels the timer `id`; returns whether one was set.
+    pub fn cancel_timer(&mut self, id: u64) -> bool {
+        self.app_timers.remove(&id).is_some()
+    }
+
+    pub(super) fn arm_app(&mut self, after: Duration, id: u64, period: Option<Duration>) {
+        self.timer_seq += 1;
+        let due = self.now + after;
+        let seq = self.timer_seq;
+        self.app_timers.insert(id, AppTimer { seq, due, period });
+        self.wheel.insert(due, TimerEntry::App { id, seq });
+    }
+
+    pub(super) fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(id) {
+            if !c.has(Flag::Dirty) {
+                c.set(Flag::Dirty);
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Arms the connection's one timer for `at` (`None`: disarm). Entries of earlier arms go stale.
+    pub(super) fn arm(&mut self, id: ConnId, at: Option<Instant>) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        // The connection keeps its tick's low 32 bits: deadlines are capped at ~24.8 days ahead
+        // (a timer that fires early on an open connection is re-armed by its core).
+        let at = at.map(|at| at.min(self.now + crate::server::timer::MAX_LOW32_AHEAD));
+        let want = at.map_or(0, |at| (self.wheel.tick_of(at) as u32).wrapping_add(1));
+        if c.timer == want {
+            return;
+        }
+        if c.timer != 0 {
+            // Cancel the old entry now rather than leave it to fire stale: idle connections
+            // then hold nothing in the wheel.
+            let old = c.timer.wrapping_sub(1);
+            let tick = self.wheel.full_tick(old);
+            self.wheel
+                .cancel(tick, |_, v| matches!(v, TimerEntry::Conn(x) if *x == id));
+            c.timer = 0;
+        }
+        let Some(at) = at else {
+            return;
+        };
+        let tick = self.wheel.insert(at, TimerEntry::Conn(id));
+        c.timer = (tick as u32).wrapping_add(1);
+    }
+
+    /// Re-arms the connection's timer from its protocol core.
+    pub(super) fn sync_timer(&mut self, id: ConnId) {
+        let at = match self.conns.get(id).map(|c| &c.stage) {
+            Some(Stage::Open(p)) => p.poll_timeout(),
+            _ => return,
+        };
+        self.arm(id, at);
+    }
+
+    /// Removes a connection and closes its socket (the kernel drops it from epoll).
+    pub(super) fn remove(&mut self, id: ConnId) {
+        self.unlink(id);
+        self.arm(id, None);
+        if !self.pending_pongs.is_empty() {
+            self.pending_pongs.remove(&id);
+        }
+        if let Some(mut c) = self.conns.remove(id) {
+            self.assembly_released(c.assembly_held());
+            if c.peer == PackedPeer::V6 {
+                self.peers6.remove(&id);
+            }
+            self.protocols.release(id, c.subprotocol);
+            // A write in flight keeps its queue in the driver until its completion.
+            let writing = c.has(Flag::Writing);
+            let queue = std::mem::take(&mut c.queue);
+            self.driver
+                .close_conn(id.0, c.socket, queue, writing, &mut self.chunks);
+            match c.stage {
+                Stage::Handshake(hs) => self.chunks.put(hs.held),
+                Stage::Open(mut p) => p.recycle(&mut self.assembly),
+                Stage::Dial(d) => self
+                    .client
+                    .forget(id, *d, &mut self.chunks, &mut self.driver),
+                _ => {}
+            }
+        }
+    }
+
+    /// Moves a connection whose core is closed to draining, with the close timeout as deadline.
+    pub(super) fn enter_draining(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        self.budget.release(c.assembly_held());
+        if let Stage::Open(mut p) = std::mem::replace(&mut c.stage, Stage::Draining) {
+            p.recycle(&mut self.assembly);
+        }
+        let deadline = self.now + self.cfg.proto.close_timeout;
+        self.arm(id, Some(deadline));
+        self.mark_dirty(id);
+    }
+}

@@ -1,0 +1,259 @@
+//! Input: reads, EOF, the close callback, and frames into the protocol core.
+
+use std::io::{self, Read};
+
+use super::*;
+use crate::buf::QueueOutput;
+use crate::handler::{CloseInfo, Handler};
+use crate::proto::{CloseCode, Event};
+use crate::server::registry::ConnId;
+
+impl<H: Handler> Worker<H> {
+    /// Reads what the socket has (bounded per turn) and processes it by stage.
+    /// `hup`: the peer's EOF is known to be queued, so a short read does not mean "empty".
+    /// epoll: reads what connection `id` has, hands it to the protocol core, then sends what
+    /// handling it queued on this connection at once, before the next connection is read (as
+    /// uWebSockets uncorks after each socket's data): a chunk written goes straight back to the
+    /// pool for the next connection, so a turn that echoes hundreds of messages holds one or two
+    /// chunks, not one per message until the end of the turn. Sends to other connections still
+    /// wait for the turn's end (one `writev` each, however many messages).
+    pub(super) fn on_readable(&mut self, id: ConnId, hup: bool) {
+        self.read_input(id, hup);
+        if self.ctx.conns.get(id).is_some_and(|c| c.has(Flag::Dirty)) {
+            self.flush_conn(id);
+        }
+    }
+
+    pub(super) fn read_input(&mut self, id: ConnId, hup: bool) {
+        for _ in 0..MAX_READS_PER_TURN {
+            let Some(c) = self.ctx.conns.get_mut(id) else {
+                return;
+            };
+            if matches!(c.stage, Stage::Draining) && c.has(Flag::PeerEof) {
+                return;
+            }
+            let n = match c.socket.read(&mut self.read_buf) {
+                Ok(0) => {
+                    self.on_eof(id);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close_callback(id, CloseCode::ABNORMAL, "", false);
+                    self.ctx.remove(id);
+                    return;
+                }
+            };
+            let mut input = std::mem::take(&mut self.read_buf);
+            self.process_input(id, &mut input[..n]);
+            let short = n < input.len();
+            self.read_buf = input;
+            // Linux reports every arrival on an edge-triggered socket, so a short read means the
+            // socket is empty for now: skip the read that would only say WouldBlock. Not when the
+            // same edge reported the peer's FIN: data and FIN arriving together make one edge,
+            // and the EOF would never be read (the connection would leak).
+            if short && !hup {
+                return;
+            }
+        }
+        self.pending_reads.push(id);
+    }
+
+    /// Received bytes, by stage: the upgrade request, frames, or (draining) discarded.
+    pub(super) fn process_input(&mut self, id: ConnId, input: &mut [u8]) {
+        let Some(c) = self.ctx.conns.get(id) else {
+            return;
+        };
+        match c.stage {
+            Stage::Handshake(_) => self.handshake_bytes(id, input),
+            Stage::Open(_) => self.ws_bytes(id, input),
+            Stage::Dial(_) => self.dial_bytes(id, input),
+            Stage::Draining => {}
+        }
+    }
+
+    pub(super) fn on_eof(&mut self, id: ConnId) {
+        let Some(c) = self.ctx.conns.get_mut(id) else {
+            return;
+        };
+        c.set(Flag::PeerEof);
+        if c.queue.is_empty() {
+            self.close_callback(id, CloseCode::ABNORMAL, "", false);
+            self.ctx.remove(id);
+            return;
+        }
+        // The peer only half-closed, maybe right after its request or a message: what is queued
+        // for it (a 101, an echo, a close frame) is flushed first, as in the draining stage; then
+        // the connection goes (flush_dirty), or at the close timeout.
+        if !matches!(c.stage, Stage::Draining) {
+            self.close_callback(id, CloseCode::ABNORMAL, "", false);
+            let ctx = &mut self.ctx;
+            let Some(c) = ctx.conns.get_mut(id) else {
+                return;
+            };
+            ctx.budget.release(c.assembly_held());
+            match std::mem::replace(&mut c.stage, Stage::Draining) {
+                Stage::Open(mut p) => p.recycle(&mut ctx.assembly),
+                Stage::Handshake(hs) => ctx.chunks.put(hs.held),
+                Stage::Dial(d) => ctx.client.forget(id, *d, &mut ctx.chunks, &mut ctx.driver),
+                Stage::Draining => {}
+            }
+            let deadline = ctx.now + ctx.cfg.proto.close_timeout;
+            ctx.arm(id, Some(deadline));
+        }
+        self.ctx.mark_dirty(id);
+    }
+
+    /// Calls `on_close` if the connection was open and has not had it yet.
+    pub(super) fn close_callback(
+        &mut self,
+        id: ConnId,
+        code: CloseCode,
+        reason: &str,
+        by_peer: bool,
+    ) {
+        self.ctx.unlink(id);
+        if self.is_dialing(id) {
+            self.dial_failed(id, ConnectError::Closed);
+            return;
+        }
+        let Some(c) = self.ctx.conns.get_mut(id) else {
+            return;
+        };
+        if let Some(data) = c.data.take() {
+            let info = CloseInfo {
+                id,
+                code,
+                reason,
+                by_peer,
+            };
+            self.handler.on_close(&mut self.ctx, data, &info);
+        }
+    }
+    /// Feeds received bytes to the protocol core and delivers its events, strictly in order. The
+    /// core's reader is out on the stack meanwhile (the events borrow its buffers); its writer stays
+    /// in the slot, so what the handler sends or closes goes straight through it.
+    pub(super) fn ws_bytes(&mut self, id: ConnId, input: &mut [u8]) {
+        let held_before = self.ctx.conns.get(id).map_or(0, Connection::assembly_held);
+        let Some(Stage::Open(core)) = self.ctx.conns.get_mut(id).map(|c| &mut c.stage) else {
+            unreachable!("ws_bytes is called in the open stage");
+        };
+        let mut reader = std::mem::take(&mut core.reader);
+        let mut pos = 0;
+        while pos < input.len() {
+            let ctx = &mut self.ctx;
+            let c = ctx
+                .conns
+                .get_mut(id)
+                .expect("handlers cannot remove connections");
+            let Stage::Open(core) = &mut c.stage else {
+                unreachable!("only ws_bytes leaves the open stage of a connection it reads");
+            };
+            let mut out = QueueOutput {
+                queue: &mut c.queue,
+                pool: &mut ctx.chunks,
+            };
+            let had = out.queue.len();
+            let proto_cfg = if c.flags.has(Flag::Client) {
+                &ctx.client.proto
+            } else {
+                &ctx.rx_proto
+            };
+            let result = reader.read_ext(
+                &mut core.writer,
+                &mut input[pos..],
+                proto_cfg,
+                &mut out,
+                &mut ctx.assembly,
+            );
+            let wrote = out.queue.len() != had;
+            if wrote {
+                ctx.mark_dirty(id);
+            }
+            let (n, event, compressed) = match result {
+                Ok(found) => found,
+                Err(e) => {
+                    // The core queued a close with the error's code; bytes after the bad frame are
+                    // not looked at.
+                    self.close_callback(id, e.close_code(), "", false);
+                    break;
+                }
+            };
+            pos += n;
+            let Some(event) = event else {
+                continue;
+            };
+            let mut conn = Conn {
+                ctx: &mut self.ctx,
+                id,
+            };
+            let mut inflated = Inflated::Delivered;
+            let mut closed_by_peer = false;
+            match event {
+                Event::Message(m) => match compressed {
+                    None => self.handler.on_message(&mut conn, m),
+                    Some(kind) => inflated = self.deliver_compressed(id, kind, m.as_bytes(), None),
+                },
+                Event::Fragment {
+                    kind,
+                    data,
+                    first,
+                    last,
+                } if compressed.is_some() => {
+                    inflated = self.deliver_compressed(id, kind, data, Some((first, last)));
+                }
+                Event::Fragment {
+                    kind,
+                    data,
+                    first,
+                    last,
+                } => self.handler.on_fragment(&mut conn, kind, data, first, last),
+                Event::Ping(d) => {
+                    if conn.ctx.cfg.proto.auto_pong {
+                        let _ = conn.ctx.send_pong(id, d);
+                    }
+                    self.handler.on_ping(&mut conn, d)
+                }
+                Event::Pong(d) => self.handler.on_pong(&mut conn, d),
+                Event::Close { code, reason } => {
+                    self.close_callback(id, code, reason, true);
+                    closed_by_peer = true;
+                }
+            }
+            if let Inflated::Failed(e) = inflated {
+                // As for a protocol error: the core queues a close with the error's code.
+                let ctx = &mut self.ctx;
+                let c = ctx.conns.get_mut(id).expect("still registered");
+                if let Stage::Open(core) = &mut c.stage {
+                    let mut out = QueueOutput {
+                        queue: &mut c.queue,
+                        pool: &mut ctx.chunks,
+                    };
+                    core.writer.fail(&mut out, &e);
+                }
+                ctx.mark_dirty(id);
+                self.close_callback(id, e.close_code(), "", false);
+                break;
+            }
+            if closed_by_peer {
+                break;
+            }
+        }
+        let ctx = &mut self.ctx;
+        reader.recycle(&mut ctx.assembly);
+        let Some(Stage::Open(core)) = ctx.conns.get_mut(id).map(|c| &mut c.stage) else {
+            unreachable!("handlers cannot remove connections");
+        };
+        core.reader = reader;
+        let closed = core.writer.is_closed();
+        ctx.assembly_settled(id, held_before);
+        if closed {
+            ctx.enter_draining(id);
+        } else {
+            ctx.sync_timer(id);
+        }
+        self.enforce_assembly_budget();
+    }
+}

@@ -1,0 +1,149 @@
+//! The server side of the upgrade: the request's bytes, the handler's decision, the 101.
+
+use std::net::SocketAddr;
+
+use super::*;
+use crate::driver::Socket;
+use crate::handler::{Handler, Upgrade};
+use crate::handshake::{
+    check_origin, parse_request, write_accept_response, write_rejection, ParseStatus, Rejection,
+};
+use crate::proto::{self, Role};
+use crate::server::registry::ConnId;
+
+impl<H: Handler> Worker<H> {
+    /// Bytes of the upgrade request (and maybe the first frames behind it).
+    pub(super) fn handshake_bytes(&mut self, id: ConnId, new: &mut [u8]) {
+        let ctx = &mut self.ctx;
+        let Some(c) = ctx.conns.get_mut(id) else {
+            return;
+        };
+        let Stage::Handshake(hs) = &mut c.stage else {
+            return;
+        };
+        let mut held = std::mem::take(&mut hs.held);
+        let peer = hs.peer;
+        if hs.peer_pending {
+            // The peer's address first (on_upgrade and on_http see it): keep the bytes.
+            if held.capacity() == 0 {
+                held = ctx.chunks.get();
+            }
+            held.extend_from_slice(new);
+            hs.held = held;
+            return;
+        }
+        if held.capacity() != 0 {
+            held.extend_from_slice(new);
+        }
+        let status = {
+            let bytes: &[u8] = if held.capacity() != 0 { &held } else { new };
+            parse_request(bytes, &ctx.hs_cfg)
+        };
+        let (mut request, consumed) = match status {
+            Ok(ParseStatus::Partial) => {
+                if held.capacity() == 0 {
+                    held = ctx.chunks.get();
+                    held.extend_from_slice(new);
+                }
+                c.stage = Stage::Handshake(Handshake {
+                    held,
+                    peer,
+                    peer_pending: false,
+                });
+                return;
+            }
+            Ok(ParseStatus::Complete { request, consumed }) => (request, consumed),
+            Ok(ParseStatus::Http { mut request, .. }) => {
+                ctx.chunks.put(held);
+                request.peer = peer.or_else(|| c.socket.peer_addr().ok());
+                let response = self.handler.on_http(&request);
+                self.reject(id, &response);
+                return;
+            }
+            Err(e) => {
+                ctx.chunks.put(held);
+                self.reject(id, &e.to_rejection());
+                return;
+            }
+        };
+        request.peer = peer.or_else(|| c.socket.peer_addr().ok());
+        if let Err(e) = check_origin(&request, &ctx.hs_cfg) {
+            ctx.chunks.put(held);
+            self.reject(id, &e.to_rejection());
+            return;
+        }
+        let accept = match self.handler.on_upgrade(&request) {
+            Upgrade::Accept(a) => a,
+            Upgrade::Reject(r) => {
+                self.ctx.chunks.put(held);
+                self.reject(id, &r);
+                return;
+            }
+        };
+        let ctx = &mut self.ctx;
+        let chosen = match &accept.subprotocol {
+            Some(p) => Some(p.as_str()),
+            None => request.select_subprotocol(&ctx.cfg.subprotocols),
+        };
+        let tag = chosen.map_or(0, |p| ctx.protocols.intern(id, p));
+        let deflate = ctx.compression.negotiate(&request);
+        let mut resp = ctx.chunks.get();
+        let ext = deflate.as_ref().map(|(_, ext)| ext.as_str());
+        write_accept_response(&mut resp, request.key(), chosen, ext, &accept.headers);
+        drop(request);
+        let c = ctx.conns.get_mut(id).expect("still registered");
+        c.queue.push_chunk(resp, &mut ctx.chunks);
+        let mut core = proto::Conn::new(Role::Server, 0);
+        if let Some((state, _)) = deflate {
+            core.enable_compression();
+            c.deflate = Some(state);
+        }
+        core.start(ctx.now, &ctx.cfg.proto);
+        c.stage = Stage::Open(core);
+        c.subprotocol = tag;
+        if let (Socket::Direct(_), Some(addr)) = (&c.socket, peer) {
+            c.peer = match addr {
+                SocketAddr::V4(a) => {
+                    let [a0, a1, a2, a3] = a.ip().octets();
+                    let [p0, p1] = a.port().to_be_bytes();
+                    PackedPeer([a0, a1, a2, a3, p0, p1])
+                }
+                SocketAddr::V6(_) => {
+                    ctx.peers6.insert(id, addr);
+                    PackedPeer::V6
+                }
+            };
+        }
+        c.data = Some(accept.data);
+        ctx.mark_dirty(id);
+        ctx.sync_timer(id);
+        self.handler.on_open(&mut Conn {
+            ctx: &mut self.ctx,
+            id,
+        });
+        // Frames the client sent right behind its request.
+        if held.capacity() != 0 {
+            if consumed < held.len() {
+                self.ws_bytes(id, &mut held[consumed..]);
+            }
+            self.ctx.chunks.put(held);
+        } else if consumed < new.len() {
+            self.ws_bytes(id, &mut new[consumed..]);
+        }
+    }
+
+    /// Answers with an HTTP error, then drains and closes.
+    pub(super) fn reject(&mut self, id: ConnId, rejection: &Rejection) {
+        let ctx = &mut self.ctx;
+        let Some(c) = ctx.conns.get_mut(id) else {
+            return;
+        };
+        let mut resp = ctx.chunks.get();
+        write_rejection(&mut resp, rejection);
+        c.queue.push_chunk(resp, &mut ctx.chunks);
+        c.stage = Stage::Draining;
+        let deadline = ctx.now + ctx.cfg.proto.close_timeout;
+        ctx.arm(id, Some(deadline));
+        ctx.mark_dirty(id);
+    }
+}
