@@ -3,7 +3,8 @@
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use super::conn::{Buffers, Negotiated};
+use super::conn::Buffers;
+use super::shared::Negotiated;
 use super::upgrade::{read_more, write_until, Timeouts};
 use super::{Conn, Error, Response, Stream};
 use crate::handshake::client::{parse_response, ClientRequest, ResponseStatus};

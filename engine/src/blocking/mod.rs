@@ -36,7 +36,12 @@
 
 mod conn;
 mod dial;
+mod reader;
+mod recv;
+mod send;
+mod shared;
 mod upgrade;
+mod writer;
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -44,11 +49,11 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-pub use conn::{
-    Conn, MessageReader, MessageWriter, PreparedMessage, Reader, Writer, COMPRESS_WHOLE_MAX,
-};
+pub use conn::Conn;
 pub use dial::Dialer;
+pub use reader::{MessageReader, Reader};
 pub use upgrade::Upgrader;
+pub use writer::{MessageWriter, PreparedMessage, Writer, COMPRESS_WHOLE_MAX};
 
 pub use crate::handshake::client::Response;
 pub use crate::proto::{CloseCode, DeflateConfig, DeflateMode};

@@ -5,7 +5,8 @@ use std::io;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use super::conn::{Buffers, Negotiated};
+use super::conn::Buffers;
+use super::shared::Negotiated;
 use super::{Conn, Error, Stream};
 use crate::handler::{Accept, Upgrade};
 use crate::handshake::deflate_negotiation::negotiate;
