@@ -11,6 +11,8 @@
 
 pub(crate) mod backend;
 pub(crate) mod epoll;
+#[cfg(test)]
+pub(crate) mod fake;
 pub(crate) mod probe;
 pub(crate) mod sys;
 pub(crate) mod uring;
@@ -74,14 +76,14 @@ impl Socket {
     pub(crate) fn take_error(&self) -> io::Result<Option<io::Error>> {
         match self {
             Socket::Fd(s) => s.take_error(),
-            Socket::Direct(_) => Err(io::ErrorKind::Unsupported.into()),
+            _ => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
     fn stream(&mut self) -> io::Result<&mut TcpStream> {
         match self {
             Socket::Fd(s) => Ok(s),
-            Socket::Direct(_) => Err(io::ErrorKind::Unsupported.into()),
+            _ => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 }
@@ -205,12 +207,17 @@ pub(crate) enum Written {
 pub(crate) enum Waker {
     Mio(mio::Waker),
     EventFd(Arc<OwnedFd>),
+    /// The worker harness's (tests): its wake-ups are events the test posts.
+    #[cfg(test)]
+    Noop,
 }
 
 impl Waker {
     pub(crate) fn wake(&self) -> io::Result<()> {
         match self {
             Waker::Mio(w) => w.wake(),
+            #[cfg(test)]
+            Waker::Noop => Ok(()),
             Waker::EventFd(fd) => {
                 let one: u64 = 1;
                 // SAFETY: writes the 8 bytes of `one` to an eventfd we keep open through the Arc.
@@ -292,6 +299,9 @@ impl DriverSeed {
 pub(crate) enum Driver {
     Epoll(epoll::EpollDriver),
     Uring(Box<uring::UringDriver>),
+    /// The worker harness's (tests).
+    #[cfg(test)]
+    Fake(fake::FakeDriver),
 }
 
 impl Driver {
@@ -303,6 +313,8 @@ impl Driver {
     ) -> io::Result<()> {
         match self {
             Driver::Epoll(d) => d.register_listener(listener, token),
+            #[cfg(test)]
+            Driver::Fake(_) => Ok(()),
             Driver::Uring(d) => {
                 d.register_listener(listener.as_raw_fd(), index);
                 Ok(())
@@ -317,6 +329,8 @@ impl Driver {
     ) -> io::Result<()> {
         match self {
             Driver::Epoll(d) => d.deregister_listener(listener),
+            #[cfg(test)]
+            Driver::Fake(_) => Ok(()),
             Driver::Uring(d) => {
                 d.deregister_listener(index);
                 Ok(())
@@ -329,6 +343,11 @@ impl Driver {
     pub(crate) fn register_conn(&mut self, socket: &mut Socket, token: usize) -> io::Result<()> {
         match self {
             Driver::Epoll(d) => d.register_conn(socket.stream()?, token),
+            #[cfg(test)]
+            Driver::Fake(d) => {
+                d.register_conn(token as u64);
+                Ok(())
+            }
             Driver::Uring(d) => {
                 d.arm_recv(socket, token as u64);
                 Ok(())
@@ -354,6 +373,8 @@ impl Driver {
         let stream = socket.stream()?;
         match self {
             Driver::Epoll(d) => d.register_conn(stream, token),
+            #[cfg(test)]
+            Driver::Fake(_) => Ok(()),
             Driver::Uring(d) => {
                 d.poll_connect(stream.as_raw_fd(), token as u64);
                 Ok(())
@@ -370,7 +391,12 @@ impl Driver {
                 d.shutdown_write(*slot);
                 Ok(())
             }
-            (Driver::Epoll(_), Socket::Direct(_)) => Err(io::ErrorKind::Unsupported.into()),
+            #[cfg(test)]
+            (Driver::Fake(d), Socket::Direct(_)) => {
+                d.shutdown_write(socket);
+                Ok(())
+            }
+            _ => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -386,6 +412,10 @@ impl Driver {
     }
 
     pub(crate) fn close(&mut self, socket: Socket) {
+        #[cfg(test)]
+        if let Driver::Fake(d) = self {
+            d.close_socket(&socket);
+        }
         if let (Driver::Uring(d), Socket::Direct(slot)) = (self, &socket) {
             d.close_direct(*slot);
         }
@@ -403,6 +433,11 @@ impl Driver {
         writing: bool,
         pool: &mut ChunkPool,
     ) {
+        #[cfg(test)]
+        if let Driver::Fake(d) = self {
+            d.close(token, socket, queue, writing, pool);
+            return;
+        }
         if let Driver::Uring(d) = self {
             d.cancel_recv(token);
             if let Socket::Direct(slot) = socket {
@@ -443,7 +478,7 @@ impl Driver {
     pub(crate) fn starved_budget(&self) -> usize {
         match self {
             Driver::Uring(d) => d.starved_budget(),
-            Driver::Epoll(_) => 0,
+            _ => 0,
         }
     }
 
@@ -465,7 +500,7 @@ impl Driver {
     pub(crate) fn held_bytes(&self) -> usize {
         match self {
             Driver::Uring(d) => d.held_bytes(),
-            Driver::Epoll(_) => 0,
+            _ => 0,
         }
     }
 
@@ -473,7 +508,17 @@ impl Driver {
     pub(crate) fn holds_spare(&self) -> bool {
         match self {
             Driver::Uring(d) => d.holds_spare(),
-            Driver::Epoll(_) => false,
+            _ => false,
+        }
+    }
+
+    /// Reads what connection `socket` has (epoll: `read(2)`; the readiness drivers only).
+    pub(crate) fn read(&mut self, socket: &mut Socket, buf: &mut [u8]) -> io::Result<usize> {
+        use io::Read;
+        match self {
+            #[cfg(test)]
+            Driver::Fake(d) => d.read(socket, buf),
+            _ => socket.read(buf),
         }
     }
 
@@ -496,6 +541,8 @@ impl Driver {
                 empty: true,
                 wrote: false,
             }),
+            #[cfg(test)]
+            Driver::Fake(d) => d.write(socket, token, queue, pool),
             Driver::Epoll(_) => {
                 let before = queue.len();
                 let empty = queue.flush(socket, pool)?;
@@ -535,6 +582,11 @@ impl Driver {
     ) -> io::Result<()> {
         match self {
             Driver::Epoll(d) => d.poll(out, timeout),
+            #[cfg(test)]
+            Driver::Fake(d) => {
+                d.poll(out, timeout);
+                Ok(())
+            }
             Driver::Uring(d) => d.poll(out, timeout),
         }
     }

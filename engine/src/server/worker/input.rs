@@ -1,6 +1,6 @@
 //! Input: reads, EOF, the close callback, and frames into the protocol core.
 
-use std::io::{self, Read};
+use std::io;
 
 use super::*;
 use crate::buf::QueueOutput;
@@ -32,7 +32,7 @@ impl<H: Handler> Worker<H> {
             if matches!(c.stage, Stage::Draining) && c.has(Flag::PeerEof) {
                 return;
             }
-            let n = match c.socket.read(&mut self.read_buf) {
+            let n = match self.ctx.driver.read(&mut c.socket, &mut self.read_buf) {
                 Ok(0) => {
                     self.on_eof(id);
                     return;

@@ -55,6 +55,8 @@ mod conn;
 mod ctx;
 mod fanout;
 mod flush;
+#[cfg(test)]
+mod harness;
 mod input;
 mod send;
 mod slot;
@@ -117,64 +119,77 @@ impl<H: Handler> Worker<H> {
     }
 
     pub(crate) fn run(mut self) -> io::Result<()> {
+        self.start()?;
+        while self.turn(Instant::now)? {}
+        Ok(())
+    }
+
+    /// Registers the listeners and calls `on_start`.
+    fn start(&mut self) -> io::Result<()> {
         for (i, l) in self.listeners.iter_mut().enumerate() {
             self.ctx.driver.register_listener(l, listener_token(i), i)?;
         }
         self.handler.on_start(&mut self.ctx);
-        loop {
-            let now = Instant::now();
-            let mut timeout = if self.pending_reads.is_empty() {
-                self.ctx.wheel.next_timeout(now)
-            } else {
-                Some(Duration::ZERO)
-            };
-            if let Some(deadline) = self.stop_deadline {
-                let left = deadline.saturating_duration_since(now);
-                timeout = Some(timeout.map_or(left, |t| t.min(left)));
-            }
-            for at in [self.accept_retry, self.trim_at].into_iter().flatten() {
-                let left = at.saturating_duration_since(now);
-                timeout = Some(timeout.map_or(left, |t| t.min(left)));
-            }
-            self.rearm_starved();
-            self.register_dials();
-            self.poll(timeout)?;
-            self.ctx.now = Instant::now();
+        Ok(())
+    }
 
-            let mut events = std::mem::take(&mut self.events);
-            for ev in events.drain(..) {
-                self.dispatch(ev);
-            }
-            self.events = events;
-            if self.accept_retry.is_some_and(|at| self.ctx.now >= at) {
-                self.accept_retry = None;
-                for i in 0..self.listeners.len() {
-                    self.accept(i);
-                }
-            }
+    /// One loop turn: wait for events (until the next timer at most), handle them, fire due timers,
+    /// flush. `clock` reads the time (the worker harness's is fake). Returns `false` once the worker
+    /// has shut down.
+    fn turn(&mut self, clock: impl Fn() -> Instant) -> io::Result<bool> {
+        let now = clock();
+        let mut timeout = if self.pending_reads.is_empty() {
+            self.ctx.wheel.next_timeout(now)
+        } else {
+            Some(Duration::ZERO)
+        };
+        if let Some(deadline) = self.stop_deadline {
+            let left = deadline.saturating_duration_since(now);
+            timeout = Some(timeout.map_or(left, |t| t.min(left)));
+        }
+        for at in [self.accept_retry, self.trim_at].into_iter().flatten() {
+            let left = at.saturating_duration_since(now);
+            timeout = Some(timeout.map_or(left, |t| t.min(left)));
+        }
+        self.rearm_starved();
+        self.register_dials();
+        self.poll(timeout)?;
+        self.ctx.now = clock();
 
-            for id in std::mem::take(&mut self.pending_reads) {
-                // Read until WouldBlock: an EOF seen with the earlier edge has no edge of its own.
-                self.on_readable(id, true);
-            }
-            self.fire_timers();
-            self.flush_dirty();
-            self.ctx.store_stats();
-            self.trim_buffers();
-
-            if let Some(deadline) = self.stop_deadline {
-                if self.ctx.conns.len() == 0 {
-                    return Ok(());
-                }
-                if self.ctx.now >= deadline {
-                    for id in self.ctx.conns.ids().collect::<Vec<_>>() {
-                        self.close_callback(id, CloseCode::ABNORMAL, "", false);
-                        self.ctx.remove(id);
-                    }
-                    return Ok(());
-                }
+        let mut events = std::mem::take(&mut self.events);
+        for ev in events.drain(..) {
+            self.dispatch(ev);
+        }
+        self.events = events;
+        if self.accept_retry.is_some_and(|at| self.ctx.now >= at) {
+            self.accept_retry = None;
+            for i in 0..self.listeners.len() {
+                self.accept(i);
             }
         }
+
+        for id in std::mem::take(&mut self.pending_reads) {
+            // Read until WouldBlock: an EOF seen with the earlier edge has no edge of its own.
+            self.on_readable(id, true);
+        }
+        self.fire_timers();
+        self.flush_dirty();
+        self.ctx.store_stats();
+        self.trim_buffers();
+
+        if let Some(deadline) = self.stop_deadline {
+            if self.ctx.conns.len() == 0 {
+                return Ok(false);
+            }
+            if self.ctx.now >= deadline {
+                for id in self.ctx.conns.ids().collect::<Vec<_>>() {
+                    self.close_callback(id, CloseCode::ABNORMAL, "", false);
+                    self.ctx.remove(id);
+                }
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Waits for events, spinning first when busy-poll is configured.
