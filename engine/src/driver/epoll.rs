@@ -6,7 +6,24 @@ use std::time::Duration;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use super::IoEvent;
+use super::{IoEvent, Token as Target};
+
+/// The waker's mio token; listener `i`'s counts down from below it; connections' have the top bit
+/// clear (a connection id's slot and generation).
+const WAKER: usize = usize::MAX;
+const SPECIAL: usize = 1 << (usize::BITS - 1);
+
+fn listener_token(i: usize) -> Token {
+    Token(WAKER - 1 - i)
+}
+
+fn target(t: Token) -> Target {
+    match t.0 {
+        WAKER => Target::Waker,
+        t if t & SPECIAL != 0 => Target::Listener(WAKER - 1 - t),
+        t => Target::Conn(t as u64),
+    }
+}
 
 /// An epoll instance and its event buffer.
 pub(crate) struct EpollDriver {
@@ -28,28 +45,29 @@ impl EpollDriver {
         })
     }
 
-    pub(crate) fn waker(&self, token: usize) -> io::Result<mio::Waker> {
-        mio::Waker::new(self.poll.registry(), Token(token))
+    pub(crate) fn waker(&self) -> io::Result<mio::Waker> {
+        mio::Waker::new(self.poll.registry(), Token(WAKER))
     }
 
     pub(crate) fn register_listener(
         &mut self,
         listener: &mut TcpListener,
-        token: usize,
+        index: usize,
     ) -> io::Result<()> {
         self.poll
             .registry()
-            .register(listener, Token(token), Interest::READABLE)
+            .register(listener, listener_token(index), Interest::READABLE)
     }
 
     pub(crate) fn deregister_listener(&mut self, listener: &mut TcpListener) -> io::Result<()> {
         self.poll.registry().deregister(listener)
     }
 
-    pub(crate) fn register_conn(&mut self, stream: &mut TcpStream, token: usize) -> io::Result<()> {
+    pub(crate) fn register_conn(&mut self, stream: &mut TcpStream, token: u64) -> io::Result<()> {
+        debug_assert_eq!(token as usize & SPECIAL, 0);
         self.poll.registry().register(
             stream,
-            Token(token),
+            Token(token as usize),
             Interest::READABLE | Interest::WRITABLE,
         )
     }
@@ -68,7 +86,7 @@ impl EpollDriver {
             // Errors and hang-ups surface through the next read or write, so they count as both.
             let broken = ev.is_error() || ev.is_read_closed() || ev.is_write_closed();
             out.push(IoEvent::Ready {
-                token: ev.token().0,
+                token: target(ev.token()),
                 readable: ev.is_readable() || broken,
                 writable: ev.is_writable() || broken,
                 hup: ev.is_read_closed() || ev.is_error(),

@@ -111,10 +111,10 @@ impl io::Write for Socket {
 /// One thing the kernel reported.
 #[derive(Debug)]
 pub(crate) enum IoEvent {
-    /// epoll: a token is ready. `hup`: the peer's EOF (or an error) is already known, so reading
+    /// epoll: `token` is ready. `hup`: the peer's EOF (or an error) is already known, so reading
     /// must go on until the read that reports it, even after a short read.
     Ready {
-        token: usize,
+        token: Token,
         readable: bool,
         writable: bool,
         hup: bool,
@@ -160,6 +160,18 @@ pub(crate) enum IoEvent {
         res: i32,
         orphan: Option<crate::buf::WriteQueue>,
     },
+}
+
+/// What a readiness event is about. Connections are named by their worker-wide id (slot and
+/// generation, as the worker's registry packs them into a `u64`), which every operation of theirs
+/// carries (epoll tokens, io_uring user_data payloads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Token {
+    Conn(u64),
+    /// The worker's listener with this index.
+    Listener(usize),
+    /// The worker's waker (its mailbox has commands, or the server is stopping).
+    Waker,
 }
 
 /// Why a receive ended without data (io_uring), as the worker acts on it.
@@ -254,7 +266,6 @@ impl DriverSeed {
     /// io_uring connections receive; `ring_max`: the most provided receive buffers per ring.
     pub(crate) fn new(
         backend: Backend,
-        waker_token: usize,
         direct: u32,
         recv: UringRecv,
         ring_max: usize,
@@ -272,7 +283,7 @@ impl DriverSeed {
             }
             _ => {
                 let d = epoll::EpollDriver::new()?;
-                let w = d.waker(waker_token)?;
+                let w = d.waker()?;
                 Ok((DriverSeed::Epoll(d), Waker::Mio(w)))
             }
         }
@@ -308,11 +319,10 @@ impl Driver {
     pub(crate) fn register_listener(
         &mut self,
         listener: &mut TcpListener,
-        token: usize,
         index: usize,
     ) -> io::Result<()> {
         match self {
-            Driver::Epoll(d) => d.register_listener(listener, token),
+            Driver::Epoll(d) => d.register_listener(listener, index),
             #[cfg(test)]
             Driver::Fake(_) => Ok(()),
             Driver::Uring(d) => {
@@ -340,16 +350,16 @@ impl Driver {
 
     /// Starts watching a connection for both directions, once: edge-triggered on epoll (no
     /// re-arming when a write would block); a multishot receive on uring.
-    pub(crate) fn register_conn(&mut self, socket: &mut Socket, token: usize) -> io::Result<()> {
+    pub(crate) fn register_conn(&mut self, socket: &mut Socket, token: u64) -> io::Result<()> {
         match self {
             Driver::Epoll(d) => d.register_conn(socket.stream()?, token),
             #[cfg(test)]
             Driver::Fake(d) => {
-                d.register_conn(token as u64);
+                d.register_conn(token);
                 Ok(())
             }
             Driver::Uring(d) => {
-                d.arm_recv(socket, token as u64);
+                d.arm_recv(socket, token);
                 Ok(())
             }
         }
@@ -358,9 +368,9 @@ impl Driver {
     /// io_uring direct descriptors: asks the peer's address of `socket` (accepted on listener
     /// `listener`) for connection `token`; call right before [`Driver::register_conn`] (the query
     /// is linked ahead of the receive). `true`: an [`IoEvent::Peer`] will follow.
-    pub(crate) fn query_peer(&mut self, socket: &Socket, listener: usize, token: usize) -> bool {
+    pub(crate) fn query_peer(&mut self, socket: &Socket, listener: usize, token: u64) -> bool {
         match (self, socket) {
-            (Driver::Uring(d), Socket::Direct(slot)) => d.query_peer(*slot, listener, token as u64),
+            (Driver::Uring(d), Socket::Direct(slot)) => d.query_peer(*slot, listener, token),
             _ => false,
         }
     }
@@ -369,14 +379,14 @@ impl Driver {
     /// same edge-triggered registration as any connection (the connect's end is a writable edge);
     /// on uring a connect poll, the multishot receive being armed once connected.
     /// (Outgoing connections are always ordinary descriptors.)
-    pub(crate) fn register_dial(&mut self, socket: &mut Socket, token: usize) -> io::Result<()> {
+    pub(crate) fn register_dial(&mut self, socket: &mut Socket, token: u64) -> io::Result<()> {
         let stream = socket.stream()?;
         match self {
             Driver::Epoll(d) => d.register_conn(stream, token),
             #[cfg(test)]
             Driver::Fake(_) => Ok(()),
             Driver::Uring(d) => {
-                d.poll_connect(stream.as_raw_fd(), token as u64);
+                d.poll_connect(stream.as_raw_fd(), token);
                 Ok(())
             }
         }

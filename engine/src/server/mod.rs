@@ -126,13 +126,8 @@ impl Server {
         let mut drivers = Vec::with_capacity(workers);
         let mut wakers = Vec::with_capacity(workers);
         for _ in 0..workers {
-            let (seed, waker) = DriverSeed::new(
-                backend,
-                worker::WAKER_TOKEN,
-                direct,
-                cfg.uring_recv,
-                cfg.uring_max_recv_buffers,
-            )?;
+            let (seed, waker) =
+                DriverSeed::new(backend, direct, cfg.uring_recv, cfg.uring_max_recv_buffers)?;
             wakers.push(waker);
             drivers.push(seed);
         }

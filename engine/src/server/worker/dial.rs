@@ -376,7 +376,7 @@ impl<H: Handler> Worker<H> {
             let Some(c) = self.ctx.conns.get_mut(id) else {
                 continue;
             };
-            if let Err(e) = self.ctx.driver.register_dial(&mut c.socket, id.0 as usize) {
+            if let Err(e) = self.ctx.driver.register_dial(&mut c.socket, id.0) {
                 self.dial_failed(id, ConnectError::Io(e));
             }
         }

@@ -24,7 +24,7 @@ use super::config::ServerConfig;
 use super::registry::{ConnId, Registry};
 use super::Shared;
 use crate::buf::WriteQueue;
-use crate::driver::{AcceptErrors, Driver, IoEvent, Socket, Written, ACCEPT_RETRY};
+use crate::driver::{AcceptErrors, Driver, IoEvent, Socket, Token, Written, ACCEPT_RETRY};
 use crate::handler::Handler;
 use crate::proto::CloseCode;
 
@@ -35,17 +35,6 @@ use compression::{Compression, Inflated};
 mod budget;
 mod protocols;
 use protocols::Protocols;
-
-/// Token of the worker's waker.
-pub(crate) const WAKER_TOKEN: usize = usize::MAX;
-/// Token of listener `i`: counting down from below the waker (connection tokens have the top bit
-/// clear).
-pub(crate) fn listener_token(i: usize) -> usize {
-    usize::MAX - 1 - i
-}
-
-/// Tokens with the top bit set are the waker's and the listeners'.
-const SPECIAL: usize = 1 << (usize::BITS - 1);
 
 /// Reads per readable connection per loop turn before others get their turn.
 const MAX_READS_PER_TURN: usize = 16;
@@ -127,7 +116,7 @@ impl<H: Handler> Worker<H> {
     /// Registers the listeners and calls `on_start`.
     fn start(&mut self) -> io::Result<()> {
         for (i, l) in self.listeners.iter_mut().enumerate() {
-            self.ctx.driver.register_listener(l, listener_token(i), i)?;
+            self.ctx.driver.register_listener(l, i)?;
         }
         self.handler.on_start(&mut self.ctx);
         Ok(())
@@ -223,26 +212,27 @@ impl<H: Handler> Worker<H> {
                 writable,
                 hup,
             } => self.dispatch_ready(token, readable, writable, hup),
-            IoEvent::Wake => self.dispatch_ready(WAKER_TOKEN, true, false, false),
+            IoEvent::Wake => self.dispatch_ready(Token::Waker, true, false, false),
             other => self.dispatch_completion(other),
         }
     }
-    fn dispatch_ready(&mut self, token: usize, readable: bool, writable: bool, hup: bool) {
-        if token == WAKER_TOKEN {
-            self.ctx.drain_mailbox();
-            if self.shared.stop.load(Ordering::Acquire) && self.stop_deadline.is_none() {
-                self.begin_shutdown();
+    fn dispatch_ready(&mut self, token: Token, readable: bool, writable: bool, hup: bool) {
+        let id = match token {
+            Token::Conn(id) => ConnId(id),
+            Token::Waker => {
+                self.ctx.drain_mailbox();
+                if self.shared.stop.load(Ordering::Acquire) && self.stop_deadline.is_none() {
+                    self.begin_shutdown();
+                }
+                return;
             }
-            return;
-        }
-        if token & SPECIAL != 0 {
-            let i = usize::MAX - 1 - token;
-            if i < self.listeners.len() {
-                self.accept(i);
+            Token::Listener(i) => {
+                if i < self.listeners.len() {
+                    self.accept(i);
+                }
+                return;
             }
-            return;
-        }
-        let id = ConnId(token as u64);
+        };
         if !self.dial_event(id) {
             return;
         }
@@ -306,21 +296,12 @@ impl<H: Handler> Worker<H> {
             });
             let c = self.ctx.conns.get_mut(id).expect("just inserted");
             // Linked ahead of the receive registered next.
-            if self
-                .ctx
-                .driver
-                .query_peer(&c.socket, listener, id.0 as usize)
-            {
+            if self.ctx.driver.query_peer(&c.socket, listener, id.0) {
                 if let Stage::Handshake(hs) = &mut c.stage {
                     hs.peer_pending = true;
                 }
             }
-            if self
-                .ctx
-                .driver
-                .register_conn(&mut c.socket, id.0 as usize)
-                .is_err()
-            {
+            if self.ctx.driver.register_conn(&mut c.socket, id.0).is_err() {
                 self.ctx.remove(id);
                 return;
             }

@@ -10,9 +10,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Conn, Worker, WorkerCtx, WAKER_TOKEN};
+use super::{Conn, Worker, WorkerCtx};
 use crate::driver::fake::{FakeDriver, FakeNet, Pipe};
-use crate::driver::{Driver, IoEvent, Socket, Waker};
+use crate::driver::{Driver, IoEvent, Socket, Token, Waker};
 use crate::handler::{Accept, CloseInfo, Handler, SendStatus, Upgrade};
 use crate::handshake::{OriginPolicy, Request};
 use crate::proto::{CloseCode, Message};
@@ -222,7 +222,7 @@ impl Harness {
 
     fn ready(&mut self, p: Peer, readable: bool, writable: bool, hup: bool) {
         self.net.borrow_mut().events.push_back(IoEvent::Ready {
-            token: p.token as usize,
+            token: Token::Conn(p.token),
             readable,
             writable,
             hup,

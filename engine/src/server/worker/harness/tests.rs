@@ -565,7 +565,7 @@ fn the_waker_token_drains_the_mailbox_like_a_wake() {
     let handle = h.worker.ctx.conn(id).unwrap().handle();
     handle.send_binary(b"w").unwrap();
     h.net.borrow_mut().events.push_back(IoEvent::Ready {
-        token: WAKER_TOKEN,
+        token: Token::Waker,
         readable: true,
         writable: false,
         hup: false,
