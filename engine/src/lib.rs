@@ -12,12 +12,12 @@ pub mod buf;
 pub(crate) mod driver;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod handler;
 pub mod handshake;
 pub mod prepared;
 pub mod proto;
 mod ratelog;
 pub mod server;
+pub use server::handler;
 pub mod signal;
 
 pub use handler::{Accept, CloseInfo, Handler, SendStatus, Upgrade};

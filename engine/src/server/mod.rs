@@ -8,6 +8,7 @@ pub(crate) mod bridge;
 mod client;
 pub mod config;
 pub(crate) mod handle;
+pub mod handler;
 pub(crate) mod mailbox;
 pub(crate) mod registry;
 pub(crate) mod timer;

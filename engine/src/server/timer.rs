@@ -192,6 +192,119 @@ impl<T> TimerWheel<T> {
     }
 }
 
+#[doc(hidden)]
+/// The worker's timer wheel against a reference model (a map of live timers and their deadlines).
+/// Input: a sequence of operations (arm with a delay from sub-millisecond to about 24 days, cancel,
+/// a loop step that sleeps as `next_timeout` says but at most a given time, a busy jump forward,
+/// a jump to just before 2^32 ms). After every step: `next_timeout` is never later than the
+/// earliest deadline and `None` only when nothing is armed; every timer fires at most once, never
+/// before its deadline, and, when the loop slept as told, at most one tick after it; nothing due
+/// is left unfired; `cancel` at the tick from `full_tick` removes exactly the timer.
+pub fn fuzz_check_timer_wheel(data: &[u8]) {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    let t0 = Instant::now();
+    let mut wheel = TimerWheel::new(t0);
+    // id -> (deadline in µs since t0, tick)
+    let mut live: HashMap<u64, (u64, u64)> = HashMap::new();
+    let mut next_id = 0u64;
+    let mut now_us = 0u64;
+    let mut out = Vec::new();
+    let at = |us: u64| t0 + Duration::from_micros(us);
+    let max_ahead_ms = MAX_LOW32_AHEAD.as_millis() as u64 - 1;
+
+    let mut bytes = data.iter().copied();
+    let num = |n: usize, bytes: &mut dyn Iterator<Item = u8>| -> u64 {
+        (0..n).fold(0u64, |acc, _| {
+            acc << 8 | u64::from(bytes.next().unwrap_or(0))
+        })
+    };
+    while let Some(op) = bytes.next() {
+        let mut slept_as_told = false;
+        match op % 8 {
+            0..=2 => {
+                let r = num(4, &mut bytes);
+                let delay_us = match (op >> 3) % 4 {
+                    0 => r % 64_000,
+                    1 => r % 9_000_000, // a few turns of the wheel ahead
+                    2 => r % (4_096 * 1_100 * 1000), // a thousand turns ahead
+                    _ => (r << 12) % (max_ahead_ms * 1000),
+                };
+                let deadline = now_us + delay_us;
+                next_id += 1;
+                let tick = wheel.insert(at(deadline), next_id);
+                assert!(tick * 1000 >= deadline, "tick before the deadline");
+                live.insert(next_id, (deadline, tick));
+            }
+            3 => {
+                let pick = num(2, &mut bytes) as usize;
+                let mut ids: Vec<u64> = live.keys().copied().collect();
+                ids.sort_unstable();
+                if let Some(&id) = ids.get(pick % ids.len().max(1)) {
+                    let (_, tick) = live.remove(&id).expect("listed");
+                    let full = wheel.full_tick(tick as u32);
+                    assert_eq!(full, tick, "full_tick of a live timer");
+                    let before = wheel.len();
+                    wheel.cancel(full, |t, v| t == tick && *v == id);
+                    assert_eq!(wheel.len(), before - 1, "cancel removed one entry");
+                }
+            }
+            4 | 5 => {
+                // A loop turn: sleep as next_timeout says, or less (an event came).
+                let cap = num(3, &mut bytes) % 20_000_000;
+                let wait = wheel
+                    .next_timeout(at(now_us))
+                    .map_or(u64::MAX, |d| d.as_micros() as u64);
+                if wait <= cap {
+                    slept_as_told = true;
+                    now_us += wait;
+                } else {
+                    now_us += cap;
+                }
+            }
+            6 => now_us += num(4, &mut bytes) << 10, // a busy or suspended worker: up to ~50 days
+            _ => now_us = now_us.max(((1u64 << 32) - num(2, &mut bytes) % 10_000) * 1000),
+        }
+        out.clear();
+        wheel.expire(at(now_us), &mut out);
+        for &(tick, id) in &out {
+            let (deadline, armed) = live.remove(&id).expect("fired once, not after cancel");
+            assert_eq!(tick, armed, "fired with the tick it was armed for");
+            assert!(deadline <= now_us, "fired early: {deadline} > {now_us}");
+            if slept_as_told {
+                assert!(
+                    now_us - deadline <= 1000,
+                    "late by {} µs",
+                    now_us - deadline
+                );
+            }
+        }
+        let now_ms = now_us / 1000;
+        for (&id, &(deadline, tick)) in &live {
+            assert!(
+                tick > now_ms,
+                "timer {id} (deadline {deadline} µs) due at {now_us} µs"
+            );
+        }
+        assert_eq!(wheel.len(), live.len());
+        match (
+            wheel.next_timeout(at(now_us)),
+            live.values().map(|v| v.1).min(),
+        ) {
+            (None, None) => {}
+            (Some(wait), Some(first)) => {
+                let wake = now_us + wait.as_micros() as u64;
+                assert!(
+                    wake <= first * 1000,
+                    "wakes at {wake} µs, first due {first} ms"
+                );
+            }
+            (got, want) => panic!("next_timeout {got:?} with first tick {want:?}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,7 +397,7 @@ mod tests {
         assert_eq!(w.next_timeout(t0 + ms(base + 100)), None);
     }
 
-    /// Random operation sequences against a reference model (see `fuzzing::fuzz_check_timer_wheel`).
+    /// Random operation sequences against a reference model (see `fuzz_check_timer_wheel`).
     #[test]
     fn model_random_sequences() {
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -296,7 +409,7 @@ mod tests {
                 x ^= x << 17;
                 *b = x as u8;
             }
-            crate::fuzzing::fuzz_check_timer_wheel(&data);
+            super::fuzz_check_timer_wheel(&data);
         }
     }
 }

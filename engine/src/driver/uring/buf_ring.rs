@@ -207,7 +207,7 @@ impl BufRing {
         self.target >= self.max
     }
 
-    /// A completion handed buffer `bid` out.
+    /// A completion handed a buffer out.
     fn handed_out(&mut self) {
         self.used_turn += 1;
         self.dropped = false;
@@ -405,6 +405,9 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
+        if self.entries.is_null() {
+            return; // the stand-in of a leaked ring (`BufRing::leak`)
+        }
         // SAFETY: both mappings were created in `new` with these lengths. The owner guarantees the
         // kernel no longer uses them (the ring is idle or closed). The buffers stay mapped (leaked)
         // while a `RecvBuf` still points into them.

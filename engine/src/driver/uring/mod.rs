@@ -27,8 +27,8 @@
 //!   that send, which frees it only when the completion arrives (monoio's lifecycle rule).
 //! - Wake-ups: a `READ` on the worker's eventfd, re-armed after each wake.
 //! - One `io_uring_enter` per loop turn submits everything pushed since the last one and waits
-//!   (`submit_with_args` with the timer wheel's timeout). Only a full submission queue forces an
-//!   extra one.
+//!   (`sys::enter` with `IORING_ENTER_EXT_ARG` and the timer wheel's timeout). Only a full
+//!   submission queue forces an extra one.
 //!
 //! - Direct descriptors (where the probe found them and the ring accepted a sparse file table,
 //!   sized by [`ServerConfig::uring_direct_descriptors`](crate::ServerConfig)): the multishot accept
@@ -140,7 +140,6 @@ pub(crate) struct UringDriver {
     /// found the command working).
     peer_query: bool,
     /// `SO_PEERNAME` queries in flight.
-    #[allow(clippy::vec_box)]
     peers: slab::Slab<Box<PeerOp>>,
     /// The size of a peer address on each listener (16: IPv4, 28: IPv6), by listener index.
     addr_lens: Vec<u32>,
