@@ -1,6 +1,8 @@
 //! Bodies of the cargo-fuzz targets, kept in the library so that the ordinary test suite runs them over
 //! the committed seed corpora (`tests/fuzz_corpus.rs`). Each asserts invariants, not only "no panic".
 
+#[cfg(test)]
+mod corpus;
 mod deflate;
 pub use deflate::fuzz_check_deflate;
 

@@ -10,6 +10,8 @@
 pub mod blocking;
 pub mod buf;
 pub(crate) mod driver;
+/// The fuzz targets' checks (built for `cargo fuzz`, which sets `--cfg fuzzing`, and for tests).
+#[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;

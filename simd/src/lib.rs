@@ -6,6 +6,7 @@
 //! (see `SURGE_SIMD` in [`mask_implementation`]). Nothing here assumes `target-cpu=native`.
 
 mod dispatch;
+#[cfg(any(test, fuzzing))]
 mod fuzz_check;
 mod scalar;
 mod utf8;
@@ -15,6 +16,7 @@ mod aarch64;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 mod x86;
 
+#[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub use fuzz_check::fuzz_check_mask;
 pub use utf8::{validate_utf8, Utf8Error, Utf8Stream};

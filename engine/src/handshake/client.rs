@@ -424,6 +424,7 @@ pub fn parse_response(
     })
 }
 
+#[cfg(any(test, fuzzing))]
 /// Checks one fuzz input as a server response: no panic, `consumed <= len`, and the same result
 /// when a prefix (at a position derived from the input) is fed first.
 #[doc(hidden)]

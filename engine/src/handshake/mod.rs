@@ -150,6 +150,7 @@ impl Span {
 
 /// Checks one fuzz input: parses it whole and split at a position derived from the input, and
 /// asserts that nothing panics, `consumed <= len`, and the result does not depend on the split.
+#[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub fn fuzz_check_request(data: &[u8]) {
     let pos = match data {
@@ -161,6 +162,7 @@ pub fn fuzz_check_request(data: &[u8]) {
     }
 }
 
+#[cfg(any(test, fuzzing))]
 fn fuzz_configs() -> [HandshakeConfig; 2] {
     let small = HandshakeConfig {
         max_request_size: 96,
@@ -170,6 +172,7 @@ fn fuzz_configs() -> [HandshakeConfig; 2] {
     [HandshakeConfig::default(), small]
 }
 
+#[cfg(any(test, fuzzing))]
 fn check_request_split(data: &[u8], pos: usize, cfg: &HandshakeConfig) {
     let whole = parse_request(data, cfg);
     let mut out = Vec::new();

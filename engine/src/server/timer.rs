@@ -64,6 +64,7 @@ impl<T> TimerWheel<T> {
     }
 
     /// Entries held (including stale ones not yet reached).
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -192,6 +193,7 @@ impl<T> TimerWheel<T> {
     }
 }
 
+#[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 /// The worker's timer wheel against a reference model (a map of live timers and their deadlines).
 /// Input: a sequence of operations (arm with a delay from sub-millisecond to about 24 days, cancel,
