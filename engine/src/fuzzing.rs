@@ -1,5 +1,5 @@
 //! Bodies of the cargo-fuzz targets, kept in the library so that the ordinary test suite runs them over
-//! the committed seed corpora (`tests/fuzz_corpus.rs`). Each asserts invariants, not only "no panic".
+//! the committed seed corpora (`fuzzing/corpus.rs`). Each asserts invariants, not only "no panic".
 
 #[cfg(test)]
 mod corpus;

@@ -1,8 +1,8 @@
 //! The worker's side of fanout: prepared sends, topics, and commands from other threads.
 //!
-//! A child module of `worker` (it reaches the connection table directly); `worker.rs` only calls
-//! in at a few points: the waker event drains the mailbox, closing or removing a connection
-//! unlinks it, and each loop turn ends by storing the figures other threads read.
+//! A child module of `worker` (it reaches the connection table directly); the rest of the worker
+//! only calls in at a few points: the waker event drains the mailbox, closing or removing a
+//! connection unlinks it, and each loop turn ends by storing the figures other threads read.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
