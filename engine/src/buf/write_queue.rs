@@ -9,6 +9,13 @@
 //! [`PreparedMessage`](crate::prepared::PreparedMessage)): one iovec pointing into a buffer that
 //! many connections send, kept alive by the reference until the bytes are written (on io_uring,
 //! until the send's completion: the queue itself stays put until then).
+//!
+//! A completion-based write (io_uring) borrows the queue's chunks for the kernel: from
+//! [`WriteQueue::lend_iovecs`] until [`WriteQueue::advance`] (its completion) or
+//! [`WriteQueue::end_write`] the queue is *in flight*, and nothing frees, shrinks or reallocates a
+//! chunk meanwhile: sends only append after the queued bytes within a chunk's capacity or push new
+//! chunks, `release` and dropping the queue leak the chunks rather than free them under the kernel,
+//! and a flush (`writev`) refuses. The driver's send relies on this and nothing else.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -47,10 +54,12 @@ impl Segment {
 #[derive(Debug, Default)]
 pub struct WriteQueue {
     chunks: VecDeque<Segment>,
-    /// Bytes of the front chunk already written.
-    head: usize,
     /// Bytes queued and not yet written.
     len: usize,
+    /// Bytes of the front chunk already written (a chunk or shared frame is under 4 GiB).
+    head: u32,
+    /// The kernel reads the chunks (see the module docs).
+    in_flight: bool,
 }
 
 impl WriteQueue {
@@ -58,8 +67,9 @@ impl WriteQueue {
     pub const fn new() -> Self {
         WriteQueue {
             chunks: VecDeque::new(),
-            head: 0,
             len: 0,
+            head: 0,
+            in_flight: false,
         }
     }
 
@@ -156,11 +166,15 @@ impl WriteQueue {
         if self.len == 0 {
             return Ok(0);
         }
+        assert!(
+            !self.in_flight,
+            "a flush while a write of the queue is in flight"
+        );
         let n = {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
             for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
-                let from = if i == 0 { self.head } else { 0 };
+                let from = if i == 0 { self.head as usize } else { 0 };
                 slices[i] = IoSlice::new(&chunk.bytes()[from..]);
                 count += 1;
             }
@@ -186,13 +200,16 @@ impl WriteQueue {
         Ok(true)
     }
 
-    /// Points `out` at the queued bytes, front first (at most `out.len()` chunks); returns how many
-    /// entries were filled. For a completion-based send: the chunks must then stay put until it
-    /// completes (appending is fine: it never moves a chunk's buffer nor touches queued bytes).
-    pub(crate) fn fill_iovecs(&self, out: &mut [libc::iovec]) -> usize {
+    /// Starts a completion-based write: points `out` at the queued bytes, front first (at most
+    /// `out.len()` chunks), and puts the queue in flight until [`WriteQueue::advance`] or
+    /// [`WriteQueue::end_write`]; returns how many entries were filled. Panics if a write is
+    /// already in flight.
+    pub(crate) fn lend_iovecs(&mut self, out: &mut [libc::iovec]) -> usize {
+        assert!(!self.in_flight, "one write of a queue at a time");
+        self.in_flight = true;
         let mut count = 0;
         for (i, chunk) in self.chunks.iter().take(out.len()).enumerate() {
-            let from = if i == 0 { self.head } else { 0 };
+            let from = if i == 0 { self.head as usize } else { 0 };
             let bytes = &chunk.bytes()[from..];
             out[i] = libc::iovec {
                 iov_base: bytes.as_ptr() as *mut libc::c_void,
@@ -203,9 +220,22 @@ impl WriteQueue {
         count
     }
 
-    /// Drops `n` written bytes from the front (a completed send); written chunks go back to `pool`.
+    /// Whether a write of the queue is in flight (see the module docs).
+    pub(crate) fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// The write in flight completed with `n` bytes written: they leave the front (written chunks
+    /// go back to `pool`) and the queue is no longer in flight.
     pub(crate) fn advance(&mut self, n: usize, pool: &mut ChunkPool) {
+        self.in_flight = false;
         self.consume(n.min(self.len), pool);
+    }
+
+    /// The write in flight is over without bytes to account (it failed, or the queue's connection
+    /// is gone): the queue is no longer in flight.
+    pub(crate) fn end_write(&mut self) {
+        self.in_flight = false;
     }
 
     /// Drops `n` written bytes from the front.
@@ -213,9 +243,9 @@ impl WriteQueue {
         self.len -= n;
         while n > 0 {
             let front = self.chunks.front().expect("written bytes were queued");
-            let left = front.bytes().len() - self.head;
+            let left = front.bytes().len() - self.head as usize;
             if n < left {
-                self.head += n;
+                self.head += n as u32;
                 return;
             }
             n -= left;
@@ -230,14 +260,30 @@ impl WriteQueue {
         }
     }
 
-    /// Gives every chunk back and forgets the queued bytes.
+    /// Gives every chunk back and forgets the queued bytes. While a write is in flight the chunks
+    /// are leaked instead (a bug elsewhere, but never memory freed under the kernel).
     pub fn release(&mut self, pool: &mut ChunkPool) {
+        if self.in_flight {
+            debug_assert!(false, "a queue released with a write in flight");
+            std::mem::forget(std::mem::take(&mut self.chunks));
+        }
         for chunk in self.chunks.drain(..) {
             chunk.release(pool);
         }
         self.chunks = VecDeque::new();
         self.head = 0;
         self.len = 0;
+        self.in_flight = false;
+    }
+}
+
+impl Drop for WriteQueue {
+    /// A queue dropped with a write in flight (a worker torn down while the kernel still reads
+    /// it) leaks its chunks rather than free them under the kernel.
+    fn drop(&mut self) {
+        if self.in_flight {
+            std::mem::forget(std::mem::take(&mut self.chunks));
+        }
     }
 }
 
@@ -360,8 +406,10 @@ mod tests {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         }; 8];
-        assert_eq!(q.fill_iovecs(&mut iov), 4);
+        assert_eq!(q.lend_iovecs(&mut iov), 4);
         assert_eq!(iov[1].iov_base as *const u8, shared.as_ptr(), "no copy");
+        assert!(q.in_flight());
+        q.end_write();
         let mut sink = Sink {
             got: Vec::new(),
             cap: 37,

@@ -148,6 +148,11 @@ impl FakeDriver {
                 });
             }
             net.in_flight.push((token, queue.len()));
+            let mut iov = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; 64];
+            queue.lend_iovecs(&mut iov);
             return Ok(Written::InFlight);
         }
         let p = net.pipes.get_mut(&slot(socket)).expect("a pipe per socket");
@@ -173,12 +178,11 @@ impl FakeDriver {
         token: u64,
         socket: Socket,
         mut queue: WriteQueue,
-        writing: bool,
         pool: &mut ChunkPool,
     ) {
         self.close_socket(&socket);
         let mut net = self.0.borrow_mut();
-        if writing {
+        if queue.in_flight() {
             net.orphans.insert(token, queue);
         } else {
             queue.release(pool);

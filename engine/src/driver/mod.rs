@@ -433,19 +433,18 @@ impl Driver {
 
     /// Ends connection `token` in the driver: its receive is cancelled, its socket closed (a direct
     /// descriptor's slot freed) and its write queue released, or, while a write of the queue is in
-    /// flight (`writing`), kept by the driver until that write's completion (the kernel may still
-    /// read its chunks), and the write cancelled.
+    /// flight, kept by the driver until that write's completion (the kernel may still read its
+    /// chunks), and the write cancelled.
     pub(crate) fn close_conn(
         &mut self,
         token: u64,
         socket: Socket,
         mut queue: WriteQueue,
-        writing: bool,
         pool: &mut ChunkPool,
     ) {
         #[cfg(test)]
         if let Driver::Fake(d) = self {
-            d.close(token, socket, queue, writing, pool);
+            d.close(token, socket, queue, pool);
             return;
         }
         if let Driver::Uring(d) = self {
@@ -453,7 +452,7 @@ impl Driver {
             if let Socket::Direct(slot) = socket {
                 d.close_direct(slot);
             } // an ordinary descriptor closes on drop
-            if writing {
+            if queue.in_flight() {
                 match d.orphan_send(token, queue) {
                     Some(q) => queue = q, // its send completed already
                     None => return,

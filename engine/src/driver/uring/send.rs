@@ -32,7 +32,7 @@ impl UringDriver {
         &mut self,
         socket: &Socket,
         token: u64,
-        queue: &WriteQueue,
+        queue: &mut WriteQueue,
     ) -> io::Result<()> {
         let entry = self.sends.vacant_entry();
         let key = entry.key() as u64;
@@ -55,7 +55,7 @@ impl UringDriver {
                 })
             }
         };
-        let n = queue.fill_iovecs(&mut op.iov);
+        let n = queue.lend_iovecs(&mut op.iov);
         op.msg.msg_iov = op.iov.as_mut_ptr();
         op.msg.msg_iovlen = n as _;
         let e = match socket {
@@ -70,11 +70,12 @@ impl UringDriver {
         entry.insert(op);
         // SAFETY: the msghdr and iovecs live in a Box held by `sends` until this op's completion
         // (the Box's heap address does not change when the slab grows). The iovecs point into the
-        // chunks of `queue`: while the send is in flight the worker neither frees, shrinks nor
-        // reallocates those chunks (it only appends after their written part, within capacity, or
-        // pushes new chunks; `WriteQueue::consume` runs only at this op's completion), and if the
-        // connection goes away its queue moves into this op (`orphan`), moving the `Vec` headers
-        // but not the heap buffers the iovecs name. The kernel only reads them.
+        // chunks of `queue`, which `lend_iovecs` put in flight: until `advance`/`end_write` at this
+        // op's completion, the queue frees, shrinks or reallocates none of them (it appends only
+        // within capacity or in new chunks; release and drop leak rather than free; see
+        // `buf::write_queue`). If the connection goes away its queue moves into this op
+        // (`orphan`), moving the `Vec` headers but not the heap buffers the iovecs name. The
+        // kernel only reads them.
         unsafe { self.push(e) };
         Ok(())
     }
@@ -82,14 +83,18 @@ impl UringDriver {
     /// The connection whose send is in flight is gone: its queue stays alive until the completion,
     /// and the send is cancelled (to a peer that reads nothing it would wait forever, holding the
     /// queue and the socket).
-    pub(crate) fn orphan_send(&mut self, token: u64, queue: WriteQueue) -> Option<WriteQueue> {
+    pub(crate) fn orphan_send(&mut self, token: u64, mut queue: WriteQueue) -> Option<WriteQueue> {
         match self.sends.iter_mut().find(|(_, op)| op.token == token) {
             Some((key, op)) => {
                 op.orphan = Some(queue);
                 self.cancel(Op::Send.ud(key as u64));
                 None
             }
-            None => Some(queue),
+            None => {
+                // Its completion was reaped already (the connection went before handling it).
+                queue.end_write();
+                Some(queue)
+            }
         }
     }
 
@@ -102,7 +107,10 @@ impl UringDriver {
             out.push(IoEvent::Sent {
                 token: op.token,
                 res,
-                orphan: op.orphan.take(),
+                orphan: op.orphan.take().map(|mut q| {
+                    q.end_write();
+                    q
+                }),
             });
             if self.free_sends.len() < MAX_FREE_SENDS {
                 self.free_sends.push(op);

@@ -58,8 +58,8 @@ impl<H: Handler> Worker<H> {
                 let Some(c) = ctx.conns.get_mut(id) else {
                     return;
                 };
-                c.clear(Flag::Writing);
                 if res < 0 {
+                    c.queue.end_write();
                     self.close_callback(id, CloseCode::ABNORMAL, "", false);
                     self.ctx.remove(id);
                     return;

@@ -258,10 +258,9 @@ impl<D> WorkerCtx<D> {
             }
             self.protocols.release(id, c.subprotocol);
             // A write in flight keeps its queue in the driver until its completion.
-            let writing = c.has(Flag::Writing);
             let queue = std::mem::take(&mut c.queue);
             self.driver
-                .close_conn(id.0, c.socket, queue, writing, &mut self.chunks);
+                .close_conn(id.0, c.socket, queue, &mut self.chunks);
             match c.stage {
                 Stage::Handshake(hs) => self.chunks.put(hs.held),
                 Stage::Open(mut p) => p.recycle(&mut self.assembly),

@@ -24,7 +24,7 @@ impl<H: Handler> Worker<H> {
             return;
         }
         c.clear(Flag::Dirty);
-        if c.has(Flag::Writing) {
+        if c.queue.in_flight() {
             return; // its completion marks it dirty again
         }
         let written = ctx
@@ -32,8 +32,7 @@ impl<H: Handler> Worker<H> {
             .write(&mut c.socket, id.0, &mut c.queue, &mut ctx.chunks);
         let empty = match written {
             Ok(Written::InFlight) => {
-                // The chunks stay in the queue, untouched, until the completion.
-                c.set(Flag::Writing);
+                // The queue is in flight (its chunks stay put) until the completion.
                 if c.stall == 0 && c.has(Flag::Over) {
                     // A queue past the limit starts the stall clock even if this write never
                     // completes; otherwise completions do (a partial one leaves bytes), so

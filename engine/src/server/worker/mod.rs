@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpListener;
 
 use super::config::ServerConfig;
-use super::registry::{ConnId, Registry};
+use super::registry::ConnId;
 use super::Shared;
 use crate::buf::WriteQueue;
 use crate::driver::{AcceptErrors, Driver, IoEvent, Socket, Token, Written, ACCEPT_RETRY};
@@ -336,12 +336,9 @@ impl<H: Handler> Worker<H> {
 impl<H: Handler> Drop for Worker<H> {
     /// The kernel may still be reading write queues through in-flight io_uring sends (at the
     /// shutdown deadline, after a poll error, during an unwind): those are cancelled and reaped
-    /// before the fields drop (the context, and its queues, drop first). If some never complete,
-    /// the queues are leaked rather than freed under the kernel (those of connections already
-    /// gone are in the driver, which leaks them itself).
+    /// before the fields drop. A queue whose write never completes leaks its chunks when dropped
+    /// (`buf::write_queue`), and the driver leaks what its own operations name.
     fn drop(&mut self) {
-        if !self.ctx.driver.quiesce() {
-            std::mem::forget(std::mem::replace(&mut self.ctx.conns, Registry::new()));
-        }
+        self.ctx.driver.quiesce();
     }
 }

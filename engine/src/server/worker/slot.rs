@@ -21,13 +21,10 @@ pub(super) enum Flag {
     FinSent = 8,
     /// The peer's EOF was read.
     PeerEof = 16,
-    /// A write of this connection's queue is in flight in the driver (io_uring): the queue's
-    /// chunks stay put until its completion, and the next write waits for it.
-    Writing = 32,
     /// Has an entry in the worker's topic table (subscriptions or a handle): unlink it when closing.
-    Linked = 64,
+    Linked = 32,
     /// An outgoing connection (client role: our frames are masked); see `dial.rs`.
-    Client = 128,
+    Client = 64,
 }
 
 /// A connection's flags, in one byte of its slot.
@@ -147,7 +144,7 @@ mod tests {
 
     #[test]
     pub(super) fn entry_size() {
-        let entry = Registry::<Connection<()>>::slot_size();
+        let entry = crate::server::registry::Registry::<Connection<()>>::slot_size();
         let core = std::mem::size_of::<proto::Conn>();
         let queue = std::mem::size_of::<WriteQueue>();
         println!(

@@ -351,7 +351,10 @@ fn a_send_completion_after_its_connection_closed_frees_the_queue() {
         "kept for the kernel"
     );
     // The completion arrives: the queue comes back and is released.
-    let orphan = h.net.borrow_mut().orphans.remove(&p.token);
+    let orphan = h.net.borrow_mut().orphans.remove(&p.token).map(|mut q| {
+        q.end_write(); // as the driver does at the completion
+        q
+    });
     h.net.borrow_mut().events.push_back(IoEvent::Sent {
         token: p.token,
         res: -libc::ECANCELED,
