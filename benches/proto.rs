@@ -83,7 +83,7 @@ fn receive(c: &mut Criterion) {
                         let mut n_msgs = 0;
                         while pos < buf.len() {
                             let (n, ev) = conn
-                                .read(&mut buf[pos..], &cfg, &mut out, &mut NoPool)
+                                .read(&mut buf[pos..], &cfg, &mut out, &mut NoPool, None)
                                 .unwrap();
                             if let Some(Event::Message(m)) = ev {
                                 black_box(m);

@@ -1223,6 +1223,85 @@ fn invalid_compressed_data_closes_with_1007() {
     });
 }
 
+/// A compressed message in three frames, each inflating to well under the read limit: the limit
+/// bounds the whole message (1009 and `ReadLimit` past it), not each piece.
+#[test]
+fn streamed_compressed_message_is_bounded_as_a_whole() {
+    use surge::proto::{
+        compress_variant, DeflateConfig, DeflateParams, DeflatePool, DeflateState, Role, Variant,
+    };
+    const READ_LIMIT: usize = 64 * 1024;
+    // Frames of `data` compressed (no context takeover), RSV1 on the first of three.
+    let frames = |data: &[u8]| {
+        let mut pool = DeflatePool::new(6);
+        let mut w = Vec::new();
+        compress_variant(data, Variant { window_bits: 15 }, &mut pool, &mut w);
+        let cuts = [0, w.len() / 3, 2 * w.len() / 3, w.len()];
+        // Each piece inflates to less than the limit.
+        let params = DeflateParams {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            ..DeflateParams::default()
+        };
+        let mut model = DeflateState::new(params, Role::Server);
+        let mut piece = Vec::new();
+        let mut wire = Vec::new();
+        for i in 0..3 {
+            piece.clear();
+            let part = &w[cuts[i]..cuts[i + 1]];
+            model
+                .decompress(
+                    part,
+                    i == 0,
+                    i == 2,
+                    &DeflateConfig::default(),
+                    &mut pool,
+                    &mut piece,
+                )
+                .unwrap();
+            assert!(piece.len() < READ_LIMIT, "piece {i}: {}", piece.len());
+            let (rsv, opcode) = if i == 0 { (4, 2) } else { (0, 0) };
+            wire.extend(encode_frame(i == 2, rsv, opcode, part));
+        }
+        wire
+    };
+    let fits: Vec<u8> = (0..READ_LIMIT).map(|i| (i / 100) as u8).collect();
+    let over: Vec<u8> = (0..2 * READ_LIMIT).map(|i| (i / 100) as u8).collect();
+    let (fits_wire, over_wire) = (frames(&fits), frames(&over));
+    bounded(move || {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut upgrader = Upgrader::default();
+            upgrader.deflate.mode = DeflateMode::NoContextTakeover;
+            let mut conn = upgrader.upgrade(stream).unwrap();
+            conn.set_read_deadline(soon()).unwrap();
+            conn.set_read_limit(READ_LIMIT as u64);
+            let first = conn.read_message().map(|(_, d)| d);
+            (first, conn.read_message().unwrap_err())
+        });
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        s.write_all(&request(
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+            "GET",
+            "13",
+        ))
+        .unwrap();
+        s.write_all(&fits_wire).unwrap();
+        s.write_all(&over_wire).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(&got[head_end..], b"\x88\x02\x03\xf1", "a close with 1009");
+        drop(s);
+        let (first, err) = server.join().unwrap();
+        assert_eq!(first.unwrap(), fits);
+        assert!(matches!(err, Error::ReadLimit), "{err}");
+    });
+}
+
 #[test]
 fn dialer_fails_on_a_bad_deflate_response() {
     bounded(|| {

@@ -11,7 +11,7 @@ use surge::handshake::{
 use surge::proto::deflate::{compress_variant, TAIL};
 use surge::proto::{
     Config, Conn, DeflateConfig, DeflateMode, DeflateParams, DeflatePool, DeflateState, Error,
-    Event, Message, MessageKind, NoPool, Role, Variant,
+    Event, Inflate, Message, MessageKind, NoPool, Role, Variant, RSV1,
 };
 
 // ---- a counting allocator: live heap bytes of this thread -------------------------------------
@@ -603,8 +603,97 @@ fn tail_is_stripped_from_sync_flushed_output() {
 
 // ---- the protocol core with RSV1 -----------------------------------------------------------------
 
+/// A client connection's frames of `payload` (a masked message with `rsv` on its first frame),
+/// cut into frames at `cuts` (none: one frame).
+fn client_frames(kind: MessageKind, payload: &[u8], rsv: u8, cuts: &[usize]) -> Vec<Vec<u8>> {
+    let mut client = Conn::new(Role::Client, 42);
+    client.enable_compression();
+    let ccfg = Config::client();
+    if cuts.is_empty() {
+        let mut wire = Vec::new();
+        client.send(&mut wire, kind, payload, &ccfg, rsv).unwrap();
+        return vec![wire];
+    }
+    client.begin_message(kind).unwrap();
+    let mut frames = Vec::new();
+    let mut start = 0;
+    for (i, end) in cuts.iter().copied().chain([payload.len()]).enumerate() {
+        let mut wire = Vec::new();
+        let last = i == cuts.len();
+        client
+            .write_fragment(&mut wire, &payload[start..end], i == 0, last, rsv)
+            .unwrap();
+        frames.push(wire);
+        start = end;
+    }
+    frames
+}
+
+/// What a server connection reported for `frames`, each read apart, compressed messages inflated
+/// through `inflate` (its state, pool and buffer), until an error.
+#[derive(Debug, PartialEq, Eq)]
+enum Got {
+    Text(String),
+    Binary(Vec<u8>),
+    Piece(MessageKind, Vec<u8>, bool, bool),
+    Error(Error),
+}
+
+fn server_reads(
+    server: &mut Conn,
+    cfg: &Config,
+    frames: &[Vec<u8>],
+    mut inflate: Option<(&mut DeflateState, &DeflateConfig, &mut DeflatePool)>,
+    out: &mut Vec<u8>,
+) -> Vec<Got> {
+    let mut got = Vec::new();
+    let mut buf = Vec::new();
+    for frame in frames {
+        let mut input = frame.clone();
+        let mut pos = 0;
+        while pos < input.len() {
+            let lent = inflate.as_mut().map(|(state, cfg, pool)| Inflate {
+                state,
+                cfg,
+                pool,
+                buf: &mut buf,
+            });
+            match server.read(&mut input[pos..], cfg, out, &mut NoPool, lent) {
+                Ok((n, ev)) => {
+                    pos += n;
+                    got.extend(ev.map(|ev| match ev {
+                        Event::Message(Message::Text(t)) => Got::Text(t.to_owned()),
+                        Event::Message(Message::Binary(b)) => Got::Binary(b.to_vec()),
+                        Event::Fragment {
+                            kind,
+                            data,
+                            first,
+                            last,
+                        } => Got::Piece(kind, data.to_vec(), first, last),
+                        other => panic!("{other:?}"),
+                    }));
+                }
+                Err(e) => {
+                    assert!(server.is_closed());
+                    got.push(Got::Error(e));
+                    return got;
+                }
+            }
+        }
+        server.recycle(&mut NoPool);
+    }
+    got
+}
+
+/// The close frame a server writes with `code` (unmasked, no reason).
+fn close_frame(code: u16) -> Vec<u8> {
+    let mut f = vec![0x88, 0x02];
+    f.extend_from_slice(&code.to_be_bytes());
+    f
+}
+
 #[test]
-fn conn_reports_compressed_kind_and_accepts_rsv1_only_when_negotiated() {
+fn conn_inflates_compressed_messages_and_accepts_rsv1_only_when_negotiated() {
     let cfg_p = Config::server();
     let c = cfg(DeflateMode::NoContextTakeover);
     let mut pool = DeflatePool::new(6);
@@ -616,59 +705,195 @@ fn conn_reports_compressed_kind_and_accepts_rsv1_only_when_negotiated() {
         &mut pool,
         &mut payload,
     );
-
-    // A client's masked text frame with RSV1.
-    let mut client = Conn::new(Role::Client, 42);
-    client.enable_compression();
-    let mut wire = Vec::new();
-    client
-        .send_with_rsv(
-            &mut wire,
-            MessageKind::Text,
-            &payload,
-            &Config::client(),
-            surge::proto::RSV1,
-        )
-        .unwrap();
+    let text_frame = client_frames(MessageKind::Text, &payload, RSV1, &[]);
+    let binary_frame = client_frames(MessageKind::Binary, &payload, RSV1, &[]);
+    let mut rx = DeflateState::new(params(true, true, 15, 15), Role::Server);
 
     // Without negotiation: RSV1 is a protocol error (1002).
     let mut server = Conn::new(Role::Server, 1);
     let mut out = Vec::new();
-    let mut input = wire.clone();
-    let err = server
-        .read(&mut input, &cfg_p, &mut out, &mut NoPool)
-        .unwrap_err();
-    assert_eq!(err.close_code().0, 1002);
+    let got = server_reads(&mut server, &cfg_p, &text_frame, None, &mut out);
+    assert_eq!(got.len(), 1);
+    assert!(
+        matches!(&got[0], Got::Error(e) if e.close_code().0 == 1002),
+        "{got:?}"
+    );
 
-    // Negotiated: delivered as binary, with its kind on the side.
+    // Negotiated: the core inflates; the message is plain and of its real kind.
     let mut server = Conn::new(Role::Server, 1);
     server.enable_compression();
-    let mut input = wire.clone();
-    let (_, ev) = server
-        .read(&mut input, &cfg_p, &mut out, &mut NoPool)
-        .unwrap();
-    let Some(Event::Message(Message::Binary(data))) = ev else {
-        panic!("{ev:?}")
-    };
-    let data = data.to_vec();
-    assert_eq!(server.compressed_kind(), Some(MessageKind::Text));
-    let mut rx = DeflateState::new(params(true, true, 15, 15), Role::Server);
-    let mut buf = Vec::new();
-    let m = rx
-        .decompress_message(MessageKind::Text, &data, &c, &mut pool, &mut buf)
-        .unwrap();
-    assert_eq!(m, Message::Text(text));
+    let mut out = Vec::new();
+    let frames = [text_frame.clone(), binary_frame].concat();
+    let got = server_reads(
+        &mut server,
+        &cfg_p,
+        &frames,
+        Some((&mut rx, &c, &mut pool)),
+        &mut out,
+    );
+    assert_eq!(
+        got,
+        vec![
+            Got::Text(text.into()),
+            Got::Binary(text.as_bytes().to_vec())
+        ]
+    );
+    assert!(out.is_empty(), "nothing written back");
 
-    // An uncompressed message afterwards has no compressed kind.
-    let mut wire = Vec::new();
-    client
-        .send(&mut wire, MessageKind::Text, b"plain", &Config::client())
-        .unwrap();
-    let (_, ev) = server
-        .read(&mut wire, &cfg_p, &mut out, &mut NoPool)
-        .unwrap();
-    assert_eq!(ev, Some(Event::Message(Message::Text("plain"))));
-    assert_eq!(server.compressed_kind(), None);
+    // An uncompressed message afterwards is as it came, and reads without compression state lent
+    // meet no compressed message.
+    let plain = client_frames(MessageKind::Text, b"plain", 0, &[]);
+    let got = server_reads(&mut server, &cfg_p, &plain, None, &mut out);
+    assert_eq!(got, vec![Got::Text("plain".into())]);
+
+    // Negotiated, but a compressed message and no state lent: 1007, as data that does not inflate.
+    let got = server_reads(&mut server, &cfg_p, &text_frame, None, &mut out);
+    assert_eq!(got, vec![Got::Error(Error::CompressedDataInvalid)]);
+    assert_eq!(out, close_frame(1007));
+}
+
+#[test]
+fn conn_fails_what_does_not_inflate_with_the_core_close() {
+    let cfg_p = Config::server();
+    let c = cfg(DeflateMode::NoContextTakeover);
+    let mut pool = DeflatePool::new(6);
+    let run = |kind: MessageKind, payload: &[u8], cfg_p: &Config, pool: &mut DeflatePool| {
+        let mut rx = DeflateState::new(params(true, true, 15, 15), Role::Server);
+        let mut server = Conn::new(Role::Server, 1);
+        server.enable_compression();
+        let mut out = Vec::new();
+        let frames = client_frames(kind, payload, RSV1, &[]);
+        let got = server_reads(
+            &mut server,
+            cfg_p,
+            &frames,
+            Some((&mut rx, &c, pool)),
+            &mut out,
+        );
+        (got, out)
+    };
+
+    // Not deflate data (a reserved block type).
+    let (got, out) = run(MessageKind::Binary, &[0xff, 0xff, 0xff], &cfg_p, &mut pool);
+    assert_eq!(got, vec![Got::Error(Error::CompressedDataInvalid)]);
+    assert_eq!(out, close_frame(1007));
+
+    // Text that inflates to bytes that are not UTF-8.
+    let mut bad = Vec::new();
+    compress_variant(
+        b"abc\xff\xfe",
+        Variant { window_bits: 15 },
+        &mut pool,
+        &mut bad,
+    );
+    let (got, out) = run(MessageKind::Text, &bad, &cfg_p, &mut pool);
+    assert_eq!(got, vec![Got::Error(Error::InvalidUtf8)]);
+    assert_eq!(out, close_frame(1007));
+    // The same bytes as binary are fine.
+    let (got, _) = run(MessageKind::Binary, &bad, &cfg_p, &mut pool);
+    assert_eq!(got, vec![Got::Binary(b"abc\xff\xfe".to_vec())]);
+
+    // Past the limit: the smaller of max_decompressed and max_message_size, here the latter.
+    let zeros = vec![0u8; 5000];
+    let mut z = Vec::new();
+    compress_variant(&zeros, Variant { window_bits: 15 }, &mut pool, &mut z);
+    let small = Config {
+        max_message_size: 4999,
+        ..Config::server()
+    };
+    let (got, out) = run(MessageKind::Binary, &z, &small, &mut pool);
+    assert!(
+        matches!(
+            got[..],
+            [Got::Error(Error::MessageTooBig { max: 4999, .. })]
+        ),
+        "{got:?}"
+    );
+    assert_eq!(out, close_frame(1009));
+    let exact = Config {
+        max_message_size: 5000,
+        ..Config::server()
+    };
+    let (got, _) = run(MessageKind::Binary, &z, &exact, &mut pool);
+    assert_eq!(got, vec![Got::Binary(zeros)]);
+}
+
+/// A compressed message streamed in pieces (`stream_fragments`): each piece is inflated as it
+/// comes, text validated as a stream, and the limit bounds the whole message, not each piece.
+#[test]
+fn conn_inflates_streamed_pieces_and_bounds_the_whole_message() {
+    let c = cfg(DeflateMode::NoContextTakeover);
+    let mut pool = DeflatePool::new(6);
+    let streamed = |max: u64| Config {
+        stream_fragments: true,
+        max_message_size: max,
+        ..Config::server()
+    };
+    let text: String = corpus(20, 3)
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .collect::<Vec<_>>()
+        .join("é");
+    let mut payload = Vec::new();
+    compress_variant(
+        text.as_bytes(),
+        Variant { window_bits: 15 },
+        &mut pool,
+        &mut payload,
+    );
+    let cuts = [payload.len() / 3, 2 * payload.len() / 3];
+    let frames = client_frames(MessageKind::Text, &payload, RSV1, &cuts);
+    let read = |cfg_p: &Config, pool: &mut DeflatePool| {
+        let mut rx = DeflateState::new(params(true, true, 15, 15), Role::Server);
+        let mut server = Conn::new(Role::Server, 1);
+        server.enable_compression();
+        let mut out = Vec::new();
+        let got = server_reads(
+            &mut server,
+            cfg_p,
+            &frames,
+            Some((&mut rx, &c, pool)),
+            &mut out,
+        );
+        (got, out, rx)
+    };
+
+    let (got, out, rx) = read(&streamed(1 << 20), &mut pool);
+    assert!(out.is_empty());
+    assert!(!rx.inflater_held(), "given back with the last piece");
+    let mut whole = Vec::new();
+    for (i, g) in got.iter().enumerate() {
+        let Got::Piece(kind, data, first, last) = g else {
+            panic!("{got:?}")
+        };
+        assert_eq!(
+            (*kind, *first, *last),
+            (MessageKind::Text, i == 0, i == got.len() - 1)
+        );
+        whole.extend_from_slice(data);
+    }
+    assert_eq!(got.len(), 3);
+    assert_eq!(whole, text.as_bytes());
+
+    // Each piece inflates to less than the limit, the message to more: 1009 at the piece that
+    // goes past it, the length counted over the whole message.
+    let limit = text.len() as u64 - 1;
+    assert!(got
+        .iter()
+        .all(|g| matches!(g, Got::Piece(_, d, ..) if (d.len() as u64) < limit)));
+    let (got, out, _) = read(&streamed(limit), &mut pool);
+    let Some(Got::Error(Error::MessageTooBig { len, max })) = got.last() else {
+        panic!("{got:?}")
+    };
+    assert_eq!(*max, limit);
+    assert!(*len > limit && *len <= limit + 1, "{len}");
+    assert_eq!(out, close_frame(1009));
+    // Exactly the limit passes.
+    let (got, _, _) = read(&streamed(text.len() as u64), &mut pool);
+    assert!(
+        matches!(got.last(), Some(Got::Piece(_, _, _, true))),
+        "{got:?}"
+    );
 }
 
 // ---- negotiation ---------------------------------------------------------------------------------

@@ -11,6 +11,8 @@
 //!   small messages (under `min_size`) go uncompressed.
 //! - Failures: a decompression bomb ends with 1009 without the server's heap growing by more than a
 //!   few MiB; data that does not inflate and compressed text that is not UTF-8 end with 1007.
+//! - Streamed (`stream_fragments`): a compressed message delivered piece by piece is bounded as a
+//!   whole by the maximum message size, however small each piece inflates.
 //! - Without `ServerConfig::deflate` the offer is declined and RSV1 is a protocol error (1002).
 //!
 //! Run without `SURGE_BACKEND` set: that variable overrides the configured backend.
@@ -65,6 +67,7 @@ per_driver!(
     python_websockets_compressed_echo,
     raw_frames_context_takeover_fragments_and_opt_out,
     bomb_corrupt_and_invalid_utf8_fail_the_connection,
+    streamed_compressed_message_is_bounded_as_a_whole,
     declined_without_configuration,
 );
 
@@ -369,6 +372,118 @@ fn bomb_corrupt_and_invalid_utf8_fail_the_connection(backend: Backend) {
     let mut c = DeflateClient::connect(addr, "permessage-deflate");
     c.send_compressed(1, chat(3).as_bytes());
     assert_eq!(c.recv().1, chat(3).as_bytes());
+    server.shutdown();
+    server.join().unwrap();
+}
+
+/// Counts what each message delivers (whole or in pieces) and answers with the count.
+struct Count;
+
+impl Handler for Count {
+    type Data = usize;
+    fn on_upgrade(&mut self, _req: &Request) -> Upgrade<usize> {
+        Upgrade::Accept(Accept::new(0))
+    }
+    fn on_message(&mut self, conn: &mut Conn<'_, usize>, msg: Message<'_>) {
+        let _ = conn.send(Message::Text(&msg.as_bytes().len().to_string()));
+    }
+    fn on_fragment(
+        &mut self,
+        conn: &mut Conn<'_, usize>,
+        _kind: surge::proto::MessageKind,
+        data: &[u8],
+        first: bool,
+        last: bool,
+    ) {
+        if first {
+            *conn.data_mut() = 0;
+        }
+        *conn.data_mut() += data.len();
+        if last {
+            let total = *conn.data();
+            let _ = conn.send(Message::Text(&total.to_string()));
+        }
+    }
+}
+
+/// A compressed message in three frames, streamed: each piece inflates to about a third of it, well
+/// under the maximum message size, but the whole is over it: 1009 (each piece used to be checked
+/// alone, and the message went through whole). Within the limit it is delivered in pieces.
+fn streamed_compressed_message_is_bounded_as_a_whole(backend: Backend) {
+    let mut cfg = ServerConfig {
+        bind: vec!["127.0.0.1:0".parse().unwrap()],
+        workers: 1,
+        backend,
+        uring_recv: support::uring_recv(),
+        ..ServerConfig::default()
+    };
+    cfg.deflate.mode = DeflateMode::NoContextTakeover;
+    cfg.proto.max_message_size = MAX_MESSAGE;
+    cfg.proto.stream_fragments = true;
+    let server = Server::new(cfg).start(|_| Count).unwrap();
+    let addr = server.local_addr();
+    let offer = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+    let send = |c: &mut DeflateClient, data: &[u8]| {
+        let mut w = Vec::new();
+        assert!(c.state.compress(data, &c.cfg, &mut c.pool, &mut w));
+        let cuts = [0, w.len() / 3, 2 * w.len() / 3, w.len()];
+        // The pieces as the server inflates them: each is under the limit.
+        let mut model = DeflateState::new(
+            DeflateParams {
+                server_no_context_takeover: true,
+                client_no_context_takeover: true,
+                ..DeflateParams::default()
+            },
+            Role::Server,
+        );
+        let mut piece = Vec::new();
+        for i in 0..3 {
+            piece.clear();
+            model
+                .decompress(
+                    &w[cuts[i]..cuts[i + 1]],
+                    i == 0,
+                    i == 2,
+                    &c.cfg,
+                    &mut c.pool,
+                    &mut piece,
+                )
+                .unwrap();
+            assert!(
+                (piece.len() as u64) < MAX_MESSAGE,
+                "piece {i}: {}",
+                piece.len()
+            );
+        }
+        for i in 0..3 {
+            let (rsv, opcode) = if i == 0 { (4, 2) } else { (0, 0) };
+            c.raw
+                .write_raw(&encode_frame(i == 2, rsv, opcode, &w[cuts[i]..cuts[i + 1]]));
+        }
+    };
+
+    // Within the limit: delivered piece by piece, all of it.
+    let mut c = DeflateClient::connect(addr, offer);
+    let fits: Vec<u8> = (0..MAX_MESSAGE as usize)
+        .map(|i| (i / 1000) as u8)
+        .collect();
+    send(&mut c, &fits);
+    let (f, data) = c.recv();
+    assert_eq!(f.opcode, 1);
+    assert_eq!(data, fits.len().to_string().as_bytes());
+
+    // Twice the limit, in pieces of about two thirds of it.
+    let mut c = DeflateClient::connect(addr, offer);
+    let over: Vec<u8> = (0..2 * MAX_MESSAGE as usize)
+        .map(|i| (i / 1000) as u8)
+        .collect();
+    send(&mut c, &over);
+    expect_close(
+        &mut c.raw,
+        1009,
+        "a streamed compressed message past the limit",
+    );
     server.shutdown();
     server.join().unwrap();
 }

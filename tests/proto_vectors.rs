@@ -46,7 +46,7 @@ fn feed(conn: &mut Conn, cfg: &Config, chunks: &[&[u8]]) -> (Vec<Ev>, Vec<u8>) {
         let mut pos = 0;
         let len = buf.len();
         while pos < len {
-            match conn.read(&mut buf[pos..], cfg, &mut out, &mut NoPool) {
+            match conn.read(&mut buf[pos..], cfg, &mut out, &mut NoPool, None) {
                 Ok((n, ev)) => {
                     assert!(n <= len - pos, "consumed more than given");
                     if let Some(ev) = ev {
@@ -246,7 +246,9 @@ fn zero_copy_single_frame_borrows_the_input() {
     let cfg = Config::server();
     let mut conn = Conn::new(Role::Server, 0);
     let mut out = Vec::new();
-    let (n, ev) = conn.read(&mut input, &cfg, &mut out, &mut NoPool).unwrap();
+    let (n, ev) = conn
+        .read(&mut input, &cfg, &mut out, &mut NoPool, None)
+        .unwrap();
     let Some(Event::Message(Message::Binary(b))) = ev else {
         panic!("expected a message")
     };
@@ -278,7 +280,9 @@ fn assembly_buffer_is_pooled_and_released_when_idle() {
     let mut pool = CountingPool::default();
     let mut out = Vec::new();
     let mut first = masked(0x01, KEY, b"ab");
-    let (_, ev) = conn.read(&mut first, &cfg, &mut out, &mut pool).unwrap();
+    let (_, ev) = conn
+        .read(&mut first, &cfg, &mut out, &mut pool, None)
+        .unwrap();
     assert!(ev.is_none());
     conn.recycle(&mut pool);
     assert_eq!(
@@ -287,7 +291,9 @@ fn assembly_buffer_is_pooled_and_released_when_idle() {
         "kept while the message is in progress"
     );
     let mut last = masked(0x80, KEY, b"cd");
-    let (_, ev) = conn.read(&mut last, &cfg, &mut out, &mut pool).unwrap();
+    let (_, ev) = conn
+        .read(&mut last, &cfg, &mut out, &mut pool, None)
+        .unwrap();
     assert_eq!(ev, Some(Event::Message(Message::Text("abcd"))));
     conn.recycle(&mut pool);
     assert_eq!((pool.taken, pool.given), (1, 1));
@@ -483,7 +489,7 @@ fn close_handshake_initiated_locally() {
     assert_eq!(conn.state(), State::CloseSent);
     // No more data may be sent.
     assert_eq!(
-        conn.send(&mut out, MessageKind::Text, b"x", &cfg),
+        conn.send(&mut out, MessageKind::Text, b"x", &cfg, 0),
         Err(SendError::Closed)
     );
     assert_eq!(conn.ping(&mut out, b""), Err(SendError::Closed));
@@ -671,22 +677,22 @@ fn client_server_pair() {
 
     let mut wire = Vec::new();
     client
-        .send(&mut wire, MessageKind::Binary, &big, &ccfg)
+        .send(&mut wire, MessageKind::Binary, &big, &ccfg, 0)
         .unwrap();
     client
-        .send(&mut wire, MessageKind::Text, "héllo".as_bytes(), &ccfg)
+        .send(&mut wire, MessageKind::Text, "héllo".as_bytes(), &ccfg, 0)
         .unwrap();
     client.begin_message(MessageKind::Text).unwrap();
     client
-        .write_fragment(&mut wire, b"piece ", true, false)
+        .write_fragment(&mut wire, b"piece ", true, false, 0)
         .unwrap();
     assert_eq!(
-        client.send(&mut wire, MessageKind::Text, b"x", &ccfg),
+        client.send(&mut wire, MessageKind::Text, b"x", &ccfg, 0),
         Err(SendError::MessageInProgress)
     );
     client.ping(&mut wire, b"between").unwrap();
     client
-        .write_fragment(&mut wire, b"by piece", false, true)
+        .write_fragment(&mut wire, b"by piece", false, true, 0)
         .unwrap();
     let (ev, replies) = feed(&mut server, &scfg, &[&wire]);
     assert_eq!(
@@ -705,7 +711,7 @@ fn client_server_pair() {
     // Server to client, auto-fragmented at 1000 bytes.
     let mut wire = Vec::new();
     server
-        .send(&mut wire, MessageKind::Binary, &big, &scfg)
+        .send(&mut wire, MessageKind::Binary, &big, &scfg, 0)
         .unwrap();
     assert!(wire.len() > big.len() + 10 * 2, "fragmented into frames");
     let (ev, _) = feed(&mut client, &ccfg, &[&wire]);
@@ -732,10 +738,10 @@ fn client_masks_with_changing_keys() {
     let mut a = Vec::new();
     let mut b = Vec::new();
     client
-        .send(&mut a, MessageKind::Binary, &[0; 8], &cfg)
+        .send(&mut a, MessageKind::Binary, &[0; 8], &cfg, 0)
         .unwrap();
     client
-        .send(&mut b, MessageKind::Binary, &[0; 8], &cfg)
+        .send(&mut b, MessageKind::Binary, &[0; 8], &cfg, 0)
         .unwrap();
     assert_eq!(a[1], 0x88);
     assert_ne!(a[2..6], b[2..6], "a fresh key per frame");

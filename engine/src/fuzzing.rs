@@ -45,7 +45,7 @@ fn run(cfg: &Config, input: &[u8], cuts: &[usize]) -> (Vec<Seen>, Vec<u8>) {
         let len = piece.len();
         let mut pos = 0;
         while pos < len {
-            match conn.read(&mut piece[pos..], cfg, &mut out, &mut NoPool) {
+            match conn.read(&mut piece[pos..], cfg, &mut out, &mut NoPool, None) {
                 Ok((n, ev)) => {
                     assert!(n <= len - pos, "consumed more than given");
                     match ev {

@@ -27,12 +27,10 @@ pub struct Reader<S> {
     pub(super) buf: Vec<u8>,
     pub(super) start: usize,
     pub(super) end: usize,
-    pub(super) side: Vec<u8>,
     pub(super) pending: Pending,
-    /// Inflating (`None` until the first compressed message).
+    /// What the core inflates compressed messages with (`Some` when permessage-deflate was
+    /// negotiated).
     pub(super) inflate: Option<Box<ReadDeflate>>,
-    /// Bytes of the current compressed message inflated so far (against the read limit).
-    pub(super) inflated_len: u64,
     /// A message is being delivered and its last piece has not been decoded yet.
     pub(super) msg_open: bool,
     pub(super) deadline: Option<Instant>,
@@ -67,6 +65,10 @@ impl<S: Stream> Reader<S> {
         buf: Vec<u8>,
         end: usize,
     ) -> Reader<S> {
+        let inflate = shared
+            .deflate
+            .as_ref()
+            .map(|n| ReadDeflate::new(n, shared.role));
         Reader {
             shared,
             writer,
@@ -78,10 +80,8 @@ impl<S: Stream> Reader<S> {
             buf,
             start: 0,
             end,
-            side: Vec::new(),
             pending: Pending::default(),
-            inflate: None,
-            inflated_len: 0,
+            inflate,
             msg_open: false,
             deadline: None,
             timeout_set: false,

@@ -1,6 +1,6 @@
 //! The read path of a blocking connection: input read into the read buffer (from the reader's own
-//! handle or through the writer's lock), decoded by [`proto::Conn`] under the `proto` lock, control
-//! frames handed to the handlers, compressed pieces inflated, and the linger after the close.
+//! handle or through the writer's lock), decoded (and compressed pieces inflated) by [`proto::Conn`]
+//! under the `proto` lock, control frames handed to the handlers, and the linger after the close.
 
 use std::io;
 use std::net::Shutdown;
@@ -8,20 +8,44 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use super::reader::Reader;
-use super::shared::{apply_deadline, lock, MAX_KEPT_BUFFER};
+use super::shared::{apply_deadline, lock, Negotiated};
 use super::writer::Writer;
 use super::{CloseCode, CloseError, Error, MessageType, Stream};
-use crate::proto::{self, DeflatePool, DeflateState, Event, MessageKind, NoPool};
+use crate::proto::{
+    self, DeflateConfig, DeflatePool, DeflateState, Event, Inflate, MessageKind, NoPool, Role,
+};
 
 /// How long the default ping handler may take to send its pong (gorilla's `writeWait`).
 const PONG_WAIT: Duration = Duration::from_secs(1);
 
-/// The read side's compression state, created on the first compressed message.
+/// The read side's compression state (the inflater and windows are allocated on the first
+/// compressed message), lent to the protocol core for each read.
 pub(super) struct ReadDeflate {
     state: DeflateState,
+    cfg: DeflateConfig,
     pool: DeflatePool,
-    /// The inflated piece being handed out.
+    /// Where the core inflates a piece; the piece being handed out.
     out: Vec<u8>,
+}
+
+impl ReadDeflate {
+    pub(super) fn new(n: &Negotiated, role: Role) -> Box<Self> {
+        Box::new(ReadDeflate {
+            state: DeflateState::new(n.params, role),
+            cfg: n.cfg,
+            pool: DeflatePool::new(n.cfg.level),
+            out: Vec::new(),
+        })
+    }
+
+    fn lend(&mut self) -> Inflate<'_, '_> {
+        Inflate {
+            state: &mut self.state,
+            cfg: &self.cfg,
+            pool: &mut self.pool,
+            buf: &mut self.out,
+        }
+    }
 }
 
 /// Where the reader's stream is.
@@ -37,15 +61,8 @@ enum Got {
     Nothing,
     Data {
         kind: MessageKind,
-        /// Bytes of the read buffer (relative to the decoded input), or `None` when they were
-        /// copied to the side buffer.
-        range: Option<Range<usize>>,
-        first: bool,
-        last: bool,
-    },
-    /// A piece of a compressed message, still compressed (where as for `Data`).
-    Compressed {
-        kind: MessageKind,
+        /// Bytes of the read buffer (relative to the decoded input), or `None`: the piece the core
+        /// inflated, all of the inflate buffer.
         range: Option<Range<usize>>,
         first: bool,
         last: bool,
@@ -61,8 +78,6 @@ enum Src {
     /// The read buffer.
     #[default]
     Buf,
-    /// The side buffer.
-    Side,
     /// The inflated piece (permessage-deflate).
     Inflated,
 }
@@ -85,13 +100,10 @@ fn default_ping<S: Stream>(w: &Writer<S>, data: &[u8]) -> Result<(), Error> {
 
 impl<S: Stream> Reader<S> {
     pub(super) fn pending_slice(&self) -> &[u8] {
-        let src = match self.pending.src {
-            Src::Buf => &self.buf,
-            Src::Side => &self.side,
-            Src::Inflated => match &self.inflate {
-                Some(d) => &d.out,
-                None => &self.side,
-            },
+        let src: &[u8] = match (self.pending.src, &self.inflate) {
+            (Src::Buf, _) => &self.buf,
+            (Src::Inflated, Some(d)) => &d.out,
+            (Src::Inflated, None) => &[],
         };
         &src[self.pending.range.clone()]
     }
@@ -132,41 +144,28 @@ impl<S: Stream> Reader<S> {
                 let input = &mut self.buf[self.start..self.end];
                 let base = input.as_ptr() as usize;
                 let len = input.len();
-                match p.conn.read_ext(input, &self.cfg, &mut replies, &mut NoPool) {
-                    Ok((n, ev, compressed)) => {
+                let inflate = self.inflate.as_deref_mut().map(ReadDeflate::lend);
+                match p
+                    .conn
+                    .read(input, &self.cfg, &mut replies, &mut NoPool, inflate)
+                {
+                    Ok((n, ev)) => {
                         let got = match ev {
                             None => Got::Nothing,
-                            Some(Event::Message(m)) => piece(
-                                m.kind(),
-                                m.as_bytes(),
-                                true,
-                                true,
-                                base,
-                                len,
-                                &mut self.side,
-                            ),
+                            Some(Event::Message(m)) => {
+                                piece(m.kind(), m.as_bytes(), true, true, base, len)
+                            }
                             Some(Event::Fragment {
                                 kind,
                                 data,
                                 first,
                                 last,
-                            }) => piece(kind, data, first, last, base, len, &mut self.side),
+                            }) => piece(kind, data, first, last, base, len),
                             Some(Event::Ping(d)) => Got::Ping(d.to_vec()),
                             Some(Event::Pong(d)) => Got::Pong(d.to_vec()),
                             Some(Event::Close { code, reason }) => {
                                 Got::Close(code, reason.to_owned())
                             }
-                        };
-                        let got = match got {
-                            Got::Data {
-                                range, first, last, ..
-                            } if compressed.is_some() => Got::Compressed {
-                                kind: compressed.unwrap_or(MessageKind::Binary),
-                                range,
-                                first,
-                                last,
-                            },
-                            other => other,
                         };
                         p.conn.recycle(&mut NoPool);
                         (n, got, None)
@@ -182,6 +181,8 @@ impl<S: Stream> Reader<S> {
                 let _ = self.shared.send_raw(&replies);
             }
             if let Some(e) = failed {
+                // A protocol error, or a compressed message that does not inflate (1007) or
+                // inflates past the read limit (1009): the core queued the close.
                 let err = match e {
                     proto::Error::MessageTooBig { .. } | proto::Error::FrameTooBig { .. } => {
                         Error::ReadLimit
@@ -193,29 +194,6 @@ impl<S: Stream> Reader<S> {
             }
             match got {
                 Got::Nothing => {}
-                Got::Compressed {
-                    kind,
-                    range,
-                    first,
-                    last,
-                } => {
-                    let range = range.map(|r| at + r.start..at + r.end);
-                    if let Err(e) = self.inflate_piece(kind, range, first, last) {
-                        let mut replies = Vec::new();
-                        lock(&self.shared.proto).conn.fail(&mut replies, &e);
-                        if !replies.is_empty() {
-                            let _ = self.shared.send_raw(&replies);
-                        }
-                        let err = match e {
-                            proto::Error::MessageTooBig { .. } => Error::ReadLimit,
-                            other => Error::Protocol(other),
-                        };
-                        self.linger();
-                        return Err(self.fail(err));
-                    }
-                    self.msg_open = !last;
-                    return Ok((kind, first));
-                }
                 Got::Data {
                     kind,
                     range,
@@ -228,8 +206,8 @@ impl<S: Stream> Reader<S> {
                             range: at + r.start..at + r.end,
                         },
                         None => Pending {
-                            src: Src::Side,
-                            range: 0..self.side.len(),
+                            src: Src::Inflated,
+                            range: 0..self.inflate.as_ref().map_or(0, |d| d.out.len()),
                         },
                     };
                     self.msg_open = !last;
@@ -267,56 +245,6 @@ impl<S: Stream> Reader<S> {
                 }
             }
         }
-    }
-
-    /// Inflates a piece of a compressed message (in the read buffer at `range`, or in the side
-    /// buffer) into the inflate buffer and leaves it pending. The read limit bounds the whole
-    /// inflated message: a decompression bomb fails with 1009 after at most one byte past it.
-    fn inflate_piece(
-        &mut self,
-        kind: MessageKind,
-        range: Option<Range<usize>>,
-        first: bool,
-        last: bool,
-    ) -> Result<(), proto::Error> {
-        let Some(n) = self.shared.deflate else {
-            return Err(proto::Error::CompressedDataInvalid);
-        };
-        let d = self.inflate.get_or_insert_with(|| {
-            Box::new(ReadDeflate {
-                state: DeflateState::new(n.params, self.shared.role),
-                pool: DeflatePool::new(n.cfg.level),
-                out: Vec::new(),
-            })
-        });
-        if first {
-            self.inflated_len = 0;
-            if d.out.capacity() > MAX_KEPT_BUFFER {
-                d.out = Vec::new();
-            }
-        }
-        let limit = self.cfg.max_message_size.min(n.cfg.max_decompressed);
-        let mut cfg = n.cfg;
-        cfg.max_decompressed = limit.saturating_sub(self.inflated_len);
-        let input = match &range {
-            Some(r) => &self.buf[r.clone()],
-            None => &self.side[..],
-        };
-        let ReadDeflate { state, pool, out } = &mut **d;
-        let result = state.decompress_piece(kind, input, first, last, &cfg, pool, out);
-        if let Err(proto::Error::MessageTooBig { .. }) = result {
-            return Err(proto::Error::MessageTooBig {
-                len: self.inflated_len + out.len() as u64,
-                max: limit,
-            });
-        }
-        result?;
-        self.inflated_len += out.len() as u64;
-        self.pending = Pending {
-            src: Src::Inflated,
-            range: 0..out.len(),
-        };
-        Ok(())
     }
 
     /// Records a read error as the connection's last word for reading.
@@ -403,25 +331,16 @@ impl<S: Stream> Reader<S> {
     }
 }
 
-/// Where a data piece's bytes are: inside the decoded input (a range relative to it), or copied to
-/// `side` (never the case with streaming on, where data is always handed out of the input).
-fn piece(
-    kind: MessageKind,
-    data: &[u8],
-    first: bool,
-    last: bool,
-    base: usize,
-    len: usize,
-    side: &mut Vec<u8>,
-) -> Got {
+/// Where a data piece's bytes are: inside the decoded input (a range relative to it), or else in the
+/// inflate buffer, all of it (the core inflated them; with streaming on, which the blocking API
+/// always has, nothing else is handed out of the input).
+fn piece(kind: MessageKind, data: &[u8], first: bool, last: bool, base: usize, len: usize) -> Got {
     let at = (data.as_ptr() as usize).wrapping_sub(base);
     let range = if data.is_empty() {
         Some(0..0)
     } else if at < len && at + data.len() <= len {
         Some(at..at + data.len())
     } else {
-        side.clear();
-        side.extend_from_slice(data);
         None
     };
     Got::Data {

@@ -6,9 +6,11 @@
 use std::io::{self, IoSlice, Write};
 use std::time::Instant;
 
-use super::shared::{apply_deadline, lock, Negotiated, ProtoSide, Shared, MAX_KEPT_BUFFER};
+use super::shared::{apply_deadline, lock, Negotiated, ProtoSide, Shared};
 use super::{Error, Stream};
-use crate::proto::{self, DeflatePool, DeflateState, MessageKind, Output, Role, RSV1};
+use crate::proto::{
+    self, DeflatePool, DeflateState, MessageKind, Output, Role, MAX_KEPT_BUFFER, RSV1,
+};
 
 /// Payloads at least this long are written straight from the caller's slice (server role), not
 /// copied into the write buffer.
@@ -147,7 +149,7 @@ impl<S: Stream> Shared<S> {
         allow_compress: bool,
     ) -> Result<(), Error> {
         let Some(n) = self.deflate.filter(|_| allow_compress) else {
-            return self.send(None, data, |p, out| p.conn.send(out, kind, data, &p.cfg));
+            return self.send(None, data, |p, out| p.conn.send(out, kind, data, &p.cfg, 0));
         };
         let mut out = lock(&self.out);
         if let Some(e) = &out.err {
@@ -155,11 +157,11 @@ impl<S: Stream> Shared<S> {
         }
         if !out.compress {
             return self.send_on(&mut out, None, data, |p, o| {
-                p.conn.send(o, kind, data, &p.cfg)
+                p.conn.send(o, kind, data, &p.cfg, 0)
             });
         }
         self.send_deflated(&mut out, &n, data, |p, o, payload, rsv| {
-            p.conn.send_with_rsv(o, kind, payload, &p.cfg, rsv)
+            p.conn.send(o, kind, payload, &p.cfg, rsv)
         })
     }
 

@@ -18,9 +18,6 @@ use super::send::OutSide;
 use super::Error;
 use crate::proto::{self, DeflateConfig, DeflateParams, Role};
 
-/// Compression buffers larger than this are freed after use rather than kept for the next message.
-pub(super) const MAX_KEPT_BUFFER: usize = 1 << 20;
-
 /// permessage-deflate as negotiated for a connection (fixed after the handshake).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Negotiated {

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::send::ZERO_COPY_MIN;
-use super::shared::{lock, ProtoSide, Shared, MAX_KEPT_BUFFER};
+use super::shared::{lock, ProtoSide, Shared};
 use super::{format_close_message, CloseCode, Error, MessageType, Stream};
-use crate::proto::{self, parse_close_payload, DeflatePool, Encoder, Output, Role};
+use crate::proto::{
+    self, parse_close_payload, DeflatePool, Encoder, Output, Role, MAX_KEPT_BUFFER,
+};
 
 /// A message written through [`MessageWriter`] with compression on is compressed whole at
 /// [`MessageWriter::close`] while it stays this short; a longer one goes out uncompressed, a frame
@@ -196,7 +198,7 @@ impl<S: Stream> Writer<S> {
                 buf: &mut buf,
                 frame: &pm.frame,
             };
-            conn.send(&mut prepared, kind, &pm.data, cfg)
+            conn.send(&mut prepared, kind, &pm.data, cfg, 0)
         };
         let result = match encoded {
             Ok(()) => out.write(None, &buf, &[]),
@@ -297,7 +299,7 @@ impl<S: Stream> MessageWriter<S> {
         let first = std::mem::replace(&mut self.first, false);
         let data = std::mem::take(&mut self.buf);
         let result = self.writer.shared.send(None, &data, |p, out| {
-            p.conn.write_fragment(out, &data, first, fin)
+            p.conn.write_fragment(out, &data, first, fin, 0)
         });
         self.buf = data;
         self.buf.clear();
@@ -319,7 +321,7 @@ impl<S: Stream> MessageWriter<S> {
             return Err(e.duplicate());
         }
         let result = shared.send_deflated(&mut out, &n, &data, |p, o, payload, rsv| {
-            p.conn.write_fragment_rsv(o, payload, first, true, rsv)
+            p.conn.write_fragment(o, payload, first, true, rsv)
         });
         drop(out);
         self.buf = if data.capacity() <= MAX_KEPT_BUFFER {

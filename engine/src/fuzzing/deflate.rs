@@ -20,7 +20,9 @@
 //!   arbitrary bytes as a compressed message give what a flate2 inflater gives (same output
 //!   or both failing), however split, and never more than one byte past the size limit: a fresh
 //!   one per message without context takeover, one kept across messages with it (see
-//!   `LiveModel`).
+//!   `LiveModel`). What the peer sends goes through the protocol core as frames (one frame, or
+//!   a fragmented message streamed piece by piece), which inflates it as the engine and
+//!   `surge::blocking` have it do.
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -31,8 +33,8 @@ use crate::handshake::deflate_negotiation::{
 use crate::handshake::{parse_request, HandshakeConfig, ParseStatus, Request};
 use crate::proto::deflate::TAIL;
 use crate::proto::{
-    compress_variant, DeflateConfig, DeflateMode, DeflateParams, DeflatePool, DeflateState,
-    Direction, Error, Message, MessageKind, Role,
+    compress_variant, Config, Conn, DeflateConfig, DeflateMode, DeflateParams, DeflatePool,
+    DeflateState, Direction, Error, Event, Inflate, Message, MessageKind, NoPool, Role, RSV1,
 };
 
 /// Reads choices off the input; past its end every read gives zeros.
@@ -581,9 +583,45 @@ impl PeerInflater {
     }
 }
 
-/// Our side inflating one message the way the engine does: whole (`decompress_message`) or in
-/// pieces (`decompress_piece`, the limit applied to the total as `blocking::Conn` does).
+/// Our side: the protocol core of a connection with permessage-deflate, and the peer's encoder.
+struct Core {
+    ours: Conn,
+    peer: Conn,
+    cfg: Config,
+    peer_cfg: Config,
+}
+
+impl Core {
+    fn new(role: Role) -> Self {
+        let peer_role = match role {
+            Role::Server => Role::Client,
+            Role::Client => Role::Server,
+        };
+        let mut ours = Conn::new(role, 7);
+        ours.enable_compression();
+        let mut peer = Conn::new(peer_role, 11);
+        peer.enable_compression();
+        let mut cfg = Config::server();
+        cfg.role = role;
+        // The inflated size is bounded by `max_decompressed` alone here.
+        cfg.max_message_size = 1 << 30;
+        let mut peer_cfg = Config::server();
+        peer_cfg.role = peer_role;
+        Core {
+            ours,
+            peer,
+            cfg,
+            peer_cfg,
+        }
+    }
+}
+
+/// Our side inflating one compressed message the way the engine and `blocking` do: the peer frames
+/// it (one frame without `cuts`; else a fragmented message, a frame per piece) and the protocol
+/// core reads the frames one by one, inflating through an [`Inflate`]: a whole message, or
+/// (`stream_fragments`) the pieces of a fragmented one, the limit applied to their total.
 fn inflate_ours(
+    core: &mut Core,
     st: &mut DeflateState,
     kind: MessageKind,
     payload: &[u8],
@@ -591,45 +629,101 @@ fn inflate_ours(
     cfg: &DeflateConfig,
     pool: &mut DeflatePool,
 ) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::new();
+    let mut frames = Vec::new();
     if cuts.is_empty() {
-        return match st.decompress_message(kind, payload, cfg, pool, &mut out)? {
-            Message::Text(t) => Ok(t.as_bytes().to_vec()),
-            Message::Binary(b) => Ok(b.to_vec()),
-        };
-    }
-    let mut whole = Vec::new();
-    let mut start = 0;
-    let ends = cuts.iter().copied().chain([payload.len()]);
-    for (i, end) in ends.enumerate() {
-        let end = end.clamp(start, payload.len());
-        let piece_cfg = DeflateConfig {
-            max_decompressed: cfg.max_decompressed - whole.len() as u64,
-            ..*cfg
-        };
-        let last = i == cuts.len();
-        let result = st.decompress_piece(
-            kind,
-            &payload[start..end],
-            i == 0,
-            last,
-            &piece_cfg,
-            pool,
-            &mut out,
-        );
-        if let Err(e) = result {
-            assert!(
-                out.len() as u64 <= piece_cfg.max_decompressed + 1,
-                "{e:?}: {} bytes out of a piece, limit {}",
-                out.len(),
-                piece_cfg.max_decompressed
-            );
-            return Err(e);
+        let mut wire = Vec::new();
+        core.peer
+            .send(&mut wire, kind, payload, &core.peer_cfg, RSV1)
+            .expect("the peer sends");
+        frames.push(wire);
+    } else {
+        core.peer.begin_message(kind).expect("the peer sends");
+        let mut start = 0;
+        let ends = cuts.iter().copied().chain([payload.len()]);
+        for (i, end) in ends.enumerate() {
+            let end = end.clamp(start, payload.len());
+            let mut wire = Vec::new();
+            core.peer
+                .write_fragment(
+                    &mut wire,
+                    &payload[start..end],
+                    i == 0,
+                    i == cuts.len(),
+                    RSV1,
+                )
+                .expect("the peer sends");
+            frames.push(wire);
+            start = end;
         }
-        assert!(out.len() as u64 <= piece_cfg.max_decompressed);
-        whole.extend_from_slice(&out);
-        start = end;
     }
+    let read_cfg = Config {
+        stream_fragments: !cuts.is_empty(),
+        ..core.cfg.clone()
+    };
+    let mut whole = Vec::new();
+    let mut buf = Vec::new();
+    let mut replies = Vec::new();
+    let mut done = false;
+    let mut pieces = 0;
+    for mut frame in frames {
+        let mut pos = 0;
+        while pos < frame.len() {
+            let inflate = Inflate {
+                state: &mut *st,
+                cfg,
+                pool: &mut *pool,
+                buf: &mut buf,
+            };
+            let read = core.ours.read(
+                &mut frame[pos..],
+                &read_cfg,
+                &mut replies,
+                &mut NoPool,
+                Some(inflate),
+            );
+            let (n, ev) = match read {
+                Ok(found) => found,
+                Err(e) => {
+                    assert!(core.ours.is_closed());
+                    assert!(
+                        whole.len() as u64 + buf.len() as u64 <= cfg.max_decompressed + 1,
+                        "{e:?}: {} bytes inflated, limit {}",
+                        whole.len() + buf.len(),
+                        cfg.max_decompressed
+                    );
+                    return Err(e);
+                }
+            };
+            pos += n;
+            match ev {
+                None => {}
+                Some(Event::Message(m)) => {
+                    assert_eq!(m.kind(), kind);
+                    if let Message::Text(t) = m {
+                        assert!(std::str::from_utf8(t.as_bytes()).is_ok());
+                    }
+                    whole.extend_from_slice(m.as_bytes());
+                    done = true;
+                }
+                Some(Event::Fragment {
+                    kind: k,
+                    data,
+                    first,
+                    last,
+                }) => {
+                    assert_eq!((k, first), (kind, pieces == 0));
+                    pieces += 1;
+                    whole.extend_from_slice(data);
+                    done = last;
+                }
+                Some(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        core.ours.recycle(&mut NoPool);
+    }
+    assert!(done, "the message was delivered");
+    assert!(replies.is_empty(), "nothing written back");
+    assert!(whole.len() as u64 <= cfg.max_decompressed);
     Ok(whole)
 }
 
@@ -653,6 +747,7 @@ fn check_connection(c: &mut Choices<'_>) {
     let mut pool = DeflatePool::new(level);
     pool.use_libdeflate(cfg.libdeflate);
     let mut st = DeflateState::new(params, role);
+    let mut core = Core::new(role);
     let (send, recv) = (params.send(role), params.recv(role));
     assert_eq!((st.send_direction(), st.recv_direction()), (send, recv));
     let mut peer_out = PeerCompressor::new(recv, u32::from(c.below(10) as u8));
@@ -690,7 +785,7 @@ fn check_connection(c: &mut Choices<'_>) {
                 }
                 let mut cuts: Vec<usize> = cuts.iter().map(|&x| x % (payload.len() + 1)).collect();
                 cuts.sort_unstable();
-                let got = inflate_ours(&mut st, kind, &payload, &cuts, &cfg, &mut pool);
+                let got = inflate_ours(&mut core, &mut st, kind, &payload, &cuts, &cfg, &mut pool);
                 let too_big = data.len() as u64 > cfg.max_decompressed;
                 let bad_text = kind == MessageKind::Text && std::str::from_utf8(&data).is_err();
                 match got {
@@ -721,7 +816,7 @@ fn check_connection(c: &mut Choices<'_>) {
                 } else {
                     live.message(&data, &received, cfg.max_decompressed)
                 };
-                let got = inflate_ours(&mut st, kind, &data, &cuts, &cfg, &mut pool);
+                let got = inflate_ours(&mut core, &mut st, kind, &data, &cuts, &cfg, &mut pool);
                 let plain_text_ok =
                     |p: &Vec<u8>| kind == MessageKind::Binary || std::str::from_utf8(p).is_ok();
                 match (got, plain) {

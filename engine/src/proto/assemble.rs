@@ -6,9 +6,11 @@
 //! and handed out as a borrowed slice (zero copy). Only fragmented messages, and frames split across
 //! reads, are copied, into an assembly buffer taken from the caller's [`BufferPool`]. An incomplete
 //! header (at most 13 bytes) is the only thing the decoder keeps inline; so the caller never has to keep
-//! leftover input of its own.
+//! leftover input of its own. A compressed message (RSV1, permessage-deflate) is inflated through the
+//! [`Inflate`] the caller lends, into its buffer: events always hold plain messages of their real kind.
 
 use super::close::parse_close_payload;
+use super::deflate::Inflate;
 use super::error::{CloseCode, Error};
 use super::frame::{FrameHeader, HeaderRules, OpCode, MAX_HEADER_LEN, RSV1};
 use surge_simd::{apply_mask, Utf8Stream};
@@ -32,7 +34,8 @@ impl MessageKind {
     }
 }
 
-/// A whole data message, borrowed from the input or from the assembly buffer.
+/// A whole data message, borrowed from the input, the assembly buffer or (inflated) the buffer of
+/// the caller's [`Inflate`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Message<'a> {
     /// A text message, already validated as UTF-8.
@@ -65,6 +68,7 @@ pub enum Event<'a> {
     Message(Message<'a>),
     /// A piece of a message delivered piece by piece (only with `stream_fragments`). Text pieces are
     /// validated as a stream: a piece may end inside a code point that the next piece completes.
+    /// A piece of a compressed message is inflated (and may be empty where its frame was not).
     Fragment {
         /// The message's kind.
         kind: MessageKind,
@@ -175,10 +179,8 @@ pub struct Decoder {
     remaining: u64,
     /// The data message in progress (fragmented, or a frame split across reads).
     msg: Option<MessageKind>,
-    /// The message in progress was marked compressed (RSV1 on its first frame).
+    /// The message in progress (or just delivered) was marked compressed (RSV1 on its first frame).
     msg_compressed: bool,
-    /// The kind of the message in progress (or just delivered), from its first frame's opcode.
-    msg_kind: Option<MessageKind>,
     /// The message in progress is delivered piece by piece.
     streaming: bool,
     first_piece: bool,
@@ -227,18 +229,6 @@ impl Decoder {
         self.assembly.capacity()
     }
 
-    /// Whether the message being received (or just delivered) had RSV1 set on its first frame.
-    pub fn message_compressed(&self) -> bool {
-        self.msg_compressed
-    }
-
-    /// The kind of the message being received (or just delivered) when it is compressed. Such a
-    /// message is reported as [`Message::Binary`] (or unvalidated fragments): its bytes are only
-    /// text once inflated, and this says whether they must be.
-    pub fn compressed_kind(&self) -> Option<MessageKind> {
-        self.msg_kind.filter(|_| self.msg_compressed)
-    }
-
     /// Gives the assembly buffers back to `pool` when no message is in progress, so that an idle
     /// connection holds no buffer. The caller does this once it is done with the events of a read.
     pub fn recycle(&mut self, pool: &mut impl BufferPool) {
@@ -264,29 +254,24 @@ impl Decoder {
     /// consumed and the event, if one is complete; `(input.len(), None)` when all of the input was taken
     /// in without completing one. Payloads are unmasked in place in `input`.
     ///
+    /// A compressed data message (RSV1 on its first frame, allowed by `cfg.rules`) is inflated
+    /// through `inflate` into its buffer, which the event then borrows: whole, or piece by piece
+    /// when it is streamed. Inflating fails with [`Error::CompressedDataInvalid`] (1007; also when
+    /// no `inflate` is given), [`Error::MessageTooBig`] (1009: past `max_decompressed` or
+    /// `max_message_size`, whichever is smaller) or [`Error::InvalidUtf8`] (1007). Without a
+    /// compressed message `inflate` is not touched.
+    ///
     /// After an error the connection must be failed: the decoder's state is no longer meaningful.
     pub fn decode<'a>(
         &'a mut self,
         input: &'a mut [u8],
         cfg: &DecoderConfig,
         pool: &mut impl BufferPool,
+        inflate: Option<Inflate<'_, 'a>>,
     ) -> Result<(usize, Option<Event<'a>>), Error> {
-        self.decode_ext(input, cfg, pool).map(|(n, ev, _)| (n, ev))
-    }
-
-    /// [`Decoder::decode`], also returning the message's kind when the event is a data message (or
-    /// piece) that was compressed: such a message is delivered as `Message::Binary` holding the
-    /// compressed bytes, for an extension to inflate. (The event borrows the decoder, so this
-    /// cannot be asked afterwards with [`Decoder::compressed_kind`] while the event is in use.)
-    pub fn decode_ext<'a>(
-        &'a mut self,
-        input: &'a mut [u8],
-        cfg: &DecoderConfig,
-        pool: &mut impl BufferPool,
-    ) -> Result<(usize, Option<Event<'a>>, Option<MessageKind>), Error> {
         if self.closed {
             // "the endpoint MUST NOT ... after receiving a Close frame" process more data: it is discarded.
-            return Ok((input.len(), None, None));
+            return Ok((input.len(), None));
         }
         self.settle();
         let mut pos = 0;
@@ -294,7 +279,7 @@ impl Decoder {
             if !self.in_frame {
                 let (h, n) = match self.parse_header(input, pos, cfg)? {
                     Some(found) => found,
-                    None => return Ok((input.len(), None, None)),
+                    None => return Ok((input.len(), None)),
                 };
                 pos += n;
                 let avail = (input.len() - pos) as u64;
@@ -359,7 +344,7 @@ impl Decoder {
             if opcode.is_control() {
                 self.assembly.extend_from_slice(&input[start..end]);
                 if !frame_done {
-                    return Ok((pos, None, None));
+                    return Ok((pos, None));
                 }
                 self.in_frame = false;
                 self.settle = Settle::Control;
@@ -413,24 +398,20 @@ impl Decoder {
             }
             if !frame_done {
                 debug_assert_eq!(pos, input.len());
-                return Ok((pos, None, None));
+                return Ok((pos, None));
             }
         };
 
         let input: &'a [u8] = input;
         let this: &'a mut Self = self;
-        let compressed = match ready {
-            Ready::Input { .. } | Ready::Assembled(_) | Ready::Fragment { .. } => {
-                this.msg_kind.filter(|_| this.msg_compressed)
-            }
-            _ => None,
-        };
+        let compressed = this.msg_compressed;
+        let max = cfg.max_message_size;
         let event = match ready {
             Ready::Input { start, end, kind } => {
-                Event::Message(message(kind, &input[start..end], this.msg_compressed)?)
+                Event::Message(message(kind, &input[start..end], compressed, inflate, max)?)
             }
             Ready::Assembled(kind) => {
-                Event::Message(message(kind, &this.assembly, this.msg_compressed)?)
+                Event::Message(message(kind, &this.assembly, compressed, inflate, max)?)
             }
             Ready::Fragment {
                 start,
@@ -438,12 +419,19 @@ impl Decoder {
                 kind,
                 first,
                 last,
-            } => Event::Fragment {
-                kind,
-                data: &input[start..end],
-                first,
-                last,
-            },
+            } => {
+                let mut data = &input[start..end];
+                if compressed {
+                    let inflate = inflate.ok_or(Error::CompressedDataInvalid)?;
+                    data = inflate.piece(kind, data, first, last, max)?;
+                }
+                Event::Fragment {
+                    kind,
+                    data,
+                    first,
+                    last,
+                }
+            }
             Ready::Control { start, end, opcode } => {
                 control_event(&mut this.closed, opcode, &input[start..end])?
             }
@@ -451,7 +439,7 @@ impl Decoder {
                 control_event(&mut this.closed, opcode, &this.assembly[this.ctrl_at..])?
             }
         };
-        Ok((pos, Some(event), compressed))
+        Ok((pos, Some(event)))
     }
 
     /// Parses the next header, from the input or completing one split across reads. `None`: the input
@@ -515,7 +503,6 @@ impl Decoder {
         };
         if h.opcode != OpCode::Continuation {
             self.msg_compressed = h.rsv & RSV1 != 0;
-            self.msg_kind = Some(kind);
         }
         let frames = if self.msg.is_some() {
             self.msg_frames.saturating_add(1)
@@ -539,13 +526,23 @@ impl Decoder {
     }
 }
 
-fn message(kind: MessageKind, data: &[u8], compressed: bool) -> Result<Message<'_>, Error> {
+/// A whole message: text validated as UTF-8, or (compressed) inflated through `inflate`.
+fn message<'a>(
+    kind: MessageKind,
+    data: &'a [u8],
+    compressed: bool,
+    inflate: Option<Inflate<'_, 'a>>,
+    max_message_size: u64,
+) -> Result<Message<'a>, Error> {
+    if compressed {
+        let inflate = inflate.ok_or(Error::CompressedDataInvalid)?;
+        return inflate.message(kind, data, max_message_size);
+    }
     Ok(match kind {
-        // A compressed text message is validated after inflating, by the extension.
-        MessageKind::Text if !compressed => {
+        MessageKind::Text => {
             Message::Text(simdutf8::basic::from_utf8(data).map_err(|_| Error::InvalidUtf8)?)
         }
-        _ => Message::Binary(data),
+        MessageKind::Binary => Message::Binary(data),
     })
 }
 
@@ -617,7 +614,7 @@ mod tests {
             let mut buf = chunk.to_vec();
             let mut pos = 0;
             while pos < buf.len() {
-                match d.decode(&mut buf[pos..], cfg, &mut NoPool) {
+                match d.decode(&mut buf[pos..], cfg, &mut NoPool, None) {
                     Ok((n, ev)) => {
                         pos += n;
                         match ev {
@@ -702,7 +699,9 @@ mod tests {
         }
         // All at once: consumed up to the header of frame 1001, then the error.
         let mut d = Decoder::new();
-        let err = d.decode(&mut input.clone(), &cfg, &mut NoPool).unwrap_err();
+        let err = d
+            .decode(&mut input.clone(), &cfg, &mut NoPool, None)
+            .unwrap_err();
         assert_eq!(err, Error::TooManyFragments { max: 1000 });
         // Frame by frame: the first 1000 are taken in, the 1001st fails.
         let mut d = Decoder::new();
@@ -711,7 +710,7 @@ mod tests {
         let mut taken = 0;
         let err = loop {
             let mut f = frames[taken].clone();
-            match d.decode(&mut f, &cfg, &mut NoPool) {
+            match d.decode(&mut f, &cfg, &mut NoPool, None) {
                 Ok((_, None)) => taken += 1,
                 Ok(other) => panic!("unexpected {other:?}"),
                 Err(e) => break e,
@@ -768,7 +767,7 @@ mod tests {
         assert_eq!(d.held_bytes(), 0);
         let mut first = frame(false, 2, &[1; 1000]);
         let len = first.len();
-        let (n, ev) = d.decode(&mut first, &cfg, &mut NoPool).unwrap();
+        let (n, ev) = d.decode(&mut first, &cfg, &mut NoPool, None).unwrap();
         assert_eq!((n, ev), (len, None));
         assert!(d.held_bytes() >= 1000, "{}", d.held_bytes());
         d.recycle(&mut NoPool);
@@ -777,13 +776,13 @@ mod tests {
             "kept while the message is in progress"
         );
         let mut last = frame(true, 0, &[2; 10]);
-        let (_, ev) = d.decode(&mut last, &cfg, &mut NoPool).unwrap();
+        let (_, ev) = d.decode(&mut last, &cfg, &mut NoPool, None).unwrap();
         assert!(matches!(ev, Some(Event::Message(m)) if m.as_bytes().len() == 1010));
         d.recycle(&mut NoPool);
         assert_eq!(d.held_bytes(), 0, "given back between messages");
         // A whole message in the input is not copied: nothing held.
         let mut whole = frame(true, 2, &[3; 500]);
-        d.decode(&mut whole, &cfg, &mut NoPool).unwrap();
+        d.decode(&mut whole, &cfg, &mut NoPool, None).unwrap();
         d.recycle(&mut NoPool);
         assert_eq!(d.held_bytes(), 0);
     }

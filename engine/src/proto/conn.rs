@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use super::assemble::{BufferPool, Decoder, DecoderConfig, Event, MessageKind};
+use super::deflate::Inflate;
 use super::encode::{Encoder, Output};
 use super::error::{CloseCode, Error, SendError};
 use super::frame::{HeaderRules, OpCode, Role, RSV1};
@@ -116,7 +117,8 @@ pub enum TimeoutAction {
 }
 
 /// The receiving half of a connection: the decoder and the message it assembles. An event returned
-/// by [`Reader::read_ext`] borrows the reader (and the input), never the [`Writer`].
+/// by [`Reader::read`] borrows the reader (and the input, and the buffer of an [`Inflate`]), never
+/// the [`Writer`].
 #[derive(Debug, Default)]
 pub struct Reader {
     decoder: Decoder,
@@ -176,16 +178,6 @@ impl Conn {
         self.reader.is_idle()
     }
 
-    /// Whether the message just delivered was compressed (RSV1), for an extension to inflate.
-    pub fn message_compressed(&self) -> bool {
-        self.reader.message_compressed()
-    }
-
-    /// The kind of the message just delivered if it was compressed; see [`Decoder::compressed_kind`].
-    pub fn compressed_kind(&self) -> Option<MessageKind> {
-        self.reader.compressed_kind()
-    }
-
     /// permessage-deflate was negotiated for this connection: RSV1 ("Per-Message Compressed") is
     /// accepted on the first frame of data messages, whatever `Config::allowed_rsv` says.
     pub fn enable_compression(&mut self) {
@@ -197,28 +189,17 @@ impl Conn {
         self.writer.compression_enabled()
     }
 
-    /// Reads input: see [`Reader::read_ext`].
+    /// Reads input: see [`Reader::read`].
     pub fn read<'a>(
         &'a mut self,
         input: &'a mut [u8],
         cfg: &Config,
         out: &mut impl Output,
         pool: &mut impl BufferPool,
+        inflate: Option<Inflate<'_, 'a>>,
     ) -> Result<(usize, Option<Event<'a>>), Error> {
-        self.read_ext(input, cfg, out, pool)
-            .map(|(n, ev, _)| (n, ev))
-    }
-
-    /// Reads input, also returning the kind of a compressed data message: see [`Reader::read_ext`].
-    pub fn read_ext<'a>(
-        &'a mut self,
-        input: &'a mut [u8],
-        cfg: &Config,
-        out: &mut impl Output,
-        pool: &mut impl BufferPool,
-    ) -> Result<(usize, Option<Event<'a>>, Option<MessageKind>), Error> {
         self.reader
-            .read_ext(&mut self.writer, input, cfg, out, pool)
+            .read(&mut self.writer, input, cfg, out, pool, inflate)
     }
 
     /// Fails the connection: see [`Writer::fail`].
@@ -231,19 +212,8 @@ impl Conn {
         self.reader.recycle(pool);
     }
 
-    /// Sends a whole message.
+    /// Sends a whole message: see [`Writer::send`].
     pub fn send(
-        &mut self,
-        out: &mut impl Output,
-        kind: MessageKind,
-        payload: &[u8],
-        cfg: &Config,
-    ) -> Result<(), SendError> {
-        self.writer.send_with_rsv(out, kind, payload, cfg, 0)
-    }
-
-    /// Sends a whole message with RSV bits on its first frame (RSV1: compressed by an extension).
-    pub fn send_with_rsv(
         &mut self,
         out: &mut impl Output,
         kind: MessageKind,
@@ -251,7 +221,7 @@ impl Conn {
         cfg: &Config,
         rsv: u8,
     ) -> Result<(), SendError> {
-        self.writer.send_with_rsv(out, kind, payload, cfg, rsv)
+        self.writer.send(out, kind, payload, cfg, rsv)
     }
 
     /// Opens a fragmented message; see [`Encoder::begin_message`].
@@ -259,19 +229,8 @@ impl Conn {
         self.writer.begin_message(kind)
     }
 
-    /// Writes the next piece of the open message; see [`Encoder::fragment`].
+    /// Writes the next piece of the open message: see [`Writer::write_fragment`].
     pub fn write_fragment(
-        &mut self,
-        out: &mut impl Output,
-        data: &[u8],
-        first: bool,
-        fin: bool,
-    ) -> Result<(), SendError> {
-        self.writer.write_fragment_rsv(out, data, first, fin, 0)
-    }
-
-    /// [`Conn::write_fragment`] with RSV bits on the first piece (RSV1: compressed by an extension).
-    pub fn write_fragment_rsv(
         &mut self,
         out: &mut impl Output,
         data: &[u8],
@@ -279,7 +238,7 @@ impl Conn {
         fin: bool,
         rsv: u8,
     ) -> Result<(), SendError> {
-        self.writer.write_fragment_rsv(out, data, first, fin, rsv)
+        self.writer.write_fragment(out, data, first, fin, rsv)
     }
 
     /// Sends a ping.
@@ -326,16 +285,6 @@ impl Reader {
         self.decoder.is_idle()
     }
 
-    /// Whether the message just delivered was compressed (RSV1), for an extension to inflate.
-    pub fn message_compressed(&self) -> bool {
-        self.decoder.message_compressed()
-    }
-
-    /// The kind of the message just delivered if it was compressed; see [`Decoder::compressed_kind`].
-    pub fn compressed_kind(&self) -> Option<MessageKind> {
-        self.decoder.compressed_kind()
-    }
-
     /// Gives idle assembly buffers back to the pool.
     pub fn recycle(&mut self, pool: &mut impl BufferPool) {
         self.decoder.recycle(pool);
@@ -347,23 +296,33 @@ impl Reader {
         self.decoder.held_bytes()
     }
 
-    /// Reads input: see [`Decoder::decode_ext`]. Automatic replies (pong, the close echo, the close
+    /// Reads input: see [`Decoder::decode`]. Automatic replies (pong, the close echo, the close
     /// that fails the connection on a protocol error) go through `writer` to `out`, and the close
     /// handshake advances there. Data received after we sent a close is consumed and discarded.
     /// After `Err`, the writer's state is `Closed` and `out` holds the close frame with the error's
-    /// code. Also returns the kind of a compressed data message (or piece) that the event holds,
-    /// still compressed: inflate it, then call [`Writer::fail`] if it does not inflate or is too big.
-    /// The event borrows this reader only: `writer` is free again once this returns.
-    pub fn read_ext<'a>(
+    /// code.
+    ///
+    /// permessage-deflate: once [`Writer::enable_compression`] was called, RSV1 marks compressed
+    /// messages, and the core inflates them itself through `inflate` (the connection's
+    /// [`DeflateState`](super::DeflateState) and the caller's pool and buffer, lent for this read):
+    /// the event holds the plain message, of its real kind. A message that does not inflate, or
+    /// not without a lent `inflate` (1007), inflates past the limit (1009) or is not UTF-8 (1007)
+    /// fails the connection as a protocol error does. Reads that meet no compressed message do
+    /// not touch `inflate`, so it may be lent on every read.
+    ///
+    /// The event borrows this reader, the input and the buffer of `inflate` only: `writer` is free
+    /// again once this returns.
+    pub fn read<'a>(
         &'a mut self,
         writer: &mut Writer,
         input: &'a mut [u8],
         cfg: &Config,
         out: &mut impl Output,
         pool: &mut impl BufferPool,
-    ) -> Result<(usize, Option<Event<'a>>, Option<MessageKind>), Error> {
+        inflate: Option<Inflate<'_, 'a>>,
+    ) -> Result<(usize, Option<Event<'a>>), Error> {
         match writer.state {
-            State::Closed => return Ok((input.len(), None, None)),
+            State::Closed => return Ok((input.len(), None)),
             // "After sending a Close frame, the endpoint ... MAY discard" further data.
             State::CloseSent => self.decoder.discard_data(),
             State::Open => {}
@@ -373,7 +332,7 @@ impl Reader {
         if writer.compression {
             dcfg.rules.allowed_rsv |= RSV1;
         }
-        let (n, ev, compressed) = match self.decoder.decode_ext(input, &dcfg, pool) {
+        let (n, ev) = match self.decoder.decode(input, &dcfg, pool, inflate) {
             Ok(found) => found,
             Err(e) => {
                 // Fail the connection: a close with the error's code (unless one was sent), then done.
@@ -402,7 +361,7 @@ impl Reader {
             }
             _ => {}
         }
-        Ok((n, ev, compressed))
+        Ok((n, ev))
     }
 }
 
@@ -452,10 +411,9 @@ impl Writer {
         self.compression
     }
 
-    /// Fails the connection because of an error found above the frame layer (a compressed message
-    /// that does not inflate, inflates past the limit, or is not UTF-8): as for a protocol error in
-    /// [`Reader::read_ext`], a close with the error's code is written to `out` (unless one was
-    /// sent) and the state is `Closed`.
+    /// Fails the connection because of an error the caller found: as for a protocol error in
+    /// [`Reader::read`], a close with the error's code is written to `out` (unless one was sent)
+    /// and the state is `Closed`.
     pub fn fail(&mut self, out: &mut impl Output, error: &Error) {
         self.fail_with(out, error.close_code(), "");
     }
@@ -471,8 +429,9 @@ impl Writer {
         self.deadline = None;
     }
 
-    /// Sends a whole message with RSV bits on its first frame (RSV1: compressed by an extension).
-    pub fn send_with_rsv(
+    /// Sends a whole message, split into frames of at most `cfg.max_send_frame_size` bytes, with
+    /// `rsv` on its first frame (0; RSV1 for a message compressed by permessage-deflate).
+    pub fn send(
         &mut self,
         out: &mut impl Output,
         kind: MessageKind,
@@ -505,9 +464,9 @@ impl Writer {
         self.encoder.begin_message(kind)
     }
 
-    /// Writes the next piece of the open message with RSV bits on the first piece (RSV1: compressed
-    /// by an extension); see [`Encoder::fragment_rsv`].
-    pub fn write_fragment_rsv(
+    /// Writes the next piece of the open message, `rsv` on the first piece (0; RSV1 for a message
+    /// compressed by permessage-deflate); see [`Encoder::fragment`].
+    pub fn write_fragment(
         &mut self,
         out: &mut impl Output,
         data: &[u8],
@@ -516,7 +475,7 @@ impl Writer {
         rsv: u8,
     ) -> Result<(), SendError> {
         self.check_open()?;
-        self.encoder.fragment_rsv(out, data, first, fin, rsv)
+        self.encoder.fragment(out, data, first, fin, rsv)
     }
 
     /// Sends a ping.

@@ -23,7 +23,8 @@
 //! appended at the end of the message (7.2.2). The maximum message size applies to the inflated
 //! size: the buffer never grows past `max_decompressed + 1` bytes, so a decompression bomb fails with
 //! 1009 after at most one byte of excess output, whatever its compressed size. Text is validated as
-//! UTF-8 once inflated (1007).
+//! UTF-8 once inflated (1007). The protocol core inflates what it receives itself: a caller lends it
+//! an [`Inflate`] for a read (see `conn::Reader::read`), and its events hold plain messages.
 //!
 //! The mode's docs below ([`DeflateMode::ContextTakeover`]) and docs/BENCHMARKS.md give the memory
 //! per connection: the windows only (64 KiB both ways at window 15, 8 KiB at 12), against 418 KiB
@@ -43,6 +44,81 @@ use super::frame::Role;
 
 /// The octets a sync flush ends with, removed by the sender and appended by the receiver (7.2.1, 7.2.2).
 pub const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// Compression buffers (inflated messages, compressed messages) larger than this are freed after
+/// use rather than kept for the next message: one large message does not pin its size for the life
+/// of a worker or connection.
+pub const MAX_KEPT_BUFFER: usize = 1 << 20;
+
+/// What the protocol core needs to inflate the compressed messages (RSV1) of one connection, lent
+/// for one read ([`Reader::read`](super::Reader::read)): the connection's state, kept apart from
+/// [`Conn`](super::Conn) by the caller (so that a connection without compression, or an idle one,
+/// stays small), and the caller's pooled inflaters and buffer. The events of that read borrow
+/// `buf` (lifetime `'b`), the rest only for the read (`'s`).
+///
+/// The inflated size is bounded by the smaller of `cfg.max_decompressed` and the protocol
+/// config's `max_message_size`, for a whole message and for the total of a message delivered in
+/// pieces alike (1009 beyond it, with at most one byte of excess inflated).
+#[derive(Debug)]
+pub struct Inflate<'s, 'b> {
+    /// The connection's compression state (windows, a live or held inflater).
+    pub state: &'s mut DeflateState,
+    /// Compression settings (`max_decompressed`).
+    pub cfg: &'s DeflateConfig,
+    /// Where inflaters come from and go back to.
+    pub pool: &'s mut DeflatePool,
+    /// Where a message (or piece) is inflated; a buffer above [`MAX_KEPT_BUFFER`] is replaced by
+    /// an empty one when the next message starts.
+    pub buf: &'b mut Vec<u8>,
+}
+
+impl<'b> Inflate<'_, 'b> {
+    /// The settings with `max_decompressed` lowered to `max_message_size` when that is smaller.
+    fn limited(&self, max_message_size: u64) -> DeflateConfig {
+        DeflateConfig {
+            max_decompressed: self.cfg.max_decompressed.min(max_message_size),
+            ..*self.cfg
+        }
+    }
+
+    /// Inflates a whole compressed message of `kind`; see [`DeflateState::decompress_message`].
+    pub(super) fn message(
+        self,
+        kind: MessageKind,
+        data: &[u8],
+        max_message_size: u64,
+    ) -> Result<Message<'b>, Error> {
+        let cfg = self.limited(max_message_size);
+        self.state
+            .decompress_message(kind, data, &cfg, self.pool, self.buf)
+    }
+
+    /// Inflates one piece of a compressed message of `kind`; see
+    /// [`DeflateState::decompress_piece`].
+    pub(super) fn piece(
+        self,
+        kind: MessageKind,
+        data: &[u8],
+        first: bool,
+        last: bool,
+        max_message_size: u64,
+    ) -> Result<&'b [u8], Error> {
+        let cfg = self.limited(max_message_size);
+        let buf = self.buf;
+        self.state
+            .decompress_piece(kind, data, first, last, &cfg, self.pool, buf)?;
+        Ok(buf)
+    }
+}
+
+/// Empties `buf` for the next message, or replaces it when it is larger than [`MAX_KEPT_BUFFER`].
+fn reuse(buf: &mut Vec<u8>) {
+    if buf.capacity() > MAX_KEPT_BUFFER {
+        *buf = Vec::new();
+    } else {
+        buf.clear();
+    }
+}
 
 /// Smallest and largest LZ77 window sizes (as powers of two) that may be negotiated (7.1.2).
 pub const MIN_WINDOW_BITS: u8 = 8;
@@ -499,6 +575,8 @@ pub struct DeflateState {
     ended: bool,
     /// UTF-8 of a compressed text message delivered in pieces.
     utf8: surge_simd::Utf8Stream,
+    /// Bytes of the message delivered in pieces inflated so far (the limit bounds the total).
+    piece_total: u64,
 }
 
 impl DeflateState {
@@ -518,6 +596,7 @@ impl DeflateState {
             compressor_used: false,
             ended: false,
             utf8: surge_simd::Utf8Stream::new(),
+            piece_total: 0,
         }
     }
 
@@ -568,7 +647,8 @@ impl DeflateState {
     }
 
     /// Whether the next message received attaches a live inflater that stays after it (context
-    /// takeover, none held yet): the caller may make room for one first.
+    /// takeover, none held yet): the caller may make room for one, before the read or once the read
+    /// that attached it ([`DeflateState::holds_inflater`]) returns.
     pub fn wants_inflater(&self) -> bool {
         !self.recv.no_context_takeover && self.inflater.is_none()
     }
@@ -799,8 +879,11 @@ impl DeflateState {
     }
 
     /// Inflates one piece of a compressed message delivered in pieces (`stream_fragments`) into
-    /// `out` (cleared first), validating text as a stream: a piece may end inside a code point that
-    /// the next completes (1007 as soon as the bytes cannot be UTF-8).
+    /// `out` (emptied first; at the first piece a buffer above [`MAX_KEPT_BUFFER`] is replaced),
+    /// validating text as a stream: a piece may end inside a code point that the next completes
+    /// (1007 as soon as the bytes cannot be UTF-8). `cfg.max_decompressed` bounds the whole
+    /// message, the total of its pieces: beyond it, [`Error::MessageTooBig`] (1009) with that
+    /// total, after at most one byte of excess inflated.
     #[allow(clippy::too_many_arguments)]
     pub fn decompress_piece(
         &mut self,
@@ -812,11 +895,27 @@ impl DeflateState {
         pool: &mut DeflatePool,
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
-        out.clear();
         if first {
             self.utf8.reset();
+            self.piece_total = 0;
+            reuse(out);
+        } else {
+            out.clear();
         }
-        self.decompress(input, first, fin, cfg, pool, out)?;
+        let max = cfg.max_decompressed;
+        let left = DeflateConfig {
+            max_decompressed: max.saturating_sub(self.piece_total),
+            ..*cfg
+        };
+        let inflated = self.decompress(input, first, fin, &left, pool, out);
+        self.piece_total += out.len() as u64;
+        if let Err(Error::MessageTooBig { .. }) = inflated {
+            return Err(Error::MessageTooBig {
+                len: self.piece_total,
+                max,
+            });
+        }
+        inflated?;
         if kind == MessageKind::Text {
             self.utf8.feed(out).map_err(|_| Error::InvalidUtf8)?;
             if fin {
@@ -826,8 +925,8 @@ impl DeflateState {
         Ok(())
     }
 
-    /// Inflates a whole compressed message of `kind` into `out` (cleared first; a buffer from the
-    /// worker's pool) and returns it, text validated as UTF-8 (1007).
+    /// Inflates a whole compressed message of `kind` into `out` (emptied first, or replaced when
+    /// above [`MAX_KEPT_BUFFER`]) and returns it, text validated as UTF-8 (1007).
     pub fn decompress_message<'a>(
         &mut self,
         kind: MessageKind,
@@ -836,7 +935,7 @@ impl DeflateState {
         pool: &mut DeflatePool,
         out: &'a mut Vec<u8>,
     ) -> Result<Message<'a>, Error> {
-        out.clear();
+        reuse(out);
         self.decompress(input, true, true, cfg, pool, out)?;
         Ok(match kind {
             MessageKind::Text => {

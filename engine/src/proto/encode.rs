@@ -142,20 +142,9 @@ impl Encoder {
     }
 
     /// Writes the next piece of the open message; `fin` ends it. The first piece carries the message's
-    /// opcode, later ones are continuations. Control frames may be sent between pieces.
+    /// opcode and `rsv` (0; RSV1 when the message is compressed by an extension), later ones are
+    /// continuations without RSV bits. Control frames may be sent between pieces.
     pub fn fragment(
-        &mut self,
-        out: &mut impl Output,
-        data: &[u8],
-        first: bool,
-        fin: bool,
-    ) -> Result<(), SendError> {
-        self.fragment_rsv(out, data, first, fin, 0)
-    }
-
-    /// [`Encoder::fragment`] with RSV bits, set only on the first piece (RSV1: the message is
-    /// compressed by an extension).
-    pub fn fragment_rsv(
         &mut self,
         out: &mut impl Output,
         data: &[u8],

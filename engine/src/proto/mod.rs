@@ -4,7 +4,8 @@
 //! - [`assemble`]: the receive path: unmasking in place, fragments, UTF-8, limits (5.4, 8.1).
 //! - [`close`]: close codes and payloads (5.5.1, 7.4).
 //! - [`encode`]: the send path: headers on the stack, payloads apart, masking, the message writer.
-//! - [`deflate`]: permessage-deflate (RFC 7692): compression, bounded inflation, context takeover.
+//! - [`deflate`]: permessage-deflate (RFC 7692): compression, bounded inflation, context takeover;
+//!   the reader inflates compressed messages through an [`Inflate`] its caller lends per read.
 //! - [`conn`]: one connection: the close handshake, automatic replies, keepalive; time from the caller.
 #![forbid(unsafe_code)]
 
@@ -21,7 +22,7 @@ pub use close::parse_close_payload;
 pub use conn::{Config, Conn, Reader, State, TimeoutAction, Writer};
 pub use deflate::{
     compress_variant, DeflateConfig, DeflateMode, DeflateParams, DeflatePool, DeflateState,
-    Direction, Variant,
+    Direction, Inflate, Variant, MAX_KEPT_BUFFER,
 };
 pub use encode::{Encoder, Output};
 pub use error::{CloseCode, Error, SendError};

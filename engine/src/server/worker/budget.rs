@@ -12,7 +12,8 @@
 //! What counts: the reader's assembly buffer (its capacity: a message or a control frame partly
 //! received, compressed messages as received), and an inflater held between the pieces of a
 //! compressed message streamed over several reads. Inflated whole messages are not held across
-//! reads (they are inflated at once into the worker's one buffer, bounded by `max_decompressed`).
+//! reads (the core inflates them at once into the worker's one buffer, bounded by
+//! `max_decompressed`).
 //!
 //! [`ServerConfig::max_assembly_per_worker`]: crate::ServerConfig::max_assembly_per_worker
 

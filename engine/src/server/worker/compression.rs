@@ -1,6 +1,7 @@
-//! permessage-deflate (RFC 7692) in the engine: negotiation at upgrade, inflating received messages
-//! between the protocol core and the handler, deflating sent ones. The sans-IO parts are
-//! `proto::deflate` and `handshake::deflate_negotiation`; this module only joins them to the worker.
+//! permessage-deflate (RFC 7692) in the engine: negotiation at upgrade, what the protocol core needs
+//! to inflate received messages (lent per read by `ws_bytes`), deflating sent ones. The sans-IO parts
+//! are `proto::deflate` and `handshake::deflate_negotiation`; this module only joins them to the
+//! worker.
 //!
 //! What is held where: per worker a [`DeflatePool`] (compressors and inflaters, shared by every
 //! connection) and two buffers (inflated messages, compressed messages), taken out while in use;
@@ -13,28 +14,27 @@
 //! [`LiveSet`] per kind lists the holders, and when a connection without a stream needs one and the
 //! set is full, a clock (second chance on the state's used bit) detaches the stream of one that
 //! was not used since the hand last passed; its window stays saved, so its next message primes a
-//! stream again. A closed connection's stream goes with it; its entry is dropped when the hand
-//! reaches it.
+//! stream again. The core attaches a stream from the pool while it reads; the connection is listed
+//! (and room made) right after that read, before its event reaches the handler. A closed
+//! connection's stream goes with it; its entry is dropped when the hand reaches it.
 
-use super::{Conn, Worker, WorkerCtx};
-use crate::handler::{Handler, SendStatus};
+use super::{Conn, WorkerCtx};
+use crate::handler::SendStatus;
 use crate::handshake::{deflate_negotiation::negotiate, Request};
 use crate::prepared::{deflate_key, PreparedMessage};
 use crate::proto::{
-    compress_variant, DeflateConfig, DeflatePool, DeflateState, Error, FrameHeader, Message,
-    MessageKind, Role, Variant, MAX_HEADER_LEN, RSV1,
+    compress_variant, DeflateConfig, DeflatePool, DeflateState, FrameHeader, Inflate, Message,
+    MessageKind, Role, Variant, MAX_HEADER_LEN, MAX_KEPT_BUFFER, RSV1,
 };
 use crate::ServerConfig;
-
-/// Buffers larger than this are freed after use rather than kept for the next message.
-const MAX_KEPT_BUFFER: usize = 1 << 20;
 
 /// A worker's permessage-deflate state.
 #[derive(Debug)]
 pub(super) struct Compression {
     cfg: DeflateConfig,
     pool: DeflatePool,
-    /// Where received messages are inflated (taken out while the handler has the message).
+    /// Where the core inflates received messages (taken out by `ws_bytes` while the handler has
+    /// the message).
     inflated: Vec<u8>,
     /// Where sent messages are compressed (taken out while the frame is queued).
     deflated: Vec<u8>,
@@ -130,8 +130,9 @@ impl<K: Copy> LiveSet<K> {
         }
     }
 
-    /// Lists `key` as a holder of a stream it is about to attach, making room first (see
-    /// [`LiveSet::make_room`]).
+    /// Lists `key` as a holder of a stream it is about to attach (a compressor) or has just
+    /// attached (an inflater: the core attaches it while it reads), making room first (see
+    /// [`LiveSet::make_room`]; `key` is not listed yet, so its own stream stays).
     fn admit(
         &mut self,
         key: K,
@@ -209,81 +210,45 @@ impl Compression {
             *slot = buf;
         }
     }
-}
 
-/// What became of a compressed message or piece.
-pub(super) enum Inflated {
-    /// Delivered to the handler.
-    Delivered,
-    /// It does not inflate, inflates past the limit or is not UTF-8: fail the connection.
-    Failed(Error),
-}
+    /// The worker's buffer for inflated messages, out until [`Compression::keep_inflated`].
+    pub(super) fn take_inflated(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.inflated)
+    }
 
-impl<H: Handler> Worker<H> {
-    /// Inflates a compressed message (`data`, as received) or piece (`piece`: first, last) and gives
-    /// it to the handler.
-    pub(super) fn deliver_compressed(
-        &mut self,
-        id: crate::ConnId,
-        kind: MessageKind,
-        data: &[u8],
-        piece: Option<(bool, bool)>,
-    ) -> Inflated {
-        let ctx = &mut self.ctx;
-        let comp = &mut ctx.compression;
-        let Some(st) = ctx.conns.get_mut(id).and_then(|c| c.deflate.as_deref_mut()) else {
-            return Inflated::Failed(Error::CompressedDataInvalid);
-        };
-        let attaching = st.wants_inflater();
-        if attaching {
-            let limit = comp.cfg.live_inflaters;
-            comp.live_in
-                .admit(id, limit, Stream::Inflater, &mut ctx.conns, &mut comp.pool);
+    /// Gives the buffer for inflated messages back (freed instead when it grew past
+    /// [`MAX_KEPT_BUFFER`]).
+    pub(super) fn keep_inflated(&mut self, buf: Vec<u8>) {
+        Self::keep(&mut self.inflated, buf);
+    }
+
+    /// What the protocol core needs to inflate a read of the connection whose state is `state`:
+    /// the worker's settings and pool, and `buf` (from [`Compression::take_inflated`]).
+    pub(super) fn inflate<'s, 'b>(
+        &'s mut self,
+        state: &'s mut DeflateState,
+        buf: &'b mut Vec<u8>,
+    ) -> Inflate<'s, 'b> {
+        Inflate {
+            state,
+            cfg: &self.cfg,
+            pool: &mut self.pool,
+            buf,
         }
-        let Some(st) = ctx.conns.get_mut(id).and_then(|c| c.deflate.as_deref_mut()) else {
-            return Inflated::Failed(Error::CompressedDataInvalid);
-        };
-        let mut buf = std::mem::take(&mut comp.inflated);
-        let outcome = match piece {
-            None => match st.decompress_message(kind, data, &comp.cfg, &mut comp.pool, &mut buf) {
-                Ok(msg) => {
-                    let mut conn = Conn {
-                        ctx: &mut self.ctx,
-                        id,
-                    };
-                    self.handler.on_message(&mut conn, msg);
-                    Inflated::Delivered
-                }
-                Err(e) => Inflated::Failed(e),
-            },
-            Some((first, last)) => {
-                match st.decompress_piece(
-                    kind,
-                    data,
-                    first,
-                    last,
-                    &comp.cfg,
-                    &mut comp.pool,
-                    &mut buf,
-                ) {
-                    Ok(()) => {
-                        let mut conn = Conn {
-                            ctx: &mut self.ctx,
-                            id,
-                        };
-                        self.handler.on_fragment(&mut conn, kind, &buf, first, last);
-                        Inflated::Delivered
-                    }
-                    Err(e) => Inflated::Failed(e),
-                }
-            }
-        };
-        Compression::keep(&mut self.ctx.compression.inflated, buf);
-        outcome
     }
 }
 
 impl<D> WorkerCtx<D> {
+    /// A read of `id` attached a live inflater to it (context takeover: the first compressed
+    /// message, or the first since its stream was detached): it is listed as a holder, and if the
+    /// worker holds `live_inflaters` already, the stream of one not used lately is detached.
+    pub(super) fn inflater_attached(&mut self, id: crate::ConnId) {
+        let comp = &mut self.compression;
+        let limit = comp.cfg.live_inflaters;
+        comp.live_in
+            .admit(id, limit, Stream::Inflater, &mut self.conns, &mut comp.pool);
+    }
+
     /// The frame to send `msg` with on a server-role connection `id` that negotiated
     /// permessage-deflate: its compressed variant for the connection's sending window (compressed by
     /// the first worker that needs it, shared from then on). `None`: the plain frame (no compression
@@ -449,14 +414,16 @@ mod tests {
                 .compress_vec(&msg, &mut wire, FlushCompress::Sync)
                 .unwrap();
             wire.truncate(wire.len() - 4);
-            if states[i].as_ref().unwrap().wants_inflater() {
-                live_in.admit(i, LIMIT, Stream::Inflater, &mut states, &mut pool);
-            }
+            // As `ws_bytes`: the core attaches a stream while it reads, then the worker lists it.
+            let attaching = states[i].as_ref().unwrap().wants_inflater();
             out.clear();
             let st = states[i].as_mut().unwrap();
             st.decompress(&wire, true, true, &cfg, &mut pool, &mut out)
                 .unwrap();
             assert_eq!(out, msg, "connection {i}, step {step}");
+            if attaching && states[i].as_ref().unwrap().holds_inflater() {
+                live_in.admit(i, LIMIT, Stream::Inflater, &mut states, &mut pool);
+            }
             assert!(live_in.len() <= LIMIT);
             // We compress the message back; the peer's stream reads it.
             if states[i].as_ref().unwrap().wants_compressor() {

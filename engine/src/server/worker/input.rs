@@ -5,7 +5,7 @@ use std::io;
 use super::*;
 use crate::buf::QueueOutput;
 use crate::handler::{CloseInfo, Handler};
-use crate::proto::{CloseCode, Event};
+use crate::proto::{CloseCode, DeflateState, Event};
 use crate::server::registry::ConnId;
 
 impl<H: Handler> Worker<H> {
@@ -134,13 +134,25 @@ impl<H: Handler> Worker<H> {
     }
     /// Feeds received bytes to the protocol core and delivers its events, strictly in order. The
     /// core's reader is out on the stack meanwhile (the events borrow its buffers); its writer stays
-    /// in the slot, so what the handler sends or closes goes straight through it.
+    /// in the slot, so what the handler sends or closes goes straight through it. On a connection
+    /// with permessage-deflate the core inflates compressed messages itself, into the worker's
+    /// buffer (out on the stack too, as the events borrow it), with the connection's state and the
+    /// worker's pool lent for each read.
     pub(super) fn ws_bytes(&mut self, id: ConnId, input: &mut [u8]) {
         let held_before = self.ctx.conns.get(id).map_or(0, Connection::assembly_held);
-        let Some(Stage::Open(core)) = self.ctx.conns.get_mut(id).map(|c| &mut c.stage) else {
+        let Some(c) = self.ctx.conns.get_mut(id) else {
+            unreachable!("ws_bytes is called in the open stage");
+        };
+        let Stage::Open(core) = &mut c.stage else {
             unreachable!("ws_bytes is called in the open stage");
         };
         let mut reader = std::mem::take(&mut core.reader);
+        let deflate = c.deflate.is_some();
+        let mut inflated = if deflate {
+            self.ctx.compression.take_inflated()
+        } else {
+            Vec::new()
+        };
         let mut pos = 0;
         while pos < input.len() {
             let ctx = &mut self.ctx;
@@ -161,21 +173,39 @@ impl<H: Handler> Worker<H> {
             } else {
                 &ctx.rx_proto
             };
-            let result = reader.read_ext(
+            // Context takeover: whether this read may attach a live inflater to the connection.
+            let mut attaching = false;
+            let inflate = match c.deflate.as_deref_mut() {
+                Some(st) => {
+                    attaching = st.wants_inflater();
+                    Some(ctx.compression.inflate(st, &mut inflated))
+                }
+                None => None,
+            };
+            let result = reader.read(
                 &mut core.writer,
                 &mut input[pos..],
                 proto_cfg,
                 &mut out,
                 &mut ctx.assembly,
+                inflate,
             );
             let wrote = out.queue.len() != had;
+            let attached = attaching
+                && c.deflate
+                    .as_deref()
+                    .is_some_and(DeflateState::holds_inflater);
             if wrote {
                 ctx.mark_dirty(id);
             }
-            let (n, event, compressed) = match result {
+            if attached {
+                ctx.inflater_attached(id);
+            }
+            let (n, event) = match result {
                 Ok(found) => found,
                 Err(e) => {
-                    // The core queued a close with the error's code; bytes after the bad frame are
+                    // The core queued a close with the error's code (a compressed message that
+                    // does not inflate, or is too big, included); bytes after the bad frame are
                     // not looked at.
                     self.close_callback(id, e.close_code(), "", false);
                     break;
@@ -189,21 +219,8 @@ impl<H: Handler> Worker<H> {
                 ctx: &mut self.ctx,
                 id,
             };
-            let mut inflated = Inflated::Delivered;
-            let mut closed_by_peer = false;
             match event {
-                Event::Message(m) => match compressed {
-                    None => self.handler.on_message(&mut conn, m),
-                    Some(kind) => inflated = self.deliver_compressed(id, kind, m.as_bytes(), None),
-                },
-                Event::Fragment {
-                    kind,
-                    data,
-                    first,
-                    last,
-                } if compressed.is_some() => {
-                    inflated = self.deliver_compressed(id, kind, data, Some((first, last)));
-                }
+                Event::Message(m) => self.handler.on_message(&mut conn, m),
                 Event::Fragment {
                     kind,
                     data,
@@ -219,27 +236,12 @@ impl<H: Handler> Worker<H> {
                 Event::Pong(d) => self.handler.on_pong(&mut conn, d),
                 Event::Close { code, reason } => {
                     self.close_callback(id, code, reason, true);
-                    closed_by_peer = true;
+                    break;
                 }
             }
-            if let Inflated::Failed(e) = inflated {
-                // As for a protocol error: the core queues a close with the error's code.
-                let ctx = &mut self.ctx;
-                let c = ctx.conns.get_mut(id).expect("still registered");
-                if let Stage::Open(core) = &mut c.stage {
-                    let mut out = QueueOutput {
-                        queue: &mut c.queue,
-                        pool: &mut ctx.chunks,
-                    };
-                    core.writer.fail(&mut out, &e);
-                }
-                ctx.mark_dirty(id);
-                self.close_callback(id, e.close_code(), "", false);
-                break;
-            }
-            if closed_by_peer {
-                break;
-            }
+        }
+        if deflate {
+            self.ctx.compression.keep_inflated(inflated);
         }
         let ctx = &mut self.ctx;
         reader.recycle(&mut ctx.assembly);

@@ -31,7 +31,7 @@ use crate::proto::CloseCode;
 pub(crate) mod dial;
 use dial::{ClientState, ConnectError, Dial};
 mod compression;
-use compression::{Compression, Inflated};
+use compression::Compression;
 mod budget;
 mod protocols;
 use protocols::Protocols;

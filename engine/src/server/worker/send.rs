@@ -85,7 +85,7 @@ impl<D> WorkerCtx<D> {
                 } else {
                     MessageKind::Binary
                 };
-                writer.send_with_rsv(&mut out, kind, payload, &self.cfg.proto, rsv)
+                writer.send(&mut out, kind, payload, &self.cfg.proto, rsv)
             }
             _ => writer.frame(&mut out, op, fin, payload),
         };
