@@ -582,6 +582,80 @@ fn invalid_deflate_response_fails_the_connection() {
     client.join().unwrap();
 }
 
+/// A response that arrives over several reads (held by the worker between them) or in one read
+/// (parsed in place), with a frame right behind it in its last read: the connection opens and the
+/// frame is its first message.
+#[test]
+fn response_in_pieces_with_a_frame_behind() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let cuts = [vec![], vec![30], vec![1, 30, 90]];
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        for cuts in cuts {
+            let (s, _) = listener.accept().unwrap();
+            s.set_nodelay(true).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut key = String::new();
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                if let Some(k) = line.to_ascii_lowercase().strip_prefix("sec-websocket-key:") {
+                    key = line[line.len() - k.len()..].trim().to_owned();
+                }
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let mut bytes = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {accept}\r\n\r\n"
+            )
+            .into_bytes();
+            // The echo the client expects, before it has even sent its message.
+            bytes.extend_from_slice(b"\x82\x02hi");
+            let mut s = s;
+            let mut at = 0;
+            for cut in cuts.iter().copied().chain([bytes.len()]) {
+                s.write_all(&bytes[at..cut]).unwrap();
+                at = cut;
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            // The client's frames (masked, short): its message, then its close, answered.
+            loop {
+                let mut head = [0u8; 6];
+                r.read_exact(&mut head).unwrap();
+                assert_eq!(head[1] & 0x80, 0x80, "masked");
+                let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+                r.read_exact(&mut payload).unwrap();
+                if head[0] & 0x0f == 8 {
+                    s.write_all(b"\x88\x02\x03\xe8").unwrap();
+                    break;
+                }
+            }
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let requests = (0..3).map(|_| ConnectRequest::new(url.clone())).collect();
+    // One worker connects all three at once; the peer answers them in turn.
+    let (client, rx) = run_client(Backend::Epoll, 1, requests, vec![b"hi".to_vec()]);
+    for _ in 0..3 {
+        match recv(&rx) {
+            Ev::Open { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        match recv(&rx) {
+            Ev::Done { code } => assert_eq!(code, 1000),
+            other => panic!("{other:?}"),
+        }
+    }
+    peer.join().unwrap();
+    client.shutdown();
+    client.join().unwrap();
+}
+
 /// Reconnects from `on_close`; reports each connect attempt's outcome.
 struct Reconnecting {
     url: String,

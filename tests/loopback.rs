@@ -499,6 +499,56 @@ fn handshake_rejections() {
     assert_eq!(server.stats.opened.load(Ordering::SeqCst), 1);
 }
 
+/// A request that arrives over several reads (held by the worker between them) or in one read
+/// (parsed in place), with frames right behind it in its last read: upgraded, and the frames
+/// handled.
+fn request_in_pieces_with_frames_behind() {
+    use std::io::{Read, Write};
+    let server = TestServer::start(config());
+    let request = upgrade_request(server.addr, "/", "");
+    let mut bytes = request.clone().into_bytes();
+    bytes.extend(support::encode_frame(true, 0, 1, b"early"));
+    bytes.extend(support::encode_frame(true, 0, 2, b"bird"));
+    for cuts in [vec![], vec![40], vec![1, 40, request.len() - 1]] {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(support::READ_TIMEOUT)).unwrap();
+        let mut at = 0;
+        for cut in cuts.iter().copied().chain([bytes.len()]) {
+            s.write_all(&bytes[at..cut]).unwrap();
+            at = cut;
+            // Each piece its own read.
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let frames = loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]);
+                assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+                let mut rest = &got[end + 4..];
+                let mut frames = Vec::new();
+                while let Some((f, used)) = support::parse_frame(rest) {
+                    frames.push((f.opcode, f.payload));
+                    rest = &rest[used..];
+                }
+                if frames.len() == 2 {
+                    break frames;
+                }
+            }
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        };
+        assert_eq!(
+            frames,
+            [(1, b"early".to_vec()), (2, b"bird".to_vec())],
+            "{cuts:?}"
+        );
+    }
+    assert_eq!(server.stats.opened.load(Ordering::SeqCst), 3);
+}
+
 fn half_request_dropped_at_handshake_timeout_while_others_served() {
     let server = TestServer::with(|c| c.handshake_timeout = Duration::from_millis(300));
     let mut half = TcpStream::connect(server.addr).unwrap();
@@ -941,6 +991,7 @@ per_driver!(
     protocol_error_gets_1002_after_earlier_messages,
     handshake_rejections,
     half_request_dropped_at_handshake_timeout_while_others_served,
+    request_in_pieces_with_frames_behind,
     subprotocol_selection_follows_server_preference,
     handler_chosen_subprotocols_are_all_reported,
     plain_http_get_reaches_the_handler,

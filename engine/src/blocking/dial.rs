@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use super::conn::Buffers;
 use super::shared::Negotiated;
-use super::upgrade::{read_more, write_until, Timeouts};
+use super::upgrade::{read_some, write_until, Timeouts};
 use super::{Conn, Error, Response, Stream};
 use crate::handshake::client::{parse_response, ClientRequest, ResponseStatus};
 use crate::handshake::deflate_negotiation::{client_accept, client_offer};
-use crate::handshake::DEFAULT_MAX_HEAD_SIZE;
+use crate::handshake::{HeadBuffer, DEFAULT_MAX_HEAD_SIZE};
 use crate::proto::{self, Role};
 
 /// Opens client connections (gorilla's `Dialer`): `ws://host:port/path?query` over TCP, or any URL
@@ -191,26 +191,21 @@ impl Dialer {
             .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
         let mut timeouts = Timeouts::default();
         write_until(&mut stream, &out, deadline, &mut timeouts)?;
-        let mut buf = Vec::with_capacity(1024);
+        let mut head = HeadBuffer::from(Vec::with_capacity(1024));
         let (response, consumed) = loop {
-            match parse_response(&buf, &expected) {
+            match head.parse(|b| parse_response(b, &expected)) {
                 Ok(ResponseStatus::Complete { response, consumed }) => break (response, consumed),
                 Ok(ResponseStatus::Partial) => {}
                 Err(e) => return Err(Error::ClientHandshake(e)),
             }
-            let want = (self.max_response_size + 1).saturating_sub(buf.len());
-            read_more(
-                &mut stream,
-                &mut buf,
-                want.clamp(1, 4096),
-                deadline,
-                &mut timeouts,
-            )?;
+            head.read_with(self.max_response_size, |room| {
+                read_some(&mut stream, room, deadline, &mut timeouts)
+            })?;
         };
         let params =
             client_accept(response.extensions(), self.deflate.mode).map_err(Error::Compression)?;
         timeouts.clear(&stream);
-        let leftover = buf.split_off(consumed);
+        let leftover = head.rest(&mut [], consumed).to_vec();
         let mut cfg = self.proto.clone();
         cfg.role = Role::Client;
         let conn = Conn::new(

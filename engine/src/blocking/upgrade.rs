@@ -12,7 +12,7 @@ use crate::handler::{Accept, Upgrade};
 use crate::handshake::deflate_negotiation::negotiate;
 use crate::handshake::{
     check_origin, parse_request, write_accept_response, write_rejection, HandshakeConfig,
-    HandshakeError, ParseStatus, Rejection, Request,
+    HandshakeError, HeadBuffer, ParseStatus, Rejection, Request,
 };
 use crate::proto::{self, Role};
 
@@ -80,9 +80,9 @@ impl Upgrader {
     ) -> Result<Conn<S>, Error> {
         let deadline = Instant::now() + self.handshake_timeout;
         let mut timeouts = Timeouts::default();
-        let mut buf = Vec::with_capacity(1024);
+        let mut head = HeadBuffer::from(Vec::with_capacity(1024));
         let (mut request, consumed) = loop {
-            match parse_request(&buf, &self.handshake) {
+            match head.parse(|b| parse_request(b, &self.handshake)) {
                 Ok(ParseStatus::Complete { request, consumed }) => break (request, consumed),
                 Ok(ParseStatus::Partial) => {}
                 // Not an upgrade (gorilla: "the client is not using the websocket protocol").
@@ -96,15 +96,9 @@ impl Upgrader {
                     return Err(Error::Handshake(e));
                 }
             }
-            // The parser never looks past the limit; one byte more tells it the block is too long.
-            let want = (self.handshake.max_request_size + 1).saturating_sub(buf.len());
-            read_more(
-                &mut stream,
-                &mut buf,
-                want.clamp(1, 4096),
-                deadline,
-                &mut timeouts,
-            )?;
+            head.read_with(self.handshake.max_request_size, |room| {
+                read_some(&mut stream, room, deadline, &mut timeouts)
+            })?;
         };
         request.peer = stream.peer_addr();
         if let Err(e) = check_origin(&request, &self.handshake) {
@@ -136,7 +130,7 @@ impl Upgrader {
         );
         write_until(&mut stream, &response, deadline, &mut timeouts)?;
         timeouts.clear(&stream);
-        let leftover = buf.split_off(consumed);
+        let leftover = head.rest(&mut [], consumed).to_vec();
         let mut cfg = self.proto.clone();
         cfg.role = Role::Server;
         Ok(Conn::new(
@@ -192,35 +186,20 @@ fn supported(result: io::Result<()>) -> Result<bool, Error> {
     }
 }
 
-/// Appends up to `want` bytes read before `deadline`; the end of the stream is an error.
-pub(crate) fn read_more<S: Stream>(
+/// Reads into `room` before `deadline` (at least one byte); the end of the stream is an error.
+pub(crate) fn read_some<S: Stream>(
     stream: &mut S,
-    buf: &mut Vec<u8>,
-    want: usize,
+    room: &mut [u8],
     deadline: Instant,
     timeouts: &mut Timeouts,
-) -> Result<(), Error> {
+) -> Result<usize, Error> {
     timeouts.read |= supported(stream.set_read_timeout(Some(left(deadline)?)))?;
-    let len = buf.len();
-    buf.resize(len + want, 0);
-    let result = loop {
-        match stream.read(&mut buf[len..]) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => break other,
-        }
-    };
-    match result {
-        Ok(0) => {
-            buf.truncate(len);
-            Err(Error::Io(io::ErrorKind::UnexpectedEof.into()))
-        }
-        Ok(n) => {
-            buf.truncate(len + n);
-            Ok(())
-        }
-        Err(e) => {
-            buf.truncate(len);
-            Err(Error::from_io(e))
+    loop {
+        match stream.read(room) {
+            Ok(0) => return Err(Error::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::from_io(e)),
         }
     }
 }

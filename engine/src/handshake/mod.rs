@@ -2,9 +2,10 @@
 //!
 //! Nothing here reads from or writes to a socket. The server side takes the bytes received so far
 //! and answers [`ParseStatus::Partial`] until the request's header block is complete; the caller
-//! keeps reading and calls [`parse_request`] again with the grown buffer. Once complete, the
-//! returned `consumed` tells how many bytes the request took: whatever follows (a client may send
-//! its first frame right behind the request) belongs to the WebSocket connection.
+//! keeps reading and calls [`parse_request`] again with the grown buffer ([`HeadBuffer`] holds the
+//! bytes between reads). Once complete, the returned `consumed` tells how many bytes the request
+//! took: whatever follows (a client may send its first frame right behind the request) belongs to
+//! the WebSocket connection.
 //!
 //! ```text
 //! bytes --parse_request--> Request --check_origin--> on_upgrade(&Request)
@@ -26,6 +27,7 @@ pub mod deflate_negotiation;
 mod error;
 mod extensions;
 mod fields;
+mod head;
 mod origin;
 mod request;
 mod response;
@@ -40,6 +42,7 @@ pub use deflate_negotiation::{
 pub use error::{HandshakeError, Rejection};
 pub use extensions::{Extension, ExtensionParams, Extensions};
 pub use fields::HeaderIter;
+pub use head::{HeadBuffer, HeadStatus};
 pub use origin::check_origin;
 pub use request::{parse_request, ParseStatus, Protocols, Request};
 pub use response::{accept_key, reason_phrase, write_accept_response, write_rejection};

@@ -41,6 +41,7 @@ use crate::handshake::client::{
     parse_response, ClientHandshakeError, ClientRequest, ExpectedResponse, Response, ResponseStatus,
 };
 use crate::handshake::deflate_negotiation::{client_accept_with, client_offer_with};
+use crate::handshake::HeadBuffer;
 use crate::proto::{self, DeflateMode, DeflateState, Role};
 use crate::server::registry::ConnId;
 
@@ -171,8 +172,8 @@ pub(crate) struct Dial {
     deflate: DeflateMode,
     /// `client_no_context_takeover` was offered too.
     client_nct: bool,
-    /// Response bytes of an incomplete response (pooled buffer; empty until needed).
-    buf: Vec<u8>,
+    /// Bytes of an incomplete response (in a pooled buffer, taken when needed).
+    head: HeadBuffer,
     /// The TCP connect has completed.
     connected: bool,
 }
@@ -236,9 +237,7 @@ impl<D> ClientState<D> {
         driver: &mut Driver,
     ) {
         self.pending.remove(&id);
-        if dial.buf.capacity() != 0 {
-            chunks.put(dial.buf);
-        }
+        dial.head.release(|b| chunks.put(b));
         if !dial.connected {
             driver.cancel_connect(id.0);
         }
@@ -349,7 +348,7 @@ impl<D> WorkerCtx<D> {
                 expected,
                 deflate,
                 client_nct,
-                buf: Vec::new(),
+                head: HeadBuffer::new(),
                 connected: false,
             })),
             data: None,
@@ -451,28 +450,20 @@ impl<H: Handler> Worker<H> {
         let Stage::Dial(dial) = &mut c.stage else {
             return;
         };
-        let mut held = std::mem::take(&mut dial.buf);
-        if held.capacity() != 0 {
-            held.extend_from_slice(new);
-        }
-        let status = {
-            let bytes: &[u8] = if held.capacity() != 0 { &held } else { new };
-            parse_response(bytes, &dial.expected)
-        };
+        let mut head = std::mem::take(&mut dial.head);
+        let status = head.feed(
+            new,
+            || ctx.chunks.get(),
+            |b| parse_response(b, &dial.expected),
+        );
         let (response, consumed) = match status {
             Ok(ResponseStatus::Partial) => {
-                if held.capacity() == 0 {
-                    held = ctx.chunks.get();
-                    held.extend_from_slice(new);
-                }
-                dial.buf = held;
+                dial.head = head;
                 return;
             }
             Ok(ResponseStatus::Complete { response, consumed }) => (response, consumed),
             Err(e) => {
-                if held.capacity() != 0 {
-                    ctx.chunks.put(held);
-                }
+                head.release(|b| ctx.chunks.put(b));
                 self.dial_failed(id, ConnectError::Handshake(e));
                 return;
             }
@@ -482,9 +473,7 @@ impl<H: Handler> Worker<H> {
             Ok(p) => p,
             Err(e) => {
                 drop(response);
-                if held.capacity() != 0 {
-                    self.ctx.chunks.put(held);
-                }
+                head.release(|b| self.ctx.chunks.put(b));
                 self.dial_failed(
                     id,
                     ConnectError::Handshake(ClientHandshakeError::Deflate(e)),
@@ -494,14 +483,11 @@ impl<H: Handler> Worker<H> {
         };
         self.dial_open(id, &response, params);
         // Frames the server sent right behind its response.
-        if held.capacity() != 0 {
-            if consumed < held.len() && self.ctx.conns.get(id).is_some() {
-                self.process_input(id, &mut held[consumed..]);
-            }
-            self.ctx.chunks.put(held);
-        } else if consumed < new.len() && self.ctx.conns.get(id).is_some() {
-            self.process_input(id, &mut new[consumed..]);
+        let rest = head.rest(new, consumed);
+        if !rest.is_empty() && self.ctx.conns.get(id).is_some() {
+            self.process_input(id, rest);
         }
+        head.release(|b| self.ctx.chunks.put(b));
     }
 
     /// The upgrade succeeded: the connection opens with a client-role protocol core.

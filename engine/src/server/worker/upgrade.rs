@@ -6,7 +6,8 @@ use super::*;
 use crate::driver::Socket;
 use crate::handler::{Handler, Upgrade};
 use crate::handshake::{
-    check_origin, parse_request, write_accept_response, write_rejection, ParseStatus, Rejection,
+    check_origin, parse_request, write_accept_response, write_rejection, HeadBuffer, ParseStatus,
+    Rejection,
 };
 use crate::proto::{self, Role};
 use crate::server::registry::ConnId;
@@ -21,32 +22,19 @@ impl<H: Handler> Worker<H> {
         let Stage::Handshake(hs) = &mut c.stage else {
             return;
         };
-        let mut held = std::mem::take(&mut hs.held);
+        let mut head = HeadBuffer::from(std::mem::take(&mut hs.held));
         let peer = hs.peer;
         if hs.peer_pending {
             // The peer's address first (on_upgrade and on_http see it): keep the bytes.
-            if held.capacity() == 0 {
-                held = ctx.chunks.get();
-            }
-            held.extend_from_slice(new);
-            hs.held = held;
+            head.hold(new, || ctx.chunks.get());
+            hs.held = head.into_buffer();
             return;
         }
-        if held.capacity() != 0 {
-            held.extend_from_slice(new);
-        }
-        let status = {
-            let bytes: &[u8] = if held.capacity() != 0 { &held } else { new };
-            parse_request(bytes, &ctx.hs_cfg)
-        };
+        let status = head.feed(new, || ctx.chunks.get(), |b| parse_request(b, &ctx.hs_cfg));
         let (mut request, consumed) = match status {
             Ok(ParseStatus::Partial) => {
-                if held.capacity() == 0 {
-                    held = ctx.chunks.get();
-                    held.extend_from_slice(new);
-                }
                 c.stage = Stage::Handshake(Handshake {
-                    held,
+                    held: head.into_buffer(),
                     peer,
                     peer_pending: false,
                 });
@@ -54,28 +42,28 @@ impl<H: Handler> Worker<H> {
             }
             Ok(ParseStatus::Complete { request, consumed }) => (request, consumed),
             Ok(ParseStatus::Http { mut request, .. }) => {
-                ctx.chunks.put(held);
+                head.release(|b| ctx.chunks.put(b));
                 request.peer = peer.or_else(|| c.socket.peer_addr().ok());
                 let response = self.handler.on_http(&request);
                 self.reject(id, &response);
                 return;
             }
             Err(e) => {
-                ctx.chunks.put(held);
+                head.release(|b| ctx.chunks.put(b));
                 self.reject(id, &e.to_rejection());
                 return;
             }
         };
         request.peer = peer.or_else(|| c.socket.peer_addr().ok());
         if let Err(e) = check_origin(&request, &ctx.hs_cfg) {
-            ctx.chunks.put(held);
+            head.release(|b| ctx.chunks.put(b));
             self.reject(id, &e.to_rejection());
             return;
         }
         let accept = match self.handler.on_upgrade(&request) {
             Upgrade::Accept(a) => a,
             Upgrade::Reject(r) => {
-                self.ctx.chunks.put(held);
+                head.release(|b| self.ctx.chunks.put(b));
                 self.reject(id, &r);
                 return;
             }
@@ -122,14 +110,11 @@ impl<H: Handler> Worker<H> {
             id,
         });
         // Frames the client sent right behind its request.
-        if held.capacity() != 0 {
-            if consumed < held.len() {
-                self.ws_bytes(id, &mut held[consumed..]);
-            }
-            self.ctx.chunks.put(held);
-        } else if consumed < new.len() {
-            self.ws_bytes(id, &mut new[consumed..]);
+        let rest = head.rest(new, consumed);
+        if !rest.is_empty() {
+            self.ws_bytes(id, rest);
         }
+        head.release(|b| self.ctx.chunks.put(b));
     }
 
     /// Answers with an HTTP error, then drains and closes.
