@@ -536,6 +536,48 @@ fn prepared_message_to_many_connections() {
             }
         }
         assert!(PreparedMessage::new(MessageType::Ping, &[0; 126]).is_err());
+        // The engine's type: its own constructors work here too.
+        let engine = PreparedMessage::binary(b"engine");
+        assert_eq!(engine.message_type(), MessageType::Binary);
+        assert_eq!(pm.message_type(), MessageType::Text);
+        let (server, mut client) = pair();
+        server.write_prepared_message(&engine).unwrap();
+        assert_eq!(client.read_message().unwrap().1, b"engine");
+    });
+}
+
+#[test]
+fn prepared_control_messages() {
+    bounded(|| {
+        let (mut server, mut client) = pair();
+        let ping = PreparedMessage::new(MessageType::Ping, b"are you there").unwrap();
+        assert_eq!(ping.message_type(), MessageType::Ping);
+        let pings = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&pings);
+        client.set_ping_handler(move |_, data| {
+            seen.lock().unwrap().push(data.to_vec());
+            Ok(())
+        });
+        server.write_prepared_message(&ping).unwrap();
+        client.write_prepared_message(&ping).unwrap();
+        let close = format_close_message(CloseCode::NORMAL, "bye");
+        let close = PreparedMessage::new(MessageType::Close, &close).unwrap();
+        assert_eq!(close.message_type(), MessageType::Close);
+        server.write_prepared_message(&close).unwrap();
+        // A close sent: no data after it.
+        assert!(matches!(
+            server.write_prepared_message(&PreparedMessage::text("late")),
+            Err(Error::CloseSent)
+        ));
+        // The server gets the client's ping (answered by its default handler), then the echo of
+        // its close.
+        let server = thread::spawn(move || server.read_message().unwrap_err());
+        let err = client.read_message().unwrap_err();
+        let c = err.close_error().expect("a close");
+        assert_eq!((c.code, c.text.as_str()), (CloseCode::NORMAL, "bye"));
+        assert_eq!(*pings.lock().unwrap(), [b"are you there".to_vec()]);
+        let err = server.join().unwrap();
+        assert_eq!(err.close_error().map(|c| c.code), Some(CloseCode::NORMAL));
     });
 }
 

@@ -31,9 +31,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::{encode_frame, parse_frame, upgrade_request, wait_until, ClientProcess, RawClient};
+use surge::blocking::MessageType;
 use surge::{
     Accept, Backend, BackpressurePolicy, CloseCode, CloseInfo, Conn, ConnHandle, HandleError,
-    Handler, Message, PreparedMessage, Request, Server, ServerConfig, ServerHandle, Upgrade,
+    Handler, Message, PreparedMessage, Request, SendStatus, Server, ServerConfig, ServerHandle,
+    Upgrade,
 };
 
 per_driver!(
@@ -98,6 +100,10 @@ impl Handler for Fan {
             conn.publish(TOPIC, &PreparedMessage::text(rest));
         } else if t == "mix" {
             let _ = conn.send_text("m1");
+            // surge::blocking's control messages are refused: nothing goes out.
+            let close = PreparedMessage::new(MessageType::Close, &[]).unwrap();
+            assert_eq!(conn.send_prepared(&close), SendStatus::Invalid);
+            conn.publish(TOPIC, &close);
             conn.publish(TOPIC, &PreparedMessage::text("m2"));
             let _ = conn.send_prepared(&PreparedMessage::text("m3"));
         } else if t == "stats" {
@@ -870,6 +876,9 @@ fn a_bridge_sees_every_publish_and_exact_topic_interest(backend: Backend) {
     for c in &mut subs {
         assert_eq!(read_texts(c, 1), ["from-callback"]);
     }
+    // A control message (surge::blocking's) is published nowhere, the bridge included.
+    let ping = PreparedMessage::new(MessageType::Ping, b"no").unwrap();
+    server.publisher().publish(TOPIC, &ping).unwrap();
     server
         .publisher()
         .publish(TOPIC, &PreparedMessage::text("from-thread"))

@@ -11,12 +11,16 @@
 //! shared the same way as the plain frame. The engine compresses a prepared message once per
 //! sending window among its recipients (key: the window bits, see [`deflate_key`]), unless it is
 //! shorter than `deflate.min_size` or made with [`PreparedMessage::uncompressed`].
+//!
+//! The same type is [`surge::blocking`](crate::blocking)'s (gorilla's `PreparedMessage`):
+//! `PreparedMessage::new` also takes a [`MessageType`](crate::blocking::MessageType), control types
+//! included ([`PreparedKind`]), and `write_prepared_message` sends it on a blocking connection.
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use crate::proto::{FrameHeader, MessageKind, OpCode, MAX_HEADER_LEN};
+use crate::proto::{FrameHeader, MessageKind, OpCode, SendError, MAX_HEADER_LEN};
 
 /// Identifies one encoding of a message: 0 is the plain frame; extensions pick their own keys
 /// (e.g. a hash of the negotiated deflate parameters).
@@ -39,7 +43,8 @@ pub struct PreparedMessage {
 }
 
 struct Inner {
-    kind: MessageKind,
+    /// Text or Binary; Close, Ping or Pong for a control message (surge::blocking's).
+    opcode: OpCode,
     /// The unmasked server frame: header then payload, FIN set, no RSV bits.
     plain: Bytes,
     /// Where the payload starts in `plain`.
@@ -53,34 +58,77 @@ struct Inner {
 impl std::fmt::Debug for PreparedMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreparedMessage")
-            .field("kind", &self.inner.kind)
+            .field("opcode", &self.inner.opcode)
             .field("payload_len", &self.payload().len())
             .finish_non_exhaustive()
     }
 }
 
+/// What [`PreparedMessage::new`] takes as the message's kind, and what it then gives back:
+///
+/// - the engine's [`MessageKind`]: the message;
+/// - surge::blocking's [`MessageType`](crate::blocking::MessageType), as gorilla's
+///   `NewPreparedMessage(messageType, data)`: a `Result`, since a control type (close, ping, pong)
+///   is accepted too, and its payload may be at most 125 bytes.
+///
+/// Sealed: implemented for those two only.
+pub trait PreparedKind: sealed::Sealed {
+    /// What [`PreparedMessage::new`] returns for this kind.
+    type Prepared;
+
+    /// Makes the message ([`PreparedMessage::new`] calls this).
+    fn prepare(self, payload: &[u8]) -> Self::Prepared;
+}
+
+pub(crate) mod sealed {
+    pub trait Sealed {}
+}
+
+impl sealed::Sealed for MessageKind {}
+
+impl PreparedKind for MessageKind {
+    type Prepared = PreparedMessage;
+
+    fn prepare(self, payload: &[u8]) -> PreparedMessage {
+        PreparedMessage::build(self.opcode(), payload, true)
+    }
+}
+
 impl PreparedMessage {
-    /// Encodes `payload` as one unfragmented frame of `kind`. Text is not re-validated here: use
-    /// [`text`](Self::text) for a `&str`.
-    pub fn new(kind: MessageKind, payload: &[u8]) -> Self {
-        Self::build(kind, payload, true)
+    /// Encodes `payload` as one unfragmented frame of `kind`, a [`MessageKind`]. Text is not
+    /// re-validated here: use [`text`](Self::text) for a `&str`.
+    ///
+    /// `kind` may also be a [`blocking::MessageType`](crate::blocking::MessageType) (gorilla's
+    /// `NewPreparedMessage`): the result is then a `Result` (see [`PreparedKind`]).
+    // `Self` for a `MessageKind`, `Result<Self, _>` for gorilla's `MessageType`.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new<K: PreparedKind>(kind: K, payload: &[u8]) -> K::Prepared {
+        kind.prepare(payload)
     }
 
     /// The same as [`new`](Self::new), but always sent uncompressed, whatever the connections
     /// negotiated: the per-message opt-out (already compressed data, or secrets that must not be
     /// compressed along with attacker-controlled data).
     pub fn uncompressed(kind: MessageKind, payload: &[u8]) -> Self {
-        Self::build(kind, payload, false)
+        Self::build(kind.opcode(), payload, false)
     }
 
-    fn build(kind: MessageKind, payload: &[u8], compressible: bool) -> Self {
+    /// A control message (close, ping or pong), for surge::blocking's `write_prepared_message`
+    /// (gorilla lets a prepared message be of any type). The engine's sends refuse it: see
+    /// [`is_control`](Self::is_control).
+    pub(crate) fn control(opcode: OpCode, payload: &[u8]) -> Result<Self, SendError> {
+        debug_assert!(opcode.is_control());
+        if payload.len() > 125 {
+            return Err(SendError::ControlTooLong);
+        }
+        Ok(Self::build(opcode, payload, false))
+    }
+
+    fn build(opcode: OpCode, payload: &[u8], compressible: bool) -> Self {
         let header = FrameHeader {
             fin: true,
             rsv: 0,
-            opcode: match kind {
-                MessageKind::Text => OpCode::Text,
-                MessageKind::Binary => OpCode::Binary,
-            },
+            opcode,
             mask: None,
             len: payload.len() as u64,
         };
@@ -91,7 +139,7 @@ impl PreparedMessage {
         frame.extend_from_slice(payload);
         PreparedMessage {
             inner: Arc::new(Inner {
-                kind,
+                opcode,
                 plain: Bytes::from(frame),
                 header_len: n as u8,
                 compressible,
@@ -110,9 +158,28 @@ impl PreparedMessage {
         Self::new(MessageKind::Binary, data)
     }
 
-    /// The message kind.
+    /// The message kind. A control message ([`is_control`](Self::is_control)) is neither text
+    /// nor binary; it reports `Binary`.
     pub fn kind(&self) -> MessageKind {
-        self.inner.kind
+        match self.inner.opcode {
+            OpCode::Text => MessageKind::Text,
+            _ => MessageKind::Binary,
+        }
+    }
+
+    /// The frame's opcode: `Text` or `Binary`, or for a control message `Close`, `Ping` or `Pong`.
+    pub fn opcode(&self) -> OpCode {
+        self.inner.opcode
+    }
+
+    /// Whether this is a control message (close, ping or pong), made through surge::blocking's
+    /// [`MessageType`](crate::blocking::MessageType) for its `write_prepared_message`. The
+    /// engine's sends refuse one: [`Conn::send_prepared`](crate::Conn::send_prepared) answers
+    /// [`SendStatus::Invalid`](crate::SendStatus::Invalid), a handle's send discards it, and a
+    /// publish of one reaches no connection and no [`FanoutBridge`](crate::FanoutBridge) (the
+    /// engine sends control frames with `ping`, `pong` and `close`).
+    pub fn is_control(&self) -> bool {
+        self.inner.opcode.is_control()
     }
 
     /// The payload (as sent without extensions).
@@ -160,7 +227,7 @@ impl PreparedMessage {
         if let Some((_, b)) = variants.iter().find(|(k, _)| *k == key) {
             return b.clone();
         }
-        let b = Bytes::from(encode(self.inner.kind, self.payload()));
+        let b = Bytes::from(encode(self.kind(), self.payload()));
         variants.push((key, b.clone()));
         b
     }
@@ -186,6 +253,25 @@ mod tests {
         let c = big.clone();
         assert!(PreparedMessage::ptr_eq(&c, &big));
         assert_eq!(c.frame().as_ptr(), big.frame().as_ptr(), "no copy");
+    }
+
+    #[test]
+    fn both_kinds_of_kind() {
+        let m = PreparedMessage::new(MessageKind::Text, b"t");
+        assert_eq!(
+            (m.kind(), m.opcode(), m.is_control()),
+            (MessageKind::Text, OpCode::Text, false)
+        );
+        assert!(m.compressible());
+        let m = PreparedMessage::new(crate::blocking::MessageType::Binary, b"b").unwrap();
+        assert_eq!(&m.frame()[..], b"\x82\x01b");
+        assert!(m.compressible());
+        let m = PreparedMessage::new(crate::blocking::MessageType::Ping, b"p").unwrap();
+        assert_eq!(&m.frame()[..], b"\x89\x01p");
+        assert!(m.is_control() && !m.compressible());
+        assert!(PreparedMessage::new(crate::blocking::MessageType::Close, &[0; 126]).is_err());
+        let m = PreparedMessage::uncompressed(MessageKind::Binary, b"u");
+        assert!(!m.compressible() && !m.is_control());
     }
 
     #[test]

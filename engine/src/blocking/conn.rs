@@ -12,9 +12,10 @@ use std::time::Instant;
 use super::reader::{MessageReader, Reader};
 use super::send::OutSide;
 use super::shared::{Negotiated, ProtoSide, Shared};
-use super::writer::{MessageWriter, PreparedMessage, Writer};
+use super::writer::{MessageWriter, Writer};
 use super::{CloseCode, Error, MessageType, Stream};
 use crate::handshake::Request;
+use crate::prepared::PreparedMessage;
 use crate::proto;
 
 /// A blocking WebSocket connection (gorilla's `Conn`), from [`Upgrader::upgrade`](super::Upgrader)

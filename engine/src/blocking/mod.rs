@@ -53,9 +53,12 @@ pub use conn::Conn;
 pub use dial::Dialer;
 pub use reader::{MessageReader, Reader};
 pub use upgrade::Upgrader;
-pub use writer::{MessageWriter, PreparedMessage, Writer, COMPRESS_WHOLE_MAX};
+pub use writer::{MessageWriter, Writer, COMPRESS_WHOLE_MAX};
 
 pub use crate::handshake::client::Response;
+/// gorilla's `PreparedMessage`: the engine's type. `PreparedMessage::new(MessageType, data)` is
+/// gorilla's `NewPreparedMessage` (see [`PreparedKind`](crate::prepared::PreparedKind)).
+pub use crate::prepared::PreparedMessage;
 pub use crate::proto::{CloseCode, DeflateConfig, DeflateMode};
 
 use crate::handshake::client::ClientHandshakeError;

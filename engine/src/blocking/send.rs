@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::shared::{apply_deadline, lock, Negotiated, ProtoSide, Shared};
 use super::{Error, Stream};
+use crate::prepared::PreparedMessage;
 use crate::proto::{
     self, DeflatePool, DeflateState, MessageKind, Output, Role, MAX_KEPT_BUFFER, RSV1,
 };
@@ -70,6 +71,17 @@ impl Output for FrameOut {
         } else {
             self.buf.write_frame(header, payload, mask);
         }
+    }
+}
+
+/// Where the encoder's frame goes when a prepared message's own frame is written in its place:
+/// nowhere (server role: unmasked, with the same header). A client masks each frame with a fresh
+/// key, so it never sends a prepared frame as it is.
+struct InPlaceOf;
+
+impl Output for InPlaceOf {
+    fn write_frame(&mut self, _header: &[u8], _payload: &[u8], mask: Option<[u8; 4]>) {
+        debug_assert!(mask.is_none(), "a prepared frame is unmasked");
     }
 }
 
@@ -206,6 +218,26 @@ impl<S: Stream> Shared<S> {
         }
         out.deflate = Some(wd);
         result
+    }
+
+    /// Sends a prepared data message (server role): the message's shared frame, written from its
+    /// buffer (no copy). The encoder checks that a data message may go now, as for any other.
+    pub(super) fn send_prepared(&self, pm: &PreparedMessage) -> Result<(), Error> {
+        debug_assert_eq!(self.role, Role::Server, "a client masks each frame");
+        let mut out = lock(&self.out);
+        if let Some(e) = &out.err {
+            return Err(e.duplicate());
+        }
+        let frame = pm.frame();
+        let encoded = {
+            let mut p = lock(&self.proto);
+            let ProtoSide { conn, cfg } = &mut *p;
+            conn.send(&mut InPlaceOf, pm.kind(), pm.payload(), cfg, 0)
+        };
+        match encoded {
+            Ok(()) => out.write(None, &[], frame),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Writes bytes the reader's decoding produced (automatic replies).

@@ -1,17 +1,15 @@
 //! The write half of a blocking connection: [`Writer`], the [`MessageWriter`] of a message sent in
-//! pieces, and [`PreparedMessage`].
+//! pieces, and gorilla's side of [`PreparedMessage`] (the engine's type).
 
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::send::ZERO_COPY_MIN;
-use super::shared::{lock, ProtoSide, Shared};
+use super::shared::{lock, Shared};
 use super::{format_close_message, CloseCode, Error, MessageType, Stream};
-use crate::proto::{
-    self, parse_close_payload, DeflatePool, Encoder, Output, Role, MAX_KEPT_BUFFER,
-};
+use crate::prepared::{sealed, PreparedKind, PreparedMessage};
+use crate::proto::{self, parse_close_payload, DeflatePool, OpCode, Role, MAX_KEPT_BUFFER};
 
 /// A message written through [`MessageWriter`] with compression on is compressed whole at
 /// [`MessageWriter::close`] while it stays this short; a longer one goes out uncompressed, a frame
@@ -181,35 +179,18 @@ impl<S: Stream> Writer<S> {
         })
     }
 
-    /// Sends a message encoded once for many connections (gorilla's `WritePreparedMessage`).
+    /// Sends a message encoded once for many connections (gorilla's `WritePreparedMessage`). A
+    /// server writes the message's shared frame as it is; a client masks each frame with a fresh
+    /// key (RFC 6455 section 5.3), so it frames the payload for itself, as `write_message` would. A
+    /// control message goes as [`write_control`](Writer::write_control) sends it.
     pub fn write_prepared_message(&self, pm: &PreparedMessage) -> Result<(), Error> {
-        let Some(kind) = pm.kind.data_kind() else {
-            return self.write_control(pm.kind, &pm.data, None);
-        };
-        let mut out = lock(&self.shared.out);
-        if let Some(e) = &out.err {
-            return Err(e.duplicate());
+        if pm.is_control() {
+            return self.write_control(pm.message_type(), pm.payload(), None);
         }
-        let mut buf = std::mem::take(&mut out.buf);
-        let encoded = {
-            let mut p = lock(&self.shared.proto);
-            let ProtoSide { conn, cfg } = &mut *p;
-            let mut prepared = PreparedOut {
-                buf: &mut buf,
-                frame: &pm.frame,
-            };
-            conn.send(&mut prepared, kind, &pm.data, cfg, 0)
-        };
-        let result = match encoded {
-            Ok(()) => out.write(None, &buf, &[]),
-            Err(e) => Err(e.into()),
-        };
-        buf.clear();
-        if buf.capacity() > 2 * self.shared.write_buffer_size.max(ZERO_COPY_MIN) {
-            buf = Vec::new();
+        match self.shared.role {
+            Role::Server => self.shared.send_prepared(pm),
+            Role::Client => self.shared.send_data(pm.kind(), pm.payload(), false),
         }
-        out.buf = buf;
-        result
     }
 
     /// Sends `value` as JSON in a text message (gorilla's `WriteJSON`).
@@ -385,57 +366,33 @@ impl<S: Stream> Drop for MessageWriter<S> {
     }
 }
 
-/// A prepared message's frame in place of the one the encoder would write (server role only; a
-/// client masks each frame with a fresh key, so it encodes each time).
-struct PreparedOut<'a> {
-    buf: &'a mut Vec<u8>,
-    frame: &'a [u8],
-}
+impl sealed::Sealed for MessageType {}
 
-impl Output for PreparedOut<'_> {
-    fn write_frame(&mut self, header: &[u8], payload: &[u8], mask: Option<[u8; 4]>) {
-        match mask {
-            None => self.buf.extend_from_slice(self.frame),
-            Some(_) => self.buf.write_frame(header, payload, mask),
+/// gorilla's `NewPreparedMessage(messageType, data)`: `PreparedMessage::new(MessageType::Text,
+/// data)?`. A control type is accepted too (its payload at most 125 bytes, else
+/// [`Error::Send`]); [`Writer::write_prepared_message`] sends it as a control frame.
+impl PreparedKind for MessageType {
+    type Prepared = Result<PreparedMessage, Error>;
+
+    fn prepare(self, payload: &[u8]) -> Result<PreparedMessage, Error> {
+        match self.data_kind() {
+            Some(kind) => Ok(PreparedMessage::new(kind, payload)),
+            None => {
+                let opcode = OpCode::from_u8(self as u8).expect("a message type is an opcode");
+                PreparedMessage::control(opcode, payload).map_err(Error::Send)
+            }
         }
     }
-}
-
-/// A message encoded once and sent to many connections (gorilla's `PreparedMessage`). The server's
-/// frame is built here, once; a client's frames are masked with a fresh key per send, so a client
-/// encodes them each time.
-#[derive(Clone, Debug)]
-pub struct PreparedMessage {
-    kind: MessageType,
-    data: Arc<[u8]>,
-    frame: Arc<[u8]>,
 }
 
 impl PreparedMessage {
-    /// Prepares a message of any type (a control payload must be at most 125 bytes).
-    pub fn new(kind: MessageType, data: &[u8]) -> Result<PreparedMessage, Error> {
-        let mut frame = Vec::new();
-        match kind.data_kind() {
-            Some(data_kind) => {
-                Encoder::new(Role::Server, 0).message(&mut frame, data_kind, data, 0, 0)?;
-            }
-            None if data.len() > 125 => return Err(Error::Send(proto::SendError::ControlTooLong)),
-            None => {}
+    /// The message type, in gorilla's terms (for a control message, its control type).
+    pub fn message_type(&self) -> MessageType {
+        match self.opcode() {
+            OpCode::Close => MessageType::Close,
+            OpCode::Ping => MessageType::Ping,
+            OpCode::Pong => MessageType::Pong,
+            _ => self.kind().into(),
         }
-        Ok(PreparedMessage {
-            kind,
-            data: data.into(),
-            frame: frame.into(),
-        })
-    }
-
-    /// The message type.
-    pub fn kind(&self) -> MessageType {
-        self.kind
-    }
-
-    /// The payload.
-    pub fn data(&self) -> &[u8] {
-        &self.data
     }
 }

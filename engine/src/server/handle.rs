@@ -223,7 +223,8 @@ impl Publisher {
             return Err(HandleError::Stopped);
         }
         self.shared.publish_except(None, topic, msg);
-        if let Some(bridge) = &self.shared.bridge {
+        // A control message reaches no connection (see `PreparedMessage::is_control`).
+        if let (Some(bridge), false) = (&self.shared.bridge, msg.is_control()) {
             bridge.published(topic, msg);
         }
         Ok(())

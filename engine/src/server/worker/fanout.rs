@@ -40,6 +40,11 @@ impl<D> WorkerCtx<D> {
     /// Queues a shared frame on one connection, applying the backpressure policy (the frame's
     /// length counts toward the buffered amount like any other bytes).
     fn send_shared(&mut self, id: ConnId, msg: &PreparedMessage) -> SendStatus {
+        if msg.is_control() {
+            // surge::blocking's control messages: the engine sends control frames through its own
+            // calls (ping, pong, close), which keep the close handshake's state.
+            return SendStatus::Invalid;
+        }
         let Some(c) = self.conns.get(id) else {
             return SendStatus::Closed;
         };
@@ -105,7 +110,13 @@ impl<D> WorkerCtx<D> {
     ///
     /// With a [`FanoutBridge`](crate::server::FanoutBridge) (a cluster), the message also goes to
     /// the other nodes.
+    ///
+    /// A control message ([`PreparedMessage::is_control`]) is refused by every connection: it is
+    /// not published at all.
     pub fn publish(&mut self, topic: &str, msg: &PreparedMessage) {
+        if msg.is_control() {
+            return;
+        }
         self.deliver(topic, msg);
         let shared = &self.fanout.shared;
         shared.publish_except(Some(self.index), topic, msg);
@@ -245,7 +256,8 @@ impl<D> WorkerCtx<D> {
 
 impl<D> Conn<'_, D> {
     /// Sends a prepared message: the connection's queue takes a reference to the shared frame,
-    /// no copy. The backpressure policy applies as for any data message.
+    /// no copy. The backpressure policy applies as for any data message. A control message
+    /// ([`PreparedMessage::is_control`]) is refused: [`SendStatus::Invalid`].
     pub fn send_prepared(&mut self, msg: &PreparedMessage) -> SendStatus {
         self.ctx.send_shared(self.id, msg)
     }
