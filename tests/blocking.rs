@@ -1034,6 +1034,158 @@ fn compressed_echo_both_ways() {
     }
 }
 
+/// A stream that keeps a copy of everything written to it (to look at the frames on the wire).
+struct Tee {
+    inner: UnixStream,
+    written: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Read for Tee {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written.lock().unwrap().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl surge::blocking::Stream for Tee {}
+
+/// A server and a client connection over a Unix socket pair, each keeping what it wrote.
+#[allow(clippy::type_complexity)]
+fn tee_pair(
+    mode: DeflateMode,
+) -> (
+    Conn<Tee>,
+    Conn<Tee>,
+    Arc<Mutex<Vec<u8>>>,
+    Arc<Mutex<Vec<u8>>>,
+) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let (server_out, client_out) = (Arc::default(), Arc::default());
+    let server_stream = Tee {
+        inner: a,
+        written: Arc::clone(&server_out),
+    };
+    let server = thread::spawn(move || {
+        let mut upgrader = Upgrader::default();
+        upgrader.deflate.mode = mode;
+        upgrader.upgrade(server_stream).unwrap()
+    });
+    let mut dialer = Dialer::default();
+    dialer.deflate.mode = mode;
+    let client_stream = Tee {
+        inner: b,
+        written: Arc::clone(&client_out),
+    };
+    let (client, _) = dialer
+        .dial_stream(client_stream, "ws://localhost/chat")
+        .unwrap();
+    let server = server.join().unwrap();
+    assert!(server.compression() && client.compression());
+    (server, client, server_out, client_out)
+}
+
+/// The frames written after the HTTP head: (RSV1 set, opcode) of each.
+fn frames_written(bytes: &Mutex<Vec<u8>>) -> Vec<(bool, u8)> {
+    let bytes = bytes.lock().unwrap();
+    let mut at = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut frames = Vec::new();
+    while at < bytes.len() {
+        let (b0, b1) = (bytes[at], bytes[at + 1]);
+        let (len, mut pos) = match b1 & 0x7f {
+            126 => (
+                u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize,
+                at + 4,
+            ),
+            127 => (
+                u64::from_be_bytes(bytes[at + 2..at + 10].try_into().unwrap()) as usize,
+                at + 10,
+            ),
+            n => (usize::from(n), at + 2),
+        };
+        if b1 & 0x80 != 0 {
+            pos += 4;
+        }
+        frames.push((b0 & 0x40 != 0, b0 & 0x0f));
+        at = pos + len;
+    }
+    frames
+}
+
+/// Prepared messages go compressed where permessage-deflate was negotiated (as gorilla's): a
+/// server sends the variant compressed once for its window, shared by every connection; a client
+/// compresses for itself. Opted-out, short and (write compression off) all messages go as they are.
+#[test]
+fn prepared_messages_compressed_when_negotiated() {
+    for mode in [DeflateMode::NoContextTakeover, TAKEOVER] {
+        bounded(move || {
+            let text = chat(1).repeat(4);
+            let pm = PreparedMessage::new(MessageType::Text, text.as_bytes()).unwrap();
+            let short = PreparedMessage::new(MessageType::Text, b"hi").unwrap();
+            let opted_out =
+                PreparedMessage::uncompressed(surge::MessageKind::Text, text.as_bytes());
+            for _ in 0..3 {
+                let (mut server, mut client, server_out, client_out) = tee_pair(mode);
+                // Between messages compressed with the connection's own context (with context
+                // takeover, the one after a prepared message must not refer to what came before).
+                let sent = [
+                    None,
+                    Some(&pm),
+                    None,
+                    Some(&short),
+                    Some(&opted_out),
+                    Some(&pm),
+                ];
+                let mut want = Vec::new();
+                for (i, m) in sent.into_iter().enumerate() {
+                    match m {
+                        Some(m) => {
+                            server.write_prepared_message(m).unwrap();
+                            want.push(m.payload().to_vec());
+                        }
+                        None => {
+                            server.write_text(&chat(i + 10)).unwrap();
+                            want.push(chat(i + 10).into_bytes());
+                        }
+                    }
+                }
+                server.enable_write_compression(false);
+                server.write_prepared_message(&pm).unwrap();
+                want.push(text.clone().into_bytes());
+                for w in &want {
+                    assert_eq!(&client.read_message().unwrap().1, w, "{mode:?}");
+                }
+                let frames = frames_written(&server_out);
+                assert_eq!(frames.len(), 7);
+                let rsv: Vec<bool> = [1, 3, 4, 5, 6].iter().map(|&i| frames[i].0).collect();
+                assert_eq!(rsv, [true, false, false, true, false], "{mode:?}");
+                assert!(frames.iter().all(|&(_, op)| op == 1));
+                // A client frames and compresses for itself.
+                client.write_prepared_message(&pm).unwrap();
+                client.write_prepared_message(&opted_out).unwrap();
+                client.write_prepared_message(&short).unwrap();
+                for m in [&pm, &opted_out, &short] {
+                    assert_eq!(server.read_message().unwrap().1, m.payload());
+                }
+                let frames = frames_written(&client_out);
+                assert_eq!(frames, [(true, 1), (false, 1), (false, 1)], "{mode:?}");
+            }
+            // Every server sends with window 15: one variant, shared by the three connections.
+            assert_eq!(pm.variant_count(), 1);
+            assert_eq!(opted_out.variant_count() + short.variant_count(), 0);
+        });
+    }
+}
+
 #[test]
 fn compression_is_off_unless_both_sides_want_it() {
     bounded(|| {

@@ -20,7 +20,10 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use crate::proto::{FrameHeader, MessageKind, OpCode, SendError, MAX_HEADER_LEN};
+use crate::proto::{
+    compress_variant, DeflatePool, FrameHeader, MessageKind, OpCode, SendError, Variant,
+    MAX_HEADER_LEN, RSV1,
+};
 
 /// Identifies one encoding of a message: 0 is the plain frame; extensions pick their own keys
 /// (e.g. a hash of the negotiated deflate parameters).
@@ -230,6 +233,50 @@ impl PreparedMessage {
         let b = Bytes::from(encode(self.kind(), self.payload()));
         variants.push((key, b.clone()));
         b
+    }
+
+    /// The frame to send on a server-role connection that negotiated permessage-deflate and sends
+    /// with the window of `variant` ([`DeflateState::variant`](crate::proto::DeflateState::variant)):
+    /// the message compressed without context takeover, with RSV1. Compressed (with `pool`, in
+    /// `scratch`) by the first caller for this window, shared from then on. `None`: send the plain
+    /// frame, for a message that may not be compressed (a control message, or one made with
+    /// [`uncompressed`](Self::uncompressed)), is shorter than `min_size`, or (`min_size` above 0)
+    /// does not shrink.
+    ///
+    /// After sending the compressed frame on a connection with context takeover, call
+    /// [`DeflateState::sent_independent`](crate::proto::DeflateState::sent_independent).
+    pub fn deflated(
+        &self,
+        variant: Variant,
+        min_size: usize,
+        pool: &mut DeflatePool,
+        scratch: &mut Vec<u8>,
+    ) -> Option<Bytes> {
+        if !self.compressible() || self.payload().len() < min_size {
+            return None;
+        }
+        let frame = self.variant(deflate_key(variant.window_bits), |kind, payload| {
+            scratch.clear();
+            compress_variant(payload, variant, pool, scratch);
+            if min_size > 0 && scratch.len() >= payload.len() {
+                // Cached as "no variant": every connection with this window sends the plain frame.
+                return Vec::new();
+            }
+            let header = FrameHeader {
+                fin: true,
+                rsv: RSV1,
+                opcode: kind.opcode(),
+                mask: None,
+                len: scratch.len() as u64,
+            };
+            let mut head = [0u8; MAX_HEADER_LEN];
+            let n = header.encode(&mut head);
+            let mut frame = Vec::with_capacity(n + scratch.len());
+            frame.extend_from_slice(&head[..n]);
+            frame.extend_from_slice(scratch);
+            frame
+        });
+        (!frame.is_empty()).then_some(frame)
     }
 
     /// Whether two handles name the same prepared message.

@@ -221,23 +221,58 @@ impl<S: Stream> Shared<S> {
     }
 
     /// Sends a prepared data message (server role): the message's shared frame, written from its
-    /// buffer (no copy). The encoder checks that a data message may go now, as for any other.
+    /// buffer (no copy); or, with permessage-deflate negotiated and write compression on, its variant
+    /// compressed without context takeover for this connection's window, made once and shared by
+    /// every connection sending with that window (as the engine's workers do; gorilla compresses
+    /// prepared messages too). Messages made with `PreparedMessage::uncompressed`, shorter than
+    /// `min_size` or (`min_size` above 0) that do not shrink go as the plain frame. The encoder
+    /// checks that a data message may go now, as for any other.
     pub(super) fn send_prepared(&self, pm: &PreparedMessage) -> Result<(), Error> {
         debug_assert_eq!(self.role, Role::Server, "a client masks each frame");
         let mut out = lock(&self.out);
         if let Some(e) = &out.err {
             return Err(e.duplicate());
         }
-        let frame = pm.frame();
+        let compressed = match self.deflate {
+            Some(n) if out.compress && pm.compressible() => {
+                let level = out.level;
+                let wd = out
+                    .deflate
+                    .get_or_insert_with(|| WriteDeflate::new(&n, self.role, level));
+                let mut scratch = std::mem::take(&mut wd.buf);
+                let frame = pm.deflated(
+                    wd.state.variant(),
+                    n.cfg.min_size,
+                    &mut wd.pool,
+                    &mut scratch,
+                );
+                if scratch.capacity() <= MAX_KEPT_BUFFER {
+                    wd.buf = scratch;
+                }
+                frame
+            }
+            _ => None,
+        };
+        let (frame, rsv) = match &compressed {
+            Some(frame) => (frame, RSV1),
+            None => (pm.frame(), 0),
+        };
         let encoded = {
             let mut p = lock(&self.proto);
             let ProtoSide { conn, cfg } = &mut *p;
-            conn.send(&mut InPlaceOf, pm.kind(), pm.payload(), cfg, 0)
+            conn.send(&mut InPlaceOf, pm.kind(), pm.payload(), cfg, rsv)
         };
-        match encoded {
-            Ok(()) => out.write(None, &[], frame),
-            Err(e) => Err(e.into()),
+        if let Err(e) = encoded {
+            return Err(e.into());
         }
+        if compressed.is_some() {
+            if let Some(wd) = &mut out.deflate {
+                // The peer's window now holds a message ours does not (it was compressed alone):
+                // ours is forgotten, so later messages refer only to what both hold.
+                wd.state.sent_independent();
+            }
+        }
+        out.write(None, &[], frame)
     }
 
     /// Writes bytes the reader's decoding produced (automatic replies).

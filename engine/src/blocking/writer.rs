@@ -180,16 +180,22 @@ impl<S: Stream> Writer<S> {
     }
 
     /// Sends a message encoded once for many connections (gorilla's `WritePreparedMessage`). A
-    /// server writes the message's shared frame as it is; a client masks each frame with a fresh
-    /// key (RFC 6455 section 5.3), so it frames the payload for itself, as `write_message` would. A
-    /// control message goes as [`write_control`](Writer::write_control) sends it.
+    /// server writes the message's shared frame as it is, or with compression negotiated and on,
+    /// its compressed variant for this connection's window (compressed once per window among the
+    /// connections it is sent to). A client masks each frame with a fresh key (RFC 6455 section
+    /// 5.3), so it frames (and compresses) the payload for itself, as
+    /// [`write_message`](Writer::write_message) would. Under `min_size`, or made with
+    /// `PreparedMessage::uncompressed`, it goes uncompressed. A control message goes as
+    /// [`write_control`](Writer::write_control) sends it.
     pub fn write_prepared_message(&self, pm: &PreparedMessage) -> Result<(), Error> {
         if pm.is_control() {
             return self.write_control(pm.message_type(), pm.payload(), None);
         }
         match self.shared.role {
             Role::Server => self.shared.send_prepared(pm),
-            Role::Client => self.shared.send_data(pm.kind(), pm.payload(), false),
+            Role::Client => self
+                .shared
+                .send_data(pm.kind(), pm.payload(), pm.compressible()),
         }
     }
 

@@ -21,10 +21,10 @@
 use super::{Conn, WorkerCtx};
 use crate::handler::SendStatus;
 use crate::handshake::{deflate_negotiation::negotiate, Request};
-use crate::prepared::{deflate_key, PreparedMessage};
+use crate::prepared::PreparedMessage;
 use crate::proto::{
-    compress_variant, DeflateConfig, DeflatePool, DeflateState, FrameHeader, Inflate, Message,
-    MessageKind, Role, Variant, MAX_HEADER_LEN, MAX_KEPT_BUFFER, RSV1,
+    DeflateConfig, DeflatePool, DeflateState, Inflate, Message, MessageKind, Role, MAX_KEPT_BUFFER,
+    RSV1,
 };
 use crate::ServerConfig;
 
@@ -178,32 +178,6 @@ impl Compression {
         ))
     }
 
-    /// The frame of `payload` compressed for `variant` without context takeover (RSV1, unmasked),
-    /// or an empty vector when it does not shrink (and `min_size` is not 0): send the plain frame.
-    fn prepare(&mut self, kind: MessageKind, payload: &[u8], variant: Variant) -> Vec<u8> {
-        let mut body = std::mem::take(&mut self.deflated);
-        compress_variant(payload, variant, &mut self.pool, &mut body);
-        let frame = if self.cfg.min_size > 0 && body.len() >= payload.len() {
-            Vec::new()
-        } else {
-            let header = FrameHeader {
-                fin: true,
-                rsv: RSV1,
-                opcode: kind.opcode(),
-                mask: None,
-                len: body.len() as u64,
-            };
-            let mut head = [0u8; MAX_HEADER_LEN];
-            let n = header.encode(&mut head);
-            let mut frame = Vec::with_capacity(n + body.len());
-            frame.extend_from_slice(&head[..n]);
-            frame.extend_from_slice(&body);
-            frame
-        };
-        Self::keep(&mut self.deflated, body);
-        frame
-    }
-
     fn keep(slot: &mut Vec<u8>, mut buf: Vec<u8>) {
         if buf.capacity() <= MAX_KEPT_BUFFER {
             buf.clear();
@@ -260,14 +234,10 @@ impl<D> WorkerCtx<D> {
     ) -> Option<bytes::Bytes> {
         let st = self.conns.get(id)?.deflate.as_deref()?;
         let comp = &mut self.compression;
-        if !msg.compressible() || msg.payload().len() < comp.cfg.min_size {
-            return None;
-        }
-        let variant = st.variant();
-        let frame = msg.variant(deflate_key(variant.window_bits), |kind, payload| {
-            comp.prepare(kind, payload, variant)
-        });
-        (!frame.is_empty()).then_some(frame)
+        let mut buf = std::mem::take(&mut comp.deflated);
+        let frame = msg.deflated(st.variant(), comp.cfg.min_size, &mut comp.pool, &mut buf);
+        Compression::keep(&mut comp.deflated, buf);
+        frame
     }
 
     /// Sends a data message, compressed when the connection negotiated permessage-deflate, `compress`
