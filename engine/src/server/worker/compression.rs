@@ -256,7 +256,7 @@ impl<D> WorkerCtx<D> {
             _ => None,
         };
         let Some(st) = st else {
-            return self.send_frame(id, op, payload, true, false);
+            return self.send_frame(id, op, payload, true, false, 0);
         };
         let comp = &mut self.compression;
         if st.wants_compressor() && payload.len() >= comp.cfg.min_size {
@@ -274,12 +274,12 @@ impl<D> WorkerCtx<D> {
             .get_mut(id)
             .and_then(|c| c.deflate.as_deref_mut())
         else {
-            return self.send_frame(id, op, payload, true, false);
+            return self.send_frame(id, op, payload, true, false, 0);
         };
         let comp = &mut self.compression;
         let mut buf = std::mem::take(&mut comp.deflated);
         let status = if st.compress_pending(payload, &comp.cfg, &mut comp.pool, &mut buf) {
-            let status = self.send_frame_rsv(id, op, &buf, true, false, RSV1);
+            let status = self.send_frame(id, op, &buf, true, false, RSV1);
             if status.is_queued() {
                 if let Some(st) = self
                     .conns
@@ -291,7 +291,7 @@ impl<D> WorkerCtx<D> {
             }
             status
         } else {
-            self.send_frame(id, op, payload, true, false)
+            self.send_frame(id, op, payload, true, false, 0)
         };
         Compression::keep(&mut self.compression.deflated, buf);
         status

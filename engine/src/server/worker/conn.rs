@@ -73,7 +73,7 @@ impl<'a, D> Conn<'a, D> {
     /// message and is refused (or closes) as the policy says.
     pub fn ping(&mut self, payload: &[u8]) -> SendStatus {
         self.ctx
-            .send_frame(self.id, OpCode::Ping, payload, true, false)
+            .send_frame(self.id, OpCode::Ping, payload, true, false, 0)
     }
 
     /// Sends a pong (payload at most 125 bytes). It counts toward the backpressure limit: past it,
@@ -178,7 +178,7 @@ impl<D> MessageWriter<'_, D> {
         } else {
             OpCode::Continuation
         };
-        let status = self.ctx.send_frame(self.id, op, &self.buf, fin, true);
+        let status = self.ctx.send_frame(self.id, op, &self.buf, fin, true, 0);
         self.first = false;
         self.buf.clear();
         if status != SendStatus::Sent {

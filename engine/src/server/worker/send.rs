@@ -35,20 +35,10 @@ impl<D> WorkerCtx<D> {
         SendStatus::Sent
     }
 
-    /// Queues one data message or control frame, applying the backpressure policy to data.
+    /// Queues one data message or control frame, applying the backpressure policy to data
+    /// (`exempt`: not to this frame). `rsv`: RSV bits on a whole message's first frame (RSV1:
+    /// compressed; 0 otherwise).
     pub(super) fn send_frame(
-        &mut self,
-        id: ConnId,
-        op: OpCode,
-        payload: &[u8],
-        fin: bool,
-        exempt: bool,
-    ) -> SendStatus {
-        self.send_frame_rsv(id, op, payload, fin, exempt, 0)
-    }
-
-    /// [`WorkerCtx::send_frame`] with RSV bits on a whole message's first frame (RSV1: compressed).
-    pub(super) fn send_frame_rsv(
         &mut self,
         id: ConnId,
         op: OpCode,
@@ -141,7 +131,7 @@ impl<D> WorkerCtx<D> {
             pending.extend_from_slice(payload);
             return SendStatus::Backpressure;
         }
-        self.send_frame(id, OpCode::Pong, payload, true, true)
+        self.send_frame(id, OpCode::Pong, payload, true, true, 0)
     }
 
     /// A connection's write queue fell back under the limit: the pong that waited goes out.
@@ -150,7 +140,7 @@ impl<D> WorkerCtx<D> {
             return;
         }
         if let Some(p) = self.pending_pongs.remove(&id) {
-            let _ = self.send_frame(id, OpCode::Pong, &p, true, true);
+            let _ = self.send_frame(id, OpCode::Pong, &p, true, true, 0);
         }
     }
 
