@@ -1,9 +1,9 @@
 //! Receive-path micro-benchmarks: header parsing (frames/s) and whole buffers of masked frames through
-//! `proto::Conn::read` (messages/s and bytes/s), as the engine drives it: one input buffer, unmasked in
+//! `proto::Session::read` (messages/s and bytes/s), as the engine drives it: one input buffer, unmasked in
 //! place, events borrowed.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use surge::proto::{Config, Conn, Event, FrameHeader, HeaderRules, NoPool, Role};
+use surge::proto::{Config, Event, FrameHeader, HeaderRules, NoPool, Role, Session};
 
 fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
     let key = [0x37, 0xfa, 0x21, 0x3d];
@@ -74,7 +74,7 @@ fn receive(c: &mut Criterion) {
                 BenchmarkId::new(format!("{kind}_{unit}"), size),
                 &size,
                 |b, _| {
-                    let mut conn = Conn::new(Role::Server, 0);
+                    let mut conn = Session::new(Role::Server, 0);
                     let mut out = Vec::new();
                     b.iter(|| {
                         // Re-masked input each round: unmasking is part of the work.

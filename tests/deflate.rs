@@ -10,8 +10,8 @@ use surge::handshake::{
 };
 use surge::proto::deflate::{compress_variant, TAIL};
 use surge::proto::{
-    Config, Conn, DeflateConfig, DeflateMode, DeflateParams, DeflatePool, DeflateState, Error,
-    Event, Inflate, Message, MessageKind, NoPool, Role, Variant, RSV1,
+    Config, DeflateConfig, DeflateMode, DeflateParams, DeflatePool, DeflateState, Error, Event,
+    Inflate, Message, MessageKind, NoPool, Role, Session, Variant, RSV1,
 };
 
 // ---- a counting allocator: live heap bytes of this thread -------------------------------------
@@ -606,7 +606,7 @@ fn tail_is_stripped_from_sync_flushed_output() {
 /// A client connection's frames of `payload` (a masked message with `rsv` on its first frame),
 /// cut into frames at `cuts` (none: one frame).
 fn client_frames(kind: MessageKind, payload: &[u8], rsv: u8, cuts: &[usize]) -> Vec<Vec<u8>> {
-    let mut client = Conn::new(Role::Client, 42);
+    let mut client = Session::new(Role::Client, 42);
     client.enable_compression();
     let ccfg = Config::client();
     if cuts.is_empty() {
@@ -640,7 +640,7 @@ enum Got {
 }
 
 fn server_reads(
-    server: &mut Conn,
+    server: &mut Session,
     cfg: &Config,
     frames: &[Vec<u8>],
     mut inflate: Option<(&mut DeflateState, &DeflateConfig, &mut DeflatePool)>,
@@ -710,7 +710,7 @@ fn conn_inflates_compressed_messages_and_accepts_rsv1_only_when_negotiated() {
     let mut rx = DeflateState::new(params(true, true, 15, 15), Role::Server);
 
     // Without negotiation: RSV1 is a protocol error (1002).
-    let mut server = Conn::new(Role::Server, 1);
+    let mut server = Session::new(Role::Server, 1);
     let mut out = Vec::new();
     let got = server_reads(&mut server, &cfg_p, &text_frame, None, &mut out);
     assert_eq!(got.len(), 1);
@@ -720,7 +720,7 @@ fn conn_inflates_compressed_messages_and_accepts_rsv1_only_when_negotiated() {
     );
 
     // Negotiated: the core inflates; the message is plain and of its real kind.
-    let mut server = Conn::new(Role::Server, 1);
+    let mut server = Session::new(Role::Server, 1);
     server.enable_compression();
     let mut out = Vec::new();
     let frames = [text_frame.clone(), binary_frame].concat();
@@ -759,7 +759,7 @@ fn conn_fails_what_does_not_inflate_with_the_core_close() {
     let mut pool = DeflatePool::new(6);
     let run = |kind: MessageKind, payload: &[u8], cfg_p: &Config, pool: &mut DeflatePool| {
         let mut rx = DeflateState::new(params(true, true, 15, 15), Role::Server);
-        let mut server = Conn::new(Role::Server, 1);
+        let mut server = Session::new(Role::Server, 1);
         server.enable_compression();
         let mut out = Vec::new();
         let frames = client_frames(kind, payload, RSV1, &[]);
@@ -845,7 +845,7 @@ fn conn_inflates_streamed_pieces_and_bounds_the_whole_message() {
     let frames = client_frames(MessageKind::Text, &payload, RSV1, &cuts);
     let read = |cfg_p: &Config, pool: &mut DeflatePool| {
         let mut rx = DeflateState::new(params(true, true, 15, 15), Role::Server);
-        let mut server = Conn::new(Role::Server, 1);
+        let mut server = Session::new(Role::Server, 1);
         server.enable_compression();
         let mut out = Vec::new();
         let got = server_reads(

@@ -240,7 +240,7 @@ fn heap_bytes_per_idle_connection() {
     // The registry allocates pages of 256 slots: the 32..64 KiB class above is slab pages.
     println!(
         "sizes: protocol core {} B, write queue {} B (both inside the registry slot)",
-        std::mem::size_of::<surge::proto::Conn>(),
+        std::mem::size_of::<surge::proto::Session>(),
         std::mem::size_of::<surge::buf::WriteQueue>(),
     );
     println!(

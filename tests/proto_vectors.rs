@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use surge::proto::{
-    BufferPool, CloseCode, Config, Conn, Error, Event, Message, MessageKind, NoPool, Role,
-    SendError, State, TimeoutAction,
+    BufferPool, CloseCode, Config, Error, Event, Message, MessageKind, NoPool, Role, SendError,
+    Session, State, TimeoutAction,
 };
 
 /// An owned copy of an event, to compare runs.
@@ -38,7 +38,7 @@ fn own(ev: Event<'_>) -> Ev {
 }
 
 /// Feeds `chunks` one after another; returns the events and the bytes the connection wrote.
-fn feed(conn: &mut Conn, cfg: &Config, chunks: &[&[u8]]) -> (Vec<Ev>, Vec<u8>) {
+fn feed(conn: &mut Session, cfg: &Config, chunks: &[&[u8]]) -> (Vec<Ev>, Vec<u8>) {
     let mut events = Vec::new();
     let mut out = Vec::new();
     for chunk in chunks {
@@ -74,10 +74,10 @@ fn check_all_splits(role: Role, input: &[u8]) -> (Vec<Ev>, Vec<u8>) {
         role,
         ..Config::server()
     };
-    let whole = feed(&mut Conn::new(role, 7), &cfg, &[input]);
+    let whole = feed(&mut Session::new(role, 7), &cfg, &[input]);
     for cut in 0..=input.len() {
         let split = feed(
-            &mut Conn::new(role, 7),
+            &mut Session::new(role, 7),
             &cfg,
             &[&input[..cut], &input[cut..]],
         );
@@ -85,7 +85,7 @@ fn check_all_splits(role: Role, input: &[u8]) -> (Vec<Ev>, Vec<u8>) {
     }
     let bytes: Vec<&[u8]> = input.chunks(1).collect();
     assert_eq!(
-        feed(&mut Conn::new(role, 7), &cfg, &bytes),
+        feed(&mut Session::new(role, 7), &cfg, &bytes),
         whole,
         "byte by byte"
     );
@@ -198,12 +198,12 @@ fn rfc_5_7_256_bytes_and_64_kib() {
     let mut input = vec![0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0];
     input.extend_from_slice(&p64k);
     let cfg = Config::client();
-    let whole = feed(&mut Conn::new(Role::Client, 1), &cfg, &[&input]);
+    let whole = feed(&mut Session::new(Role::Client, 1), &cfg, &[&input]);
     assert_eq!(whole.0, vec![Ev::Binary(p64k.clone())]);
     for cut in [1, 2, 9, 10, 11, 4096, 65545] {
         assert_eq!(
             feed(
-                &mut Conn::new(Role::Client, 1),
+                &mut Session::new(Role::Client, 1),
                 &cfg,
                 &[&input[..cut], &input[cut..]]
             ),
@@ -213,7 +213,11 @@ fn rfc_5_7_256_bytes_and_64_kib() {
     // Masked, to a server, in uneven pieces: the mask phase is carried across reads.
     let input = masked(0x82, KEY, &p64k);
     let pieces: Vec<&[u8]> = input.chunks(1021).collect();
-    let (ev, _) = feed(&mut Conn::new(Role::Server, 1), &Config::server(), &pieces);
+    let (ev, _) = feed(
+        &mut Session::new(Role::Server, 1),
+        &Config::server(),
+        &pieces,
+    );
     assert_eq!(ev, vec![Ev::Binary(p64k)]);
 }
 
@@ -244,7 +248,7 @@ fn zero_copy_single_frame_borrows_the_input() {
     let mut input = masked(0x82, KEY, &[9u8; 300]);
     let range = input.as_ptr_range();
     let cfg = Config::server();
-    let mut conn = Conn::new(Role::Server, 0);
+    let mut conn = Session::new(Role::Server, 0);
     let mut out = Vec::new();
     let (n, ev) = conn
         .read(&mut input, &cfg, &mut out, &mut NoPool, None)
@@ -276,7 +280,7 @@ impl BufferPool for CountingPool {
 #[test]
 fn assembly_buffer_is_pooled_and_released_when_idle() {
     let cfg = Config::server();
-    let mut conn = Conn::new(Role::Server, 0);
+    let mut conn = Session::new(Role::Server, 0);
     let mut pool = CountingPool::default();
     let mut out = Vec::new();
     let mut first = masked(0x01, KEY, b"ab");
@@ -301,7 +305,7 @@ fn assembly_buffer_is_pooled_and_released_when_idle() {
 }
 
 fn fail_with(role: Role, cfg: &Config, input: &[u8]) -> (Error, Option<u16>) {
-    let mut conn = Conn::new(role, 0);
+    let mut conn = Session::new(role, 0);
     let (ev, out) = feed(&mut conn, cfg, &[input]);
     let Some(Ev::Error(e)) = ev.last().cloned() else {
         panic!("no error for {input:?}: {ev:?}")
@@ -410,7 +414,7 @@ fn limits_are_checked_before_allocating() {
     // Exactly at the limit is fine.
     let input = [masked(0x02, KEY, &[0; 500]), masked(0x80, KEY, &[0; 500])].concat();
     assert_eq!(
-        feed(&mut Conn::new(Role::Server, 0), &cfg, &[&input]).0,
+        feed(&mut Session::new(Role::Server, 0), &cfg, &[&input]).0,
         vec![Ev::Binary(vec![0; 1000])]
     );
 }
@@ -424,12 +428,12 @@ fn invalid_utf8_fails_fast_inside_a_frame_and_across_fragments() {
         KEY,
         &[b'a', 0xF4, 0x90, b'b', b'c', b'd', b'e', b'f', b'g', b'h'],
     );
-    let mut conn = Conn::new(Role::Server, 0);
+    let mut conn = Session::new(Role::Server, 0);
     let (ev, out) = feed(&mut conn, &cfg, &[&frame[..6 + 3]]);
     assert_eq!(ev, vec![Ev::Error(Error::InvalidUtf8)]);
     assert_eq!(close_code_of(&out), Some(1007));
     // Fragment one valid, fragment two invalid: fails before fragment three is sent.
-    let mut conn = Conn::new(Role::Server, 0);
+    let mut conn = Session::new(Role::Server, 0);
     let f1 = masked(0x01, KEY, "κόσμε".as_bytes());
     let f2 = masked(0x00, KEY, &[0xed, 0xa0, 0x80]);
     let (ev, _) = feed(&mut conn, &cfg, &[&f1, &f2]);
@@ -481,7 +485,7 @@ fn messages_before_an_error_are_delivered_first() {
 fn close_handshake_initiated_locally() {
     let cfg = Config::server();
     let now = Instant::now();
-    let mut conn = Conn::new(Role::Server, 0);
+    let mut conn = Session::new(Role::Server, 0);
     let mut out = Vec::new();
     conn.close(&mut out, Some(CloseCode::NORMAL), "done", now, &cfg)
         .unwrap();
@@ -520,7 +524,7 @@ fn close_timeout_ends_the_handshake() {
         ..Config::server()
     };
     let t0 = Instant::now();
-    let mut conn = Conn::new(Role::Server, 0);
+    let mut conn = Session::new(Role::Server, 0);
     let mut out = Vec::new();
     conn.close(&mut out, None, "", t0, &cfg).unwrap();
     assert_eq!(out, [0x88, 0x00]);
@@ -542,12 +546,12 @@ fn close_codes_sent_are_checked() {
     let cfg = Config::server();
     let now = Instant::now();
     for bad in [0u16, 999, 1004, 1005, 1006, 1015, 2999, 5000] {
-        let mut conn = Conn::new(Role::Server, 0);
+        let mut conn = Session::new(Role::Server, 0);
         let r = conn.close(&mut Vec::new(), Some(CloseCode(bad)), "", now, &cfg);
         assert_eq!(r, Err(SendError::InvalidCloseCode(bad)));
     }
     // A long reason is cut to fit 125 bytes at a character boundary.
-    let mut conn = Conn::new(Role::Server, 0);
+    let mut conn = Session::new(Role::Server, 0);
     let mut out = Vec::new();
     conn.close(&mut out, Some(CloseCode(4000)), &"é".repeat(100), now, &cfg)
         .unwrap();
@@ -561,7 +565,7 @@ fn auto_pong_can_be_turned_off() {
         ..Config::server()
     };
     let (ev, out) = feed(
-        &mut Conn::new(Role::Server, 0),
+        &mut Session::new(Role::Server, 0),
         &cfg,
         &[&masked(0x89, KEY, b"hi")],
     );
@@ -577,7 +581,7 @@ fn keepalive_pings_after_silence_and_gives_up() {
         ..Config::server()
     };
     let t0 = Instant::now();
-    let mut conn = Conn::new(Role::Server, 0);
+    let mut conn = Session::new(Role::Server, 0);
     conn.start(t0, &cfg);
     let mut out = Vec::new();
     // Activity before the deadline re-arms instead of pinging.
@@ -626,7 +630,7 @@ fn streamed_fragments() {
         masked(0x80, KEY, b"cd"),
     ]
     .concat();
-    let (ev, _) = feed(&mut Conn::new(Role::Server, 0), &cfg, &[&input]);
+    let (ev, _) = feed(&mut Session::new(Role::Server, 0), &cfg, &[&input]);
     assert_eq!(
         ev,
         vec![
@@ -636,7 +640,7 @@ fn streamed_fragments() {
     );
     // A whole single frame still arrives as one message.
     let (ev, _) = feed(
-        &mut Conn::new(Role::Server, 0),
+        &mut Session::new(Role::Server, 0),
         &cfg,
         &[&masked(0x82, KEY, b"xyz")],
     );
@@ -644,7 +648,7 @@ fn streamed_fragments() {
     // A frame split across reads arrives in pieces whose concatenation is the message.
     let frame = masked(0x82, KEY, &[5u8; 100]);
     let (ev, _) = feed(
-        &mut Conn::new(Role::Server, 0),
+        &mut Session::new(Role::Server, 0),
         &cfg,
         &[&frame[..50], &frame[50..]],
     );
@@ -671,8 +675,8 @@ fn client_server_pair() {
         max_send_frame_size: 777,
         ..Config::client()
     };
-    let mut server = Conn::new(Role::Server, 0);
-    let mut client = Conn::new(Role::Client, 0x1234_5678_9abc_def0);
+    let mut server = Session::new(Role::Server, 0);
+    let mut client = Session::new(Role::Client, 0x1234_5678_9abc_def0);
     let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
 
     let mut wire = Vec::new();
@@ -734,7 +738,7 @@ fn client_server_pair() {
 #[test]
 fn client_masks_with_changing_keys() {
     let cfg = Config::client();
-    let mut client = Conn::new(Role::Client, 99);
+    let mut client = Session::new(Role::Client, 99);
     let mut a = Vec::new();
     let mut b = Vec::new();
     client

@@ -6,7 +6,7 @@ mod corpus;
 mod deflate;
 pub use deflate::fuzz_check_deflate;
 
-use crate::proto::{Config, Conn, Event, FrameHeader, HeaderRules, Message, NoPool, Role, RSV1};
+use crate::proto::{Config, Event, FrameHeader, HeaderRules, Message, NoPool, Role, Session, RSV1};
 
 /// An owned record of what a connection reported, to compare runs over differently split input.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,7 +34,7 @@ fn record(ev: Event<'_>, out: &mut Vec<Seen>) {
 /// bytes written back. Checks that every call consumes at most what it was given and that a call with
 /// no event consumes everything.
 fn run(cfg: &Config, input: &[u8], cuts: &[usize]) -> (Vec<Seen>, Vec<u8>) {
-    let mut conn = Conn::new(cfg.role, 1);
+    let mut conn = Session::new(cfg.role, 1);
     let mut seen = Vec::new();
     let mut out = Vec::new();
     let mut start = 0;

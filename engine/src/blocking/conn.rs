@@ -1,4 +1,4 @@
-//! The blocking connection: a read half that feeds a read buffer to [`proto::Conn`] and a write half
+//! The blocking connection: a read half that feeds a read buffer to [`proto::Session`] and a write half
 //! shared behind locks.
 //!
 //! The halves are [`Reader`] (reader.rs, its read path recv.rs) and [`Writer`] (writer.rs); the
@@ -84,7 +84,7 @@ impl<S: Stream> Conn<S> {
         let local = stream.local_addr();
         let peer = stream.peer_addr();
         let own = stream.try_clone().ok();
-        let mut conn = proto::Conn::new(cfg.role, seed);
+        let mut conn = proto::Session::new(cfg.role, seed);
         if deflate.is_some() {
             conn.enable_compression();
         }

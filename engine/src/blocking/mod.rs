@@ -23,7 +23,7 @@
 //! ```
 //!
 //! Layers: the handshake is [`crate::handshake`] (the engine's parser, origin policy and responses);
-//! framing, assembly, UTF-8 and the close handshake are [`crate::proto::Conn`], fed from a read buffer
+//! framing, assembly, UTF-8 and the close handshake are [`crate::proto::Session`], fed from a read buffer
 //! of this module's. Nothing here duplicates a protocol rule.
 //!
 //! Concurrency follows gorilla: one reader and one writer at a time. [`Conn::split`] gives a

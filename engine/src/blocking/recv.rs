@@ -1,5 +1,5 @@
 //! The read path of a blocking connection: input read into the read buffer (from the reader's own
-//! handle or through the writer's lock), decoded (and compressed pieces inflated) by [`proto::Conn`]
+//! handle or through the writer's lock), decoded (and compressed pieces inflated) by [`proto::Session`]
 //! under the `proto` lock, control frames handed to the handlers, and the linger after the close.
 
 use std::io;

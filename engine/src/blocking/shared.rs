@@ -34,7 +34,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The protocol state, behind the `proto` lock.
 pub(super) struct ProtoSide {
-    pub(super) conn: proto::Conn,
+    pub(super) conn: proto::Session,
     /// Send-side settings (role, frame size 0: a message is one frame unless written in pieces).
     pub(super) cfg: proto::Config,
 }

@@ -11,8 +11,8 @@
 //! until the send's completion: the queue itself stays put until then).
 //!
 //! A completion-based write (io_uring) borrows the queue's chunks for the kernel: from
-//! [`WriteQueue::lend_iovecs`] until [`WriteQueue::advance`] (its completion) or
-//! [`WriteQueue::end_write`] the queue is *in flight*, and nothing frees, shrinks or reallocates a
+//! `WriteQueue::lend_iovecs` until `WriteQueue::advance` (its completion) or
+//! `WriteQueue::end_write` the queue is *in flight*, and nothing frees, shrinks or reallocates a
 //! chunk meanwhile: sends only append after the queued bytes within a chunk's capacity or push new
 //! chunks, `release` and dropping the queue leak the chunks rather than free them under the kernel,
 //! and a flush (`writev`) refuses. The driver's send relies on this and nothing else.

@@ -33,8 +33,8 @@ use crate::handshake::deflate_negotiation::{
 use crate::handshake::{parse_request, HandshakeConfig, ParseStatus, Request};
 use crate::proto::deflate::TAIL;
 use crate::proto::{
-    compress_variant, Config, Conn, DeflateConfig, DeflateMode, DeflateParams, DeflatePool,
-    DeflateState, Direction, Error, Event, Inflate, Message, MessageKind, NoPool, Role, RSV1,
+    compress_variant, Config, DeflateConfig, DeflateMode, DeflateParams, DeflatePool, DeflateState,
+    Direction, Error, Event, Inflate, Message, MessageKind, NoPool, Role, Session, RSV1,
 };
 
 /// Reads choices off the input; past its end every read gives zeros.
@@ -585,8 +585,8 @@ impl PeerInflater {
 
 /// Our side: the protocol core of a connection with permessage-deflate, and the peer's encoder.
 struct Core {
-    ours: Conn,
-    peer: Conn,
+    ours: Session,
+    peer: Session,
     cfg: Config,
     peer_cfg: Config,
 }
@@ -597,9 +597,9 @@ impl Core {
             Role::Server => Role::Client,
             Role::Client => Role::Server,
         };
-        let mut ours = Conn::new(role, 7);
+        let mut ours = Session::new(role, 7);
         ours.enable_compression();
-        let mut peer = Conn::new(peer_role, 11);
+        let mut peer = Session::new(peer_role, 11);
         peer.enable_compression();
         let mut cfg = Config::server();
         cfg.role = role;

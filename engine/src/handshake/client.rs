@@ -239,7 +239,7 @@ pub enum ClientHandshakeError {
         /// The limit in bytes.
         limit: usize,
     },
-    /// More header fields than [`MAX_HEADERS`](super::MAX_HEADERS).
+    /// More header fields than [`MAX_HEADERS`].
     TooManyHeaders,
     /// Not an HTTP/1.x response.
     Malformed(&'static str),

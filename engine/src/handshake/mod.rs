@@ -86,7 +86,7 @@ impl Default for HandshakeConfig {
 #[derive(Clone, Default)]
 pub enum OriginPolicy {
     /// gorilla's safe default: a request without `Origin` passes; one whose `Origin` names another
-    /// host[:port] than the `Host` header (compared case-insensitively, default ports implied by
+    /// `host[:port]` than the `Host` header (compared case-insensitively, default ports implied by
     /// the scheme) fails with 403.
     #[default]
     SameHost,

@@ -51,8 +51,8 @@ pub const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 pub const MAX_KEPT_BUFFER: usize = 1 << 20;
 
 /// What the protocol core needs to inflate the compressed messages (RSV1) of one connection, lent
-/// for one read ([`Reader::read`](super::Reader::read)): the connection's state, kept apart from
-/// [`Conn`](super::Conn) by the caller (so that a connection without compression, or an idle one,
+/// for one read ([`RecvHalf::read`](super::RecvHalf::read)): the connection's state, kept apart from
+/// [`Session`](super::Session) by the caller (so that a connection without compression, or an idle one,
 /// stays small), and the caller's pooled inflaters and buffer. The events of that read borrow
 /// `buf` (lifetime `'b`), the rest only for the read (`'s`).
 ///

@@ -6,20 +6,19 @@
 //! - [`encode`]: the send path: headers on the stack, payloads apart, masking, the message writer.
 //! - [`deflate`]: permessage-deflate (RFC 7692): compression, bounded inflation, context takeover;
 //!   the reader inflates compressed messages through an [`Inflate`] its caller lends per read.
-//! - [`conn`]: one connection: the close handshake, automatic replies, keepalive; time from the caller.
+//! - [`session`]: one connection: the close handshake, automatic replies, keepalive; time from the caller.
 #![forbid(unsafe_code)]
 
 pub mod assemble;
 pub mod close;
-pub mod conn;
 pub mod deflate;
 pub mod encode;
 pub mod error;
 pub mod frame;
+pub mod session;
 
 pub use assemble::{BufferPool, Decoder, DecoderConfig, Event, Message, MessageKind, NoPool};
 pub use close::parse_close_payload;
-pub use conn::{Config, Conn, Reader, State, TimeoutAction, Writer};
 pub use deflate::{
     compress_variant, DeflateConfig, DeflateMode, DeflateParams, DeflatePool, DeflateState,
     Direction, Inflate, Variant, MAX_KEPT_BUFFER,
@@ -27,3 +26,4 @@ pub use deflate::{
 pub use encode::{Encoder, Output};
 pub use error::{CloseCode, Error, SendError};
 pub use frame::{FrameHeader, HeaderRules, OpCode, Role, MAX_HEADER_LEN, RSV1, RSV2, RSV3};
+pub use session::{Config, RecvHalf, SendHalf, Session, State, TimeoutAction};

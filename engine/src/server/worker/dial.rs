@@ -503,7 +503,7 @@ impl<H: Handler> Worker<H> {
             .map_or(0, |p| ctx.protocols.intern(id, p));
         let seed = ctx.client.next_u64();
         let c = ctx.conns.get_mut(id).expect("still registered");
-        let mut core = proto::Conn::new(Role::Client, seed);
+        let mut core = proto::Session::new(Role::Client, seed);
         if let Some(params) = deflate {
             core.enable_compression();
             c.deflate = Some(Box::new(DeflateState::new(params, Role::Client)));

@@ -49,7 +49,7 @@ pub(super) enum Stage {
     Handshake(Handshake),
     /// Upgraded: the protocol core. While events are delivered its reader is out on the stack
     /// (they borrow it) and its writer stays here, where the connection's sends reach it.
-    Open(proto::Conn),
+    Open(proto::Session),
     /// Flushing the last bytes, then FIN, then discarding input until EOF or the deadline.
     Draining,
     /// An outgoing connection: connecting, then reading the upgrade response (see `dial.rs`).
@@ -145,7 +145,7 @@ mod tests {
     #[test]
     pub(super) fn entry_size() {
         let entry = crate::server::registry::Registry::<Connection<()>>::slot_size();
-        let core = std::mem::size_of::<proto::Conn>();
+        let core = std::mem::size_of::<proto::Session>();
         let queue = std::mem::size_of::<WriteQueue>();
         println!(
             "slot {entry} B (connection {} B, stage {} B, protocol core {core} B, write queue {queue} B)",

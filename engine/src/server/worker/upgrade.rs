@@ -81,7 +81,7 @@ impl<H: Handler> Worker<H> {
         drop(request);
         let c = ctx.conns.get_mut(id).expect("still registered");
         c.queue.push_chunk(resp, &mut ctx.chunks);
-        let mut core = proto::Conn::new(Role::Server, 0);
+        let mut core = proto::Session::new(Role::Server, 0);
         if let Some((state, _)) = deflate {
             core.enable_compression();
             c.deflate = Some(state);

@@ -1,5 +1,5 @@
-//! One connection's protocol state, in two halves: the [`Reader`] (the decoder and the message being
-//! assembled) and the [`Writer`] (the encoder, the close handshake, keepalive). Reading borrows only
+//! One connection's protocol state, in two halves: the [`RecvHalf`] (the decoder and the message being
+//! assembled) and the [`SendHalf`] (the encoder, the close handshake, keepalive). Reading borrows only
 //! the reader for as long as the event it returns lives, so a caller can keep sending through the
 //! writer (the one place that says whether data may still be sent) while it handles the event. Time
 //! is passed in by the caller (`now`), never read here.
@@ -117,17 +117,17 @@ pub enum TimeoutAction {
 }
 
 /// The receiving half of a connection: the decoder and the message it assembles. An event returned
-/// by [`Reader::read`] borrows the reader (and the input, and the buffer of an [`Inflate`]), never
-/// the [`Writer`].
+/// by [`RecvHalf::read`] borrows the reader (and the input, and the buffer of an [`Inflate`]), never
+/// the [`SendHalf`].
 #[derive(Debug, Default)]
-pub struct Reader {
+pub struct RecvHalf {
     decoder: Decoder,
 }
 
 /// The sending half of a connection: the encoder, where the close handshake stands, keepalive. The
-/// only record of whether data may still be sent ([`Writer::can_send`]).
+/// only record of whether data may still be sent ([`SendHalf::can_send`]).
 #[derive(Debug)]
-pub struct Writer {
+pub struct SendHalf {
     encoder: Encoder,
     state: State,
     /// Something was received since the keepalive timer was armed.
@@ -142,19 +142,19 @@ pub struct Writer {
 
 /// Protocol state of one connection: its two halves.
 #[derive(Debug)]
-pub struct Conn {
+pub struct Session {
     /// The receiving half.
-    pub reader: Reader,
+    pub reader: RecvHalf,
     /// The sending half.
-    pub writer: Writer,
+    pub writer: SendHalf,
 }
 
-impl Conn {
+impl Session {
     /// A connection in the open state. `seed` feeds client masking keys (ignored by servers).
     pub fn new(role: Role, seed: u64) -> Self {
-        Conn {
-            reader: Reader::default(),
-            writer: Writer::new(role, seed),
+        Session {
+            reader: RecvHalf::default(),
+            writer: SendHalf::new(role, seed),
         }
     }
 
@@ -189,7 +189,7 @@ impl Conn {
         self.writer.compression_enabled()
     }
 
-    /// Reads input: see [`Reader::read`].
+    /// Reads input: see [`RecvHalf::read`].
     pub fn read<'a>(
         &'a mut self,
         input: &'a mut [u8],
@@ -202,7 +202,7 @@ impl Conn {
             .read(&mut self.writer, input, cfg, out, pool, inflate)
     }
 
-    /// Fails the connection: see [`Writer::fail`].
+    /// Fails the connection: see [`SendHalf::fail`].
     pub fn fail(&mut self, out: &mut impl Output, error: &Error) {
         self.writer.fail(out, error);
     }
@@ -212,7 +212,7 @@ impl Conn {
         self.reader.recycle(pool);
     }
 
-    /// Sends a whole message: see [`Writer::send`].
+    /// Sends a whole message: see [`SendHalf::send`].
     pub fn send(
         &mut self,
         out: &mut impl Output,
@@ -229,7 +229,7 @@ impl Conn {
         self.writer.begin_message(kind)
     }
 
-    /// Writes the next piece of the open message: see [`Writer::write_fragment`].
+    /// Writes the next piece of the open message: see [`SendHalf::write_fragment`].
     pub fn write_fragment(
         &mut self,
         out: &mut impl Output,
@@ -251,7 +251,7 @@ impl Conn {
         self.writer.pong(out, payload)
     }
 
-    /// Starts the close handshake: see [`Writer::close`].
+    /// Starts the close handshake: see [`SendHalf::close`].
     pub fn close(
         &mut self,
         out: &mut impl Output,
@@ -263,12 +263,12 @@ impl Conn {
         self.writer.close(out, code, reason, now, cfg)
     }
 
-    /// When [`Conn::handle_timeout`] should next be called.
+    /// When [`Session::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.writer.poll_timeout()
     }
 
-    /// Advances timers to `now`: see [`Writer::handle_timeout`].
+    /// Advances timers to `now`: see [`SendHalf::handle_timeout`].
     pub fn handle_timeout(
         &mut self,
         now: Instant,
@@ -279,7 +279,7 @@ impl Conn {
     }
 }
 
-impl Reader {
+impl RecvHalf {
     /// Whether the receive side is between messages (no partial frame or message held).
     pub fn is_idle(&self) -> bool {
         self.decoder.is_idle()
@@ -302,7 +302,7 @@ impl Reader {
     /// After `Err`, the writer's state is `Closed` and `out` holds the close frame with the error's
     /// code.
     ///
-    /// permessage-deflate: once [`Writer::enable_compression`] was called, RSV1 marks compressed
+    /// permessage-deflate: once [`SendHalf::enable_compression`] was called, RSV1 marks compressed
     /// messages, and the core inflates them itself through `inflate` (the connection's
     /// [`DeflateState`](super::DeflateState) and the caller's pool and buffer, lent for this read):
     /// the event holds the plain message, of its real kind. A message that does not inflate, or
@@ -314,7 +314,7 @@ impl Reader {
     /// again once this returns.
     pub fn read<'a>(
         &'a mut self,
-        writer: &mut Writer,
+        writer: &mut SendHalf,
         input: &'a mut [u8],
         cfg: &Config,
         out: &mut impl Output,
@@ -365,10 +365,10 @@ impl Reader {
     }
 }
 
-impl Writer {
+impl SendHalf {
     /// The sending half of an open connection. `seed` feeds client masking keys (ignored by servers).
     pub fn new(role: Role, seed: u64) -> Self {
-        Writer {
+        SendHalf {
             encoder: Encoder::new(role, seed),
             state: State::Open,
             activity: false,
@@ -412,14 +412,14 @@ impl Writer {
     }
 
     /// Fails the connection because of an error the caller found: as for a protocol error in
-    /// [`Reader::read`], a close with the error's code is written to `out` (unless one was sent)
+    /// [`RecvHalf::read`], a close with the error's code is written to `out` (unless one was sent)
     /// and the state is `Closed`.
     pub fn fail(&mut self, out: &mut impl Output, error: &Error) {
         self.fail_with(out, error.close_code(), "");
     }
 
     /// Fails the connection for a reason of the caller's (a resource limit above the protocol:
-    /// `code` 1013 when a server sheds load): as [`Writer::fail`], with this code and reason
+    /// `code` 1013 when a server sheds load): as [`SendHalf::fail`], with this code and reason
     /// (unless a close was sent already; the reason cut to 123 bytes).
     pub fn fail_with(&mut self, out: &mut impl Output, code: CloseCode, reason: &str) {
         if !self.encoder.close_sent() {
@@ -519,7 +519,7 @@ impl Writer {
         self.timer = timer;
     }
 
-    /// When [`Writer::handle_timeout`] should next be called.
+    /// When [`SendHalf::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadline
     }
