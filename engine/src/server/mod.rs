@@ -9,7 +9,9 @@ mod client;
 pub mod config;
 pub(crate) mod handle;
 pub mod handler;
+pub mod limits;
 pub(crate) mod mailbox;
+pub mod proxy;
 pub(crate) mod registry;
 pub(crate) mod timer;
 pub(crate) mod topics;
@@ -27,6 +29,8 @@ pub use bridge::FanoutBridge;
 pub use client::Client;
 pub use config::{Backend, BackpressurePolicy, PanicPolicy, ServerConfig, UringRecv};
 pub use handle::{ConnHandle, HandleError, Publisher};
+pub use limits::{ClientLimiter, ClientLimits, LimitAction};
+pub use proxy::ProxyProtocol;
 pub use registry::ConnId;
 pub use worker::dial::{ConnectError, ConnectRequest};
 pub use worker::{Conn, MessageWriter, WorkerCtx};
@@ -43,6 +47,8 @@ pub(crate) struct Shared {
     pub(crate) mailboxes: Vec<crossbeam_utils::CachePadded<mailbox::Mailbox>>,
     /// Where publishes and topic interest go beyond this process ([`Server::with_bridge`]).
     pub(crate) bridge: Option<Arc<dyn FanoutBridge>>,
+    /// The per-client counters all workers share (`ServerConfig::client_limits`; `None`: off).
+    pub(crate) limiter: Option<Arc<ClientLimiter>>,
 }
 
 /// A WebSocket server: [`ServerConfig`] plus [`run`](Server::run) or [`start`](Server::start).
@@ -107,6 +113,9 @@ impl Server {
                 "no bind address",
             ));
         }
+        if !unbound {
+            proxy::check_listeners(&cfg)?;
+        }
         // Bind the first worker's sockets, then the others on the ports those got.
         let mut addrs = cfg.bind.clone();
         let mut per_worker = Vec::with_capacity(workers);
@@ -137,6 +146,7 @@ impl Server {
             mailboxes: (0..wakers.len()).map(|_| Default::default()).collect(),
             wakers,
             bridge: self.bridge,
+            limiter: ClientLimiter::new(&cfg.client_limits).map(Arc::new),
         });
         if let Some(bridge) = &shared.bridge {
             bridge.attach(Publisher {
@@ -290,6 +300,12 @@ impl ServerHandle {
     /// resolved at start, after the `SURGE_BACKEND` override).
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The per-client limits' shared table and its refusal counters (`None` when
+    /// [`ServerConfig::client_limits`] sets no limit).
+    pub fn client_limiter(&self) -> Option<&ClientLimiter> {
+        self.shared.limiter.as_deref()
     }
 
     /// The first bound address. Panics for a [`Client`] runtime, which has none.

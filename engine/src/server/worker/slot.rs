@@ -25,6 +25,9 @@ pub(super) enum Flag {
     Linked = 32,
     /// An outgoing connection (client role: our frames are masked); see `dial.rs`.
     Client = 64,
+    /// Counted in the per-client limits' table under the address kept in `peer` (`limits.rs`):
+    /// released when the connection is removed.
+    Counted = 128,
 }
 
 /// A connection's flags, in one byte of its slot.
@@ -66,6 +69,8 @@ pub(super) struct Handshake {
     /// That query is in flight: bytes wait in `held` until it completes (the query is linked
     /// ahead of the receive, so this is a safety net, not the common path).
     pub(super) peer_pending: bool,
+    /// A PROXY protocol header is expected before the request (`proxy.rs`); `Off` once read.
+    pub(super) proxy: crate::server::ProxyProtocol,
 }
 
 /// A direct descriptor's peer address kept past the handshake (it has no fd for `getpeername`):

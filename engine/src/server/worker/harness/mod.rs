@@ -162,6 +162,7 @@ impl Harness {
             wakers: vec![Waker::Noop],
             mailboxes: vec![Default::default()],
             bridge: None,
+            limiter: crate::server::ClientLimiter::new(&cfg.client_limits).map(Arc::new),
         });
         let log = Log::default();
         let handler = Rec {
