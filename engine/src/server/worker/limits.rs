@@ -74,11 +74,11 @@ impl<H: Handler> Worker<H> {
         if let Some(quiet) = ctx.admission.limit_log.ready(ctx.now, 1) {
             let why = match refusal {
                 Refusal::Connections => format!(
-                    "{} connections open from this client (client_limits.max_connections)",
+                    "the client has {} connections open (client_limits.max_connections)",
                     limits.max_connections.unwrap_or(0)
                 ),
                 Refusal::HandshakeRate => format!(
-                    "over {} handshakes a second from this client \
+                    "the client started {} connections in the last second \
                      (client_limits.max_handshakes_per_sec)",
                     limits.max_handshakes_per_sec.unwrap_or(0)
                 ),
