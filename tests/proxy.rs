@@ -322,6 +322,7 @@ fn malformed_headers_close_without_answer() {
         refused(at, &bytes, Duration::from_secs(3));
     }
     assert!(rx.try_recv().is_err(), "nothing was opened");
+    assert_eq!(server.proxy_refused(), 11);
     stop(server);
 }
 

@@ -297,6 +297,7 @@ mod tests {
             wakers,
             bridge: None,
             limiter: None,
+            proxy_refused: Default::default(),
         })
     }
 

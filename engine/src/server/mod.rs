@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) bridge: Option<Arc<dyn FanoutBridge>>,
     /// The per-client counters all workers share (`ServerConfig::client_limits`; `None`: off).
     pub(crate) limiter: Option<Arc<ClientLimiter>>,
+    /// Connections closed for a malformed, oversized or missing PROXY protocol header.
+    pub(crate) proxy_refused: std::sync::atomic::AtomicU64,
 }
 
 /// A WebSocket server: [`ServerConfig`] plus [`run`](Server::run) or [`start`](Server::start).
@@ -147,6 +149,7 @@ impl Server {
             wakers,
             bridge: self.bridge,
             limiter: ClientLimiter::new(&cfg.client_limits).map(Arc::new),
+            proxy_refused: Default::default(),
         });
         if let Some(bridge) = &shared.bridge {
             bridge.attach(Publisher {
@@ -306,6 +309,12 @@ impl ServerHandle {
     /// [`ServerConfig::client_limits`] sets no limit).
     pub fn client_limiter(&self) -> Option<&ClientLimiter> {
         self.shared.limiter.as_deref()
+    }
+
+    /// Connections closed so far for a malformed, oversized or (where required) missing PROXY
+    /// protocol header (see [`ServerConfig::proxy_protocol`]); a counter for metrics.
+    pub fn proxy_refused(&self) -> u64 {
+        self.shared.proxy_refused.load(Ordering::Relaxed)
     }
 
     /// The first bound address. Panics for a [`Client`] runtime, which has none.

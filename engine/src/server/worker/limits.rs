@@ -15,20 +15,23 @@ use crate::server::Shared;
 
 /// A worker's part of admission: the shared per-client table, and the rate limits of the log
 /// lines about refused connections.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Admission {
     pub(super) limiter: Option<Arc<ClientLimiter>>,
-    /// Connections this worker closed for a bad or missing PROXY header.
-    pub(super) proxy_refused: u64,
+    /// The server's counters (`Shared::proxy_refused`: connections closed for a bad or missing
+    /// PROXY header, all workers').
+    pub(super) shared: Arc<Shared>,
     pub(super) proxy_log: RateLog,
     pub(super) limit_log: RateLog,
 }
 
 impl Admission {
-    pub(super) fn new(shared: &Shared) -> Admission {
+    pub(super) fn new(shared: &Arc<Shared>) -> Admission {
         Admission {
             limiter: shared.limiter.clone(),
-            ..Admission::default()
+            shared: Arc::clone(shared),
+            proxy_log: RateLog::default(),
+            limit_log: RateLog::default(),
         }
     }
 }

@@ -49,7 +49,8 @@ impl<H: Handler> Worker<H> {
             ProxyHeader::Header { len, client } => (len, client),
             ProxyHeader::Invalid(e) => {
                 let peer = hs.peer.or_else(|| c.socket.peer_addr().ok());
-                ctx.admission.proxy_refused += 1;
+                let refused = &ctx.admission.shared.proxy_refused;
+                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Some(quiet) = ctx.admission.proxy_log.ready(ctx.now, 1) {
                     let from = peer.map_or_else(|| "an unknown peer".into(), |a| a.to_string());
                     eprintln!(

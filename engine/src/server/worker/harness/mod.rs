@@ -163,6 +163,7 @@ impl Harness {
             mailboxes: vec![Default::default()],
             bridge: None,
             limiter: crate::server::ClientLimiter::new(&cfg.client_limits).map(Arc::new),
+            proxy_refused: Default::default(),
         });
         let log = Log::default();
         let handler = Rec {
