@@ -298,4 +298,5 @@ impl Harness {
     }
 }
 
+mod proxy_tests;
 mod tests;
