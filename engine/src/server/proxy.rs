@@ -21,9 +21,12 @@ pub enum ProxyProtocol {
     #[default]
     Off,
     /// A header (version 1 or 2) may come first: a connection that starts with `PROXY ` or with
-    /// the version 2 signature is read as one, any other as HTTP. For a migration (the balancer
-    /// switched on while clients still connect directly); a client that connects directly can
-    /// claim any address, so use `Required` once every connection comes through the balancer.
+    /// the version 2 signature is read as one, any other as HTTP. For a migration only (the
+    /// balancer switched on while clients still connect directly): the specification says "The
+    /// receiver MUST be configured to only receive the protocol described in this specification
+    /// and MUST not try to guess whether the protocol header is present or not", because a client
+    /// that connects directly can then claim any address. Use `Required` once every connection
+    /// comes through the balancer.
     Optional,
     /// Every connection starts with a header (version 1 or 2); one without is closed.
     Required,
@@ -60,7 +63,8 @@ pub(crate) fn check_listeners(cfg: &crate::ServerConfig) -> std::io::Result<()> 
 
 /// The version 1 header's start.
 const V1_PREFIX: &[u8] = b"PROXY ";
-/// The longest version 1 header, `\r\n` included.
+/// The longest version 1 header, `\r\n` included: "worst case (optional fields set to 0xff) :
+/// 107 chars", "So a 108-byte buffer is always enough to store all the line".
 const V1_MAX: usize = 107;
 /// The version 2 header's 12-byte signature.
 const V2_SIGNATURE: &[u8] = ppp::v2::PROTOCOL_PREFIX;
@@ -145,6 +149,9 @@ pub(crate) fn read_header(bytes: &[u8], mode: ProxyProtocol, limit: usize) -> Pr
         return match ppp::v2::Header::try_from(bytes) {
             Ok(h) => ProxyHeader::Header {
                 len: h.len(),
+                // LOCAL: "The receiver must accept this connection as valid and must use the
+                // real connection endpoints and discard the protocol block including the family
+                // which is ignored." (a balancer's health check).
                 client: match (h.command, h.addresses) {
                     (ppp::v2::Command::Local, _) => None,
                     (_, ppp::v2::Addresses::IPv4(a)) => {
@@ -182,6 +189,8 @@ pub(crate) fn read_header(bytes: &[u8], mode: ProxyProtocol, limit: usize) -> Pr
                     ppp::v1::Addresses::Tcp6(a) => {
                         tcp_peer(IpAddr::V6(a.source_address), a.source_port)
                     }
+                    // "the receiver ... SHOULD accept the connection and use the real
+                    // connection's parameters as if there were no PROXY protocol header".
                     ppp::v1::Addresses::Unknown => None,
                 },
             },
