@@ -340,6 +340,67 @@ mod tests {
         }
     }
 
+    /// Random bytes behind either signature (and bytes of valid headers with random damage):
+    /// never a panic; once a header is found, every shorter prefix was `Partial` and more bytes
+    /// behind it change nothing; once refused, more bytes do not make it acceptable.
+    #[test]
+    fn arbitrary_bytes_are_decided_consistently() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let samples = [
+            b"PROXY TCP4 192.0.2.7 10.0.0.1 56324 443\r\n".to_vec(),
+            b"PROXY TCP6 2001:db8::7 2001:db8::1 4000 443\r\n".to_vec(),
+            v2_ipv4([192, 0, 2, 9], 4242),
+            V1_PREFIX.to_vec(),
+            V2_SIGNATURE.to_vec(),
+        ];
+        for _ in 0..20_000 {
+            let mut bytes = samples[next() as usize % samples.len()].clone();
+            match next() % 3 {
+                0 => {
+                    let at = next() as usize % bytes.len();
+                    bytes[at] = next() as u8;
+                }
+                1 => bytes.truncate(next() as usize % (bytes.len() + 1)),
+                _ => {}
+            }
+            for _ in 0..next() % 40 {
+                bytes.push(match next() % 4 {
+                    0 => b' ',
+                    1 => b'\r',
+                    2 => b'\n',
+                    _ => next() as u8,
+                });
+            }
+            let mode = if next() % 2 == 0 { Optional } else { Required };
+            let whole = read_header(&bytes, mode, 536);
+            let mut longer = bytes.clone();
+            longer.extend_from_slice(b"GET / HTTP/1.1\r\n");
+            let more = read_header(&longer, mode, 536);
+            match &whole {
+                ProxyHeader::Header { len, .. } => {
+                    assert_eq!(more, whole, "{bytes:?}");
+                    for n in 0..*len {
+                        assert_eq!(read_header(&bytes[..n], mode, 536), ProxyHeader::Partial);
+                    }
+                }
+                ProxyHeader::Invalid(_) => {
+                    assert!(
+                        matches!(more, ProxyHeader::Invalid(_)),
+                        "{bytes:?}: {more:?}"
+                    )
+                }
+                ProxyHeader::Absent => assert_eq!(more, ProxyHeader::Absent),
+                ProxyHeader::Partial => {}
+            }
+        }
+    }
+
     #[test]
     fn optional_and_required_without_header() {
         assert_eq!(read_header(GET, Optional, 536), ProxyHeader::Absent);
