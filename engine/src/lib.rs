@@ -27,7 +27,8 @@ pub use handshake::{Rejection, Request};
 pub use prepared::PreparedMessage;
 pub use proto::{CloseCode, Message, MessageKind};
 pub use server::{
-    Backend, BackpressurePolicy, Client, Conn, ConnHandle, ConnId, ConnectError, ConnectRequest,
-    FanoutBridge, HandleError, MessageWriter, PanicPolicy, PendingUpgrade, Publisher, Server,
-    ServerConfig, ServerHandle, ShutdownTrigger, UringRecv, WorkerCtx,
+    Backend, BackpressurePolicy, Client, ClientLimiter, ClientLimits, Conn, ConnHandle, ConnId,
+    ConnectError, ConnectRequest, FanoutBridge, HandleError, LimitAction, MessageWriter,
+    PanicPolicy, PendingUpgrade, ProxyProtocol, Publisher, Server, ServerConfig, ServerHandle,
+    ShutdownTrigger, UringRecv, WorkerCtx,
 };

@@ -602,3 +602,85 @@ macro_rules! per_driver {
         }
     };
 }
+
+/// A PROXY protocol v1 header (written here, not by the parser under test) naming `client` as
+/// the source and `server` as the destination.
+pub fn proxy_v1(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
+    let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
+    format!(
+        "PROXY {family} {} {} {} {}\r\n",
+        client.ip(),
+        server.ip(),
+        client.port(),
+        server.port()
+    )
+    .into_bytes()
+}
+
+/// A PROXY protocol v2 `PROXY` header (TCP) naming `client` as the source and `server` as the
+/// destination (same family), with `tlv` bytes after the addresses.
+pub fn proxy_v2(client: SocketAddr, server: SocketAddr, tlv: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    let family = match (client, server) {
+        (SocketAddr::V4(c), SocketAddr::V4(s)) => {
+            body.extend_from_slice(&c.ip().octets());
+            body.extend_from_slice(&s.ip().octets());
+            0x11
+        }
+        (SocketAddr::V6(c), SocketAddr::V6(s)) => {
+            body.extend_from_slice(&c.ip().octets());
+            body.extend_from_slice(&s.ip().octets());
+            0x21
+        }
+        _ => panic!("one family for both addresses"),
+    };
+    body.extend_from_slice(&client.port().to_be_bytes());
+    body.extend_from_slice(&server.port().to_be_bytes());
+    body.extend_from_slice(tlv);
+    proxy_v2_raw(0x21, family, &body)
+}
+
+/// A PROXY protocol v2 header from its parts: version/command byte, family/protocol byte, body.
+pub fn proxy_v2_raw(version_command: u8, family: u8, body: &[u8]) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(version_command);
+    h.push(family);
+    h.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    h.extend_from_slice(body);
+    h
+}
+
+/// Reads until EOF (a reset counts as EOF): everything the server sent before closing.
+pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!(
+                "waiting for the server to close: {e} (got {:?})",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+}
+
+/// Reads an HTTP response head (nothing follows a 101 until the client speaks).
+pub fn read_response_head(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let mut head = Vec::with_capacity(256);
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut b).unwrap();
+        assert!(
+            n > 0,
+            "closed during the handshake: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    String::from_utf8(head).unwrap()
+}

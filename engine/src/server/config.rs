@@ -7,6 +7,8 @@ use crate::handshake::{HandshakeConfig, OriginPolicy, DEFAULT_MAX_HEAD_SIZE};
 use crate::proto::{self, CloseCode};
 
 pub use crate::driver::backend::{Backend, UringRecv};
+pub use crate::server::limits::{ClientLimits, LimitAction};
+pub use crate::server::proxy::ProxyProtocol;
 
 /// What happens when a connection's buffered (unsent) bytes would exceed
 /// [`ServerConfig::max_backpressure`].
@@ -49,6 +51,29 @@ pub struct ServerConfig {
     pub bind: Vec<SocketAddr>,
     /// Worker threads, one event loop each (default: available parallelism).
     pub workers: usize,
+    /// Whether connections start with a PROXY protocol header (v1 or v2) naming the client, as a
+    /// load balancer in front writes it (HAProxy `send-proxy`/`send-proxy-v2`): for every
+    /// listener in `bind` but those named in `proxy_protocol_listeners` (default
+    /// [`ProxyProtocol::Off`]). With a header, [`Request::peer`](crate::Request::peer),
+    /// [`Conn::peer_addr`](crate::Conn::peer_addr) and the per-client limits see the client's
+    /// address and port instead of the balancer's (a v2 `LOCAL` header, or an `UNKNOWN`, unix or
+    /// unspecified one, keeps the socket's). The header must arrive within
+    /// `handshake_timeout`, with the request; a malformed one, one too large, or none where
+    /// required closes the connection without a response, with a rate-limited log line.
+    pub proxy_protocol: ProxyProtocol,
+    /// Listeners whose PROXY protocol setting differs from `proxy_protocol`: each address as
+    /// written in `bind` (port 0 included), with its setting (default none). E.g. a public port
+    /// behind the balancer (`Required`) and an internal port clients reach directly (`Off`).
+    /// An address that is not in `bind` fails the start.
+    pub proxy_protocol_listeners: Vec<(SocketAddr, ProxyProtocol)>,
+    /// Largest PROXY protocol v2 header, its 16 fixed bytes, addresses and TLVs included
+    /// (default 536, the size the protocol's specification lets a receiver read at once; at
+    /// least 108). A v1 header is at most 107 bytes by the specification.
+    pub max_proxy_header_size: usize,
+    /// Per-client limits, across workers: concurrent connections and handshakes per second per
+    /// client address (IPv6: per /64), and what a refused connection gets (default: no limit;
+    /// see [`ClientLimits`]). The client is the PROXY protocol header's when there is one.
+    pub client_limits: ClientLimits,
     /// Pin worker `i` to CPU `i % cpus` (default off).
     pub pin_cpus: bool,
     /// The kernel interface (default [`Backend::Auto`]). The `SURGE_BACKEND` environment variable
@@ -168,6 +193,10 @@ impl Default for ServerConfig {
         ServerConfig {
             bind: vec![SocketAddr::from(([127, 0, 0, 1], 9001))],
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            proxy_protocol: ProxyProtocol::Off,
+            proxy_protocol_listeners: Vec::new(),
+            max_proxy_header_size: 536,
+            client_limits: ClientLimits::default(),
             pin_cpus: false,
             backend: Backend::Auto,
             backlog: 4096,

@@ -296,6 +296,8 @@ mod tests {
             mailboxes: (0..workers).map(|_| Default::default()).collect(),
             wakers,
             bridge: None,
+            limiter: None,
+            proxy_refused: Default::default(),
         })
     }
 

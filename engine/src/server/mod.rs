@@ -9,8 +9,10 @@ mod client;
 pub mod config;
 pub(crate) mod handle;
 pub mod handler;
+pub mod limits;
 pub(crate) mod mailbox;
 pub(crate) mod pending;
+pub mod proxy;
 pub(crate) mod registry;
 pub(crate) mod timer;
 pub(crate) mod topics;
@@ -28,7 +30,9 @@ pub use bridge::FanoutBridge;
 pub use client::Client;
 pub use config::{Backend, BackpressurePolicy, PanicPolicy, ServerConfig, UringRecv};
 pub use handle::{ConnHandle, HandleError, Publisher};
+pub use limits::{ClientLimiter, ClientLimits, LimitAction};
 pub use pending::PendingUpgrade;
+pub use proxy::ProxyProtocol;
 pub use registry::ConnId;
 pub use worker::dial::{ConnectError, ConnectRequest};
 pub use worker::{Conn, MessageWriter, WorkerCtx};
@@ -45,6 +49,10 @@ pub(crate) struct Shared {
     pub(crate) mailboxes: Vec<crossbeam_utils::CachePadded<mailbox::Mailbox>>,
     /// Where publishes and topic interest go beyond this process ([`Server::with_bridge`]).
     pub(crate) bridge: Option<Arc<dyn FanoutBridge>>,
+    /// The per-client counters all workers share (`ServerConfig::client_limits`; `None`: off).
+    pub(crate) limiter: Option<Arc<ClientLimiter>>,
+    /// Connections closed for a malformed, oversized or missing PROXY protocol header.
+    pub(crate) proxy_refused: std::sync::atomic::AtomicU64,
 }
 
 /// A WebSocket server: [`ServerConfig`] plus [`run`](Server::run) or [`start`](Server::start).
@@ -109,6 +117,9 @@ impl Server {
                 "no bind address",
             ));
         }
+        if !unbound {
+            proxy::check_listeners(&cfg)?;
+        }
         // Bind the first worker's sockets, then the others on the ports those got.
         let mut addrs = cfg.bind.clone();
         let mut per_worker = Vec::with_capacity(workers);
@@ -139,6 +150,8 @@ impl Server {
             mailboxes: (0..wakers.len()).map(|_| Default::default()).collect(),
             wakers,
             bridge: self.bridge,
+            limiter: ClientLimiter::new(&cfg.client_limits).map(Arc::new),
+            proxy_refused: Default::default(),
         });
         if let Some(bridge) = &shared.bridge {
             bridge.attach(Publisher {
@@ -292,6 +305,18 @@ impl ServerHandle {
     /// resolved at start, after the `SURGE_BACKEND` override).
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The per-client limits' shared table and its refusal counters (`None` when
+    /// [`ServerConfig::client_limits`] sets no limit).
+    pub fn client_limiter(&self) -> Option<&ClientLimiter> {
+        self.shared.limiter.as_deref()
+    }
+
+    /// Connections closed so far for a malformed, oversized or (where required) missing PROXY
+    /// protocol header (see [`ServerConfig::proxy_protocol`]); a counter for metrics.
+    pub fn proxy_refused(&self) -> u64 {
+        self.shared.proxy_refused.load(Ordering::Relaxed)
     }
 
     /// The first bound address. Panics for a [`Client`] runtime, which has none.

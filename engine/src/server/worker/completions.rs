@@ -90,7 +90,11 @@ impl<H: Handler> Worker<H> {
                 };
                 hs.peer = addr;
                 hs.peer_pending = false;
-                if !hs.held.is_empty() {
+                let held = !hs.held.is_empty();
+                if !self.count_client(id) {
+                    return; // refused by a per-client limit
+                }
+                if held {
                     // Bytes came first after all (the link was split): parse them now.
                     self.handshake_bytes(id, &mut []);
                 }

@@ -106,19 +106,21 @@ impl<'a, D> Conn<'a, D> {
         self.entry().can_send()
     }
 
-    /// The peer's address: asked of the kernel on an ordinary descriptor (`None` once the socket
-    /// is broken); on an io_uring direct descriptor the one asked through the ring at accept
-    /// (`None` where the kernel lacks that command: see
+    /// The peer's address: the client's as its PROXY protocol header named it (see
+    /// [`ServerConfig::proxy_protocol`]); otherwise asked of the kernel on an ordinary
+    /// descriptor (`None` once the socket is broken); on an io_uring direct descriptor the one
+    /// asked through the ring at accept (`None` where the kernel lacks that command: see
     /// [`ServerConfig::uring_direct_descriptors`]).
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         let c = self.entry();
-        if let Socket::Fd(_) = c.socket {
-            return c.socket.peer_addr().ok();
+        // Kept in the slot: a direct descriptor's, a PROXY header's, a counted client's.
+        if let Some(addr) = self.ctx.kept_peer(self.id) {
+            return Some(addr);
         }
-        if c.peer == PackedPeer::V6 {
-            return self.ctx.peers6.get(&self.id).copied();
+        match c.socket {
+            Socket::Fd(_) => c.socket.peer_addr().ok(),
+            _ => None,
         }
-        c.peer.get()
     }
 
     /// The subprotocol agreed at upgrade.

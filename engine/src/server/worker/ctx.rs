@@ -69,6 +69,8 @@ pub struct WorkerCtx<D> {
     /// Pongs waiting for a write queue over the backpressure limit to drain: only the latest per
     /// connection (RFC 6455 5.5.3 allows answering only the most recent ping).
     pub(super) pending_pongs: HashMap<ConnId, Vec<u8>>,
+    /// Per-client limits and the PROXY protocol's log lines (limits.rs, proxy.rs).
+    pub(super) admission: limits::Admission,
     /// Rate-limited log lines about connections closed for writes that stall.
     pub(super) stall_log: crate::ratelog::RateLog,
     /// Log lines about deferred upgrades (dropped undecided, overflowing clients).
@@ -115,6 +117,7 @@ impl<D> WorkerCtx<D> {
             app_timers: HashMap::new(),
             timer_seq: 0,
             dropped: 0,
+            admission: limits::Admission::new(&shared),
             fanout: fanout::Fanout::new(shared),
             client: ClientState::new(&cfg_proto),
             peers6: HashMap::new(),
@@ -257,6 +260,7 @@ impl<D> WorkerCtx<D> {
         if !self.pending_pongs.is_empty() {
             self.pending_pongs.remove(&id);
         }
+        self.release_client(id);
         if let Some(mut c) = self.conns.remove(id) {
             self.assembly_released(c.assembly_held());
             if c.peer == PackedPeer::V6 {

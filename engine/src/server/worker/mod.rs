@@ -47,6 +47,8 @@ mod flush;
 #[cfg(test)]
 mod harness;
 mod input;
+mod limits;
+mod proxy;
 mod send;
 mod slot;
 mod timers;
@@ -293,7 +295,10 @@ impl<H: Handler> Worker<H> {
                 subprotocol: 0,
                 peer: PackedPeer::default(),
                 queue: WriteQueue::new(),
-                stage: Stage::Handshake(Handshake::default()),
+                stage: Stage::Handshake(Handshake {
+                    proxy: crate::server::proxy::listener_mode(&self.ctx.cfg, listener),
+                    ..Handshake::default()
+                }),
                 data: None,
                 deflate: None,
             });
@@ -310,6 +315,7 @@ impl<H: Handler> Worker<H> {
             }
             let deadline = self.ctx.now + self.ctx.cfg.handshake_timeout;
             self.ctx.arm(id, Some(deadline));
+            self.count_client(id); // per-client limits (limits.rs)
         }
     }
     fn begin_shutdown(&mut self) {

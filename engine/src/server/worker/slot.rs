@@ -25,6 +25,9 @@ pub(super) enum Flag {
     Linked = 32,
     /// An outgoing connection (client role: our frames are masked); see `dial.rs`.
     Client = 64,
+    /// Counted in the per-client limits' table under the address kept in `peer` (`limits.rs`):
+    /// released when the connection is removed.
+    Counted = 128,
 }
 
 /// A connection's flags, in one byte of its slot.
@@ -76,11 +79,14 @@ pub(super) struct Deferred {
 pub(super) struct Handshake {
     /// Bytes of an incomplete request (pooled buffer; none allocated until needed).
     pub(super) held: Vec<u8>,
-    /// io_uring direct descriptors: the peer's address, asked through the ring at accept.
+    /// io_uring direct descriptors: the peer's address, asked through the ring at accept; then
+    /// the client's as a PROXY protocol header named it (`proxy.rs`).
     pub(super) peer: Option<SocketAddr>,
     /// That query is in flight: bytes wait in `held` until it completes (the query is linked
     /// ahead of the receive, so this is a safety net, not the common path).
     pub(super) peer_pending: bool,
+    /// A PROXY protocol header is expected before the request (`proxy.rs`); `Off` once read.
+    pub(super) proxy: crate::server::ProxyProtocol,
 }
 
 /// A direct descriptor's peer address kept past the handshake (it has no fd for `getpeername`):

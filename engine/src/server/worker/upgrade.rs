@@ -19,6 +19,10 @@ use crate::server::PendingUpgrade;
 impl<H: Handler> Worker<H> {
     /// Bytes of the upgrade request (and maybe the first frames behind it).
     pub(super) fn handshake_bytes(&mut self, id: ConnId, new: &mut [u8]) {
+        // The PROXY protocol header first, where one is expected (proxy.rs).
+        let Some(new) = self.proxy_header(id, new) else {
+            return;
+        };
         let ctx = &mut self.ctx;
         let Some(c) = ctx.conns.get_mut(id) else {
             return;
@@ -40,7 +44,7 @@ impl<H: Handler> Worker<H> {
                 c.stage = Stage::Handshake(Handshake {
                     held: head.into_buffer(),
                     peer,
-                    peer_pending: false,
+                    ..Handshake::default()
                 });
                 return;
             }

@@ -176,6 +176,8 @@ impl Harness {
             wakers: vec![Waker::Noop],
             mailboxes: vec![Default::default()],
             bridge: None,
+            limiter: crate::server::ClientLimiter::new(&cfg.client_limits).map(Arc::new),
+            proxy_refused: Default::default(),
         });
         let log = Log::default();
         let deferred = Deferred::default();
@@ -324,4 +326,5 @@ impl Harness {
     }
 }
 
+mod proxy_tests;
 mod tests;
