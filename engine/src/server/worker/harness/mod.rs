@@ -161,6 +161,8 @@ impl Harness {
             stop: AtomicBool::new(false),
             wakers: vec![Waker::Noop],
             mailboxes: vec![Default::default()],
+            metrics: vec![Default::default()],
+            metrics_addr: None,
             bridge: None,
         });
         let log = Log::default();
