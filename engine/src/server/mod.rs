@@ -301,7 +301,7 @@ pub struct ServerHandle {
 
 impl ServerHandle {
     /// The server's metrics: every worker's counters, encoded in the Prometheus text format on
-    /// demand (see [`metrics`](crate::metrics) for the list), for an application that serves them
+    /// demand (docs/OPERATIONS.md lists them), for an application that serves them
     /// itself. Valid after the server stopped too (the final counts).
     pub fn metrics(&self) -> metrics::Metrics {
         metrics::Metrics {

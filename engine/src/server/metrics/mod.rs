@@ -1,6 +1,6 @@
 //! Prometheus metrics: each worker's counters, summed at scrape time.
 //!
-//! Every worker owns one [`WorkerMetrics`] (cache-line padded, in an `Arc` the scraper reads too).
+//! Every worker owns one `WorkerMetrics` (cache-line padded, in an `Arc` the scraper reads too).
 //! Only that worker writes it, so a count is a relaxed load and a relaxed store of the worker's
 //! own cache line: no lock, no read-modify-write instruction, no metrics library on the hot path.
 //! Figures that other parts of the worker keep themselves (the timer wheel, the driver, the
