@@ -1056,4 +1056,28 @@ mod tests {
             }
         }
     }
+
+    /// The pool counts the bytes through its compressors and inflaters (the engine's metrics).
+    #[test]
+    fn pool_counts_plain_and_compressed_bytes() {
+        let cfg = DeflateConfig {
+            min_size: 0,
+            ..DeflateConfig::default()
+        };
+        let mut pool = DeflatePool::new(1);
+        let mut server = DeflateState::new(DeflateParams::default(), Role::Server);
+        let mut client = DeflateState::new(DeflateParams::default(), Role::Client);
+        let msg = vec![b'a'; 1000];
+        let mut wire = Vec::new();
+        assert!(server.compress_pending(&msg, &cfg, &mut pool, &mut wire));
+        server.commit(&msg);
+        let mut out = Vec::new();
+        client
+            .decompress_message(MessageKind::Binary, &wire, &cfg, &mut pool, &mut out)
+            .unwrap();
+        let st = pool.stats();
+        assert_eq!((st.out_plain, st.out_compressed), (1000, wire.len() as u64));
+        assert_eq!((st.in_compressed, st.in_plain), (wire.len() as u64, 1000));
+        assert!(st.out_compressed < 100, "{st:?}");
+    }
 }

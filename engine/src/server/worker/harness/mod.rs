@@ -298,4 +298,5 @@ impl Harness {
     }
 }
 
+mod metrics_tests;
 mod tests;
