@@ -215,9 +215,17 @@ impl WorkerMetrics {
 
 /// The metrics of a running server: every worker's counters, read when encoded. Cheap to clone;
 /// from [`ServerHandle::metrics`](crate::ServerHandle::metrics).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Metrics {
     pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("workers", &self.shared.metrics.len())
+            .finish()
+    }
 }
 
 impl Metrics {
@@ -253,7 +261,7 @@ const PLAIN: [(&str, &str); 11] = [
     ("surge_messages_sent", "Data messages queued for sending"),
     (
         "surge_sent_payload_bytes",
-        "Payload bytes of the data frames queued for sending (compressed when compressed)",
+        "Payload bytes of the data messages queued for sending (see docs/OPERATIONS.md)",
     ),
     (
         "surge_backpressure_drops",
