@@ -66,18 +66,20 @@ const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1
 /// (1 µs .. about 1 s); the last one the rest.
 const TURN_BUCKETS: usize = 22;
 
-/// One worker's counters. Written by that worker only (`add`), read by scrapers.
+/// One worker's counters. Written by that worker only (`add`), read by scrapers. `repr(C)`: the
+/// per-message counters come first, in the block's first cache line.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub(crate) struct WorkerMetrics {
+    messages_in: AtomicU64,
+    bytes_in: AtomicU64,
+    messages_out: AtomicU64,
+    bytes_out: AtomicU64,
     accepted: AtomicU64,
     handshakes: AtomicU64,
     dialed: AtomicU64,
     rejected: [AtomicU64; STATUSES.len() + 1],
     closed: [AtomicU64; CLOSE_CODES.len() + 1],
-    messages_in: AtomicU64,
-    bytes_in: AtomicU64,
-    messages_out: AtomicU64,
-    bytes_out: AtomicU64,
     backpressure_closes: AtomicU64,
     mailbox_commands: AtomicU64,
     // Copied once per loop turn from where the worker keeps them.
