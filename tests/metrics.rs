@@ -5,7 +5,6 @@
 //! when it is missing, except under `CI=true`).
 
 #[macro_use]
-#[path = "support/mod.rs"]
 mod support;
 
 use std::io::Write;
