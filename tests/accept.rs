@@ -14,7 +14,6 @@
 //! Run without `SURGE_BACKEND` or `SURGE_URING_RECV` set: they override the configured driver.
 
 #[macro_use]
-#[path = "support/mod.rs"]
 mod support;
 
 use std::io::{self, Read, Write};

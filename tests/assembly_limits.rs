@@ -7,7 +7,6 @@
 //! Tests take a lock: the heap is counted for the whole process, so they run one at a time.
 
 #[macro_use]
-#[path = "support/mod.rs"]
 mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};

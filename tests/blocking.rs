@@ -2,7 +2,6 @@
 //! Server and client run in this process over loopback TCP (or Unix socket pairs); every read has a
 //! deadline, so a broken connection fails a test instead of hanging it.
 
-#[path = "support/mod.rs"]
 mod support;
 
 use std::io::{self, Read, Write};

@@ -5,7 +5,6 @@
 //! receives, every message still comes back whole and in order. Each test runs on every driver.
 
 #[macro_use]
-#[path = "support/mod.rs"]
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

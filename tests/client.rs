@@ -5,7 +5,6 @@
 //! address binding.
 
 #[macro_use]
-#[path = "support/mod.rs"]
 mod support;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};

@@ -21,7 +21,6 @@
 //! Run without `SURGE_BACKEND` set: that variable overrides the configured backend.
 
 #[macro_use]
-#[path = "support/mod.rs"]
 mod support;
 
 use std::io::{self, BufRead, Read, Write};

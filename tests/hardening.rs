@@ -3,7 +3,6 @@
 //! file right after a request, panicking handlers. Each test runs on every driver (`per_driver!`).
 
 #[macro_use]
-#[path = "support/mod.rs"]
 mod support;
 
 use std::io::{Read, Write};

@@ -9,7 +9,6 @@
 //! `pool_max_cached` per pool, however many connections there are): they are counted apart and
 //! checked against that bound.
 
-#[path = "support/mod.rs"]
 mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};

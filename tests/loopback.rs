@@ -7,7 +7,6 @@
 //! hanging it.
 
 #[macro_use]
-#[path = "support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;

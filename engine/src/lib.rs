@@ -30,6 +30,6 @@ pub use proto::{CloseCode, Message, MessageKind};
 pub use server::metrics::{Metrics, MetricsConfig};
 pub use server::{
     Backend, BackpressurePolicy, Client, Conn, ConnHandle, ConnId, ConnectError, ConnectRequest,
-    FanoutBridge, HandleError, MessageWriter, PanicPolicy, Publisher, Server, ServerConfig,
-    ServerHandle, ShutdownTrigger, UringRecv, WorkerCtx,
+    FanoutBridge, HandleError, MessageWriter, PanicPolicy, PendingUpgrade, Publisher, Server,
+    ServerConfig, ServerHandle, ShutdownTrigger, UringRecv, WorkerCtx,
 };

@@ -111,6 +111,13 @@ impl Upgrader {
                 reject(&mut stream, &rejection, deadline, &mut timeouts);
                 return Err(Error::Rejected(rejection.status));
             }
+            // A blocking upgrade already runs on the caller's thread: it decides in `decide`,
+            // blocking there as long as it needs.
+            Upgrade::Defer(_) => {
+                let rejection = Rejection::new(500, "deferred upgrades need the engine");
+                reject(&mut stream, &rejection, deadline, &mut timeouts);
+                return Err(Error::Rejected(rejection.status));
+            }
         };
         let subprotocol = accept.subprotocol.or_else(|| {
             request

@@ -19,7 +19,7 @@
 
 use crate::handshake::{Rejection, Request};
 use crate::proto::{CloseCode, Message, MessageKind};
-use crate::server::{Conn, ConnId, ConnectError, WorkerCtx};
+use crate::server::{Conn, ConnId, ConnectError, PendingUpgrade, WorkerCtx};
 
 /// What [`Handler::on_upgrade`] decides.
 #[derive(Debug)]
@@ -28,6 +28,50 @@ pub enum Upgrade<D> {
     Accept(Accept<D>),
     /// Refuse: answer with this HTTP response and close.
     Reject(Rejection),
+    /// Decide later, from any thread: see [`Upgrade::defer`].
+    Defer(Defer<D>),
+}
+
+impl<D> Upgrade<D> {
+    /// Decides later: `f` runs on the worker right after `on_upgrade` returns, with the
+    /// [`PendingUpgrade`] to accept or reject from any thread (typically moved into a task that
+    /// asks an authentication service). The request is kept by the worker until then; copy what
+    /// the decision needs (a token from the query, a cookie) into the closure.
+    ///
+    /// ```no_run
+    /// use surge::{Accept, Conn, Handler, Message, PendingUpgrade, Rejection, Request, Upgrade};
+    ///
+    /// struct Auth {
+    ///     checks: std::sync::mpsc::Sender<(String, PendingUpgrade<String>)>,
+    /// }
+    /// impl Handler for Auth {
+    ///     type Data = String;
+    ///     fn on_upgrade(&mut self, req: &Request) -> Upgrade<String> {
+    ///         let token = req.query().unwrap_or("").to_owned();
+    ///         let checks = self.checks.clone();
+    ///         // Another thread checks the token, then calls `pending.accept(Accept::new(user))`
+    ///         // or `pending.reject(Rejection::new(401, "bad token"))`.
+    ///         Upgrade::defer(move |pending| {
+    ///             let _ = checks.send((token, pending));
+    ///         })
+    ///     }
+    ///     fn on_message(&mut self, conn: &mut Conn<'_, String>, msg: Message<'_>) {
+    ///         conn.send(msg);
+    ///     }
+    /// }
+    /// ```
+    pub fn defer(f: impl FnOnce(PendingUpgrade<D>) + 'static) -> Self {
+        Upgrade::Defer(Defer(Box::new(f)))
+    }
+}
+
+/// A deferred decision: what [`Upgrade::defer`] makes.
+pub struct Defer<D>(pub(crate) Box<dyn FnOnce(PendingUpgrade<D>)>);
+
+impl<D> std::fmt::Debug for Defer<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Defer(..)")
+    }
 }
 
 /// An accepted upgrade.

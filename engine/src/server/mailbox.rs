@@ -46,6 +46,13 @@ pub(crate) enum Command {
         topic: Arc<str>,
         msg: PreparedMessage,
     },
+    /// The application's decision on a deferred upgrade ([`PendingUpgrade`]).
+    ///
+    /// [`PendingUpgrade`]: crate::server::PendingUpgrade
+    Upgrade {
+        id: ConnId,
+        decision: super::pending::Decision,
+    },
 }
 
 /// Buckets of a worker's [`Interest`] (4 bytes each: 16 KiB per worker). With `t` topics subscribed

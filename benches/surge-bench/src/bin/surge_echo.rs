@@ -1,7 +1,9 @@
 //! The surge echo server as the harness runs it: a child process like every peer, so that each system
 //! is measured the same way. `surge-echo --port P --workers N [--busy-poll-us US] [--backend B]
 //! [--deflate off|no-context|context] [--uring-recv multishot|poll] [--uring-max-recv-buffers N]
-//! [--metrics-addr ADDR]` (the Prometheus metrics at `http://ADDR/metrics`).
+//! [--defer off|thread] [--metrics-addr ADDR]`. `--defer thread`: every upgrade is deferred
+//! (`Upgrade::defer`) and accepted by another thread, to measure what a deferred decision costs
+//! against an immediate one. `--metrics-addr`: the Prometheus metrics at `http://ADDR/metrics`.
 
 #[path = "../server_args.rs"]
 mod server_args;
@@ -10,9 +12,12 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
-use surge::{Accept, Backend, Conn, Handler, Message, Request, Server, ServerConfig, Upgrade};
+use surge::{
+    Accept, Backend, Conn, Handler, Message, PendingUpgrade, Request, Server, ServerConfig, Upgrade,
+};
 
 /// Counts heap bytes in use, for `surge-bench idle` (asked with a `heap` line on stdin).
 struct Counting;
@@ -44,12 +49,23 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-struct Echo;
+struct Echo {
+    /// `--defer thread`: where pending upgrades go to be accepted.
+    defer: Option<mpsc::Sender<PendingUpgrade<()>>>,
+}
 
 impl Handler for Echo {
     type Data = ();
     fn on_upgrade(&mut self, _req: &Request) -> Upgrade<()> {
-        Upgrade::Accept(Accept::new(()))
+        match &self.defer {
+            None => Upgrade::Accept(Accept::new(())),
+            Some(tx) => {
+                let tx = tx.clone();
+                Upgrade::defer(move |pending| {
+                    let _ = tx.send(pending);
+                })
+            }
+        }
     }
     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
         let _ = conn.send(msg);
@@ -58,6 +74,7 @@ impl Handler for Echo {
 
 fn main() -> std::io::Result<()> {
     let mut cfg = ServerConfig::default();
+    let mut defer = false;
     let (port, workers) = server_args::parse(cfg.workers, |flag, value| {
         match flag {
             "--busy-poll-us" => {
@@ -83,14 +100,32 @@ fn main() -> std::io::Result<()> {
                 // the workload measures receiving compressed messages.
                 cfg.deflate.min_size = usize::MAX;
             }
+            "--defer" => {
+                defer = match value {
+                    "off" => false,
+                    "thread" => true,
+                    _ => panic!("--defer off|thread"),
+                }
+            }
             _ => return false,
         }
         true
     });
+    let deciders = defer.then(|| {
+        let (tx, rx) = mpsc::channel::<PendingUpgrade<()>>();
+        std::thread::spawn(move || {
+            for pending in rx {
+                let _ = pending.accept(Accept::new(()));
+            }
+        });
+        tx
+    });
     cfg.workers = workers;
     cfg.bind = vec![SocketAddr::from(([127, 0, 0, 1], port))];
     cfg.origin = surge::handshake::OriginPolicy::AllowAll;
-    let handle = Server::new(cfg).start(|_| Echo)?;
+    let handle = Server::new(cfg).start(move |_| Echo {
+        defer: deciders.clone(),
+    })?;
     println!("listening on {}", handle.local_addr());
     std::thread::spawn(|| {
         for line in std::io::stdin().lock().lines() {

@@ -71,6 +71,10 @@ pub struct WorkerCtx<D> {
     pub(super) pending_pongs: HashMap<ConnId, Vec<u8>>,
     /// Rate-limited log lines about connections closed for writes that stall.
     pub(super) stall_log: crate::ratelog::RateLog,
+    /// Log lines about deferred upgrades (dropped undecided, overflowing clients).
+    pub(super) deferred_log: crate::ratelog::RateLog,
+    /// Decisions on deferred upgrades taken from the mailbox, for the worker to run.
+    pub(super) decisions: Vec<(ConnId, crate::server::pending::Decision)>,
     /// The kernel side: sockets, and with io_uring the operations in flight and their buffers.
     pub(super) driver: Driver,
     /// This worker's counters (`server::metrics`; counted in place, read by scrapes).
@@ -120,6 +124,8 @@ impl<D> WorkerCtx<D> {
             rx_proto,
             pending_pongs: HashMap::new(),
             stall_log: crate::ratelog::RateLog::default(),
+            deferred_log: crate::ratelog::RateLog::default(),
+            decisions: Vec::new(),
             driver,
         }
     }
@@ -260,6 +266,10 @@ impl<D> WorkerCtx<D> {
                 self.peers6.remove(&id);
             }
             self.protocols.release(id, c.subprotocol);
+            // Before the socket closes: a client that sees EOF finds a late decision refused.
+            if let Stage::Deferred(d) = &c.stage {
+                d.state.gone();
+            }
             // A write in flight keeps its queue in the driver until its completion.
             let queue = std::mem::take(&mut c.queue);
             self.driver
@@ -270,8 +280,17 @@ impl<D> WorkerCtx<D> {
                 Stage::Dial(d) => self
                     .client
                     .forget(id, *d, &mut self.chunks, &mut self.driver),
-                _ => {}
+                Stage::Deferred(d) => self.forget_deferred(*d),
+                Stage::Draining => {}
             }
+        }
+    }
+
+    /// A deferred upgrade's connection ended before the decision: a late decision now fails.
+    pub(super) fn forget_deferred(&mut self, d: Deferred) {
+        d.state.gone();
+        if d.held.capacity() > 0 {
+            self.chunks.put(d.held);
         }
     }
 

@@ -34,6 +34,11 @@ impl Fanout {
             shared,
         }
     }
+
+    /// The state shared with the handles and the other workers.
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
 }
 
 impl<D> WorkerCtx<D> {
@@ -240,6 +245,8 @@ impl<D> WorkerCtx<D> {
             Command::Unsubscribe { id, topic } => {
                 self.unsubscribe_id(id, &topic);
             }
+            // Runs on the worker (it calls the handler) once the drain is over.
+            Command::Upgrade { id, decision } => self.decisions.push((id, decision)),
         }
     }
 

@@ -70,6 +70,7 @@ impl<H: Handler> Worker<H> {
             Stage::Handshake(_) => self.handshake_bytes(id, input),
             Stage::Open(_) => self.ws_bytes(id, input),
             Stage::Dial(_) => self.dial_bytes(id, input),
+            Stage::Deferred(_) => self.deferred_bytes(id, input),
             Stage::Draining => {}
         }
     }
@@ -98,6 +99,7 @@ impl<H: Handler> Worker<H> {
                 Stage::Open(mut p) => p.recycle(&mut ctx.assembly),
                 Stage::Handshake(hs) => ctx.chunks.put(hs.held),
                 Stage::Dial(d) => ctx.client.forget(id, *d, &mut ctx.chunks, &mut ctx.driver),
+                Stage::Deferred(d) => ctx.forget_deferred(*d),
                 Stage::Draining => {}
             }
             let deadline = ctx.now + ctx.cfg.proto.close_timeout;

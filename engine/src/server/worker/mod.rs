@@ -223,6 +223,9 @@ impl<H: Handler> Worker<H> {
             Token::Conn(id) => ConnId(id),
             Token::Waker => {
                 self.ctx.drain_mailbox();
+                for (id, decision) in std::mem::take(&mut self.ctx.decisions) {
+                    self.decided(id, decision);
+                }
                 if self.shared.stop.load(Ordering::Acquire) && self.stop_deadline.is_none() {
                     self.begin_shutdown();
                 }
@@ -321,7 +324,7 @@ impl<H: Handler> Worker<H> {
         for id in self.ctx.conns.ids().collect::<Vec<_>>() {
             let stage_is_handshake = matches!(
                 self.ctx.conns.get(id).map(|c| &c.stage),
-                Some(Stage::Handshake(_))
+                Some(Stage::Handshake(_) | Stage::Deferred(_))
             );
             if stage_is_handshake {
                 self.ctx.remove(id);

@@ -54,6 +54,21 @@ pub(super) enum Stage {
     Draining,
     /// An outgoing connection: connecting, then reading the upgrade response (see `dial.rs`).
     Dial(Box<Dial>),
+    /// The upgrade request was read and the application decides later ([`Upgrade::defer`]).
+    ///
+    /// [`Upgrade::defer`]: crate::Upgrade::defer
+    Deferred(Box<Deferred>),
+}
+
+/// A deferred upgrade's request, held until the application's decision arrives.
+#[derive(Debug)]
+pub(super) struct Deferred {
+    pub(super) request: crate::handshake::Request,
+    /// Bytes the client sent after its request (pooled buffer; none allocated until needed),
+    /// bounded by `max_handshake_size`.
+    pub(super) held: Vec<u8>,
+    /// Shared with the application's `PendingUpgrade`: marked gone when the connection ends.
+    pub(super) state: crate::server::pending::PendingState,
 }
 
 /// The handshake stage's state (it fits in the stage's size, set by the protocol core).

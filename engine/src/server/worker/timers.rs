@@ -89,7 +89,7 @@ impl<H: Handler> Worker<H> {
         }
         c.timer = 0;
         match &mut c.stage {
-            Stage::Handshake(_) | Stage::Draining => ctx.remove(id),
+            Stage::Handshake(_) | Stage::Deferred(_) | Stage::Draining => ctx.remove(id),
             Stage::Dial(_) => self.dial_failed(id, ConnectError::Timeout),
             Stage::Open(core) => {
                 let was_closing = core.state() == State::CloseSent;

@@ -17,7 +17,7 @@ use crate::handler::{Accept, CloseInfo, Handler, SendStatus, Upgrade};
 use crate::handshake::{OriginPolicy, Request};
 use crate::proto::{CloseCode, Message};
 use crate::server::config::{BackpressurePolicy, ServerConfig};
-use crate::server::Shared;
+use crate::server::{PendingUpgrade, Shared};
 use crate::ConnId;
 
 /// What the test handler saw, in order.
@@ -32,7 +32,12 @@ struct Rec {
     on_message: Option<OnMessage>,
     /// `on_timer` re-arms timer 7 with this period from within the callback.
     rearm: Option<Duration>,
+    /// Upgrades of `/defer` wait here for the test's decision.
+    deferred: Deferred,
 }
+
+/// The pending upgrades of `/defer` requests.
+type Deferred = Rc<RefCell<Vec<PendingUpgrade<u32>>>>;
 
 impl Handler for Rec {
     type Data = u32;
@@ -40,6 +45,10 @@ impl Handler for Rec {
     fn on_upgrade(&mut self, req: &Request) -> Upgrade<u32> {
         if req.path() == "/deny" {
             return Upgrade::Reject(crate::Rejection::new(403, "denied"));
+        }
+        if req.path() == "/defer" {
+            let deferred = Rc::clone(&self.deferred);
+            return Upgrade::defer(move |p| deferred.borrow_mut().push(p));
         }
         Upgrade::Accept(Accept::new(7))
     }
@@ -88,6 +97,7 @@ struct Harness {
     net: Rc<RefCell<FakeNet>>,
     shared: Arc<Shared>,
     log: Log,
+    deferred: Deferred,
     now: Instant,
     next_slot: u32,
 }
@@ -98,6 +108,10 @@ struct Peer {
     slot: u32,
     token: u64,
 }
+
+/// An upgrade request whose decision `Rec` defers.
+const DEFERRED_REQUEST: &[u8] = b"GET /defer HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n\
 Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
@@ -166,10 +180,12 @@ impl Harness {
             bridge: None,
         });
         let log = Log::default();
+        let deferred = Deferred::default();
         let handler = Rec {
             log: Rc::clone(&log),
             on_message,
             rearm: None,
+            deferred: Rc::clone(&deferred),
         };
         let driver = Driver::Fake(FakeDriver(Rc::clone(&net)));
         let mut worker = Worker::new(
@@ -187,6 +203,7 @@ impl Harness {
             net,
             shared,
             log,
+            deferred,
             now,
             next_slot: 0,
         }
@@ -270,6 +287,17 @@ impl Harness {
             String::from_utf8_lossy(&out)
         );
         p
+    }
+
+    /// The oldest upgrade waiting for the test's decision.
+    fn pending(&self) -> PendingUpgrade<u32> {
+        self.deferred.borrow_mut().remove(0)
+    }
+
+    /// The worker is woken (mailbox commands run).
+    fn wake(&mut self) {
+        self.net.borrow_mut().events.push_back(IoEvent::Wake);
+        self.turn();
     }
 
     fn log(&self) -> Vec<String> {

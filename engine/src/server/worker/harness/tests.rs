@@ -576,3 +576,100 @@ fn the_waker_token_drains_the_mailbox_like_a_wake() {
     h.turn();
     assert_eq!(h.frames(p), [(0x2, b"w".to_vec())]);
 }
+
+#[test]
+fn a_deferred_upgrade_holds_early_frames_until_accepted() {
+    let mut h = Harness::new(ServerConfig::default());
+    let p = h.accept();
+    let mut bytes = DEFERRED_REQUEST.to_vec();
+    bytes.extend(frame(0x1, b"early", true));
+    h.send(p, &bytes);
+    h.send(p, &frame(0x1, b"later", true));
+    assert!(h.output(p).is_empty(), "no answer before the decision");
+    assert!(h.log().is_empty());
+    let pending = h.pending();
+    assert!(pending.is_pending());
+    pending.accept(Accept::new(9)).unwrap();
+    h.turn();
+    assert!(h.output(p).is_empty(), "not before the wake-up");
+    h.wake();
+    let out = h.output(p);
+    let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(out.starts_with(b"HTTP/1.1 101 "));
+    assert_eq!(
+        frames(&out[head_end..]),
+        [(0x1, b"early".to_vec()), (0x1, b"later".to_vec())]
+    );
+    assert_eq!(h.log(), ["open 9", "message 5", "message 5"]);
+}
+
+#[test]
+fn a_deferred_rejection_answers_then_drains() {
+    let mut h = Harness::new(ServerConfig::default());
+    let p = h.accept();
+    h.send(p, DEFERRED_REQUEST);
+    h.pending()
+        .reject(crate::Rejection::new(401, "who are you"))
+        .unwrap();
+    h.wake();
+    let out = String::from_utf8(h.output(p)).unwrap();
+    assert!(out.starts_with("HTTP/1.1 401 "), "{out}");
+    assert!(out.ends_with("who are you"));
+    h.eof(p);
+    assert!(h.closed(p));
+    assert!(h.log().is_empty(), "never opened");
+}
+
+#[test]
+fn a_deferred_upgrade_times_out_and_a_late_accept_fails() {
+    let cfg = ServerConfig {
+        handshake_timeout: Duration::from_millis(100),
+        ..ServerConfig::default()
+    };
+    let mut h = Harness::new(cfg);
+    let p = h.accept();
+    h.send(p, DEFERRED_REQUEST);
+    let pending = h.pending();
+    h.advance(Duration::from_millis(150));
+    assert!(h.closed(p));
+    assert!(!pending.is_pending());
+    assert_eq!(
+        pending.accept(Accept::new(1)),
+        Err(crate::HandleError::Closed)
+    );
+    assert!(h.output(p).is_empty());
+}
+
+#[test]
+fn a_decision_for_a_connection_gone_meanwhile_spares_the_slots_next_owner() {
+    let mut h = Harness::new(ServerConfig::default());
+    let a = h.accept();
+    h.send(a, DEFERRED_REQUEST);
+    // Decided (posted) first, then the client leaves before the worker runs the decision.
+    h.pending().accept(Accept::new(5)).unwrap();
+    h.pipe(a, |pipe| pipe.eof = true);
+    h.ready(a, true, false, true);
+    h.turn();
+    assert!(h.closed(a));
+    // A new connection takes the slot (a new generation) before the wake-up.
+    let b = h.open();
+    assert_ne!(a.token, b.token);
+    assert_eq!(a.token as u32, b.token as u32, "the same slot");
+    h.log();
+    h.wake();
+    assert!(h.log().is_empty(), "the stale decision opened nothing");
+    assert!(h.output(b).is_empty());
+    h.send(b, &frame(0x1, b"ok", true));
+    assert_eq!(h.frames(b), [(0x1, b"ok".to_vec())]);
+}
+
+#[test]
+fn a_pending_upgrade_dropped_undecided_answers_500() {
+    let mut h = Harness::new(ServerConfig::default());
+    let p = h.accept();
+    h.send(p, DEFERRED_REQUEST);
+    drop(h.pending());
+    h.wake();
+    let out = String::from_utf8(h.output(p)).unwrap();
+    assert!(out.starts_with("HTTP/1.1 500 "), "{out}");
+}
