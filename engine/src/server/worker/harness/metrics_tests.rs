@@ -93,3 +93,25 @@ fn backpressure_close_and_drop_are_counted() {
     h.advance(Duration::from_millis(1));
     assert_eq!(value(&h, "surge_backpressure_drops_total"), 1);
 }
+
+#[test]
+fn deferred_upgrades_are_counted_when_decided() {
+    let mut h = Harness::new(ServerConfig::default());
+    let p = h.accept();
+    h.send(p, DEFERRED_REQUEST);
+    assert_eq!(value(&h, "surge_handshakes_completed_total"), 0);
+    h.pending().accept(Accept::new(9)).unwrap();
+    h.wake();
+    assert!(h.output(p).starts_with(b"HTTP/1.1 101 "));
+    assert_eq!(value(&h, "surge_handshakes_completed_total"), 1);
+    assert_eq!(value(&h, "surge_connections_open"), 1);
+
+    let q = h.accept();
+    h.send(q, DEFERRED_REQUEST);
+    h.pending()
+        .reject(crate::Rejection::new(429, "slow down"))
+        .unwrap();
+    h.wake();
+    assert_eq!(value(&h, "surge_rejections_total{status=\"429\"}"), 1);
+    assert_eq!(value(&h, "surge_connections_accepted_total"), 2);
+}
