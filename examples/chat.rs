@@ -19,6 +19,9 @@
 //! cargo run --example chat -- --port 8081 --cluster nats://127.0.0.1:4222
 //! ```
 //!
+//! Prometheus metrics: `--metrics /metrics` answers them on the chat's port,
+//! `--metrics-addr 127.0.0.1:9101` on a listener of their own (docs/OPERATIONS.md).
+//!
 //! Ctrl-C (SIGINT) or SIGTERM closes every connection with 1001 and exits.
 
 use std::net::{IpAddr, SocketAddr};
@@ -136,7 +139,8 @@ document.getElementById("form").onsubmit = (e) => {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: chat [--port 8080] [--host 127.0.0.1] [--cluster nats://HOST:PORT|redis://HOST:PORT]   (page at /, chat at /ws)"
+        "usage: chat [--port 8080] [--host 127.0.0.1] [--cluster nats://HOST:PORT|redis://HOST:PORT] \
+         [--metrics /metrics] [--metrics-addr 127.0.0.1:9101]   (page at /, chat at /ws)"
     );
     std::process::exit(2)
 }
@@ -145,6 +149,7 @@ fn main() -> std::io::Result<()> {
     let mut host: IpAddr = [127, 0, 0, 1].into();
     let mut port = 8080u16;
     let mut cluster_url: Option<String> = None;
+    let mut metrics = surge::MetricsConfig::default();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_else(|| usage());
@@ -152,6 +157,8 @@ fn main() -> std::io::Result<()> {
             "--port" => port = value.parse().unwrap_or_else(|_| usage()),
             "--host" => host = value.parse().unwrap_or_else(|_| usage()),
             "--cluster" => cluster_url = Some(value),
+            "--metrics" => metrics.path = Some(value),
+            "--metrics-addr" => metrics.addr = Some(value.parse().unwrap_or_else(|_| usage())),
             _ => usage(),
         }
     }
@@ -159,6 +166,8 @@ fn main() -> std::io::Result<()> {
     cfg.workers = 2;
     cfg.proto.max_message_size = 4096;
     cfg.max_backpressure = 256 * 1024;
+    let metrics_path = metrics.path.clone();
+    cfg.metrics = metrics;
 
     // Block SIGINT and SIGTERM in every thread (workers inherit the mask), and take them here.
     let signals = ShutdownSignals::block();
@@ -173,6 +182,12 @@ fn main() -> std::io::Result<()> {
         "chat on http://{0}/ (WebSocket at ws://{0}/ws)",
         handle.local_addr()
     );
+    if let Some(path) = &metrics_path {
+        println!("metrics at http://{}{path}", handle.local_addr());
+    }
+    if let Some(addr) = handle.metrics_addr() {
+        println!("metrics at http://{addr}/metrics");
+    }
     let trigger = handle.trigger();
     signals.on_signal(move || {
         eprintln!("shutting down");

@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! cargo run --release --example echo -- --port 9001 --workers 2 --backend auto --host 127.0.0.1 \
-//!     --deflate off|no-context|context --uring-recv multishot|poll --backlog 4096
+//!     --deflate off|no-context|context --uring-recv multishot|poll --backlog 4096 \
+//!     --metrics /metrics --metrics-addr 127.0.0.1:9101
 //! ```
+//! `--metrics PATH`: Prometheus metrics answered to a plain GET of PATH on the WebSocket port;
+//! `--metrics-addr ADDR`: on a listener of their own at ADDR, path `/metrics` (docs/OPERATIONS.md).
 //! `--uring-recv`: how io_uring connections receive (`ServerConfig::uring_recv`): a multishot
 //! receive each (the default), or a readiness poll then single-shot receives (`poll`: less kernel
 //! memory per idle connection).
@@ -42,7 +45,8 @@ fn usage() -> ! {
     eprintln!(
         "usage: echo [--port 9001] [--workers N] [--backend auto|epoll|io_uring] [--host 127.0.0.1] \
          [--deflate off|no-context|context] [--deflate-min-size 0] \
-         [--uring-recv multishot|poll] [--backlog 4096]"
+         [--uring-recv multishot|poll] [--backlog 4096] [--metrics /metrics] \
+         [--metrics-addr 127.0.0.1:9101]"
     );
     std::process::exit(2)
 }
@@ -65,6 +69,8 @@ fn main() -> std::io::Result<()> {
             }
             "--uring-recv" => cfg.uring_recv = value.parse().unwrap_or_else(|_| usage()),
             "--backlog" => cfg.backlog = value.parse().unwrap_or_else(|_| usage()),
+            "--metrics" => cfg.metrics.path = Some(value),
+            "--metrics-addr" => cfg.metrics.addr = Some(value.parse().unwrap_or_else(|_| usage())),
             "--deflate-min-size" => {
                 cfg.deflate.min_size = value.parse().unwrap_or_else(|_| usage())
             }
@@ -83,6 +89,9 @@ fn main() -> std::io::Result<()> {
         handle.local_addr(),
         handle.backend()
     );
+    if let Some(addr) = handle.metrics_addr() {
+        println!("metrics at http://{addr}/metrics");
+    }
     let trigger = handle.trigger();
     signals.on_signal(move || {
         eprintln!("shutting down");

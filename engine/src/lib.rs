@@ -20,12 +20,14 @@ pub mod proto;
 mod ratelog;
 pub mod server;
 pub use server::handler;
+pub use server::metrics;
 pub mod signal;
 
 pub use handler::{Accept, CloseInfo, Handler, SendStatus, Upgrade};
 pub use handshake::{Rejection, Request};
 pub use prepared::PreparedMessage;
 pub use proto::{CloseCode, Message, MessageKind};
+pub use server::metrics::{Metrics, MetricsConfig};
 pub use server::{
     Backend, BackpressurePolicy, Client, ClientLimiter, ClientLimits, Conn, ConnHandle, ConnId,
     ConnectError, ConnectRequest, FanoutBridge, HandleError, LimitAction, MessageWriter,

@@ -15,7 +15,7 @@ use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
 
 use crate::load::{cpu_seconds, new_histogram};
-use crate::{free_port, uws, uws_cpp, ServerProc};
+use crate::{free_port, server_metrics, uws, uws_cpp, ServerProc};
 
 #[derive(Parser, Debug, Clone)]
 pub struct EchoArgs {
@@ -81,6 +81,10 @@ pub struct EchoArgs {
     /// Also draw throughput and latency percentiles per system into this SVG file.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// surge systems: serve the server's Prometheus metrics on a port of their own
+    /// (`surge-echo --metrics-addr`) and print a few of its totals after each run.
+    #[arg(long)]
+    pub server_metrics: bool,
 }
 
 /// One system's figures.
@@ -124,7 +128,12 @@ impl EchoResult {
 
 /// Starts the server of a system (a child process printing `listening on ADDR`), on CPU 0 with
 /// `--pin`.
-fn spawn_server(system: &str, args: &EchoArgs, port: u16) -> std::io::Result<ServerProc> {
+fn spawn_server(
+    system: &str,
+    args: &EchoArgs,
+    port: u16,
+    metrics_port: Option<u16>,
+) -> std::io::Result<ServerProc> {
     let workers = args.server_workers;
     let cpu = args.pin.then_some(0);
     let deflate = args.deflate.as_str();
@@ -141,6 +150,9 @@ fn spawn_server(system: &str, args: &EchoArgs, port: u16) -> std::io::Result<Ser
             )));
         }
         args.extend(["--deflate".to_owned(), deflate.to_owned()]);
+    }
+    if let Some(p) = metrics_port {
+        args.extend(["--metrics-addr".to_owned(), format!("127.0.0.1:{p}")]);
     }
     let binary = match system {
         "surge" => "surge-echo",
@@ -483,16 +495,21 @@ pub fn run_all(args: &EchoArgs) -> std::io::Result<Vec<EchoResult>> {
         }
         for system in &systems {
             let port = free_port();
-            let server = spawn_server(system, args, port)?;
+            let metrics_port = (args.server_metrics && system.starts_with("surge")).then(free_port);
+            let server = spawn_server(system, args, port, metrics_port)?;
             let r = measure(
                 system,
                 &format!("ws://{}/", server.addr),
                 Some(&server),
                 args,
             )?;
+            let counters = metrics_port.map(server_metrics::totals);
             drop(server);
             print_row_header_once(&results);
             print_row(&r);
+            if let Some(line) = counters {
+                println!("  server: {line}");
+            }
             results.push(r);
             // Let the sockets of the last run go (TIME_WAIT is per address pair; the next run uses
             // another port).
@@ -804,7 +821,7 @@ pub fn idle(args: EchoArgs, hold: f64) -> std::io::Result<()> {
         }
         let server = match &args.url {
             Some(_) => None,
-            None => Some(spawn_server(&system, &args, free_port())?),
+            None => Some(spawn_server(&system, &args, free_port(), None)?),
         };
         let url = match (&server, &args.url) {
             (Some(s), _) => format!("ws://{}/", s.addr),

@@ -12,6 +12,7 @@ mod chart;
 mod echo;
 mod fanout;
 mod load;
+mod server_metrics;
 mod uws;
 mod uws_cpp;
 

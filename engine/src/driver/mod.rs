@@ -14,8 +14,10 @@ pub(crate) mod epoll;
 #[cfg(test)]
 pub(crate) mod fake;
 pub(crate) mod probe;
+mod stats;
 pub(crate) mod sys;
 pub(crate) mod uring;
+pub(crate) use stats::DriverStats;
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
@@ -510,6 +512,14 @@ impl Driver {
         match self {
             Driver::Uring(d) => d.held_bytes(),
             _ => 0,
+        }
+    }
+
+    /// Counts of kernel events the metrics report (zeros on epoll).
+    pub(crate) fn stats(&mut self) -> DriverStats {
+        match self {
+            Driver::Uring(d) => d.stats(),
+            _ => DriverStats::default(),
         }
     }
 

@@ -288,6 +288,22 @@ pub struct DeflatePool {
     /// Free compressors per window size 9..=15, for connections sending with context takeover.
     #[allow(clippy::vec_box)]
     compressors: [Vec<Box<Compress>>; 7],
+    /// Bytes through this pool's streams so far (the engine's metrics read them).
+    stats: DeflateStats,
+}
+
+/// Bytes through a [`DeflatePool`]'s streams so far: plain and compressed, each way (the ratio
+/// of a direction is `compressed / plain`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeflateStats {
+    /// Plain bytes of messages compressed.
+    pub out_plain: u64,
+    /// What they compressed to.
+    pub out_compressed: u64,
+    /// Compressed bytes inflated.
+    pub in_compressed: u64,
+    /// What they inflated to.
+    pub in_plain: u64,
 }
 
 impl std::fmt::Debug for DeflatePool {
@@ -317,7 +333,13 @@ impl DeflatePool {
             windowed: Default::default(),
             inflaters: Default::default(),
             compressors: Default::default(),
+            stats: DeflateStats::default(),
         }
+    }
+
+    /// Bytes compressed and inflated through this pool so far.
+    pub fn stats(&self) -> DeflateStats {
+        self.stats
     }
 
     /// The compression level.
@@ -409,6 +431,7 @@ pub fn compress_variant(
     pool: &mut DeflatePool,
     out: &mut Vec<u8>,
 ) {
+    let start = out.len();
     if variant.window_bits >= MAX_WINDOW_BITS && pool.libdeflate {
         compress_whole(pool.whole(), payload, out);
     } else {
@@ -416,6 +439,8 @@ pub fn compress_variant(
         c.reset();
         compress_stream(c, payload, out);
     }
+    pool.stats.out_plain += payload.len() as u64;
+    pool.stats.out_compressed += (out.len() - start) as u64;
 }
 
 /// libdeflate in one call. Its last block has BFINAL set: allowed by RFC 7692 section 7.2.3.3, and a
@@ -739,6 +764,8 @@ impl DeflateState {
                 }
             };
             compress_stream(&mut c, payload, out);
+            pool.stats.out_plain += payload.len() as u64;
+            pool.stats.out_compressed += (out.len() - start) as u64;
             self.compressor = Some(c);
             self.compressor_used = true;
             // Until `commit`: a message dropped before it is queued is not in the peer's window.
@@ -850,6 +877,8 @@ impl DeflateState {
             }
             Ok(ended)
         })();
+        pool.stats.in_compressed += input.len() as u64;
+        pool.stats.in_plain += (out.len() - start) as u64;
         if result.is_ok() && takeover {
             self.received
                 .push(&out[start..], window_size(self.recv.window_bits));
@@ -1026,5 +1055,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The pool counts the bytes through its compressors and inflaters (the engine's metrics).
+    #[test]
+    fn pool_counts_plain_and_compressed_bytes() {
+        let cfg = DeflateConfig {
+            min_size: 0,
+            ..DeflateConfig::default()
+        };
+        let mut pool = DeflatePool::new(1);
+        let mut server = DeflateState::new(DeflateParams::default(), Role::Server);
+        let mut client = DeflateState::new(DeflateParams::default(), Role::Client);
+        let msg = vec![b'a'; 1000];
+        let mut wire = Vec::new();
+        assert!(server.compress_pending(&msg, &cfg, &mut pool, &mut wire));
+        server.commit(&msg);
+        let mut out = Vec::new();
+        client
+            .decompress_message(MessageKind::Binary, &wire, &cfg, &mut pool, &mut out)
+            .unwrap();
+        let st = pool.stats();
+        assert_eq!((st.out_plain, st.out_compressed), (1000, wire.len() as u64));
+        assert_eq!((st.in_compressed, st.in_plain), (wire.len() as u64, 1000));
+        assert!(st.out_compressed < 100, "{st:?}");
     }
 }

@@ -21,7 +21,7 @@ pub use assemble::{BufferPool, Decoder, DecoderConfig, Event, Message, MessageKi
 pub use close::parse_close_payload;
 pub use deflate::{
     compress_variant, DeflateConfig, DeflateMode, DeflateParams, DeflatePool, DeflateState,
-    Direction, Inflate, Variant, MAX_KEPT_BUFFER,
+    DeflateStats, Direction, Inflate, Variant, MAX_KEPT_BUFFER,
 };
 pub use encode::{Encoder, Output};
 pub use error::{CloseCode, Error, SendError};

@@ -8,6 +8,7 @@ use crate::proto::{self, CloseCode};
 
 pub use crate::driver::backend::{Backend, UringRecv};
 pub use crate::server::limits::{ClientLimits, LimitAction};
+pub use crate::server::metrics::MetricsConfig;
 pub use crate::server::proxy::ProxyProtocol;
 
 /// What happens when a connection's buffered (unsent) bytes would exceed
@@ -186,6 +187,9 @@ pub struct ServerConfig {
     /// below which messages go uncompressed (64 B) and the level (1). The largest inflated message is
     /// the smaller of `deflate.max_decompressed` and `proto.max_message_size`.
     pub deflate: proto::DeflateConfig,
+    /// Prometheus metrics: where they are served (default: nowhere; see
+    /// [`MetricsConfig`] and docs/OPERATIONS.md).
+    pub metrics: MetricsConfig,
 }
 
 impl Default for ServerConfig {
@@ -222,6 +226,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(5),
             proto: proto::Config::server(),
             deflate: proto::DeflateConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

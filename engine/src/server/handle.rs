@@ -294,6 +294,8 @@ mod tests {
         Arc::new(Shared {
             stop: AtomicBool::new(false),
             mailboxes: (0..workers).map(|_| Default::default()).collect(),
+            metrics: (0..workers).map(|_| Default::default()).collect(),
+            metrics_addr: None,
             wakers,
             bridge: None,
             limiter: None,

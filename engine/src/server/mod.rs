@@ -11,6 +11,7 @@ pub(crate) mod handle;
 pub mod handler;
 pub mod limits;
 pub(crate) mod mailbox;
+pub mod metrics;
 pub(crate) mod pending;
 pub mod proxy;
 pub(crate) mod registry;
@@ -53,6 +54,10 @@ pub(crate) struct Shared {
     pub(crate) limiter: Option<Arc<ClientLimiter>>,
     /// Connections closed for a malformed, oversized or missing PROXY protocol header.
     pub(crate) proxy_refused: std::sync::atomic::AtomicU64,
+    /// Each worker's counters (`metrics.rs`), read at scrape time.
+    pub(crate) metrics: Vec<Arc<crossbeam_utils::CachePadded<metrics::WorkerMetrics>>>,
+    /// The metrics listener's address (`MetricsConfig::addr`, port resolved), woken at shutdown.
+    pub(crate) metrics_addr: Option<SocketAddr>,
 }
 
 /// A WebSocket server: [`ServerConfig`] plus [`run`](Server::run) or [`start`](Server::start).
@@ -145,9 +150,15 @@ impl Server {
             wakers.push(waker);
             drivers.push(seed);
         }
+        let metrics_listener = cfg.metrics.addr.map(metrics::serve::bind).transpose()?;
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             mailboxes: (0..wakers.len()).map(|_| Default::default()).collect(),
+            metrics: (0..wakers.len()).map(|_| Default::default()).collect(),
+            metrics_addr: metrics_listener
+                .as_ref()
+                .map(|l| l.local_addr())
+                .transpose()?,
             wakers,
             bridge: self.bridge,
             limiter: ClientLimiter::new(&cfg.client_limits).map(Arc::new),
@@ -236,12 +247,17 @@ impl Server {
                 }
             }
         }
+        let metrics_thread = match (failure.is_none(), metrics_listener) {
+            (true, Some(l)) => Some(metrics::serve::spawn(l, Arc::clone(&shared))?),
+            _ => None,
+        };
         if let Some(e) = failure {
             let handle = ServerHandle {
                 addrs,
                 backend,
                 shared,
                 threads,
+                metrics_thread,
             };
             handle.shutdown();
             let _ = handle.join();
@@ -252,6 +268,7 @@ impl Server {
             backend,
             shared,
             threads,
+            metrics_thread,
         })
     }
 }
@@ -293,9 +310,26 @@ pub struct ServerHandle {
     backend: Backend,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<io::Result<()>>>,
+    /// The metrics listener's thread (`MetricsConfig::addr`).
+    metrics_thread: Option<JoinHandle<()>>,
 }
 
 impl ServerHandle {
+    /// The server's metrics: every worker's counters, encoded in the Prometheus text format on
+    /// demand (docs/OPERATIONS.md lists them), for an application that serves them
+    /// itself. Valid after the server stopped too (the final counts).
+    pub fn metrics(&self) -> metrics::Metrics {
+        metrics::Metrics {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// The metrics listener's address ([`MetricsConfig::addr`](metrics::MetricsConfig::addr) with
+    /// its port resolved); `None` without one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.shared.metrics_addr
+    }
+
     /// The bound addresses, ports resolved (in the order of `ServerConfig::bind`).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
@@ -339,6 +373,9 @@ impl ServerHandle {
 
     /// Waits for every worker to exit; the first error any of them met.
     pub fn join(self) -> io::Result<()> {
+        if let Some(t) = self.metrics_thread {
+            let _ = t.join();
+        }
         let mut result = Ok(());
         for t in self.threads {
             let r = t
@@ -365,6 +402,7 @@ impl ShutdownTrigger {
         for w in &self.shared.wakers {
             let _ = w.wake();
         }
+        metrics::serve::wake(&self.shared);
     }
 }
 

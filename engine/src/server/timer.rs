@@ -37,6 +37,9 @@ pub(crate) struct TimerWheel<T> {
     /// The next tick to process: every entry with a smaller tick has fired.
     current: u64,
     len: usize,
+    /// Entries inserted and entries expired so far (stale ones included; the metrics read them).
+    pub(crate) armed: u64,
+    pub(crate) fired: u64,
 }
 
 fn set_bit(bits: &mut [u64; WORDS], i: usize, on: bool) {
@@ -60,6 +63,8 @@ impl<T> TimerWheel<T> {
             start,
             current: 0,
             len: 0,
+            armed: 0,
+            fired: 0,
         }
     }
 
@@ -117,6 +122,7 @@ impl<T> TimerWheel<T> {
             set_bit(&mut self.due, slot, true);
         }
         self.len += 1;
+        self.armed += 1;
         tick
     }
 
@@ -155,6 +161,7 @@ impl<T> TimerWheel<T> {
                 if entries[i].0 <= now_tick {
                     out.push(entries.swap_remove(i));
                     self.len -= 1;
+                    self.fired += 1;
                 } else {
                     i += 1;
                 }

@@ -1,8 +1,9 @@
 //! The surge echo server as the harness runs it: a child process like every peer, so that each system
 //! is measured the same way. `surge-echo --port P --workers N [--busy-poll-us US] [--backend B]
 //! [--deflate off|no-context|context] [--uring-recv multishot|poll] [--uring-max-recv-buffers N]
-//! [--defer off|thread]`. `--defer thread`: every upgrade is deferred (`Upgrade::defer`) and
-//! accepted by another thread, to measure what a deferred decision costs against an immediate one.
+//! [--defer off|thread] [--metrics-addr ADDR]`. `--defer thread`: every upgrade is deferred
+//! (`Upgrade::defer`) and accepted by another thread, to measure what a deferred decision costs
+//! against an immediate one. `--metrics-addr`: the Prometheus metrics at `http://ADDR/metrics`.
 
 #[path = "../server_args.rs"]
 mod server_args;
@@ -80,6 +81,7 @@ fn main() -> std::io::Result<()> {
                 cfg.busy_poll = Some(Duration::from_micros(value.parse().expect("us")))
             }
             "--backend" => cfg.backend = value.parse::<Backend>().expect("backend"),
+            "--metrics-addr" => cfg.metrics.addr = Some(value.parse().expect("metrics address")),
             "--uring-recv" => cfg.uring_recv = value.parse().expect("uring receive mode"),
             "--uring-max-recv-buffers" => {
                 cfg.uring_max_recv_buffers = value.parse().expect("buffer count")

@@ -54,6 +54,8 @@ pub(crate) struct BufRing {
     pub(super) max: u16,
     /// A receive ended with `ENOBUFS` since the last publish: grow once, at the publish.
     short: bool,
+    /// Receives that ended with `ENOBUFS` so far (the metrics read it).
+    pub(super) enobufs: u64,
     /// Buffers handed out since the last publish (one loop turn), and the most of any turn since
     /// the last trim.
     used_turn: u32,
@@ -159,6 +161,7 @@ impl BufRing {
             target: first,
             max,
             short: false,
+            enobufs: 0,
             used_turn: 0,
             peak: 0,
             dropped: true,
@@ -199,6 +202,7 @@ impl BufRing {
     /// many receives ran short).
     pub(super) fn note_short(&mut self) {
         self.short = true;
+        self.enobufs += 1;
     }
 
     /// Whether the ring is as large as it may grow: a receive that ran short waits for buffers
@@ -390,6 +394,7 @@ impl BufRing {
                 target: 0,
                 max: 0,
                 short: false,
+                enobufs: 0,
                 inc: false,
                 offsets: Vec::new(),
                 initial: 0,

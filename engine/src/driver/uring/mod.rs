@@ -317,6 +317,15 @@ impl UringDriver {
         self.bufs.held_bytes() + self.free_sends.len() * std::mem::size_of::<SendOp>()
     }
 
+    /// What the metrics count: receives that found no provided buffer, completions the kernel
+    /// could not post (the CQ ring's overflow counter).
+    pub(crate) fn stats(&mut self) -> super::DriverStats {
+        super::DriverStats {
+            recv_enobufs: self.bufs.enobufs,
+            cq_overflow: u64::from(self.ring.completion().overflow()),
+        }
+    }
+
     /// Whether a trim could free anything.
     pub(crate) fn holds_spare(&self) -> bool {
         self.held_bytes() > 0 || self.bufs.target > self.bufs.initial.min(self.bufs.max)

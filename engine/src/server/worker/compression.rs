@@ -192,6 +192,11 @@ impl Compression {
 
     /// Gives the buffer for inflated messages back (freed instead when it grew past
     /// [`MAX_KEPT_BUFFER`]).
+    /// Bytes compressed and inflated through the worker's pool so far (the metrics).
+    pub(super) fn stats(&self) -> crate::proto::DeflateStats {
+        self.pool.stats()
+    }
+
     pub(super) fn keep_inflated(&mut self, buf: Vec<u8>) {
         Self::keep(&mut self.inflated, buf);
     }

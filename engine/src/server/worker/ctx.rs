@@ -79,6 +79,8 @@ pub struct WorkerCtx<D> {
     pub(super) decisions: Vec<(ConnId, crate::server::pending::Decision)>,
     /// The kernel side: sockets, and with io_uring the operations in flight and their buffers.
     pub(super) driver: Driver,
+    /// This worker's counters (`server::metrics`; counted in place, read by scrapes).
+    pub(super) metrics: Arc<crossbeam_utils::CachePadded<crate::server::metrics::WorkerMetrics>>,
 }
 
 impl<D> std::fmt::Debug for WorkerCtx<D> {
@@ -103,6 +105,7 @@ impl<D> WorkerCtx<D> {
         rx_proto.auto_pong = false;
         WorkerCtx {
             index,
+            metrics: Arc::clone(&shared.metrics[index]),
             conns: Registry::new(),
             chunks: ChunkPool::new(cfg.write_chunk_size, cfg.pool_max_cached),
             assembly: ChunkPool::new(cfg.write_chunk_size, cfg.pool_max_cached),

@@ -514,6 +514,7 @@ impl<H: Handler> Worker<H> {
         c.data = ctx.client.pending.remove(&id);
         ctx.arm(id, None);
         ctx.sync_timer(id);
+        ctx.metrics.dialed();
         self.handler.on_open(&mut Conn {
             ctx: &mut self.ctx,
             id,

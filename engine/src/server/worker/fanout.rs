@@ -83,6 +83,7 @@ impl<D> WorkerCtx<D> {
             return self.refuse_over_limit(id);
         }
         c.queue.push_shared(frame);
+        self.metrics.sent(msg.payload().len());
         if variant.is_some() {
             // The peer's inflater now holds a message our window does not (it was compressed
             // without our context): forget ours so later messages stay decodable.
@@ -212,6 +213,7 @@ impl<D> WorkerCtx<D> {
             let Some(cmd) = mailbox.pop() else {
                 return;
             };
+            self.metrics.mailbox_command();
             self.run_command(cmd);
         }
         if !mailbox.is_empty() {

@@ -125,6 +125,7 @@ impl<H: Handler> Worker<H> {
             return;
         };
         if let Some(data) = c.data.take() {
+            self.ctx.metrics.closed(code);
             let info = CloseInfo {
                 id,
                 code,
@@ -217,6 +218,7 @@ impl<H: Handler> Worker<H> {
             let Some(event) = event else {
                 continue;
             };
+            self.ctx.metrics.received(&event);
             let mut conn = Conn {
                 ctx: &mut self.ctx,
                 id,

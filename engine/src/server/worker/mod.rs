@@ -48,6 +48,7 @@ mod flush;
 mod harness;
 mod input;
 mod limits;
+mod metrics;
 mod proxy;
 mod send;
 mod slot;
@@ -166,6 +167,7 @@ impl<H: Handler> Worker<H> {
         self.fire_timers();
         self.flush_dirty();
         self.ctx.store_stats();
+        self.ctx.publish_metrics(&clock);
         self.trim_buffers();
 
         if let Some(deadline) = self.stop_deadline {
@@ -281,6 +283,7 @@ impl<H: Handler> Worker<H> {
     /// Takes an accepted connection in: registers it and arms its handshake deadline.
     /// (`TCP_NODELAY` comes from the listener.)
     fn admit(&mut self, socket: Socket, listener: usize) {
+        self.ctx.metrics.accepted();
         {
             if self.ctx.conns.len() >= self.ctx.cfg.max_connections_per_worker {
                 self.ctx.driver.close(socket); // closed at once

@@ -82,6 +82,7 @@ impl<D> WorkerCtx<D> {
         if result.is_err() {
             return SendStatus::Invalid;
         }
+        self.metrics.frame_sent(op, fin, payload.len());
         self.queued(id)
     }
 
@@ -100,6 +101,7 @@ impl<D> WorkerCtx<D> {
                 SendStatus::Dropped
             }
             BackpressurePolicy::Close(code) => {
+                self.metrics.backpressure_close();
                 let _ = self.start_close(id, code, "backpressure limit");
                 SendStatus::Closed
             }
@@ -123,6 +125,7 @@ impl<D> WorkerCtx<D> {
         if c.would_pass(payload.len() + 6, self.cfg.max_backpressure) {
             c.set(Flag::Over);
             if let BackpressurePolicy::Close(code) = self.cfg.backpressure_policy {
+                self.metrics.backpressure_close();
                 let _ = self.start_close(id, code, "backpressure limit");
                 return SendStatus::Closed;
             }
@@ -182,6 +185,7 @@ impl<D> WorkerCtx<D> {
         self.mark_dirty(id);
         if over {
             if let BackpressurePolicy::Close(code) = self.cfg.backpressure_policy {
+                self.metrics.backpressure_close();
                 let _ = self.start_close(id, code, "backpressure limit");
             }
             SendStatus::Backpressure

@@ -52,7 +52,9 @@ impl<H: Handler> Worker<H> {
             Ok(ParseStatus::Http { mut request, .. }) => {
                 head.release(|b| ctx.chunks.put(b));
                 request.peer = peer.or_else(|| c.socket.peer_addr().ok());
-                let response = self.handler.on_http(&request);
+                let response = self
+                    .metrics_page(&request)
+                    .unwrap_or_else(|| self.handler.on_http(&request));
                 self.reject(id, &response);
                 return;
             }
@@ -129,6 +131,7 @@ impl<H: Handler> Worker<H> {
         c.data = Some(accept.data);
         ctx.mark_dirty(id);
         ctx.sync_timer(id);
+        ctx.metrics.handshake();
         self.handler.on_open(&mut Conn {
             ctx: &mut self.ctx,
             id,
@@ -255,6 +258,7 @@ impl<H: Handler> Worker<H> {
         let Some(c) = ctx.conns.get_mut(id) else {
             return;
         };
+        ctx.metrics.rejected(rejection.status);
         let mut resp = ctx.chunks.get();
         write_rejection(&mut resp, rejection);
         c.queue.push_chunk(resp, &mut ctx.chunks);

@@ -175,6 +175,8 @@ impl Harness {
             stop: AtomicBool::new(false),
             wakers: vec![Waker::Noop],
             mailboxes: vec![Default::default()],
+            metrics: vec![Default::default()],
+            metrics_addr: None,
             bridge: None,
             limiter: crate::server::ClientLimiter::new(&cfg.client_limits).map(Arc::new),
             proxy_refused: Default::default(),
@@ -326,5 +328,6 @@ impl Harness {
     }
 }
 
+mod metrics_tests;
 mod proxy_tests;
 mod tests;
