@@ -93,7 +93,11 @@ fn too_many(at: SocketAddr, from: Option<&str>, prefix: &[u8], secs: u64) {
 
 fn refused_connections(server: &ServerHandle) -> u64 {
     let l = server.client_limiter().expect("limits are on");
-    l.refused_connections.load(Ordering::Relaxed)
+    let n = l.refused_connections.load(Ordering::Relaxed);
+    // The metrics show the same count.
+    let line = format!("surge_client_limit_refusals_total{{limit=\"connections\"}} {n}");
+    assert!(server.metrics().text().contains(&line), "{line}");
+    n
 }
 
 fn refused_rate(server: &ServerHandle) -> u64 {

@@ -323,6 +323,11 @@ fn malformed_headers_close_without_answer() {
     }
     assert!(rx.try_recv().is_err(), "nothing was opened");
     assert_eq!(server.proxy_refused(), 11);
+    let text = server.metrics().text();
+    assert!(
+        text.contains("surge_proxy_header_refusals_total 11"),
+        "{text}"
+    );
     stop(server);
 }
 

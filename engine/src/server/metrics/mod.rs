@@ -437,6 +437,29 @@ impl Collector for WorkersCollector {
             "code",
             &closes,
         )?;
+        // Counted where they happen (shared atomics, touched only on a refusal).
+        let (over_conns, over_rate) = s.limiter.as_ref().map_or((0, 0), |l| {
+            (
+                l.refused_connections.load(Ordering::Relaxed),
+                l.refused_handshake_rate.load(Ordering::Relaxed),
+            )
+        });
+        labelled(
+            e,
+            "surge_client_limit_refusals",
+            "Connections refused by a per-client limit (ServerConfig::client_limits), by limit",
+            "limit",
+            &[
+                ("connections".to_string(), over_conns),
+                ("handshake_rate".to_string(), over_rate),
+            ],
+        )?;
+        counter(
+            e,
+            "surge_proxy_header_refusals",
+            "Connections closed for a malformed, oversized or missing PROXY protocol header",
+            s.proxy_refused.load(Ordering::Relaxed),
+        )?;
         for (i, (name, help)) in PLAIN.iter().enumerate() {
             counter(e, name, help, sum(s, |w| w.plain()[i]))?;
         }
