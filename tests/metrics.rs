@@ -141,6 +141,7 @@ fn counts_exactly() {
     let (head, text) = scrape(maddr, "/metrics");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(value(&text, "surge_connections_open"), 2, "{text}");
+    assert_eq!(value(&text, "surge_mailbox_depth"), 0, "{text}");
     assert_eq!(value(&text, "surge_handshakes_completed_total"), 2);
 
     // A rejection, then two closes with their codes.

@@ -159,6 +159,11 @@ impl Mailbox {
         self.queue.pop()
     }
 
+    /// Commands waiting (read by the metrics at scrape time).
+    pub(crate) fn depth(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Worker side: whether commands wait.
     pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty()

@@ -405,6 +405,12 @@ impl Collector for WorkersCollector {
             "Connections the workers hold, handshakes and closing ones included",
             sum(s, |w| &w.connections_held),
         )?;
+        gauge(
+            e,
+            "surge_mailbox_depth",
+            "Commands waiting in the workers' mailboxes (sends, closes, publishes from other threads)",
+            s.mailboxes.iter().map(|m| m.depth() as u64).sum(),
+        )?;
         counter(
             e,
             "surge_connections_accepted",
