@@ -34,13 +34,10 @@ impl Handler for Authed {
     type Data = String;
 
     fn on_upgrade(&mut self, req: &Request) -> Upgrade<String> {
-        let Some(token) = req
-            .query()
-            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
-        else {
+        let Some(token) = req.query_param("token") else {
             return Upgrade::Reject(Rejection::new(401, "a token is required: ?token=..."));
         };
-        let token = token.to_owned();
+        let token = token.into_owned();
         let checks = self.checks.clone();
         Upgrade::defer(move |pending| {
             // A full queue or a stopped pool drops `pending`: the client gets a 500.

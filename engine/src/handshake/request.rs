@@ -268,6 +268,36 @@ impl Request {
         self.query.map(|q| q.get(&self.text))
     }
 
+    /// The decoded value of the first query parameter called `name`
+    /// (`application/x-www-form-urlencoded`, as browsers and `URLSearchParams` write it:
+    /// percent-escapes decoded, `+` as a space; invalid UTF-8 replaced). A parameter without `=`
+    /// has the value `""`.
+    ///
+    /// ```
+    /// # use surge::handshake::{parse_request, HandshakeConfig, ParseStatus};
+    /// let raw = b"GET /game?room=blue%20team&token=a+b&debug HTTP/1.1\r\nHost: x\r\n\
+    ///     Upgrade: websocket\r\nConnection: Upgrade\r\n\
+    ///     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    /// let Ok(ParseStatus::Complete { request, .. }) = parse_request(raw, &HandshakeConfig::default())
+    /// else {
+    ///     panic!("a valid request")
+    /// };
+    /// assert_eq!(request.query_param("room").as_deref(), Some("blue team"));
+    /// assert_eq!(request.query_param("token").as_deref(), Some("a b"));
+    /// assert_eq!(request.query_param("debug").as_deref(), Some(""));
+    /// assert_eq!(request.query_param("missing"), None);
+    /// ```
+    pub fn query_param(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        self.query_params().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    /// Every query parameter in order, decoded as [`query_param`](Self::query_param) does.
+    pub fn query_params(
+        &self,
+    ) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> {
+        form_urlencoded::parse(self.query().unwrap_or("").as_bytes())
+    }
+
     /// The value of the first header called `name` (ASCII case-insensitive), trimmed.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.fields().get(name)
