@@ -148,6 +148,13 @@ pub trait Handler: 'static {
 
     /// Decides on an upgrade request (method, path, query, headers, peer address). The origin has
     /// already passed the configured policy.
+    ///
+    /// An [`Upgrade::Accept`] returned here is always followed by [`on_open`](Self::on_open) for
+    /// this connection, at once and before any other callback of it, so a seat reserved here (a
+    /// room's player count) is always taken in `on_open` and given back in `on_close`, which runs
+    /// exactly once per `on_open`. A deferred accept ([`Upgrade::defer`]) is followed by `on_open`
+    /// too, unless the connection ended before the worker ran the decision (see
+    /// [`PendingUpgrade::accept`]); the `Data` is then dropped without either callback.
     fn on_upgrade(&mut self, req: &Request) -> Upgrade<Self::Data>;
 
     /// A plain HTTP request on the WebSocket port (no `Upgrade: websocket`): a page, a health
