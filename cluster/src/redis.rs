@@ -1,4 +1,4 @@
-//! Redis pub/sub, over the [`redis`](::redis) crate, in two modes picked by the URL:
+//! Redis pub/sub, over the [`redis`] crate, in two modes picked by the URL:
 //!
 //! - `redis://host:port[/db]`: one Redis server (or a replicated primary), classic pub/sub
 //!   (`SUBSCRIBE`/`PUBLISH`) through a `ConnectionManager`. Sharded pub/sub exists to spread
