@@ -97,11 +97,24 @@ impl<D> WorkerCtx<D> {
     /// Writes `msg` to this worker's subscribers of `topic` (queued now, flushed at the end of the
     /// loop turn with everything else). Returns how many took it.
     fn deliver(&mut self, topic: &str, msg: &PreparedMessage) -> usize {
+        self.deliver_except(topic, msg, None)
+    }
+
+    /// [`deliver`](Self::deliver) to every subscriber but `except`.
+    fn deliver_except(
+        &mut self,
+        topic: &str,
+        msg: &PreparedMessage,
+        except: Option<ConnId>,
+    ) -> usize {
         // Taken out for the walk: sends never change subscriptions (closing happens later, in
         // `close_callback`), and this keeps the borrow of the list apart from the connections.
         let table = std::mem::take(&mut self.fanout.topics);
         let mut queued = 0;
         for &id in table.subscribers(topic) {
+            if Some(id) == except {
+                continue;
+            }
             if self.send_shared(id, msg).is_queued() {
                 queued += 1;
             }
@@ -120,10 +133,21 @@ impl<D> WorkerCtx<D> {
     /// A control message ([`PreparedMessage::is_control`]) is refused by every connection: it is
     /// not published at all.
     pub fn publish(&mut self, topic: &str, msg: &PreparedMessage) {
+        self.publish_except(topic, msg, None);
+    }
+
+    /// [`publish`](Self::publish) to every subscriber but the connection `except` (the sender of
+    /// "others moved"); the other workers and nodes never hold it.
+    pub(super) fn publish_except(
+        &mut self,
+        topic: &str,
+        msg: &PreparedMessage,
+        except: Option<ConnId>,
+    ) {
         if msg.is_control() {
             return;
         }
-        self.deliver(topic, msg);
+        self.deliver_except(topic, msg, except);
         let shared = &self.fanout.shared;
         shared.publish_except(Some(self.index), topic, msg);
         if let Some(bridge) = &shared.bridge {
@@ -296,6 +320,13 @@ impl<D> Conn<'_, D> {
     /// subscribed). See [`WorkerCtx::publish`].
     pub fn publish(&mut self, topic: &str, msg: &PreparedMessage) {
         self.ctx.publish(topic, msg);
+    }
+
+    /// Sends `msg` to every subscriber of `topic` on every worker except this connection (as
+    /// uWebSockets' `ws->publish` does): "the others moved" in a game room, a chat line not echoed
+    /// to its author.
+    pub fn publish_others(&mut self, topic: &str, msg: &PreparedMessage) {
+        self.ctx.publish_except(topic, msg, Some(self.id));
     }
 
     /// A handle to this connection for other threads (`Send + Sync + Clone`): send, close,

@@ -673,3 +673,36 @@ fn a_pending_upgrade_dropped_undecided_answers_500() {
     let out = String::from_utf8(h.output(p)).unwrap();
     assert!(out.starts_with("HTTP/1.1 500 "), "{out}");
 }
+
+#[test]
+fn publish_others_skips_the_sender_only() {
+    let mut h = Harness::with(
+        ServerConfig::default(),
+        Some(Box::new(|conn: &mut Conn<'_, u32>, msg: Message<'_>| {
+            if msg.as_bytes() == b"sub" {
+                conn.subscribe("room");
+            } else if msg.as_bytes() == b"all" {
+                conn.publish("room", &crate::PreparedMessage::text("all"));
+            } else {
+                let m = crate::PreparedMessage::binary(msg.as_bytes());
+                conn.publish_others("room", &m);
+            }
+        })),
+    );
+    let a = h.open();
+    let b = h.open();
+    let c = h.open();
+    h.send(a, &frame(0x1, b"sub", true));
+    h.send(b, &frame(0x1, b"sub", true));
+    h.send(a, &frame(0x2, b"moved", true));
+    assert!(h.frames(a).is_empty(), "not to the sender");
+    assert_eq!(h.frames(b), [(0x2, b"moved".to_vec())]);
+    assert!(h.frames(c).is_empty(), "not subscribed");
+    h.send(a, &frame(0x1, b"all", true));
+    assert_eq!(
+        h.frames(a),
+        [(0x1, b"all".to_vec())],
+        "publish includes the sender"
+    );
+    assert_eq!(h.frames(b), [(0x1, b"all".to_vec())]);
+}
