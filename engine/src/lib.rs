@@ -29,8 +29,8 @@ pub use prepared::PreparedMessage;
 pub use proto::{CloseCode, Message, MessageKind};
 pub use server::metrics::{Metrics, MetricsConfig};
 pub use server::{
-    Backend, BackpressurePolicy, Client, ClientLimiter, ClientLimits, Conn, ConnHandle, ConnId,
-    ConnectError, ConnectRequest, FanoutBridge, HandleError, LimitAction, MessageWriter,
+    Backend, BackpressurePolicy, Client, ClientLimiter, ClientLimits, Command, Conn, ConnHandle,
+    ConnId, ConnectError, ConnectRequest, FanoutBridge, HandleError, LimitAction, MessageWriter,
     PanicPolicy, PendingUpgrade, ProxyProtocol, Publisher, Server, ServerConfig, ServerHandle,
     ShutdownTrigger, UringRecv, WorkerCtx,
 };

@@ -256,6 +256,19 @@ impl Publisher {
     pub fn dropped_count(&self) -> u64 {
         self.shared.dropped_count()
     }
+
+    /// Posts an application command to worker `worker`'s
+    /// [`Handler::on_command`](crate::Handler::on_command); see
+    /// [`WorkerCtx::post`](crate::WorkerCtx::post). Panics if `worker` is not below
+    /// [`worker_count`](Self::worker_count).
+    pub fn post<T: std::any::Any + Send>(&self, worker: usize, cmd: T) -> Result<(), HandleError> {
+        super::worker::commands::post(&self.shared, worker, super::Command::new(cmd))
+    }
+
+    /// The worker that is home to `key`: see [`WorkerCtx::home_of`](crate::WorkerCtx::home_of).
+    pub fn home_of<K: std::hash::Hash + ?Sized>(&self, key: &K) -> usize {
+        super::worker::commands::home_of(self.worker_count(), key)
+    }
 }
 
 impl ServerHandle {
@@ -267,6 +280,21 @@ impl ServerHandle {
     /// See [`Publisher::connection_count`].
     pub fn connection_count(&self) -> usize {
         self.shared.connection_count()
+    }
+
+    /// See [`Publisher::post`].
+    pub fn post<T: std::any::Any + Send>(&self, worker: usize, cmd: T) -> Result<(), HandleError> {
+        self.publisher().post(worker, cmd)
+    }
+
+    /// See [`Publisher::worker_count`].
+    pub fn worker_count(&self) -> usize {
+        self.publisher().worker_count()
+    }
+
+    /// See [`Publisher::home_of`].
+    pub fn home_of<K: std::hash::Hash + ?Sized>(&self, key: &K) -> usize {
+        self.publisher().home_of(key)
     }
 
     /// See [`Publisher::dropped_count`].

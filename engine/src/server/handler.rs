@@ -212,6 +212,27 @@ pub trait Handler: 'static {
         let _ = (worker, data, info);
     }
 
+    /// An application command posted to this worker ([`WorkerCtx::post`],
+    /// [`Publisher::post`](crate::Publisher::post)), in the order each poster sent it. Take the
+    /// value back by type with [`Command::downcast`]. The default drops it.
+    ///
+    /// ```no_run
+    /// use surge::{Command, WorkerCtx};
+    /// # struct Input { player: u32, dx: i8 }
+    /// # struct Rooms;
+    /// # impl Rooms {
+    /// fn on_command(&mut self, worker: &mut WorkerCtx<()>, cmd: Command) {
+    ///     match cmd.downcast::<Input>() {
+    ///         Ok(input) => { /* move the player in this home worker's room state */ }
+    ///         Err(other) => { /* another command type */ let _ = other; }
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    fn on_command(&mut self, worker: &mut WorkerCtx<Self::Data>, cmd: crate::server::Command) {
+        let _ = (worker, cmd);
+    }
+
     /// The buffered amount fell under the backpressure limit after being over it.
     fn on_drain(&mut self, conn: &mut Conn<'_, Self::Data>) {
         let _ = conn;

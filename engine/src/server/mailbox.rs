@@ -46,6 +46,8 @@ pub(crate) enum Command {
         topic: Arc<str>,
         msg: PreparedMessage,
     },
+    /// An application command for [`Handler::on_command`](crate::Handler::on_command).
+    App(super::command::Command),
     /// The application's decision on a deferred upgrade ([`PendingUpgrade`]).
     ///
     /// [`PendingUpgrade`]: crate::server::PendingUpgrade

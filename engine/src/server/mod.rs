@@ -6,6 +6,7 @@
 
 pub(crate) mod bridge;
 mod client;
+mod command;
 pub mod config;
 pub(crate) mod handle;
 pub mod handler;
@@ -29,6 +30,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 pub use bridge::FanoutBridge;
 pub use client::Client;
+pub use command::Command;
 pub use config::{Backend, BackpressurePolicy, PanicPolicy, ServerConfig, UringRecv};
 pub use handle::{ConnHandle, HandleError, Publisher};
 pub use limits::{ClientLimiter, ClientLimits, LimitAction};

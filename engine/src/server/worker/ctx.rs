@@ -75,8 +75,7 @@ pub struct WorkerCtx<D> {
     pub(super) stall_log: crate::ratelog::RateLog,
     /// Log lines about deferred upgrades (dropped undecided, overflowing clients).
     pub(super) deferred_log: crate::ratelog::RateLog,
-    /// Decisions on deferred upgrades taken from the mailbox, for the worker to run.
-    pub(super) decisions: Vec<(ConnId, crate::server::pending::Decision)>,
+
     /// The kernel side: sockets, and with io_uring the operations in flight and their buffers.
     pub(super) driver: Driver,
     /// This worker's counters (`server::metrics`; counted in place, read by scrapes).
@@ -128,7 +127,7 @@ impl<D> WorkerCtx<D> {
             pending_pongs: HashMap::new(),
             stall_log: crate::ratelog::RateLog::default(),
             deferred_log: crate::ratelog::RateLog::default(),
-            decisions: Vec::new(),
+
             driver,
         }
     }

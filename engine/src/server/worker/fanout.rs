@@ -18,7 +18,7 @@ use crate::server::Shared;
 
 /// Most mailbox commands run per loop turn; the rest wait for the next turn (which comes at
 /// once), so that a flood of commands cannot starve I/O.
-const MAX_COMMANDS_PER_TURN: usize = 4096;
+pub(super) const MAX_COMMANDS_PER_TURN: usize = 4096;
 
 /// A worker's fanout state.
 #[derive(Debug)]
@@ -228,27 +228,8 @@ impl<D> WorkerCtx<D> {
         }
     }
 
-    /// Runs the commands other threads posted (on the waker's event).
-    pub(super) fn drain_mailbox(&mut self) {
-        let shared = Arc::clone(&self.fanout.shared);
-        let mailbox = &shared.mailboxes[self.index];
-        mailbox.disarm();
-        for _ in 0..MAX_COMMANDS_PER_TURN {
-            let Some(cmd) = mailbox.pop() else {
-                return;
-            };
-            self.metrics.mailbox_command();
-            self.run_command(cmd);
-        }
-        if !mailbox.is_empty() {
-            let waker = &shared.wakers[self.index];
-            mailbox.rearm(|| {
-                let _ = waker.wake();
-            });
-        }
-    }
-
-    fn run_command(&mut self, cmd: Command) {
+    /// Runs a command another thread posted that needs no handler callback.
+    pub(super) fn run_command(&mut self, cmd: Command) {
         match cmd {
             Command::Publish { topic, msg } => {
                 self.deliver(&topic, &msg);
@@ -269,9 +250,14 @@ impl<D> WorkerCtx<D> {
             Command::Unsubscribe { id, topic } => {
                 self.unsubscribe_id(id, &topic);
             }
-            // Runs on the worker (it calls the handler) once the drain is over.
-            Command::Upgrade { id, decision } => self.decisions.push((id, decision)),
+            // They call the handler: the worker runs them (`Worker::drain_mailbox`).
+            Command::Upgrade { .. } | Command::App(_) => unreachable!("run by the worker"),
         }
+    }
+
+    /// The state shared with the other workers and the handles.
+    pub(super) fn shared_state(&self) -> &Arc<crate::server::Shared> {
+        &self.fanout.shared
     }
 
     /// The server is shutting down (no new outgoing connections).

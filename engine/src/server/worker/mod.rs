@@ -39,6 +39,7 @@ use protocols::Protocols;
 /// Reads per readable connection per loop turn before others get their turn.
 const MAX_READS_PER_TURN: usize = 16;
 
+pub(crate) mod commands;
 mod completions;
 mod conn;
 mod ctx;
@@ -224,10 +225,7 @@ impl<H: Handler> Worker<H> {
         let id = match token {
             Token::Conn(id) => ConnId(id),
             Token::Waker => {
-                self.ctx.drain_mailbox();
-                for (id, decision) in std::mem::take(&mut self.ctx.decisions) {
-                    self.decided(id, decision);
-                }
+                self.drain_mailbox();
                 if self.shared.stop.load(Ordering::Acquire) && self.stop_deadline.is_none() {
                     self.begin_shutdown();
                 }

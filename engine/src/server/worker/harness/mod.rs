@@ -79,6 +79,21 @@ impl Handler for Rec {
             .push(format!("close {} {} {}", data, info.code.0, info.by_peer));
     }
 
+    fn on_command(&mut self, worker: &mut WorkerCtx<u32>, cmd: crate::Command) {
+        match cmd.downcast::<(ConnId, &'static str)>() {
+            Ok((id, text)) => {
+                self.log.borrow_mut().push(format!("command {text}"));
+                if let Some(mut conn) = worker.conn(id) {
+                    let _ = conn.send_text(text);
+                }
+            }
+            Err(other) => self
+                .log
+                .borrow_mut()
+                .push(format!("command of another type: {}", other.is::<u64>())),
+        }
+    }
+
     fn on_drain(&mut self, _conn: &mut Conn<'_, u32>) {
         self.log.borrow_mut().push("drain".into());
     }

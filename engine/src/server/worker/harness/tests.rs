@@ -706,3 +706,40 @@ fn publish_others_skips_the_sender_only() {
     );
     assert_eq!(h.frames(b), [(0x1, b"all".to_vec())]);
 }
+
+#[test]
+fn application_commands_arrive_in_order_with_handle_sends() {
+    let mut h = Harness::new(ServerConfig::default());
+    let p = h.open();
+    h.log();
+    let id = h.id(p);
+    let handle = h.worker.ctx.conn(id).unwrap().handle();
+    let publisher = h.worker.ctx.publisher();
+    handle.send_text("1").unwrap();
+    publisher.post(0, (id, "2")).unwrap();
+    handle.send_text("3").unwrap();
+    // From a callback's context too, to this same worker: never run inside the caller.
+    h.worker.ctx.post(0, (id, "4")).unwrap();
+    h.worker.ctx.post(0, 7u64).unwrap();
+    assert!(h.log().is_empty(), "not before the wake-up");
+    h.wake();
+    assert_eq!(
+        h.frames(p),
+        [
+            (0x1, b"1".to_vec()),
+            (0x1, b"2".to_vec()),
+            (0x1, b"3".to_vec()),
+            (0x1, b"4".to_vec())
+        ]
+    );
+    assert_eq!(
+        h.log(),
+        ["command 2", "command 4", "command of another type: true"]
+    );
+    assert_eq!(h.worker.ctx.worker_count(), 1);
+    assert_eq!(h.worker.ctx.home_of("room"), 0);
+    h.shared
+        .stop
+        .store(true, std::sync::atomic::Ordering::Release);
+    assert_eq!(publisher.post(0, 1u64), Err(crate::HandleError::Stopped));
+}
