@@ -21,6 +21,7 @@ mod ratelog;
 pub mod server;
 pub use server::handler;
 pub mod signal;
+pub mod tls;
 
 pub use handler::{Accept, CloseInfo, Handler, SendStatus, Upgrade};
 pub use handshake::{Rejection, Request};

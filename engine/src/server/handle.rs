@@ -296,6 +296,7 @@ mod tests {
             mailboxes: (0..workers).map(|_| Default::default()).collect(),
             wakers,
             bridge: None,
+            tls: Default::default(),
         })
     }
 

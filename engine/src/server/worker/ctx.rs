@@ -73,6 +73,8 @@ pub struct WorkerCtx<D> {
     pub(super) stall_log: crate::ratelog::RateLog,
     /// Log lines about deferred upgrades (dropped undecided, overflowing clients).
     pub(super) deferred_log: crate::ratelog::RateLog,
+    /// TLS connections' state (`tls.rs`).
+    pub(super) tls: tls::TlsTable,
     /// Decisions on deferred upgrades taken from the mailbox, for the worker to run.
     pub(super) decisions: Vec<(ConnId, crate::server::pending::Decision)>,
     /// The kernel side: sockets, and with io_uring the operations in flight and their buffers.
@@ -123,6 +125,7 @@ impl<D> WorkerCtx<D> {
             stall_log: crate::ratelog::RateLog::default(),
             deferred_log: crate::ratelog::RateLog::default(),
             decisions: Vec::new(),
+            tls: tls::TlsTable::default(),
             driver,
         }
     }
@@ -263,6 +266,9 @@ impl<D> WorkerCtx<D> {
                 self.peers6.remove(&id);
             }
             self.protocols.release(id, c.subprotocol);
+            if c.has(Flag::Tls) {
+                self.tls.forget(id, &mut self.chunks);
+            }
             // Before the socket closes: a client that sees EOF finds a late decision refused.
             if let Stage::Deferred(d) = &c.stage {
                 d.state.gone();

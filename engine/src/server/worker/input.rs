@@ -61,8 +61,20 @@ impl<H: Handler> Worker<H> {
         self.pending_reads.push(id);
     }
 
-    /// Received bytes, by stage: the upgrade request, frames, or (draining) discarded.
+    /// Received bytes: TLS records first decrypted (`tls.rs`), then by stage.
     pub(super) fn process_input(&mut self, id: ConnId, input: &mut [u8]) {
+        let Some(c) = self.ctx.conns.get(id) else {
+            return;
+        };
+        if c.has(Flag::Tls) && !matches!(c.stage, Stage::Draining) {
+            self.tls_input(id, input);
+        } else {
+            self.stage_input(id, input);
+        }
+    }
+
+    /// Received (plain) bytes, by stage: the upgrade request, frames, or (draining) discarded.
+    pub(super) fn stage_input(&mut self, id: ConnId, input: &mut [u8]) {
         let Some(c) = self.ctx.conns.get(id) else {
             return;
         };

@@ -25,6 +25,8 @@ pub(super) enum Flag {
     Linked = 32,
     /// An outgoing connection (client role: our frames are masked); see `dial.rs`.
     Client = 64,
+    /// Accepted on a TLS listener: its state is in the worker's `TlsTable` (see `tls.rs`).
+    Tls = 128,
 }
 
 /// A connection's flags, in one byte of its slot.

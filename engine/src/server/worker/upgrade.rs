@@ -48,6 +48,7 @@ impl<H: Handler> Worker<H> {
             Ok(ParseStatus::Http { mut request, .. }) => {
                 head.release(|b| ctx.chunks.put(b));
                 request.peer = peer.or_else(|| c.socket.peer_addr().ok());
+                request.tls = ctx.tls.info(id);
                 let response = self.handler.on_http(&request);
                 self.reject(id, &response);
                 return;
@@ -59,6 +60,7 @@ impl<H: Handler> Worker<H> {
             }
         };
         request.peer = peer.or_else(|| c.socket.peer_addr().ok());
+        request.tls = ctx.tls.info(id);
         if let Err(e) = check_origin(&request, &ctx.hs_cfg) {
             head.release(|b| ctx.chunks.put(b));
             self.reject(id, &e.to_rejection());

@@ -176,6 +176,7 @@ impl Harness {
             wakers: vec![Waker::Noop],
             mailboxes: vec![Default::default()],
             bridge: None,
+            tls: Default::default(),
         });
         let log = Log::default();
         let deferred = Deferred::default();
