@@ -78,6 +78,8 @@ impl Pki {
 #[derive(Default)]
 struct Seen {
     requests: Mutex<Vec<Option<TlsInfo>>>,
+    /// The code of every `on_close`.
+    closes: Mutex<Vec<u16>>,
 }
 
 /// Echoes every message; records each request's TLS info.
@@ -92,6 +94,9 @@ impl Handler for Echo {
     }
     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
         let _ = conn.send(msg);
+    }
+    fn on_close(&mut self, _: &mut surge::WorkerCtx<()>, _: (), info: &surge::CloseInfo<'_>) {
+        self.0.closes.lock().unwrap().push(info.code.0);
     }
 }
 
@@ -446,6 +451,226 @@ fn openssl_s_client() {
     stop(server);
 }
 
+/// Connection count back to 0 within `limit`.
+fn drained(server: &ServerHandle, limit: Duration) -> bool {
+    wait_until(limit, || server.connection_count() == 0)
+}
+
+/// Whether the server closes `s` (EOF or reset, after whatever it sends) within `limit`.
+fn closed_by_server(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let start = std::time::Instant::now();
+    let mut b = [0u8; 4096];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) if start.elapsed() < limit => return true,
+            Ok(_) if start.elapsed() < limit => continue,
+            _ => return false,
+        }
+    }
+}
+
+/// A bad-input test: a server, a healthy `wss://` connection kept open beside the bad one.
+struct Bad {
+    pki: Pki,
+    server: ServerHandle,
+    seen: Arc<Seen>,
+    good: tungstenite::WebSocket<TlsStream>,
+}
+
+impl Bad {
+    fn new() -> Bad {
+        let pki = Pki::new();
+        let leaf = pki.leaf(&["localhost"]);
+        let (server, seen) = start(default_tls(&leaf), false, |c| {
+            c.handshake_timeout = Duration::from_millis(500);
+            c.workers = 1;
+        });
+        let mut good = wss_connect(tls_addr(&server), pki.client_config(true), "localhost");
+        echo_round(&mut good);
+        Bad {
+            pki,
+            server,
+            seen,
+            good,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        tls_addr(&self.server)
+    }
+
+    fn raw(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr()).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
+    /// A client's first flight (its ClientHello).
+    fn client_hello(&self) -> (rustls::ClientConnection, Vec<u8>) {
+        let mut c = rustls::ClientConnection::new(
+            self.pki.client_config(true),
+            "localhost".try_into().unwrap(),
+        )
+        .unwrap();
+        let mut hello = Vec::new();
+        c.write_tls(&mut hello).unwrap();
+        (c, hello)
+    }
+
+    /// The healthy connection still echoes, then everything closes and the count drops to 0.
+    fn finish(self) {
+        let Bad {
+            server, mut good, ..
+        } = self;
+        echo_round(&mut good);
+        good.close(None).unwrap();
+        while good.read().is_ok() {}
+        drop(good);
+        assert!(
+            drained(&server, Duration::from_secs(4)),
+            "connections left: {}",
+            server.connection_count()
+        );
+        stop(server);
+    }
+}
+
+/// Plain HTTP on the TLS port: closed (with an alert), nothing left.
+fn plain_http_on_tls_port() {
+    let b = Bad::new();
+    let mut s = b.raw();
+    s.write_all(support::upgrade_request(b.addr(), "/", "").as_bytes())
+        .unwrap();
+    assert!(closed_by_server(&mut s, Duration::from_secs(3)));
+    drop(s);
+    b.finish();
+}
+
+/// Garbage, handshake-looking garbage, and a record over the size limit: each closed.
+fn garbage_on_tls_port() {
+    let b = Bad::new();
+    let junk: [&[u8]; 3] = [
+        &[0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3, 4, 5, 6, 7],
+        &[22, 3, 1, 0, 8, 1, 0, 0, 4, 0xff, 0xff, 0xff, 0xff],
+        &[22, 3, 1, 0xff, 0xff, 1, 2, 3],
+    ];
+    for j in junk {
+        let mut s = b.raw();
+        s.write_all(j).unwrap();
+        assert!(closed_by_server(&mut s, Duration::from_secs(3)), "{j:?}");
+    }
+    b.finish();
+}
+
+/// A ClientHello written one byte at a time, then a normal session.
+fn client_hello_in_one_byte_writes() {
+    let b = Bad::new();
+    let mut s = b.raw();
+    let (conn, hello) = b.client_hello();
+    for byte in &hello {
+        s.write_all(std::slice::from_ref(byte)).unwrap();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    s.set_read_timeout(Some(support::READ_TIMEOUT)).unwrap();
+    let stream = rustls::StreamOwned::new(conn, s);
+    let url = format!("wss://localhost:{}/", b.addr().port());
+    let (mut ws, _) = tungstenite::client::client(url, stream).unwrap();
+    echo_round(&mut ws);
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+    drop(ws);
+    b.finish();
+}
+
+/// Half a ClientHello, then silence (slowloris over TLS): closed at the handshake timeout.
+fn stalled_handshake_closed_at_timeout() {
+    let b = Bad::new();
+    let mut s = b.raw();
+    let (_, hello) = b.client_hello();
+    s.write_all(&hello[..hello.len() / 2]).unwrap();
+    let t = std::time::Instant::now();
+    assert!(closed_by_server(&mut s, Duration::from_secs(4)));
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    drop(s);
+    b.finish();
+}
+
+/// A peer gone mid-handshake (after its hello, after half of it), and one sending an alert.
+fn peer_vanishes_or_alerts_mid_handshake() {
+    let b = Bad::new();
+    let (_, hello) = b.client_hello();
+    {
+        let mut s = b.raw();
+        s.write_all(&hello).unwrap();
+    }
+    {
+        let mut s = b.raw();
+        s.write_all(&hello[..10]).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(closed_by_server(&mut s, Duration::from_secs(3)));
+    }
+    let mut s = b.raw();
+    s.write_all(&hello).unwrap();
+    // A fatal handshake_failure alert (TLS 1.2 record framing, as a peer would send it).
+    s.write_all(&[21, 3, 3, 0, 2, 2, 40]).unwrap();
+    assert!(closed_by_server(&mut s, Duration::from_secs(3)));
+    drop(s);
+    b.finish();
+}
+
+/// A record cut short by the peer's FIN after the upgrade: on_close 1006, closed.
+fn truncated_record_then_eof() {
+    let b = Bad::new();
+    let mut ws = wss_connect(b.addr(), b.pki.client_config(true), "localhost");
+    echo_round(&mut ws);
+    let sock = &mut ws.get_mut().sock;
+    sock.write_all(&[23, 3, 3, 0, 100, 1, 2, 3]).unwrap();
+    sock.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(closed_by_server(sock, Duration::from_secs(3)));
+    let seen = Arc::clone(&b.seen);
+    assert!(wait_until(Duration::from_secs(3), || seen
+        .closes
+        .lock()
+        .unwrap()
+        .contains(&1006)));
+    drop(ws);
+    b.finish();
+}
+
+/// close_notify without a WebSocket close: on_close 1006, our close_notify, closed.
+fn close_notify_without_websocket_close() {
+    let b = Bad::new();
+    let mut ws = wss_connect(b.addr(), b.pki.client_config(true), "localhost");
+    echo_round(&mut ws);
+    let stream = ws.get_mut();
+    stream.conn.send_close_notify();
+    stream.flush().unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    // The server's close_notify ends the TLS stream cleanly (Ok(0), not an error).
+    let end = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(end.is_ok(), "{end:?}");
+    let seen = Arc::clone(&b.seen);
+    assert!(wait_until(Duration::from_secs(3), || seen
+        .closes
+        .lock()
+        .unwrap()
+        .contains(&1006)));
+    drop(ws);
+    b.finish();
+}
+
 per_driver!(
     echo_text_binary_large,
     sni_picks_the_certificate,
@@ -454,4 +679,11 @@ per_driver!(
     session_resumption,
     python_websockets_client,
     openssl_s_client,
+    plain_http_on_tls_port,
+    garbage_on_tls_port,
+    client_hello_in_one_byte_writes,
+    stalled_handshake_closed_at_timeout,
+    peer_vanishes_or_alerts_mid_handshake,
+    truncated_record_then_eof,
+    close_notify_without_websocket_close,
 );

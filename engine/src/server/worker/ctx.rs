@@ -267,7 +267,7 @@ impl<D> WorkerCtx<D> {
             }
             self.protocols.release(id, c.subprotocol);
             if c.has(Flag::Tls) {
-                self.tls.forget(id, &mut self.chunks);
+                self.tls.forget(id, &mut self.chunks, self.now, self.index);
             }
             // Before the socket closes: a client that sees EOF finds a late decision refused.
             if let Stage::Deferred(d) = &c.stage {

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, WriteTraffic};
@@ -35,6 +36,8 @@ pub(super) struct TlsConn {
     server_name: Option<String>,
     hello_seen: bool,
     close_notify_sent: bool,
+    /// Already logged as failed (`tls_failed`).
+    failed: bool,
 }
 
 /// A worker's TLS connections, log and decryption scratch.
@@ -56,12 +59,32 @@ impl std::fmt::Debug for TlsTable {
 }
 
 impl TlsTable {
-    /// A connection is gone: its TLS state and any partial record go.
-    pub(super) fn forget(&mut self, id: ConnId, pool: &mut ChunkPool) {
-        if let Some(t) = self.conns.remove(&id) {
-            if t.held.capacity() > 0 {
-                pool.put(t.held);
+    /// A connection is gone: its TLS state and any partial record go. One rate-limited line
+    /// when it ended before its handshake completed (a handshake timeout, a peer gone) or inside
+    /// a record (truncated), unless a TLS error already said why.
+    pub(super) fn forget(&mut self, id: ConnId, pool: &mut ChunkPool, now: Instant, worker: usize) {
+        let Some(t) = self.conns.remove(&id) else {
+            return;
+        };
+        let why = if t.failed {
+            None
+        } else if t.conn.is_handshaking() {
+            Some("before its TLS handshake completed (handshake timeout, or the peer left)")
+        } else if !t.held.is_empty() {
+            Some("inside a TLS record (truncated)")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            if let Some(quiet) = self.log.ready(now, 1) {
+                eprintln!(
+                    "surge: worker {worker}: a connection ended {why}{}",
+                    RateLog::more(quiet)
+                );
             }
+        }
+        if t.held.capacity() > 0 {
+            pool.put(t.held);
         }
     }
 
@@ -128,6 +151,7 @@ impl<H: Handler> Worker<H> {
                 server_name: None,
                 hello_seen: false,
                 close_notify_sent: false,
+                failed: false,
             }),
         );
         true
@@ -231,7 +255,25 @@ impl<H: Handler> Worker<H> {
         if let Some(e) = failed {
             self.tls_failed(id, &e);
         } else if peer_closed && self.ctx.conns.get(id).is_some() {
-            // close_notify: the peer sends nothing more, as at EOF.
+            // close_notify: the peer sends nothing more, as at EOF; ours goes out first.
+            let open = !matches!(
+                self.ctx.conns.get(id).map(|c| &c.stage),
+                Some(Stage::Draining)
+            );
+            if let Some(quiet) = open
+                .then(|| self.ctx.tls.log.ready(self.ctx.now, 1))
+                .flatten()
+            {
+                {
+                    eprintln!(
+                        "surge: worker {}: a TLS peer sent close_notify without closing its \
+                         WebSocket: closed{}",
+                        self.ctx.index,
+                        RateLog::more(quiet)
+                    );
+                }
+            }
+            self.tls_close_notify(id);
             self.on_eof(id);
         }
     }
@@ -316,6 +358,7 @@ impl<H: Handler> Worker<H> {
         // The alert rustls queued, if any.
         if let (Some(c), Some(t)) = (ctx.conns.get_mut(id), ctx.tls.conns.get_mut(&id)) {
             t.close_notify_sent = true;
+            t.failed = true;
             for _ in 0..4 {
                 let status = t.conn.process_tls_records(&mut []);
                 match status.state {
