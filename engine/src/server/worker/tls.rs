@@ -88,11 +88,12 @@ impl TlsTable {
         }
     }
 
-    /// What `Request::tls` tells.
-    pub(super) fn info(&self, id: ConnId) -> Option<Box<TlsInfo>> {
-        let t = self.conns.get(&id)?;
+    /// What `Request::tls` tells (asked once, at the upgrade: the server name moves into the
+    /// request, so an idle connection does not keep it).
+    pub(super) fn info(&mut self, id: ConnId) -> Option<Box<TlsInfo>> {
+        let t = self.conns.get_mut(&id)?;
         Some(Box::new(TlsInfo {
-            server_name: t.server_name.clone(),
+            server_name: t.server_name.take(),
             alpn: t.conn.alpn_protocol().map(<[u8]>::to_vec),
             version: t.conn.protocol_version(),
         }))
