@@ -437,8 +437,10 @@ fn seal(
                     .seal(pool, |plain, out| encrypt(&mut w, plain, out))
                     .map_err(Failure::Encrypt);
             }
-            // Not open for application data (no plaintext is queued before the handshake ends).
-            _ => return Ok(()),
+            // Not open for application data: no plaintext is queued before the handshake ends,
+            // and none after both close_notify alerts; whatever is there is dropped, never
+            // written in clear.
+            _ => return queue.seal(pool, |_, _| Ok(())),
         }
     }
 }
