@@ -3,10 +3,12 @@
 //! ```text
 //! cargo run --release --example echo -- --port 9001 --workers 2 --backend auto --host 127.0.0.1 \
 //!     --deflate off|no-context|context --uring-recv multishot|poll --backlog 4096 \
-//!     --metrics /metrics --metrics-addr 127.0.0.1:9101
+//!     --metrics /metrics --metrics-addr 127.0.0.1:9101 --tls-cert chain.pem --tls-key key.pem
 //! ```
 //! `--metrics PATH`: Prometheus metrics answered to a plain GET of PATH on the WebSocket port;
 //! `--metrics-addr ADDR`: on a listener of their own at ADDR, path `/metrics` (docs/OPERATIONS.md).
+//! `--tls-cert`/`--tls-key` (both or neither): the port speaks TLS (`wss://`) with that
+//! certificate chain and key (PEM), instead of plain `ws://`.
 //! `--uring-recv`: how io_uring connections receive (`ServerConfig::uring_recv`): a multishot
 //! receive each (the default), or a readiness poll then single-shot receives (`poll`: less kernel
 //! memory per idle connection).
@@ -46,7 +48,7 @@ fn usage() -> ! {
         "usage: echo [--port 9001] [--workers N] [--backend auto|epoll|io_uring] [--host 127.0.0.1] \
          [--deflate off|no-context|context] [--deflate-min-size 0] \
          [--uring-recv multishot|poll] [--backlog 4096] [--metrics /metrics] \
-         [--metrics-addr 127.0.0.1:9101]"
+         [--metrics-addr 127.0.0.1:9101] [--tls-cert chain.pem --tls-key key.pem]"
     );
     std::process::exit(2)
 }
@@ -56,6 +58,7 @@ fn main() -> std::io::Result<()> {
     cfg.deflate.min_size = 0;
     let mut host: IpAddr = [127, 0, 0, 1].into();
     let mut port = 9001u16;
+    let (mut tls_cert, mut tls_key) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_else(|| usage());
@@ -74,10 +77,22 @@ fn main() -> std::io::Result<()> {
             "--deflate-min-size" => {
                 cfg.deflate.min_size = value.parse().unwrap_or_else(|_| usage())
             }
+            "--tls-cert" => tls_cert = Some(value),
+            "--tls-key" => tls_key = Some(value),
             _ => usage(),
         }
     }
-    cfg.bind = vec![SocketAddr::new(host, port)];
+    let addr = SocketAddr::new(host, port);
+    match (tls_cert, tls_key) {
+        (None, None) => cfg.bind = vec![addr],
+        (Some(cert), Some(key)) => {
+            cfg.tls = Some(surge::tls::TlsConfig::from_pem_files(cert, key)?);
+            cfg.bind = Vec::new();
+            cfg.tls_bind = vec![addr];
+        }
+        _ => usage(),
+    }
+    let tls = cfg.tls.is_some();
     // Autobahn's test pages are served from another origin.
     cfg.origin = surge::handshake::OriginPolicy::AllowAll;
 
@@ -85,9 +100,10 @@ fn main() -> std::io::Result<()> {
     let signals = ShutdownSignals::block();
     let handle = Server::new(cfg).start(|_worker| Echo)?;
     println!(
-        "listening on {} (backend {})",
+        "listening on {} (backend {}{})",
         handle.local_addr(),
-        handle.backend()
+        handle.backend(),
+        if tls { ", tls" } else { "" }
     );
     if let Some(addr) = handle.metrics_addr() {
         println!("metrics at http://{addr}/metrics");

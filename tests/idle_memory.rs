@@ -283,3 +283,129 @@ fn heap_bytes_per_idle_connection() {
 fn client_process() {
     support::client_mode();
 }
+
+/// TLS connections measured (fewer: each costs a handshake in a debug build).
+const TLS_CONNS: usize = 1_000;
+/// A generous bound on heap bytes per idle TLS connection (measured: see the printed figure;
+/// docs/ENGINE.md, "TLS").
+const TLS_BAR: f64 = 6144.0;
+const ENV_TLS_CA: &str = "SURGE_TEST_TLS_CA";
+
+/// Heap per idle `wss://` connection, beside the plain figure: what rustls keeps per session
+/// (its state machine, record keys, a few empty queues) plus the worker's side table entry.
+#[test]
+fn heap_bytes_per_idle_tls_connection() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let tls = surge::tls::TlsConfig::builder()
+        .cert_pem(leaf.pem().as_bytes(), key.serialize_pem().as_bytes())
+        .unwrap()
+        .build()
+        .unwrap();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let cfg = ServerConfig {
+        bind: Vec::new(),
+        tls_bind: vec!["127.0.0.1:0".parse().unwrap()],
+        tls: Some(tls),
+        workers: 2,
+        ..ServerConfig::default()
+    };
+    CHUNK_SIZE.store(cfg.write_chunk_size, Ordering::Relaxed);
+    let (o, c) = (Arc::clone(&opened), Arc::clone(&closed));
+    let handle = Server::new(cfg)
+        .start(move |_| Counter {
+            opened: Arc::clone(&o),
+            closed: Arc::clone(&c),
+        })
+        .unwrap();
+    let addr = handle.tls_addrs()[0];
+    let base = quiescent();
+    let mut clients = ClientProcess::spawn_with(
+        "tls_client_process",
+        &[
+            (support::ENV_ADDR, addr.to_string()),
+            (support::ENV_COUNT, TLS_CONNS.to_string()),
+            (ENV_TLS_CA, ca.pem()),
+        ],
+    );
+    assert_eq!(clients.wait("opened", Duration::from_secs(60)), TLS_CONNS);
+    assert!(wait_until(Duration::from_secs(5), || {
+        opened.load(Ordering::SeqCst) == TLS_CONNS
+    }));
+    let at_full = quiescent();
+    println!("--- heap per idle TLS connection (2 workers, TLS 1.3, tickets on) ---");
+    let per = report("TLS connections", &base, &at_full, TLS_CONNS);
+    clients.command("close");
+    assert_eq!(clients.wait("closed", Duration::from_secs(30)), TLS_CONNS);
+    clients.finish();
+    assert!(wait_until(Duration::from_secs(5), || {
+        closed.load(Ordering::SeqCst) == TLS_CONNS
+    }));
+    let after = quiescent();
+    report("after closing all (vs base)", &base, &after, TLS_CONNS);
+    handle.shutdown();
+    handle.join().unwrap();
+    assert!(
+        per <= TLS_BAR,
+        "{per:.1} heap bytes per idle TLS connection (bar: {TLS_BAR})"
+    );
+}
+
+/// The TLS client side, run in a child process: `ENV_COUNT` `wss://` connections trusting the CA
+/// in `ENV_TLS_CA`; `opened N`, then on `close` a close handshake on each, `closed N`.
+#[test]
+#[ignore = "helper: run by heap_bytes_per_idle_tls_connection in a child process"]
+fn tls_client_process() {
+    use std::io::BufRead;
+    let (Ok(addr), Ok(count), Ok(ca)) = (
+        std::env::var(support::ENV_ADDR),
+        std::env::var(support::ENV_COUNT),
+        std::env::var(ENV_TLS_CA),
+    ) else {
+        return;
+    };
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let count: usize = count.parse().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+        .unwrap();
+    let cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(surge::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let mut conns = Vec::with_capacity(count);
+    for _ in 0..count {
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let conn = rustls::ClientConnection::new(Arc::clone(&cfg), "localhost".try_into().unwrap())
+            .unwrap();
+        let stream = rustls::StreamOwned::new(conn, tcp);
+        let url = format!("wss://localhost:{}/", addr.port());
+        let (ws, _) = tungstenite::client::client(url, stream).unwrap();
+        conns.push(ws);
+    }
+    support::report("opened", conns.len());
+    let mut cmd = String::new();
+    if std::io::stdin().lock().read_line(&mut cmd).unwrap() == 0 {
+        return;
+    }
+    assert_eq!(cmd.trim(), "close");
+    for ws in &mut conns {
+        ws.close(None).unwrap();
+        while ws.read().is_ok() {}
+    }
+    support::report("closed", conns.len());
+}

@@ -22,6 +22,7 @@ pub mod server;
 pub use server::handler;
 pub use server::metrics;
 pub mod signal;
+pub mod tls;
 
 pub use handler::{Accept, CloseInfo, Handler, SendStatus, Upgrade};
 pub use handshake::{Rejection, Request};

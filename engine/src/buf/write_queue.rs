@@ -60,6 +60,10 @@ pub struct WriteQueue {
     head: u32,
     /// The kernel reads the chunks (see the module docs).
     in_flight: bool,
+    /// TLS: how many entries at the front are records already encrypted (the rest is plaintext
+    /// that [`WriteQueue::seal`] encrypts before the next write). Always 0 on a plain connection.
+    /// In the padding after `in_flight`: the queue stays 48 bytes.
+    sealed: u16,
 }
 
 impl WriteQueue {
@@ -70,6 +74,7 @@ impl WriteQueue {
             len: 0,
             head: 0,
             in_flight: false,
+            sealed: 0,
         }
     }
 
@@ -122,7 +127,9 @@ impl WriteQueue {
         if total == 0 {
             return;
         }
-        let fits = matches!(self.chunks.back(),
+        // Never into a sealed (encrypted) entry: plaintext goes behind the records.
+        let fits = self.chunks.len() > self.sealed as usize
+            && matches!(self.chunks.back(),
             Some(Segment::Chunk(last)) if last.capacity() - last.len() >= total);
         if !fits {
             let chunk = pool.chunk_size();
@@ -250,6 +257,7 @@ impl WriteQueue {
             }
             n -= left;
             self.head = 0;
+            self.sealed = self.sealed.saturating_sub(1);
             if let Some(chunk) = self.chunks.pop_front() {
                 chunk.release(pool);
             }
@@ -274,6 +282,105 @@ impl WriteQueue {
         self.head = 0;
         self.len = 0;
         self.in_flight = false;
+        self.sealed = 0;
+    }
+
+    /// TLS: whether plaintext waits behind the encrypted records (see [`WriteQueue::seal`]).
+    pub fn has_unsealed(&self) -> bool {
+        self.chunks.len() > self.sealed as usize
+    }
+
+    /// TLS: queues an encrypted record (a handshake message, an alert) ahead of the plaintext
+    /// not yet encrypted, which will be encrypted after it (record order is key order).
+    pub fn push_sealed(&mut self, buf: Vec<u8>, pool: &mut ChunkPool) {
+        if buf.is_empty() {
+            pool.put(buf);
+            return;
+        }
+        self.len += buf.len();
+        self.chunks
+            .insert(self.sealed as usize, Segment::Chunk(buf));
+        self.sealed += 1;
+    }
+
+    /// TLS: encrypts the plaintext behind the sealed front, in order, into pooled chunks that
+    /// replace it: `encrypt(plaintext, out)` appends the records for `plaintext` to `out` (a
+    /// chunk with at least `plaintext.len() + 64` spare bytes of capacity; it may grow it).
+    /// Plaintext chunks go back to the pool, shared frames are dropped. Allowed while a write is
+    /// in flight: the entries the kernel reads (all sealed) stay where they are. On an error the
+    /// plaintext is dropped too (the connection is failing).
+    pub fn seal<E>(
+        &mut self,
+        pool: &mut ChunkPool,
+        mut encrypt: impl FnMut(&[u8], &mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let first = self.sealed as usize;
+        let plain = self.chunks.len() - first;
+        if plain == 0 {
+            return Ok(());
+        }
+        let mut result = Ok(());
+        let mut out: Option<Vec<u8>> = None;
+        let mut sealed_len = 0usize;
+        let mut plain_len = 0usize;
+        let mut new_entries = 0usize;
+        // A record carries at most 16 KiB of plaintext; feed it in pieces that fit a chunk.
+        let piece_max = pool.chunk_size().saturating_sub(64).clamp(1024, 16 * 1024);
+        for k in 0..plain {
+            // Each plaintext entry leaves from the middle (the records go to the back).
+            let seg = self.chunks.remove(first).expect("counted");
+            // A plaintext entry is never partly written (only sealed ones are), but be exact.
+            let from = if first == 0 && k == 0 {
+                self.head as usize
+            } else {
+                0
+            };
+            let bytes = &seg.bytes()[from..];
+            plain_len += bytes.len();
+            if result.is_ok() {
+                for piece in bytes.chunks(piece_max) {
+                    let need = piece.len() + 64;
+                    let full = out.as_ref().is_some_and(|o| o.capacity() - o.len() < need);
+                    if full {
+                        let o = out.take().expect("checked");
+                        sealed_len += o.len();
+                        self.chunks.push_back(Segment::Chunk(o));
+                        new_entries += 1;
+                    }
+                    let o = out.get_or_insert_with(|| pool.get());
+                    if o.capacity() - o.len() < need {
+                        o.reserve(need);
+                    }
+                    if let Err(e) = encrypt(piece, o) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            seg.release(pool);
+        }
+        if let Some(o) = out {
+            if o.is_empty() {
+                pool.put(o);
+            } else {
+                sealed_len += o.len();
+                self.chunks.push_back(Segment::Chunk(o));
+                new_entries += 1;
+            }
+        }
+        if first == 0 {
+            self.head = 0;
+        }
+        self.len = self.len - plain_len + sealed_len;
+        self.sealed = u16::try_from(first + new_entries).unwrap_or(u16::MAX);
+        debug_assert!(
+            first + new_entries <= u16::MAX as usize,
+            "sealed entries overflow"
+        );
+        if self.len == 0 && !self.in_flight {
+            self.release(pool);
+        }
+        result
     }
 }
 
@@ -463,5 +570,35 @@ mod tests {
         }
         assert_eq!(sink.got.len(), 3 * 4098);
         assert_eq!(&sink.got[4098..4100], b"hd");
+    }
+
+    #[test]
+    fn seal_encrypts_plaintext_behind_the_records_in_order() {
+        let mut pool = ChunkPool::new(64, 8);
+        let mut q = WriteQueue::new();
+        q.append(&[b"ab"], None, &mut pool);
+        q.push_sealed(b"H1".to_vec(), &mut pool);
+        assert!(q.has_unsealed());
+        // "Encryption": brackets around each piece.
+        let enc = |p: &[u8], out: &mut Vec<u8>| -> Result<(), ()> {
+            out.push(b'[');
+            out.extend_from_slice(p);
+            out.push(b']');
+            Ok(())
+        };
+        q.seal(&mut pool, enc).unwrap();
+        assert!(!q.has_unsealed());
+        q.append(&[b"cd", b"ef"], None, &mut pool);
+        q.push_sealed(b"H2".to_vec(), &mut pool);
+        q.seal(&mut pool, enc).unwrap();
+        let mut sink = Sink {
+            got: Vec::new(),
+            cap: 3,
+            calls: 0,
+        };
+        assert!(q.flush(&mut sink, &mut pool).unwrap());
+        assert_eq!(sink.got, b"H1[ab]H2[cdef]");
+        assert!(q.is_empty() && !q.has_unsealed());
+        assert_eq!(std::mem::size_of::<WriteQueue>(), 48);
     }
 }

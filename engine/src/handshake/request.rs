@@ -219,6 +219,7 @@ fn build_request(
         key,
         extensions,
         peer: None,
+        tls: None,
     }
 }
 
@@ -243,6 +244,8 @@ pub struct Request {
     extensions: ExtensionList,
     /// The peer's address; the engine sets it, the parser leaves it `None`.
     pub peer: Option<SocketAddr>,
+    /// On a `wss://` listener: the TLS session (the engine sets it).
+    pub(crate) tls: Option<Box<crate::tls::TlsInfo>>,
 }
 
 impl Request {
@@ -251,6 +254,17 @@ impl Request {
             text: &self.text,
             spans: &self.headers,
         }
+    }
+
+    /// On a TLS listener (`wss://`): the server name the client asked for, the ALPN protocol,
+    /// the TLS version. `None` on a plain connection.
+    pub fn tls(&self) -> Option<&crate::tls::TlsInfo> {
+        self.tls.as_deref()
+    }
+
+    /// Whether the request came over TLS (`wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The request method (always `GET` once validated).

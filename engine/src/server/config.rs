@@ -50,6 +50,13 @@ pub struct ServerConfig {
     /// Addresses to listen on (default `127.0.0.1:9001`). Every worker listens on each of them with
     /// its own `SO_REUSEPORT` socket; port 0 picks one port for all workers.
     pub bind: Vec<SocketAddr>,
+    /// Addresses to listen on with TLS (`wss://`; default none), as `bind` does, beside the plain
+    /// ones. Needs [`tls`](Self::tls).
+    pub tls_bind: Vec<SocketAddr>,
+    /// Certificates and TLS settings for the `tls_bind` listeners (default none; see
+    /// [`TlsConfig`](crate::tls::TlsConfig)); swapped at run time by
+    /// [`ServerHandle::reload_tls`](crate::ServerHandle::reload_tls).
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Worker threads, one event loop each (default: available parallelism).
     pub workers: usize,
     /// Whether connections start with a PROXY protocol header (v1 or v2) naming the client, as a
@@ -90,7 +97,8 @@ pub struct ServerConfig {
     /// Connections per worker, handshakes included; more are accepted and closed at once
     /// (default 100_000).
     pub max_connections_per_worker: usize,
-    /// Time for a client to send its complete upgrade request (default 10 s).
+    /// Time for a client to send its complete upgrade request (default 10 s); on a TLS listener
+    /// the TLS handshake counts in it.
     pub handshake_timeout: Duration,
     /// Largest upgrade request header block; beyond it, 431 (default 8 KiB).
     pub max_handshake_size: usize,
@@ -196,6 +204,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             bind: vec![SocketAddr::from(([127, 0, 0, 1], 9001))],
+            tls_bind: Vec::new(),
+            tls: None,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             proxy_protocol: ProxyProtocol::Off,
             proxy_protocol_listeners: Vec::new(),

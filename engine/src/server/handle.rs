@@ -328,6 +328,7 @@ mod tests {
             bridge: None,
             limiter: None,
             proxy_refused: Default::default(),
+            tls: Default::default(),
         })
     }
 

@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Vec<Arc<crossbeam_utils::CachePadded<metrics::WorkerMetrics>>>,
     /// The metrics listener's address (`MetricsConfig::addr`, port resolved), woken at shutdown.
     pub(crate) metrics_addr: Option<SocketAddr>,
+    /// The TLS listeners' current settings ([`ServerHandle::reload_tls`]).
+    pub(crate) tls: Arc<crate::tls::TlsCell>,
 }
 
 /// A WebSocket server: [`ServerConfig`] plus [`run`](Server::run) or [`start`](Server::start).
@@ -118,7 +120,8 @@ impl Server {
         let workers = cfg.workers.max(1);
         if unbound {
             cfg.bind.clear();
-        } else if cfg.bind.is_empty() {
+            cfg.tls_bind.clear();
+        } else if cfg.bind.is_empty() && cfg.tls_bind.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "no bind address",
@@ -128,7 +131,17 @@ impl Server {
             proxy::check_listeners(&cfg)?;
         }
         // Bind the first worker's sockets, then the others on the ports those got.
+        if !cfg.tls_bind.is_empty() && cfg.tls.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "tls_bind without tls settings (ServerConfig::tls)",
+            ));
+        }
+        let tls = Arc::new(crate::tls::TlsCell::new(cfg.tls.as_ref()));
+        // Bind the first worker's sockets, then the others on the ports those got: the plain
+        // addresses, then the TLS ones (a listener's index tells which it is).
         let mut addrs = cfg.bind.clone();
+        addrs.extend_from_slice(&cfg.tls_bind);
         let mut per_worker = Vec::with_capacity(workers);
         for _ in 0..workers {
             let mut listeners = Vec::with_capacity(addrs.len());
@@ -165,6 +178,7 @@ impl Server {
             bridge: self.bridge,
             limiter: ClientLimiter::new(&cfg.client_limits).map(Arc::new),
             proxy_refused: Default::default(),
+            tls,
         });
         if let Some(bridge) = &shared.bridge {
             bridge.attach(Publisher {
@@ -256,6 +270,7 @@ impl Server {
         if let Some(e) = failure {
             let handle = ServerHandle {
                 addrs,
+                plain: cfg.bind.len(),
                 backend,
                 shared,
                 threads,
@@ -267,6 +282,7 @@ impl Server {
         }
         Ok(ServerHandle {
             addrs,
+            plain: cfg.bind.len(),
             backend,
             shared,
             threads,
@@ -309,6 +325,8 @@ fn bind_reuseport(
 #[derive(Debug)]
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
+    /// How many of `addrs` are plain (`bind`); the TLS ones (`tls_bind`) follow.
+    plain: usize,
     backend: Backend,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<io::Result<()>>>,
@@ -332,9 +350,29 @@ impl ServerHandle {
         self.shared.metrics_addr
     }
 
-    /// The bound addresses, ports resolved (in the order of `ServerConfig::bind`).
+    /// The bound addresses, ports resolved (in the order of `ServerConfig::bind`, then
+    /// `ServerConfig::tls_bind`).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The bound TLS addresses (`ServerConfig::tls_bind`), ports resolved.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.addrs[self.plain.min(self.addrs.len())..]
+    }
+
+    /// Replaces the TLS certificates and settings: handshakes that start after this call use
+    /// `tls`, connections already open (or handshaking) carry on with what they started with.
+    /// Fails on a server started without [`ServerConfig::tls`].
+    pub fn reload_tls(&self, tls: &crate::tls::TlsConfig) -> io::Result<()> {
+        if self.shared.tls.get().is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "this server has no TLS listener settings",
+            ));
+        }
+        self.shared.tls.set(tls);
+        Ok(())
     }
 
     /// The backend the workers run: [`Backend::Epoll`] or [`Backend::IoUring`] (never `Auto`:

@@ -96,7 +96,7 @@ impl<H: Handler> Worker<H> {
                 }
                 if held {
                     // Bytes came first after all (the link was split): parse them now.
-                    self.handshake_bytes(id, &mut []);
+                    self.replay_held(id);
                 }
             }
             IoEvent::Ready { .. } | IoEvent::Wake => unreachable!("handled by dispatch"),

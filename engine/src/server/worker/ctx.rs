@@ -75,7 +75,8 @@ pub struct WorkerCtx<D> {
     pub(super) stall_log: crate::ratelog::RateLog,
     /// Log lines about deferred upgrades (dropped undecided, overflowing clients).
     pub(super) deferred_log: crate::ratelog::RateLog,
-
+    /// TLS connections' state (`tls.rs`).
+    pub(super) tls: tls::TlsTable,
     /// The kernel side: sockets, and with io_uring the operations in flight and their buffers.
     pub(super) driver: Driver,
     /// This worker's counters (`server::metrics`; counted in place, read by scrapes).
@@ -127,7 +128,7 @@ impl<D> WorkerCtx<D> {
             pending_pongs: HashMap::new(),
             stall_log: crate::ratelog::RateLog::default(),
             deferred_log: crate::ratelog::RateLog::default(),
-
+            tls: tls::TlsTable::default(),
             driver,
         }
     }
@@ -269,6 +270,9 @@ impl<D> WorkerCtx<D> {
                 self.peers6.remove(&id);
             }
             self.protocols.release(id, c.subprotocol);
+            if c.has(Flag::Tls) {
+                self.tls.forget(id, &mut self.chunks, self.now, self.index);
+            }
             // Before the socket closes: a client that sees EOF finds a late decision refused.
             if let Stage::Deferred(d) = &c.stage {
                 d.state.gone();

@@ -27,6 +27,13 @@ impl<H: Handler> Worker<H> {
         if c.queue.in_flight() {
             return; // its completion marks it dirty again
         }
+        if c.has(Flag::Tls) && !self.tls_seal(id) {
+            return;
+        }
+        let ctx = &mut self.ctx;
+        let Some(c) = ctx.conns.get_mut(id) else {
+            return;
+        };
         let written = ctx
             .driver
             .write(&mut c.socket, id.0, &mut c.queue, &mut ctx.chunks);
@@ -77,6 +84,13 @@ impl<H: Handler> Worker<H> {
             if c.has(Flag::PeerEof) {
                 ctx.remove(id);
             } else if !c.has(Flag::FinSent) {
+                if c.has(Flag::Tls) && self.tls_close_notify(id) {
+                    return; // flushed first (marked dirty), then FIN
+                }
+                let ctx = &mut self.ctx;
+                let Some(c) = ctx.conns.get_mut(id) else {
+                    return;
+                };
                 c.set(Flag::FinSent);
                 if ctx.driver.shutdown_write(&c.socket).is_err() {
                     ctx.remove(id);

@@ -61,8 +61,87 @@ impl<H: Handler> Worker<H> {
         self.pending_reads.push(id);
     }
 
-    /// Received bytes, by stage: the upgrade request, frames, or (draining) discarded.
+    /// Received bytes: TLS records first decrypted (`tls.rs`), then by stage.
     pub(super) fn process_input(&mut self, id: ConnId, input: &mut [u8]) {
+        let Some(c) = self.ctx.conns.get(id) else {
+            return;
+        };
+        if c.has(Flag::Tls) && !matches!(c.stage, Stage::Draining) {
+            match &c.stage {
+                // A PROXY header comes before the TLS handshake, in clear.
+                Stage::Handshake(hs) if hs.proxy != crate::server::ProxyProtocol::Off => {
+                    self.proxy_then_tls(id, input)
+                }
+                _ => self.tls_input(id, input),
+            }
+        } else {
+            self.stage_input(id, input);
+        }
+    }
+
+    /// A TLS connection's first bytes on a PROXY listener: the header (proxy.rs), then the TLS
+    /// records behind it. While the driver still asks for the socket's peer the raw bytes wait
+    /// in `held` (`replay_held` feeds them again once it answers).
+    fn proxy_then_tls(&mut self, id: ConnId, input: &mut [u8]) {
+        let ctx = &mut self.ctx;
+        let Some(c) = ctx.conns.get_mut(id) else {
+            return;
+        };
+        let Stage::Handshake(hs) = &mut c.stage else {
+            return;
+        };
+        if hs.peer_pending {
+            if hs.held.capacity() == 0 {
+                hs.held = ctx.chunks.get();
+                hs.held.clear();
+            }
+            hs.held.extend_from_slice(input);
+            return;
+        }
+        let Some(rest) = self.proxy_header(id, input) else {
+            return; // partial (held), or refused
+        };
+        // What came behind a header that arrived in pieces is in `held`: records too.
+        let behind = match self.ctx.conns.get_mut(id).map(|c| &mut c.stage) {
+            Some(Stage::Handshake(hs)) => std::mem::take(&mut hs.held),
+            _ => Vec::new(),
+        };
+        let mut behind = behind;
+        if !behind.is_empty() {
+            self.tls_input(id, &mut behind);
+        }
+        if behind.capacity() > 0 {
+            self.ctx.chunks.put(behind);
+        }
+        if !rest.is_empty() {
+            self.tls_input(id, rest);
+        }
+    }
+
+    /// The driver answered the peer query (io_uring): bytes held meanwhile are read now.
+    pub(super) fn replay_held(&mut self, id: ConnId) {
+        let Some(c) = self.ctx.conns.get_mut(id) else {
+            return;
+        };
+        let raw = c.has(Flag::Tls)
+            && matches!(&c.stage, Stage::Handshake(hs) if hs.proxy != crate::server::ProxyProtocol::Off);
+        if !raw {
+            // Plain bytes (or TLS plaintext) of the request: parsed from `held`.
+            self.handshake_bytes(id, &mut []);
+            return;
+        }
+        let Stage::Handshake(hs) = &mut c.stage else {
+            return;
+        };
+        let mut held = std::mem::take(&mut hs.held);
+        self.proxy_then_tls(id, &mut held);
+        if held.capacity() > 0 {
+            self.ctx.chunks.put(held);
+        }
+    }
+
+    /// Received (plain) bytes, by stage: the upgrade request, frames, or (draining) discarded.
+    pub(super) fn stage_input(&mut self, id: ConnId, input: &mut [u8]) {
         let Some(c) = self.ctx.conns.get(id) else {
             return;
         };

@@ -54,6 +54,7 @@ mod proxy;
 mod send;
 mod slot;
 mod timers;
+mod tls;
 mod upgrade;
 pub use conn::{Conn, MessageWriter};
 pub(crate) use ctx::TimerEntry;
@@ -312,6 +313,10 @@ impl<H: Handler> Worker<H> {
             }
             if self.ctx.driver.register_conn(&mut c.socket, id.0).is_err() {
                 self.ctx.remove(id);
+                return;
+            }
+            // Listeners past `bind` are the TLS ones (`tls_bind`).
+            if listener >= self.ctx.cfg.bind.len() && !self.tls_admit(id) {
                 return;
             }
             let deadline = self.ctx.now + self.ctx.cfg.handshake_timeout;

@@ -9,7 +9,7 @@ use crate::proto::{self};
 
 /// One of a connection's flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
+#[repr(u16)]
 pub(super) enum Flag {
     /// In the dirty list: flushed at the end of the loop turn.
     Dirty = 1,
@@ -28,20 +28,22 @@ pub(super) enum Flag {
     /// Counted in the per-client limits' table under the address kept in `peer` (`limits.rs`):
     /// released when the connection is removed.
     Counted = 128,
+    /// Accepted on a TLS listener: its state is in the worker's `TlsTable` (see `tls.rs`).
+    Tls = 256,
 }
 
-/// A connection's flags, in one byte of its slot.
+/// A connection's flags, in two bytes of its slot (in its alignment padding).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct Flags(u8);
+pub(super) struct Flags(u16);
 
 impl Flags {
     /// The flags of a new connection with only `flag` set.
     pub(super) fn only(flag: Flag) -> Flags {
-        Flags(flag as u8)
+        Flags(flag as u16)
     }
 
     pub(super) fn has(self, flag: Flag) -> bool {
-        self.0 & flag as u8 != 0
+        self.0 & flag as u16 != 0
     }
 }
 
@@ -138,11 +140,11 @@ impl<D> Connection<D> {
     }
 
     pub(super) fn set(&mut self, flag: Flag) {
-        self.flags.0 |= flag as u8;
+        self.flags.0 |= flag as u16;
     }
 
     pub(super) fn clear(&mut self, flag: Flag) {
-        self.flags.0 &= !(flag as u8);
+        self.flags.0 &= !(flag as u16);
     }
 
     /// Whether data may be sent: upgraded, and the protocol core's writer says so (no close sent,

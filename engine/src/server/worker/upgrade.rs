@@ -52,6 +52,7 @@ impl<H: Handler> Worker<H> {
             Ok(ParseStatus::Http { mut request, .. }) => {
                 head.release(|b| ctx.chunks.put(b));
                 request.peer = peer.or_else(|| c.socket.peer_addr().ok());
+                request.tls = ctx.tls.info(id);
                 let response = self
                     .metrics_page(&request)
                     .unwrap_or_else(|| self.handler.on_http(&request));
@@ -65,6 +66,7 @@ impl<H: Handler> Worker<H> {
             }
         };
         request.peer = peer.or_else(|| c.socket.peer_addr().ok());
+        request.tls = ctx.tls.info(id);
         if let Err(e) = check_origin(&request, &ctx.hs_cfg) {
             head.release(|b| ctx.chunks.put(b));
             self.reject(id, &e.to_rejection());

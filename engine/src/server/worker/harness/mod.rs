@@ -195,6 +195,7 @@ impl Harness {
             bridge: None,
             limiter: crate::server::ClientLimiter::new(&cfg.client_limits).map(Arc::new),
             proxy_refused: Default::default(),
+            tls: Default::default(),
         });
         let log = Log::default();
         let deferred = Deferred::default();
