@@ -679,9 +679,19 @@ fn close_notify_without_websocket_close() {
 fn proxy_header_before_tls() {
     let pki = Pki::new();
     let leaf = pki.leaf(&["localhost"]);
-    let (server, seen) = start(default_tls(&leaf), false, |cfg| {
-        cfg.proxy_protocol = surge::ProxyProtocol::Required;
+    let (server, seen) = start(default_tls(&leaf), true, |cfg| {
+        // Only the TLS listener is behind the balancer (an address of its own: the override is
+        // keyed by the address as written, and both lists say 127.0.0.1:0 otherwise).
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        cfg.tls_bind = vec![free.local_addr().unwrap()];
+        drop(free);
+        cfg.proxy_protocol_listeners = vec![(cfg.tls_bind[0], surge::ProxyProtocol::Required)];
     });
+    // The plain listener reads no header.
+    let mut plain = support::RawClient::connect(server.local_addrs()[0], "/");
+    plain.send(true, 1, b"plain");
+    assert_eq!(plain.expect_frame().payload, b"plain");
+    drop(plain);
     let addr = tls_addr(&server);
     for (i, split) in [false, true].into_iter().enumerate() {
         let port = 40000 + i as u16;

@@ -70,9 +70,9 @@ pub struct ServerConfig {
     /// required closes the connection without a response, with a rate-limited log line.
     pub proxy_protocol: ProxyProtocol,
     /// Listeners whose PROXY protocol setting differs from `proxy_protocol`: each address as
-    /// written in `bind` (port 0 included), with its setting (default none). E.g. a public port
-    /// behind the balancer (`Required`) and an internal port clients reach directly (`Off`).
-    /// An address that is not in `bind` fails the start.
+    /// written in `bind` or `tls_bind` (port 0 included), with its setting (default none). E.g. a
+    /// public port behind the balancer (`Required`) and an internal port clients reach directly
+    /// (`Off`). An address in neither fails the start.
     pub proxy_protocol_listeners: Vec<(SocketAddr, ProxyProtocol)>,
     /// Largest PROXY protocol v2 header, its 16 fixed bytes, addresses and TLVs included
     /// (default 536, the size the protocol's specification lets a receiver read at once; at

@@ -32,12 +32,13 @@ pub enum ProxyProtocol {
     Required,
 }
 
-/// What listener `i` (an index into `cfg.bind`) expects.
+/// What listener `i` expects (an index into `cfg.bind`, then `cfg.tls_bind`: the workers' listener
+/// order).
 pub(crate) fn listener_mode(cfg: &crate::ServerConfig, i: usize) -> ProxyProtocol {
     if cfg.proxy_protocol_listeners.is_empty() {
         return cfg.proxy_protocol;
     }
-    let Some(addr) = cfg.bind.get(i) else {
+    let Some(addr) = cfg.bind.iter().chain(&cfg.tls_bind).nth(i) else {
         return cfg.proxy_protocol;
     };
     cfg.proxy_protocol_listeners
@@ -46,16 +47,17 @@ pub(crate) fn listener_mode(cfg: &crate::ServerConfig, i: usize) -> ProxyProtoco
         .map_or(cfg.proxy_protocol, |&(_, mode)| mode)
 }
 
-/// Fails the start on a per-listener setting for an address that is not in `bind`.
+/// Fails the start on a per-listener setting for an address that is in neither `bind` nor
+/// `tls_bind`.
 pub(crate) fn check_listeners(cfg: &crate::ServerConfig) -> std::io::Result<()> {
     match cfg
         .proxy_protocol_listeners
         .iter()
-        .find(|(a, _)| !cfg.bind.contains(a))
+        .find(|(a, _)| !cfg.bind.contains(a) && !cfg.tls_bind.contains(a))
     {
         Some((a, _)) => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("proxy_protocol_listeners names {a}, which is not in bind"),
+            format!("proxy_protocol_listeners names {a}, which is in neither bind nor tls_bind"),
         )),
         None => Ok(()),
     }
