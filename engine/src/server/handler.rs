@@ -214,7 +214,7 @@ pub trait Handler: 'static {
 
     /// An application command posted to this worker ([`WorkerCtx::post`],
     /// [`Publisher::post`](crate::Publisher::post)), in the order each poster sent it. Take the
-    /// value back by type with [`Command::downcast`]. The default drops it.
+    /// value back by type with [`Command::downcast`](crate::Command::downcast). The default drops it.
     ///
     /// ```no_run
     /// use surge::{Command, WorkerCtx};
