@@ -1,7 +1,5 @@
 //! The server side of the upgrade: the request's bytes, the handler's decision, the 101.
 
-use std::net::SocketAddr;
-
 use super::*;
 use crate::driver::Socket;
 use std::sync::Arc;
@@ -117,20 +115,12 @@ impl<H: Handler> Worker<H> {
         core.start(ctx.now, &ctx.cfg.proto);
         c.stage = Stage::Open(core);
         c.subprotocol = tag;
-        if let (Socket::Direct(_), Some(addr)) = (&c.socket, peer) {
-            c.peer = match addr {
-                SocketAddr::V4(a) => {
-                    let [a0, a1, a2, a3] = a.ip().octets();
-                    let [p0, p1] = a.port().to_be_bytes();
-                    PackedPeer([a0, a1, a2, a3, p0, p1])
-                }
-                SocketAddr::V6(_) => {
-                    ctx.peers6.insert(id, addr);
-                    PackedPeer::V6
-                }
-            };
-        }
+        let direct = matches!(c.socket, Socket::Direct(_));
         c.data = Some(accept.data);
+        // A direct descriptor has no fd for `getpeername`: its address is kept in the slot.
+        if let (true, Some(addr)) = (direct, peer) {
+            ctx.keep_peer(id, addr);
+        }
         ctx.mark_dirty(id);
         ctx.sync_timer(id);
         ctx.metrics.handshake();
