@@ -301,14 +301,21 @@ impl<D> WorkerCtx<D> {
         }
     }
 
-    /// Moves a connection whose core is closed to draining, with the close timeout as deadline.
+    /// Moves a connection to draining (its stage's buffers released, whatever the stage), with
+    /// the close timeout as deadline.
     pub(super) fn enter_draining(&mut self, id: ConnId) {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
         self.budget.release(c.assembly_held());
-        if let Stage::Open(mut p) = std::mem::replace(&mut c.stage, Stage::Draining) {
-            p.recycle(&mut self.assembly);
+        match std::mem::replace(&mut c.stage, Stage::Draining) {
+            Stage::Open(mut p) => p.recycle(&mut self.assembly),
+            Stage::Handshake(hs) => self.chunks.put(hs.held),
+            Stage::Dial(d) => self
+                .client
+                .forget(id, *d, &mut self.chunks, &mut self.driver),
+            Stage::Deferred(d) => self.forget_deferred(*d),
+            Stage::Draining => {}
         }
         let deadline = self.now + self.cfg.proto.close_timeout;
         self.arm(id, Some(deadline));

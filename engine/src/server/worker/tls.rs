@@ -378,21 +378,7 @@ impl<H: Handler> Worker<H> {
             }
         }
         self.close_callback(id, CloseCode::ABNORMAL, "", false);
-        let ctx = &mut self.ctx;
-        let Some(c) = ctx.conns.get_mut(id) else {
-            return;
-        };
-        ctx.budget.release(c.assembly_held());
-        match std::mem::replace(&mut c.stage, Stage::Draining) {
-            Stage::Open(mut p) => p.recycle(&mut ctx.assembly),
-            Stage::Handshake(hs) => ctx.chunks.put(hs.held),
-            Stage::Dial(d) => ctx.client.forget(id, *d, &mut ctx.chunks, &mut ctx.driver),
-            Stage::Deferred(d) => ctx.forget_deferred(*d),
-            Stage::Draining => {}
-        }
-        let deadline = ctx.now + ctx.cfg.proto.close_timeout;
-        ctx.arm(id, Some(deadline));
-        ctx.mark_dirty(id);
+        self.ctx.enter_draining(id);
     }
 }
 
