@@ -102,11 +102,10 @@ impl<H: Handler> Worker<H> {
             return; // partial (held), or refused
         };
         // What came behind a header that arrived in pieces is in `held`: records too.
-        let behind = match self.ctx.conns.get_mut(id).map(|c| &mut c.stage) {
+        let mut behind = match self.ctx.conns.get_mut(id).map(|c| &mut c.stage) {
             Some(Stage::Handshake(hs)) => std::mem::take(&mut hs.held),
             _ => Vec::new(),
         };
-        let mut behind = behind;
         if !behind.is_empty() {
             self.tls_input(id, &mut behind);
         }
