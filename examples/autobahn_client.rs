@@ -16,7 +16,7 @@ use std::time::Duration;
 use surge::{
     proto::{DeflateConfig, DeflateMode},
     Backend, Client, CloseInfo, Conn, ConnId, ConnectError, ConnectRequest, Handler, Message,
-    Rejection, Request, ServerConfig, Upgrade, WorkerCtx,
+    Rejection, Request, ServerConfig, Timer, Upgrade, WorkerCtx,
 };
 
 /// What a connection is for.
@@ -38,8 +38,6 @@ struct Runner {
     failures: u32,
     done: mpsc::Sender<u32>,
 }
-
-const TICK: u64 = 1;
 
 impl Runner {
     fn open(&mut self, worker: &mut WorkerCtx<Phase>, path: String, phase: Phase) {
@@ -66,7 +64,7 @@ impl Handler for Runner {
 
     fn on_start(&mut self, worker: &mut WorkerCtx<Phase>) {
         self.open(worker, "/getCaseCount".into(), Phase::Count);
-        worker.set_interval(Duration::from_millis(1), TICK);
+        worker.set_interval(Duration::from_millis(1), ());
     }
 
     fn on_message(&mut self, conn: &mut Conn<'_, Phase>, msg: Message<'_>) {
@@ -102,14 +100,14 @@ impl Handler for Runner {
         self.busy = false;
     }
 
-    fn on_timer(&mut self, worker: &mut WorkerCtx<Phase>, _id: u64) {
+    fn on_timer(&mut self, worker: &mut WorkerCtx<Phase>, timer: Timer<'_>) {
         if self.busy {
             return;
         }
         let Some(count) = self.count else {
             eprintln!("no case count from {}", self.base);
             let _ = self.done.send(1);
-            worker.cancel_timer(TICK);
+            worker.cancel_timer(timer.id());
             return;
         };
         if self.next < count {
@@ -122,7 +120,7 @@ impl Handler for Runner {
             self.open(worker, path, Phase::Report);
         } else {
             println!("ran {count} cases, {} failed connects", self.failures);
-            worker.cancel_timer(TICK);
+            worker.cancel_timer(timer.id());
             let _ = self.done.send(self.failures);
         }
     }

@@ -33,9 +33,9 @@ impl Handler for Echo {
         let _ = conn.send(msg);
     }
     fn on_start(&mut self, worker: &mut WorkerCtx<()>) {
-        worker.set_interval(Duration::from_millis(10), 1);
+        worker.set_interval(Duration::from_millis(10), ());
     }
-    fn on_timer(&mut self, worker: &mut WorkerCtx<()>, _id: u64) {
+    fn on_timer(&mut self, worker: &mut WorkerCtx<()>, _timer: surge::Timer<'_>) {
         let held = worker.buffer_memory();
         self.now.store(held, Ordering::Relaxed);
         self.peak.fetch_max(held, Ordering::Relaxed);

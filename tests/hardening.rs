@@ -51,12 +51,12 @@ impl Handler for Ticker {
     }
     fn on_message(&mut self, _conn: &mut Conn<'_, ()>, _msg: Message<'_>) {}
     fn on_start(&mut self, worker: &mut WorkerCtx<()>) {
-        worker.set_timeout(Duration::from_secs(10), 2);
-        worker.set_interval(Duration::from_millis(33), 1);
+        worker.set_timeout(Duration::from_secs(10), "far");
+        worker.set_interval(Duration::from_millis(33), "tick");
         self.ticks.lock().unwrap().push(Instant::now()); // the first gap counts too
     }
-    fn on_timer(&mut self, _worker: &mut WorkerCtx<()>, id: u64) {
-        if id == 1 {
+    fn on_timer(&mut self, _worker: &mut WorkerCtx<()>, mut timer: surge::Timer<'_>) {
+        if timer.get::<&str>() == Some(&mut "tick") {
             self.ticks.lock().unwrap().push(Instant::now());
         }
     }

@@ -9,7 +9,6 @@
 #[macro_use]
 mod support;
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,8 +66,6 @@ enum TimerKind {
 /// every millisecond.
 struct TestHandler {
     stats: Arc<Stats>,
-    timers: HashMap<u64, (ConnId, TimerKind)>,
-    next_timer: u64,
 }
 
 impl TestHandler {
@@ -91,10 +88,8 @@ impl TestHandler {
     }
 
     fn start_timer(&mut self, conn: &mut Conn<'_, String>, every: Duration, kind: TimerKind) {
-        self.next_timer += 1;
-        let id = self.next_timer;
-        self.timers.insert(id, (conn.id(), kind));
-        conn.worker().set_interval(every, id);
+        let id = conn.id();
+        conn.worker().set_interval(every, (id, kind));
     }
 }
 
@@ -166,13 +161,13 @@ impl Handler for TestHandler {
         self.stats.drained.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn on_timer(&mut self, worker: &mut WorkerCtx<String>, id: u64) {
-        let Some(&(cid, kind)) = self.timers.get(&id) else {
+    fn on_timer(&mut self, worker: &mut WorkerCtx<String>, mut timer: surge::Timer<'_>) {
+        let id = timer.id();
+        let Some(&mut (cid, kind)) = timer.get::<(ConnId, TimerKind)>() else {
             return;
         };
         let Some(mut conn) = worker.conn(cid) else {
             worker.cancel_timer(id);
-            self.timers.remove(&id);
             return;
         };
         match kind {
@@ -210,8 +205,6 @@ impl TestServer {
         let handle = Server::new(cfg)
             .start(move |_| TestHandler {
                 stats: Arc::clone(&s),
-                timers: HashMap::new(),
-                next_timer: 0,
             })
             .expect("server starts");
         let addr = handle.local_addr();

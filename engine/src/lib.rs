@@ -33,5 +33,5 @@ pub use server::{
     Backend, BackpressurePolicy, Client, ClientLimiter, ClientLimits, Command, Conn, ConnHandle,
     ConnId, ConnectError, ConnectRequest, FanoutBridge, HandleError, LimitAction, MessageWriter,
     PanicPolicy, PendingUpgrade, ProxyProtocol, Publisher, Server, ServerConfig, ServerHandle,
-    ShutdownTrigger, UringRecv, WorkerCtx,
+    ShutdownTrigger, Timer, TimerId, UringRecv, WorkerCtx,
 };

@@ -29,7 +29,7 @@ use hdrhistogram::Histogram;
 use surge::proto::DeflateMode;
 use surge::{
     Backend, Client, CloseInfo, Conn, ConnId, ConnectError, ConnectRequest, Handler, Message,
-    Rejection, Request, ServerConfig, Upgrade, WorkerCtx,
+    Rejection, Request, ServerConfig, Timer, Upgrade, WorkerCtx,
 };
 
 #[derive(Parser, Debug, Clone)]
@@ -120,7 +120,6 @@ struct Load {
 /// Send times (or scheduled times) of a connection's messages in flight.
 type Data = VecDeque<Instant>;
 
-const TICK: u64 = 1;
 /// Handshakes under way per worker at most, during the ramp.
 const MAX_PENDING: usize = 2_000;
 
@@ -212,7 +211,7 @@ impl Handler for Load {
 
     fn on_start(&mut self, worker: &mut WorkerCtx<Data>) {
         self.last = Instant::now();
-        worker.set_interval(Duration::from_millis(1), TICK);
+        worker.set_interval(Duration::from_millis(1), ());
         self.ramp(worker);
     }
 
@@ -260,7 +259,7 @@ impl Handler for Load {
         }
     }
 
-    fn on_timer(&mut self, worker: &mut WorkerCtx<Data>, _id: u64) {
+    fn on_timer(&mut self, worker: &mut WorkerCtx<Data>, timer: Timer<'_>) {
         if self.started < self.quota {
             self.ramp(worker);
         }
@@ -274,7 +273,7 @@ impl Handler for Load {
                     .lock()
                     .expect("unpoisoned")
                     .push((self.msgs, self.bytes, hist));
-                worker.cancel_timer(TICK);
+                worker.cancel_timer(timer.id());
                 return;
             }
             _ => {}

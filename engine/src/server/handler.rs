@@ -258,8 +258,10 @@ pub trait Handler: 'static {
         let _ = (worker, id, data, error);
     }
 
-    /// An application timer set with [`WorkerCtx::set_timeout`] or [`WorkerCtx::set_interval`].
-    fn on_timer(&mut self, worker: &mut WorkerCtx<Self::Data>, id: u64) {
-        let _ = (worker, id);
+    /// An application timer set with [`WorkerCtx::set_timeout`] or [`WorkerCtx::set_interval`]
+    /// is due: [`Timer::get`](crate::Timer::get) gives back the value it was set with (see
+    /// [`Timer`](crate::Timer) for an example).
+    fn on_timer(&mut self, worker: &mut WorkerCtx<Self::Data>, timer: crate::Timer<'_>) {
+        let _ = (worker, timer);
     }
 }

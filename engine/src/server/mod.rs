@@ -38,7 +38,7 @@ pub use pending::PendingUpgrade;
 pub use proxy::ProxyProtocol;
 pub use registry::ConnId;
 pub use worker::dial::{ConnectError, ConnectRequest};
-pub use worker::{Conn, MessageWriter, WorkerCtx};
+pub use worker::{Conn, MessageWriter, Timer, TimerId, WorkerCtx};
 
 use crate::driver::{probe, DriverSeed};
 use crate::handler::Handler;

@@ -1,5 +1,6 @@
 //! The worker's state as the application sees it ([`WorkerCtx`]): connections, pools, timers.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,17 +22,98 @@ pub(crate) enum TimerEntry {
     Conn(ConnId),
     /// The connection's write-stall check (`STALL_ARMED`).
     Stall(ConnId),
-    App {
-        id: u64,
-        seq: u64,
-    },
+    App(TimerId),
 }
 
-#[derive(Clone, Copy, Debug)]
+/// An application timer: when it is due next, its period, and the value handed back.
 pub(super) struct AppTimer {
-    pub(super) seq: u64,
     pub(super) due: Instant,
     pub(super) period: Option<Duration>,
+    /// `None` while the handler holds it (in `on_timer`).
+    pub(super) value: Option<Box<dyn Any>>,
+}
+
+/// A timer set with [`WorkerCtx::set_timeout`] or [`WorkerCtx::set_interval`]: the handle that
+/// cancels it ([`WorkerCtx::cancel_timer`]) and tells it apart in [`Handler::on_timer`]
+/// ([`Timer::id`]). Unique on its worker for the worker's life (never reused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TimerId(u64);
+
+/// A due timer, as [`Handler::on_timer`] gets it: its [`TimerId`] and the value it was set with,
+/// typed back with [`Timer::get`] (the value of an interval stays with the timer from one tick
+/// to the next, so a tick may update it).
+///
+/// ```
+/// use std::time::Duration;
+/// use surge::{Handler, Timer, WorkerCtx};
+///
+/// /// What a timer is for: the application's own type.
+/// enum Due {
+///     Tick { room: u32, frame: u64 },
+///     Kick(surge::ConnId),
+/// }
+///
+/// struct Game;
+/// # impl Game { fn step(&mut self, _room: u32, _frame: u64) {} }
+/// impl Handler for Game {
+///     type Data = ();
+/// #   fn on_upgrade(&mut self, _r: &surge::Request) -> surge::Upgrade<()> { surge::Upgrade::Accept(surge::Accept::new(())) }
+/// #   fn on_message(&mut self, _c: &mut surge::Conn<'_, ()>, _m: surge::Message<'_>) {}
+///     fn on_start(&mut self, worker: &mut WorkerCtx<()>) {
+///         worker.set_interval(Duration::from_millis(33), Due::Tick { room: 7, frame: 0 });
+///     }
+///     fn on_timer(&mut self, worker: &mut WorkerCtx<()>, mut timer: Timer<'_>) {
+///         match timer.get::<Due>() {
+///             Some(Due::Tick { room, frame }) => {
+///                 *frame += 1;
+///                 let (room, frame) = (*room, *frame);
+///                 self.step(room, frame);
+///             }
+///             Some(Due::Kick(id)) => {
+///                 if let Some(mut conn) = worker.conn(*id) {
+///                     conn.close(surge::CloseCode::POLICY, "idle");
+///                 }
+///             }
+///             None => {} // a timer of another type
+///         }
+///     }
+/// }
+/// ```
+pub struct Timer<'a> {
+    id: TimerId,
+    interval: bool,
+    value: &'a mut Box<dyn Any>,
+}
+
+impl Timer<'_> {
+    /// The handle [`WorkerCtx::set_timeout`] or [`WorkerCtx::set_interval`] returned.
+    pub fn id(&self) -> TimerId {
+        self.id
+    }
+
+    /// Whether it is an interval (it fires again unless cancelled).
+    pub fn is_interval(&self) -> bool {
+        self.interval
+    }
+
+    /// The value the timer was set with, if it is a `T`.
+    pub fn get<T: 'static>(&mut self) -> Option<&mut T> {
+        self.value.downcast_mut::<T>()
+    }
+
+    /// Whether the value is a `T`.
+    pub fn is<T: 'static>(&self) -> bool {
+        self.value.is::<T>()
+    }
+}
+
+impl std::fmt::Debug for Timer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timer")
+            .field("id", &self.id)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A worker's state as the application sees it in callbacks: its connections, its timers.
@@ -49,7 +131,7 @@ pub struct WorkerCtx<D> {
     pub(super) hs_cfg: HandshakeConfig,
     /// Subprotocols of live connections (see `protocols.rs`).
     pub(super) protocols: Protocols,
-    pub(super) app_timers: HashMap<u64, AppTimer>,
+    pub(super) app_timers: HashMap<TimerId, AppTimer>,
     pub(super) timer_seq: u64,
     pub(super) dropped: u64,
     /// Topics, handles and the mailbox (fanout.rs).
@@ -186,28 +268,93 @@ impl<D> WorkerCtx<D> {
         }
     }
 
-    /// Calls [`Handler::on_timer`] with `id` once, after `after`. Replaces a timer with the same id.
-    pub fn set_timeout(&mut self, after: Duration, id: u64) {
-        self.arm_app(after, id, None);
+    /// Calls [`Handler::on_timer`] once, after `after`, with `value` (any type: the handler
+    /// gets it back with [`Timer::get`]). Returns the handle that cancels it.
+    ///
+    /// Timers are the worker's: they fire on its thread, between I/O, at a resolution of 1 ms
+    /// and never early.
+    pub fn set_timeout<T: 'static>(&mut self, after: Duration, value: T) -> TimerId {
+        self.arm_app(after, Box::new(value), None)
     }
 
-    /// Calls [`Handler::on_timer`] with `id` every `every` (a game tick), without drift. Replaces a
-    /// timer with the same id.
-    pub fn set_interval(&mut self, every: Duration, id: u64) {
-        self.arm_app(every, id, Some(every.max(crate::server::timer::TICK)));
+    /// Calls [`Handler::on_timer`] every `every` (a game tick: at least 1 ms), without drift,
+    /// with `value`, which stays with the timer from one tick to the next. A worker that fell
+    /// behind skips the ticks it missed rather than firing them in a burst. Returns the handle
+    /// that cancels it.
+    pub fn set_interval<T: 'static>(&mut self, every: Duration, value: T) -> TimerId {
+        let every = every.max(crate::server::timer::TICK);
+        self.arm_app(every, Box::new(value), Some(every))
     }
 
-    /// Cancels the timer `id`; returns whether one was set.
-    pub fn cancel_timer(&mut self, id: u64) -> bool {
+    /// Cancels a timer (also from its own `on_timer`); returns whether it was still set. A
+    /// timeout that has fired is no longer set.
+    pub fn cancel_timer(&mut self, id: TimerId) -> bool {
         self.app_timers.remove(&id).is_some()
     }
 
-    pub(super) fn arm_app(&mut self, after: Duration, id: u64, period: Option<Duration>) {
+    /// Application timers set and not yet fired or cancelled.
+    pub fn timer_count(&self) -> usize {
+        self.app_timers.len()
+    }
+
+    fn arm_app(
+        &mut self,
+        after: Duration,
+        value: Box<dyn Any>,
+        period: Option<Duration>,
+    ) -> TimerId {
         self.timer_seq += 1;
+        let id = TimerId(self.timer_seq);
         let due = self.now + after;
-        let seq = self.timer_seq;
-        self.app_timers.insert(id, AppTimer { seq, due, period });
-        self.wheel.insert(due, TimerEntry::App { id, seq });
+        self.app_timers.insert(
+            id,
+            AppTimer {
+                due,
+                period,
+                value: Some(value),
+            },
+        );
+        self.wheel.insert(due, TimerEntry::App(id));
+        id
+    }
+
+    /// Hands a due timer's value to `f`, then keeps it for the next tick if the timer is an
+    /// interval still set, or drops it.
+    pub(super) fn with_due_timer(&mut self, id: TimerId, f: impl FnOnce(&mut Self, Timer<'_>)) {
+        let Some(t) = self.app_timers.get_mut(&id) else {
+            return; // cancelled
+        };
+        let Some(mut value) = t.value.take() else {
+            return;
+        };
+        let interval = match t.period {
+            Some(p) => {
+                let mut next = t.due + p;
+                if next <= self.now {
+                    next = self.now + p; // fell behind: skip the missed ticks
+                }
+                t.due = next;
+                self.wheel.insert(next, TimerEntry::App(id));
+                true
+            }
+            None => {
+                self.app_timers.remove(&id);
+                false
+            }
+        };
+        f(
+            self,
+            Timer {
+                id,
+                interval,
+                value: &mut value,
+            },
+        );
+        if interval {
+            if let Some(t) = self.app_timers.get_mut(&id) {
+                t.value = Some(value);
+            }
+        }
     }
 
     pub(super) fn mark_dirty(&mut self, id: ConnId) {

@@ -58,7 +58,7 @@ mod tls;
 mod upgrade;
 pub use conn::{Conn, MessageWriter};
 pub(crate) use ctx::TimerEntry;
-pub use ctx::WorkerCtx;
+pub use ctx::{Timer, TimerId, WorkerCtx};
 use slot::*;
 
 /// The event loop of one worker thread.

@@ -16,27 +16,10 @@ impl<H: Handler> Worker<H> {
             match entry {
                 TimerEntry::Conn(id) => self.conn_timer(id, tick),
                 TimerEntry::Stall(id) => self.stall_check(id),
-                TimerEntry::App { id, seq } => {
-                    let Some(t) = self.ctx.app_timers.get_mut(&id) else {
-                        continue;
-                    };
-                    if t.seq != seq {
-                        continue;
-                    }
-                    match t.period {
-                        Some(p) => {
-                            let mut next = t.due + p;
-                            if next <= self.ctx.now {
-                                next = self.ctx.now + p; // fell behind: skip the missed ticks
-                            }
-                            t.due = next;
-                            self.ctx.wheel.insert(next, TimerEntry::App { id, seq });
-                        }
-                        None => {
-                            self.ctx.app_timers.remove(&id);
-                        }
-                    }
-                    self.handler.on_timer(&mut self.ctx, id);
+                TimerEntry::App(id) => {
+                    let handler = &mut self.handler;
+                    self.ctx
+                        .with_due_timer(id, |ctx, timer| handler.on_timer(ctx, timer));
                 }
             }
         }

@@ -32,6 +32,8 @@ struct Rec {
     on_message: Option<OnMessage>,
     /// `on_timer` re-arms timer 7 with this period from within the callback.
     rearm: Option<Duration>,
+    /// `on_timer` cancels the timer it is called for.
+    cancel_own_timer: bool,
     /// Upgrades of `/defer` wait here for the test's decision.
     deferred: Deferred,
 }
@@ -98,10 +100,22 @@ impl Handler for Rec {
         self.log.borrow_mut().push("drain".into());
     }
 
-    fn on_timer(&mut self, worker: &mut WorkerCtx<u32>, id: u64) {
-        self.log.borrow_mut().push(format!("timer {id}"));
+    fn on_timer(&mut self, worker: &mut WorkerCtx<u32>, mut timer: crate::Timer<'_>) {
+        let interval = timer.is_interval();
+        match timer.get::<u64>() {
+            Some(v) => {
+                self.log.borrow_mut().push(format!("timer {v}"));
+                if interval {
+                    *v += 1; // an interval's value stays with it
+                }
+            }
+            None => self.log.borrow_mut().push("timer of another type".into()),
+        }
         if let Some(every) = self.rearm.take() {
-            worker.set_interval(every, 7);
+            worker.set_interval(every, 7u64);
+        }
+        if self.cancel_own_timer {
+            worker.cancel_timer(timer.id());
         }
     }
 }
@@ -203,6 +217,7 @@ impl Harness {
             log: Rc::clone(&log),
             on_message,
             rearm: None,
+            cancel_own_timer: false,
             deferred: Rc::clone(&deferred),
         };
         let driver = Driver::Fake(FakeDriver(Rc::clone(&net)));

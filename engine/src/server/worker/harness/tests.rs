@@ -257,52 +257,79 @@ fn progress_restarts_the_stall_clock() {
 #[test]
 fn a_timeout_fires_once_at_its_time() {
     let mut h = Harness::new(ServerConfig::default());
-    h.worker.ctx.set_timeout(Duration::from_millis(500), 3);
+    h.worker.ctx.set_timeout(Duration::from_millis(500), 3u64);
+    assert_eq!(h.worker.ctx.timer_count(), 1);
     h.advance(Duration::from_millis(400));
     assert!(h.log().is_empty());
     h.advance(Duration::from_millis(200));
     assert_eq!(h.log(), ["timer 3"]);
+    assert_eq!(h.worker.ctx.timer_count(), 0);
     h.advance(Duration::from_secs(5));
     assert!(h.log().is_empty());
 }
 
 #[test]
-fn an_interval_keeps_its_period_and_cancel_stops_it() {
+fn an_interval_keeps_its_period_and_value_and_cancel_stops_it() {
     let mut h = Harness::new(ServerConfig::default());
-    h.worker.ctx.set_interval(Duration::from_millis(100), 9);
-    let mut fired = 0;
+    let id = h.worker.ctx.set_interval(Duration::from_millis(100), 0u64);
+    let mut log = Vec::new();
     for _ in 0..10 {
         h.advance(Duration::from_millis(100));
-        fired += h.log().len();
+        log.extend(h.log());
     }
-    assert_eq!(fired, 10, "one per period, no drift");
-    assert!(h.worker.ctx.cancel_timer(9));
+    let want: Vec<String> = (0..10).map(|i| format!("timer {i}")).collect();
+    assert_eq!(
+        log, want,
+        "one per period, no drift, the value kept between ticks"
+    );
+    assert!(h.worker.ctx.cancel_timer(id));
     h.advance(Duration::from_secs(1));
     assert!(h.log().is_empty());
-    assert!(!h.worker.ctx.cancel_timer(9));
+    assert!(!h.worker.ctx.cancel_timer(id));
 }
 
 #[test]
-fn a_timer_set_again_replaces_the_earlier_one() {
+fn timers_with_equal_values_are_distinct_and_cancel_only_their_own() {
     let mut h = Harness::new(ServerConfig::default());
-    h.worker.ctx.set_timeout(Duration::from_millis(100), 5);
-    h.worker.ctx.set_timeout(Duration::from_millis(300), 5);
+    let a = h.worker.ctx.set_timeout(Duration::from_millis(100), 5u64);
+    let b = h.worker.ctx.set_timeout(Duration::from_millis(300), 5u64);
+    assert_ne!(a, b);
+    assert!(h.worker.ctx.cancel_timer(a));
     h.advance(Duration::from_millis(200));
-    assert!(h.log().is_empty(), "the first arm is stale");
+    assert!(h.log().is_empty(), "the cancelled one does not fire");
     h.advance(Duration::from_millis(200));
     assert_eq!(h.log(), ["timer 5"]);
+    h.worker.ctx.set_timeout(Duration::from_millis(10), "text");
+    h.advance(Duration::from_millis(20));
+    assert_eq!(h.log(), ["timer of another type"]);
+}
+
+#[test]
+fn an_interval_cancelled_from_its_own_callback_stops_and_drops_its_value() {
+    let mut h = Harness::new(ServerConfig::default());
+    h.worker.handler.cancel_own_timer = true;
+    let value = Rc::new(());
+    h.worker
+        .ctx
+        .set_interval(Duration::from_millis(10), Rc::clone(&value));
+    h.advance(Duration::from_millis(20));
+    assert_eq!(h.log(), ["timer of another type"]);
+    h.advance(Duration::from_millis(100));
+    assert!(h.log().is_empty());
+    assert_eq!(Rc::strong_count(&value), 1, "the value went with the timer");
+    assert_eq!(h.worker.ctx.timer_count(), 0);
 }
 
 #[test]
 fn an_interval_armed_from_its_own_callback_runs() {
     let mut h = Harness::new(ServerConfig::default());
     h.worker.handler.rearm = Some(Duration::from_millis(50));
-    h.worker.ctx.set_timeout(Duration::from_millis(10), 7);
+    h.worker.ctx.set_timeout(Duration::from_millis(10), 7u64);
     h.advance(Duration::from_millis(20));
     assert_eq!(h.log(), ["timer 7"]);
     h.advance(Duration::from_millis(50));
     h.advance(Duration::from_millis(50));
-    assert_eq!(h.log(), ["timer 7", "timer 7"]);
+    assert_eq!(h.log(), ["timer 7", "timer 8"]);
 }
 
 #[test]
@@ -526,7 +553,7 @@ fn the_poll_timeout_follows_the_next_timer() {
         buffer_trim_interval: None,
         ..ServerConfig::default()
     });
-    h.worker.ctx.set_timeout(Duration::from_millis(250), 1);
+    h.worker.ctx.set_timeout(Duration::from_millis(250), ());
     h.turn();
     let t = h.net.borrow().timeouts.last().copied().flatten().unwrap();
     assert!(
