@@ -30,8 +30,8 @@ use std::sync::Arc;
 
 use surge::signal::ShutdownSignals;
 use surge::{
-    Accept, CloseInfo, Conn, Handler, Message, PreparedMessage, Rejection, Request, Server,
-    ServerConfig, Upgrade, WorkerCtx,
+    Accept, CloseInfo, Conn, Handler, Message, PreparedMessage, Rejection, Request, Response,
+    Server, ServerConfig, Upgrade, WorkerCtx,
 };
 
 /// The one room's topic.
@@ -39,8 +39,8 @@ const ROOM: &str = "room";
 
 struct Chat {
     next_guest: u64,
-    /// Chatters on this node, all workers (not the page's or favicon's HTTP connections, which
-    /// `connection_count` would include).
+    /// Chatters on this node, all workers, counted at once (`Publisher::connection_count` is
+    /// as of each worker's last loop turn, so a greeting would miss the newcomer).
     present: Arc<AtomicUsize>,
 }
 
@@ -58,14 +58,11 @@ impl Handler for Chat {
 
     /// The page, for a plain GET of `/`; the same origin as the WebSocket, so the default origin
     /// policy (same host) accepts the page's connection.
-    fn on_http(&mut self, req: &Request) -> Rejection {
+    fn on_http(&mut self, _worker: &mut WorkerCtx<String>, req: &Request) -> Response {
         if req.method() != "GET" || req.path() != "/" {
-            return Rejection::new(404, "not found: the page is at /, the chat at /ws\n");
+            return Response::new(404, "not found: the page is at /, the chat at /ws\n");
         }
-        let mut page = Rejection::new(200, PAGE);
-        page.headers
-            .push(("Content-Type".into(), "text/html; charset=utf-8".into()));
-        page
+        Response::html(PAGE)
     }
 
     fn on_upgrade(&mut self, req: &Request) -> Upgrade<String> {

@@ -245,7 +245,7 @@ fn client_leaves_before_the_decision() {
     assert_eq!(pending.accept(Accept::new(path)), Err(HandleError::Closed));
     assert!(wait_until(Duration::from_secs(5), || f
         .server
-        .connection_count()
+        .socket_count()
         == 0));
     assert_eq!(f.counts.opened.load(Ordering::Relaxed), 0);
     f.stop();

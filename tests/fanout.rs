@@ -205,9 +205,7 @@ fn ten_thousand_subscribers_over_two_workers_get_every_message_in_order(backend:
     assert!(wait_until(Duration::from_secs(10), || {
         state.closed.lock().unwrap().len() == SUBSCRIBERS
     }));
-    assert!(wait_until(Duration::from_secs(5), || server
-        .connection_count()
-        == 0));
+    assert!(wait_until(Duration::from_secs(5), || server.socket_count() == 0));
     server.shutdown();
     server.join().unwrap();
 }

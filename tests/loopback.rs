@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use support::{http_exchange, upgrade_request, wait_until, ClientProcess, RawClient};
 use surge::{
     Accept, BackpressurePolicy, CloseCode, CloseInfo, Conn, ConnId, Handler, Message, Rejection,
-    Request, SendStatus, Server, ServerConfig, ServerHandle, Upgrade, WorkerCtx,
+    Request, Response, SendStatus, Server, ServerConfig, ServerHandle, Upgrade, WorkerCtx,
 };
 use tungstenite::protocol::frame::coding::CloseCode as TCloseCode;
 use tungstenite::protocol::CloseFrame;
@@ -96,11 +96,9 @@ impl TestHandler {
 impl Handler for TestHandler {
     type Data = String;
 
-    fn on_http(&mut self, req: &Request) -> Rejection {
-        let mut page = Rejection::new(200, format!("page {}", req.path()));
-        page.headers
-            .push(("Content-Type".into(), "text/html".into()));
-        page
+    fn on_http(&mut self, worker: &mut WorkerCtx<String>, req: &Request) -> Response {
+        Response::ok(format!("page {} (worker {})", req.path(), worker.index()))
+            .header("Content-Type", "text/html")
     }
 
     fn on_upgrade(&mut self, req: &Request) -> Upgrade<String> {
@@ -624,7 +622,7 @@ fn plain_http_get_reaches_the_handler() {
     // TestHandler::on_http serves a page naming the path.
     assert!(status_line(&resp).starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("Content-Type: text/html"), "{resp}");
-    assert!(resp.ends_with("page /index.html"), "{resp}");
+    assert!(resp.contains("page /index.html (worker "), "{resp}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -456,7 +456,7 @@ fn openssl_s_client() {
 
 /// Connection count back to 0 within `limit`.
 fn drained(server: &ServerHandle, limit: Duration) -> bool {
-    wait_until(limit, || server.connection_count() == 0)
+    wait_until(limit, || server.socket_count() == 0)
 }
 
 /// Whether the server closes `s` (EOF or reset, after whatever it sends) within `limit`.
@@ -533,7 +533,7 @@ impl Bad {
         assert!(
             drained(&server, Duration::from_secs(4)),
             "connections left: {}",
-            server.connection_count()
+            server.socket_count()
         );
         stop(server);
     }

@@ -25,7 +25,7 @@ pub mod signal;
 pub mod tls;
 
 pub use handler::{Accept, CloseInfo, Handler, SendStatus, Upgrade};
-pub use handshake::{Rejection, Request};
+pub use handshake::{Rejection, Request, Response};
 pub use prepared::PreparedMessage;
 pub use proto::{CloseCode, Message, MessageKind};
 pub use server::metrics::{Metrics, MetricsConfig};

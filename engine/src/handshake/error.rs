@@ -131,27 +131,95 @@ impl fmt::Display for HandshakeError {
 
 impl Error for HandshakeError {}
 
-/// An HTTP error response: what [`write_rejection`](super::write_rejection) sends instead of 101.
-/// The application builds its own to refuse an upgrade for its own reasons.
+/// An HTTP response: what [`Handler::on_http`](crate::Handler::on_http) answers a plain request
+/// with (a page, a health check, a JSON status), and, as [`Rejection`], what the server sends
+/// instead of 101 when it refuses an upgrade. [`write_rejection`](super::write_rejection) writes
+/// it; the connection is closed after it (`Connection: close`).
+///
+/// ```
+/// use surge::Response;
+///
+/// let health = Response::ok("ok");
+/// let page = Response::html("<h1>lobby</h1>").header("Cache-Control", "no-store");
+/// let gone = Response::new(404, "no such room");
+/// assert_eq!((health.status, page.status, gone.status), (200, 200, 404));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rejection {
-    /// The status code, e.g. 403.
+pub struct Response {
+    /// The status code, e.g. 200 or 403.
     pub status: u16,
     /// Headers beyond those `write_rejection` always adds (`Content-Length`, `Connection:
-    /// close`, and `Content-Type: text/plain` unless given here).
+    /// close`, and `Content-Type: text/plain` unless given here). Names and values must not
+    /// contain CR or LF.
     pub headers: Vec<(String, String)>,
     /// The response body.
     pub body: Vec<u8>,
 }
 
-impl Rejection {
-    /// A rejection with a plain-text body and no extra headers.
-    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Rejection {
-        Rejection {
+/// A refused upgrade: the [`Response`] sent instead of 101 (the name reads better in
+/// [`Upgrade::Reject`](crate::Upgrade::Reject)).
+pub type Rejection = Response;
+
+impl Response {
+    /// A response with a plain-text body (`text/plain; charset=utf-8`) and no extra headers.
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Response {
+        Response {
             status,
             headers: Vec::new(),
             body: body.into(),
         }
+    }
+
+    /// 200 with a plain-text body.
+    pub fn ok(body: impl Into<Vec<u8>>) -> Response {
+        Response::new(200, body)
+    }
+
+    /// 200 with an HTML body (`text/html; charset=utf-8`).
+    pub fn html(body: impl Into<Vec<u8>>) -> Response {
+        Response::new(200, body).header("Content-Type", "text/html; charset=utf-8")
+    }
+
+    /// 200 with `value` as JSON (`application/json`); a value that does not serialize gives 500
+    /// with the error as text. Behind the `json` feature.
+    ///
+    /// ```
+    /// # #[cfg(feature = "json")] {
+    /// let r = surge::Response::json(&serde_json::json!({ "players": 3 }));
+    /// assert_eq!(r.body, br#"{"players":3}"#);
+    /// # }
+    /// ```
+    #[cfg(feature = "json")]
+    pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Response {
+        match serde_json::to_vec(value) {
+            Ok(body) => Response::new(200, body).header("Content-Type", "application/json"),
+            Err(e) => Response::new(500, format!("cannot serialize the response: {e}")),
+        }
+    }
+
+    /// The same response with another status.
+    pub fn status(mut self, status: u16) -> Response {
+        self.status = status;
+        self
+    }
+
+    /// The same response with one more header (a `Content-Type` given here replaces the
+    /// default one).
+    ///
+    /// # Panics
+    /// If the name or the value contains CR or LF, or the name a colon: they would break the
+    /// response.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Response {
+        let (name, value) = (name.into(), value.into());
+        assert!(
+            !name.contains(['\r', '\n', ':']) && !value.contains(['\r', '\n']),
+            "header {name:?}: {value:?} would break the response"
+        );
+        self.headers.retain(|(n, _)| {
+            !(name.eq_ignore_ascii_case("Content-Type") && n.eq_ignore_ascii_case("Content-Type"))
+        });
+        self.headers.push((name, value));
+        self
     }
 }
 

@@ -39,7 +39,7 @@ pub use deflate_negotiation::{
     client_accept, client_accept_with, client_offer, client_offer_with, negotiate,
     DeflateResponseError, Negotiated, PERMESSAGE_DEFLATE,
 };
-pub use error::{HandshakeError, Rejection};
+pub use error::{HandshakeError, Rejection, Response};
 pub use extensions::{Extension, ExtensionParams, Extensions};
 pub use fields::HeaderIter;
 pub use head::{HeadBuffer, HeadStatus};

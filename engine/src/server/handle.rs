@@ -79,6 +79,13 @@ impl Shared {
             .sum()
     }
 
+    fn socket_count(&self) -> usize {
+        self.mailboxes
+            .iter()
+            .map(|m| m.sockets.load(Ordering::Relaxed))
+            .sum()
+    }
+
     fn dropped_count(&self) -> u64 {
         self.mailboxes
             .iter()
@@ -246,10 +253,16 @@ impl Publisher {
         self.shared.mailboxes.len()
     }
 
-    /// Connections held by all workers (handshakes and closing ones included), as of each
+    /// Open WebSocket connections on all workers (from `on_open` to `on_close`), as of each
     /// worker's last loop turn.
     pub fn connection_count(&self) -> usize {
         self.shared.connection_count()
+    }
+
+    /// Every connection the workers hold: open WebSocket ones and those in a handshake, a plain
+    /// HTTP exchange, a deferred decision or closing, as of each worker's last loop turn.
+    pub fn socket_count(&self) -> usize {
+        self.shared.socket_count()
     }
 
     /// Messages dropped under backpressure by all workers so far (as of their last loop turn).
@@ -280,6 +293,11 @@ impl ServerHandle {
     /// See [`Publisher::connection_count`].
     pub fn connection_count(&self) -> usize {
         self.shared.connection_count()
+    }
+
+    /// See [`Publisher::socket_count`].
+    pub fn socket_count(&self) -> usize {
+        self.shared.socket_count()
     }
 
     /// See [`Publisher::post`].

@@ -17,7 +17,7 @@
 //! Server::new(ServerConfig::default()).run(|_worker| Echo).unwrap();
 //! ```
 
-use crate::handshake::{Rejection, Request};
+use crate::handshake::{Rejection, Request, Response};
 use crate::proto::{CloseCode, Message, MessageKind};
 use crate::server::{Conn, ConnId, ConnectError, PendingUpgrade, WorkerCtx};
 
@@ -158,11 +158,29 @@ pub trait Handler: 'static {
     fn on_upgrade(&mut self, req: &Request) -> Upgrade<Self::Data>;
 
     /// A plain HTTP request on the WebSocket port (no `Upgrade: websocket`): a page, a health
-    /// check. The answer is written and the connection closed after it (`Connection: close`). The
-    /// default is gorilla's: 400 "the client is not using the websocket protocol". The request body,
-    /// if any, is not read.
-    fn on_http(&mut self, req: &Request) -> Rejection {
-        let _ = req;
+    /// check, a JSON status ([`Response::json`](crate::Response::json), `json` feature). The
+    /// worker is at hand: its connections, timers and commands. The answer is written and the connection closed
+    /// after it (`Connection: close`). The default is gorilla's: 400 "the client is not using the
+    /// websocket protocol". The request body, if any, is not read.
+    ///
+    /// ```
+    /// use surge::{Handler, Request, Response, WorkerCtx};
+    /// # struct App;
+    /// impl Handler for App {
+    ///     type Data = ();
+    ///     fn on_http(&mut self, worker: &mut WorkerCtx<()>, req: &Request) -> Response {
+    ///         match req.path() {
+    ///             "/health" => Response::ok("ok"),
+    ///             "/stats" => Response::ok(format!("{} players here", worker.connection_count())),
+    ///             _ => Response::new(404, "not found"),
+    ///         }
+    ///     }
+    /// #   fn on_upgrade(&mut self, _r: &Request) -> surge::Upgrade<()> { surge::Upgrade::Accept(surge::Accept::new(())) }
+    /// #   fn on_message(&mut self, _c: &mut surge::Conn<'_, ()>, _m: surge::Message<'_>) {}
+    /// }
+    /// ```
+    fn on_http(&mut self, worker: &mut WorkerCtx<Self::Data>, req: &Request) -> Response {
+        let _ = (worker, req);
         crate::handshake::HandshakeError::UpgradeNotWebSocket.to_rejection()
     }
 
@@ -201,8 +219,9 @@ pub trait Handler: 'static {
     /// and the TCP shutdown may still be finishing. `worker` reaches the other connections, topics,
     /// timers and `connect` (to announce a departure, or to reconnect; refused once the server is
     /// shutting down). This connection is no longer open: `worker.conn(info.id)` is `None`, it is
-    /// not in `conn_ids`/`for_each_conn` and its subscriptions have ended (it is still counted by
-    /// `connection_count` until its close handshake and TCP shutdown are done).
+    /// not in `conn_ids`/`for_each_conn` and its subscriptions have ended (it is no longer in
+    /// `connection_count`, but in `socket_count` until its close handshake and TCP shutdown are
+    /// done).
     fn on_close(
         &mut self,
         worker: &mut WorkerCtx<Self::Data>,

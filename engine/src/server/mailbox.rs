@@ -123,8 +123,10 @@ pub(crate) struct Mailbox {
     queue: SegQueue<Command>,
     /// A wake-up is pending (set by the first poster, cleared by the worker before it drains).
     armed: AtomicBool,
-    /// Connections held (handshakes included), stored by the worker each loop turn.
+    /// Open WebSocket connections, stored by the worker each loop turn.
     pub(crate) connections: AtomicUsize,
+    /// Connections held (handshakes, HTTP and closing ones included), stored likewise.
+    pub(crate) sockets: AtomicUsize,
     /// Messages dropped under backpressure so far, stored by the worker each loop turn.
     pub(crate) dropped: AtomicU64,
     /// The worker's subscriptions by topic bucket (on cache lines of its own: publishers read it

@@ -149,6 +149,45 @@ impl<'a, D> Conn<'a, D> {
     pub fn worker(&mut self) -> &mut WorkerCtx<D> {
         self.ctx
     }
+
+    /// The user data and the connection at once, for what needs both (the player's state and a
+    /// publish, a send to another connection, a timer). `data()` and `data_mut()` borrow the
+    /// connection, so they cannot be held across `conn.worker()` or a send; this lends the data
+    /// out for the closure instead (a move of `D` out of the slot and back, no allocation).
+    ///
+    /// Inside the closure the connection works as usual (send, subscribe, publish, close, its
+    /// worker) except that its data is with the closure: `conn.data()` panics, and the worker
+    /// does not list it (`worker.conn(id)` is `None` for it, `for_each_conn` skips it).
+    ///
+    /// ```
+    /// # use surge::{Conn, PreparedMessage};
+    /// struct Player { name: String, score: u32 }
+    ///
+    /// fn scored(conn: &mut Conn<'_, Player>, points: u32) {
+    ///     conn.with_data(|player, conn| {
+    ///         player.score += points;
+    ///         let news = format!("{} has {}", player.name, player.score);
+    ///         conn.worker().publish("scores", &PreparedMessage::text(&news));
+    ///     });
+    /// }
+    /// ```
+    pub fn with_data<R>(&mut self, f: impl FnOnce(&mut D, &mut Conn<'_, D>) -> R) -> R {
+        let c = self
+            .ctx
+            .conns
+            .get_mut(self.id)
+            .expect("open connections have a slot");
+        let mut data = c.data.take().expect("open connections have data");
+        c.set(Flag::Lent);
+        let r = f(&mut data, self);
+        // The connection cannot have been removed meanwhile: only the worker ends connections,
+        // after a callback, and the closure runs inside one.
+        if let Some(c) = self.ctx.conns.get_mut(self.id) {
+            c.clear(Flag::Lent);
+            c.data = Some(data);
+        }
+        r
+    }
 }
 
 /// A message sent in pieces (gorilla's `NextWriter`), from [`Conn::writer`]. Pieces are never

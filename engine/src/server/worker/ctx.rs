@@ -133,6 +133,8 @@ pub struct WorkerCtx<D> {
     pub(super) protocols: Protocols,
     pub(super) app_timers: HashMap<TimerId, AppTimer>,
     pub(super) timer_seq: u64,
+    /// Open WebSocket connections (those with data: from `on_open` to `on_close`).
+    pub(super) open: usize,
     pub(super) dropped: u64,
     /// Topics, handles and the mailbox (fanout.rs).
     pub(super) fanout: fanout::Fanout,
@@ -201,6 +203,7 @@ impl<D> WorkerCtx<D> {
             cfg,
             app_timers: HashMap::new(),
             timer_seq: 0,
+            open: 0,
             dropped: 0,
             admission: limits::Admission::new(&shared),
             fanout: fanout::Fanout::new(shared),
@@ -229,8 +232,15 @@ impl<D> WorkerCtx<D> {
         self.index
     }
 
-    /// Connections held, handshakes and closing ones included.
+    /// Open WebSocket connections on this worker: from `on_open` to `on_close` (accepted and
+    /// dialed ones; not handshakes, plain HTTP requests or closing connections).
     pub fn connection_count(&self) -> usize {
+        self.open
+    }
+
+    /// Every connection this worker holds: the open WebSocket connections and those in a
+    /// handshake, a plain HTTP exchange, a deferred decision or closing.
+    pub fn socket_count(&self) -> usize {
         self.conns.len()
     }
 
@@ -412,6 +422,9 @@ impl<D> WorkerCtx<D> {
         }
         self.release_client(id);
         if let Some(mut c) = self.conns.remove(id) {
+            if c.data.is_some() || c.has(Flag::Lent) {
+                self.open -= 1; // dropped without on_close (the worker is going away)
+            }
             self.assembly_released(c.assembly_held());
             if c.peer == PackedPeer::V6 {
                 self.peers6.remove(&id);

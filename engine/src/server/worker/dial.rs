@@ -512,6 +512,7 @@ impl<H: Handler> Worker<H> {
         c.stage = Stage::Open(core);
         c.subprotocol = tag;
         c.data = ctx.client.pending.remove(&id);
+        ctx.open += usize::from(c.data.is_some());
         ctx.arm(id, None);
         ctx.sync_timer(id);
         ctx.metrics.dialed();

@@ -178,7 +178,7 @@ impl<D> WorkerCtx<D> {
         let Some(c) = self.conns.get_mut(id) else {
             return false;
         };
-        if c.data.is_none() {
+        if c.data.is_none() && !c.has(Flag::Lent) {
             return false;
         }
         c.set(Flag::Linked);
@@ -268,7 +268,8 @@ impl<D> WorkerCtx<D> {
     /// Stores the figures other threads read (once per loop turn).
     pub(super) fn store_stats(&self) {
         let m = &self.fanout.shared.mailboxes[self.index];
-        m.connections.store(self.conns.len(), Ordering::Relaxed);
+        m.connections.store(self.open, Ordering::Relaxed);
+        m.sockets.store(self.conns.len(), Ordering::Relaxed);
         m.dropped.store(self.dropped, Ordering::Relaxed);
     }
 }

@@ -190,6 +190,7 @@ impl<H: Handler> Worker<H> {
             return;
         };
         if let Some(data) = c.data.take() {
+            self.ctx.open -= 1;
             self.ctx.metrics.closed(code);
             let info = CloseInfo {
                 id,

@@ -30,6 +30,8 @@ pub(super) enum Flag {
     Counted = 128,
     /// Accepted on a TLS listener: its state is in the worker's `TlsTable` (see `tls.rs`).
     Tls = 256,
+    /// Open, its data lent to [`Conn::with_data`](crate::Conn::with_data)'s closure for now.
+    Lent = 512,
 }
 
 /// A connection's flags, in two bytes of its slot (in its alignment padding).

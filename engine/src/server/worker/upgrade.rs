@@ -53,7 +53,7 @@ impl<H: Handler> Worker<H> {
                 request.tls = ctx.tls.info(id);
                 let response = self
                     .metrics_page(&request)
-                    .unwrap_or_else(|| self.handler.on_http(&request));
+                    .unwrap_or_else(|| self.handler.on_http(&mut self.ctx, &request));
                 self.reject(id, &response);
                 return;
             }
@@ -117,6 +117,7 @@ impl<H: Handler> Worker<H> {
         c.subprotocol = tag;
         let direct = matches!(c.socket, Socket::Direct(_));
         c.data = Some(accept.data);
+        ctx.open += 1;
         // A direct descriptor has no fd for `getpeername`: its address is kept in the slot.
         if let (true, Some(addr)) = (direct, peer) {
             ctx.keep_peer(id, addr);

@@ -78,7 +78,7 @@ fn the_handshake_timeout_closes_a_silent_connection() {
     h.advance(Duration::from_millis(200));
     assert!(h.closed(p));
     assert!(h.output(p).is_empty());
-    assert_eq!(h.worker.ctx.connection_count(), 0);
+    assert_eq!(h.worker.ctx.socket_count(), 0);
 }
 
 #[test]
@@ -89,7 +89,7 @@ fn eof_during_the_handshake_frees_the_connection_without_callbacks() {
     h.eof(p);
     assert!(h.closed(p));
     assert!(h.log().is_empty());
-    assert_eq!(h.worker.ctx.connection_count(), 0);
+    assert_eq!(h.worker.ctx.socket_count(), 0);
 }
 
 #[test]
@@ -117,6 +117,60 @@ fn the_peers_close_is_answered_then_fin_then_closed_at_eof() {
     assert!(!h.closed(p), "draining: waits for the peer's EOF");
     h.eof(p);
     assert!(h.closed(p));
+}
+
+#[test]
+fn connection_count_is_open_websockets_and_socket_count_everything_held() {
+    let mut h = Harness::new(ServerConfig::default());
+    let http = h.accept();
+    h.send(http, &REQUEST[..20]); // a request under way (a page, a handshake)
+    let p = h.open();
+    h.log();
+    h.turn();
+    assert_eq!(h.worker.ctx.connection_count(), 1);
+    assert_eq!(h.worker.ctx.socket_count(), 2);
+    h.send(p, &close_frame(1000, "bye"));
+    h.turn();
+    assert_eq!(
+        h.worker.ctx.connection_count(),
+        0,
+        "closed for the application"
+    );
+    assert_eq!(h.worker.ctx.socket_count(), 2, "still draining");
+    h.eof(p);
+    h.eof(http);
+    assert_eq!(h.worker.ctx.socket_count(), 0);
+    assert_eq!(h.worker.ctx.connection_count(), 0);
+}
+
+#[test]
+fn with_data_lends_the_data_beside_a_working_connection() {
+    let mut h = Harness::new(ServerConfig::default());
+    let p = h.open();
+    let q = h.open();
+    h.log();
+    let (id, other) = (h.id(p), h.id(q));
+    let before = *h.worker.ctx.conn(id).unwrap().data();
+    let got = h.worker.ctx.conn(id).unwrap().with_data(|data, conn| {
+        *data += 1;
+        assert!(conn.worker().conn(id).is_none(), "not listed while lent");
+        assert_eq!(conn.worker().conn_ids(), [other]);
+        assert!(conn.subscribe("room"), "its own subscriptions work");
+        let _ = conn.send_text("mine");
+        let _ = conn.worker().conn(other).unwrap().send_text("yours");
+        *data
+    });
+    assert_eq!(got, before + 1);
+    assert_eq!(
+        *h.worker.ctx.conn(id).unwrap().data(),
+        before + 1,
+        "given back"
+    );
+    assert_eq!(h.worker.ctx.conn_ids().len(), 2);
+    assert_eq!(h.worker.ctx.subscriber_count("room"), 1);
+    h.turn();
+    assert_eq!(h.frames(p), [(0x1, b"mine".to_vec())]);
+    assert_eq!(h.frames(q), [(0x1, b"yours".to_vec())]);
 }
 
 #[test]
@@ -388,7 +442,7 @@ fn a_send_completion_after_its_connection_closed_frees_the_queue() {
         orphan,
     });
     h.turn();
-    assert_eq!(h.worker.ctx.connection_count(), 0);
+    assert_eq!(h.worker.ctx.socket_count(), 0);
 }
 
 #[test]
@@ -470,7 +524,7 @@ fn connections_past_the_limit_are_closed_at_once() {
     let c = h.accept();
     assert!(!h.closed(a) && !h.closed(b));
     assert!(h.closed(c));
-    assert_eq!(h.worker.ctx.connection_count(), 2);
+    assert_eq!(h.worker.ctx.socket_count(), 2);
 }
 
 #[test]
