@@ -238,9 +238,8 @@ fn heap_bytes_per_idle_connection() {
     let marginal = report("second 5k (marginal)", &at_half, &at_full, HALF);
     // The registry allocates pages of 256 slots: the 32..64 KiB class above is slab pages.
     println!(
-        "sizes: protocol core {} B, write queue {} B (both inside the registry slot)",
+        "sizes: protocol core {} B (inside the registry slot)",
         std::mem::size_of::<surge::proto::Session>(),
-        std::mem::size_of::<surge::buf::WriteQueue>(),
     );
     println!(
         "VmRSS: {rss_base} KiB idle server, {rss_full} KiB with 10k connections \

@@ -1,14 +1,17 @@
-//! surge: a thread-per-core WebSocket server engine.
+#![doc = include_str!("../../README.md")]
 //!
-//! Layers, bottom up (see docs/ARCHITECTURE.md):
+//! ## The crate's layers
+//!
+//! Bottom up (docs/ARCHITECTURE.md):
 //! - [`proto`]: the sans-IO RFC 6455 core (frames, assembly, close handshake), no sockets, no clock.
 //! - [`handshake`]: the sans-IO HTTP/1.1 upgrade (server and client side).
-//! - [`buf`]: per-worker chunk pools and the per-connection write queue.
-//! - [`server`]: thread-per-core workers (epoll through mio), the [`Handler`] callbacks, timers,
-//!   topics and cross-thread handles; [`prepared`]: messages encoded once for many connections.
+//! - [`server`]: thread-per-core workers over io_uring or epoll, the [`Handler`] callbacks,
+//!   [`WorkerCtx`] (timers, commands, topics), [`ConnHandle`] and [`Publisher`] for other threads;
+//!   [`prepared`]: messages encoded once for many connections; [`tls`]: `wss://` settings.
+//! - [`blocking`]: gorilla's blocking model over any `Read + Write` stream.
 
 pub mod blocking;
-pub mod buf;
+pub(crate) mod buf;
 pub(crate) mod driver;
 /// The fuzz targets' checks (built for `cargo fuzz`, which sets `--cfg fuzzing`, and for tests).
 #[cfg(any(test, fuzzing))]

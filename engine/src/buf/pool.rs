@@ -76,6 +76,7 @@ impl ChunkPool {
     }
 
     /// Buffers handed out and not yet given back.
+    #[cfg(test)]
     pub fn outstanding(&self) -> usize {
         self.outstanding
     }
@@ -83,13 +84,6 @@ impl ChunkPool {
     /// The capacity of the free buffers held, in bytes.
     pub fn cached_bytes(&self) -> usize {
         self.cached_bytes
-    }
-
-    /// Frees every cached buffer.
-    pub fn shrink(&mut self) {
-        self.free = Vec::new();
-        self.low = 0;
-        self.cached_bytes = 0;
     }
 
     /// Frees the free buffers that were not needed since the last trim (as many as the free list

@@ -96,6 +96,7 @@ impl WriteQueue {
     }
 
     /// Chunks held.
+    #[cfg(test)]
     pub fn chunk_count(&self) -> usize {
         self.chunks.len()
     }

@@ -101,6 +101,30 @@ impl Shared {
 /// thread posted them. A handle to a connection that has closed fails with
 /// [`HandleError::Closed`]; a command already posted when the connection closes is discarded by
 /// the worker (the id's generation no longer matches).
+///
+/// ```
+/// use surge::{Accept, Conn, ConnHandle, Handler, Message, Request, Upgrade};
+///
+/// /// Replies come from a thread pool, not from the worker.
+/// struct Api { jobs: std::sync::mpsc::Sender<(ConnHandle, String)> }
+///
+/// impl Handler for Api {
+///     type Data = ();
+/// #   fn on_upgrade(&mut self, _r: &Request) -> Upgrade<()> { Upgrade::Accept(Accept::new(())) }
+///     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+///         if let Message::Text(query) = msg {
+///             let _ = self.jobs.send((conn.handle(), query.to_owned()));
+///         }
+///     }
+/// }
+///
+/// // On the pool's thread:
+/// fn answer(conn: &ConnHandle, result: &str) {
+///     if conn.send_text(result).is_err() {
+///         // the connection has closed (or the server is stopping): nothing to do
+///     }
+/// }
+/// ```
 #[derive(Clone)]
 pub struct ConnHandle {
     pub(crate) shared: Arc<Shared>,

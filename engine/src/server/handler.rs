@@ -158,7 +158,7 @@ pub trait Handler: 'static {
     fn on_upgrade(&mut self, req: &Request) -> Upgrade<Self::Data>;
 
     /// A plain HTTP request on the WebSocket port (no `Upgrade: websocket`): a page, a health
-    /// check, a JSON status ([`Response::json`](crate::Response::json), `json` feature). The
+    /// check, a JSON status (`Response::json`, with the `json` feature). The
     /// worker is at hand: its connections, timers and commands. The answer is written and the connection closed
     /// after it (`Connection: close`). The default is gorilla's: 400 "the client is not using the
     /// websocket protocol". The request body, if any, is not read.

@@ -65,6 +65,37 @@ pub(crate) struct Shared {
 }
 
 /// A WebSocket server: [`ServerConfig`] plus [`run`](Server::run) or [`start`](Server::start).
+///
+/// `start` returns a [`ServerHandle`] at once (its address, publishing, commands, shutdown);
+/// `run` is `start` then `join`. The closure makes one handler per worker thread.
+///
+/// ```
+/// use std::time::Duration;
+/// use surge::{Accept, Conn, Handler, Message, Request, Server, ServerConfig, Upgrade};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     type Data = ();
+///     fn on_upgrade(&mut self, _req: &Request) -> Upgrade<()> {
+///         Upgrade::Accept(Accept::new(()))
+///     }
+///     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+///         let _ = conn.send(msg);
+///     }
+/// }
+///
+/// # fn main() -> std::io::Result<()> {
+/// let config = ServerConfig {
+///     workers: 2,
+///     handshake_timeout: Duration::from_secs(5),
+///     ..ServerConfig::bind("127.0.0.1:0".parse().unwrap()) // 0: any free port
+/// };
+/// let server = Server::new(config).start(|_worker_index| Echo)?;
+/// println!("listening on ws://{}", server.local_addr());
+/// server.shutdown(); // closes every connection with 1001 ("going away")
+/// server.join()
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Server {
     config: ServerConfig,

@@ -132,6 +132,23 @@ impl<D> WorkerCtx<D> {
     ///
     /// A control message ([`PreparedMessage::is_control`]) is refused by every connection: it is
     /// not published at all.
+    ///
+    /// ```
+    /// use surge::{Conn, PreparedMessage, WorkerCtx};
+    ///
+    /// // A connection joins a room: it subscribes to the room's topic...
+    /// fn join(conn: &mut Conn<'_, String>, room: &str) {
+    ///     conn.subscribe(room);
+    ///     // ...and the others hear of it (not the newcomer: publish_others skips the sender).
+    ///     let news = PreparedMessage::text(&format!("{} joined", conn.data()));
+    ///     conn.publish_others(room, &news);
+    /// }
+    ///
+    /// // A tick sends the room's state to every subscriber on every worker: framed once, shared.
+    /// fn tick(worker: &mut WorkerCtx<String>, room: &str, state: &str) {
+    ///     worker.publish(room, &PreparedMessage::text(state));
+    /// }
+    /// ```
     pub fn publish(&mut self, topic: &str, msg: &PreparedMessage) {
         self.publish_except(topic, msg, None);
     }
