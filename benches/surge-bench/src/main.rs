@@ -9,6 +9,7 @@
 //!   node, when installed: `uws.rs`); or `--url` for any server.
 
 mod chart;
+mod commands;
 mod echo;
 mod fanout;
 mod load;
@@ -46,6 +47,8 @@ enum Cmd {
     Compare(echo::EchoArgs),
     /// Ramp to N idle connections, hold: server memory per connection and the connect rate.
     Idle(IdleArgs),
+    /// CPU time per application command (`post` -> `on_command`), worker and poster (commands.rs).
+    Commands(commands::CommandArgs),
     /// A load-generator process (started by echo, compare and idle).
     #[command(hide = true)]
     Load(load::LoadArgs),
@@ -461,5 +464,6 @@ fn main() -> std::io::Result<()> {
         }
         Cmd::Idle(args) => echo::idle(args.common, args.hold),
         Cmd::Load(args) => load::run(args),
+        Cmd::Commands(args) => commands::run(args),
     }
 }
