@@ -320,7 +320,8 @@ fn json_string(s: &str) -> String {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: game [--port 8080] [--host 127.0.0.1] [--workers 2] [--hz 30] [--token demo]\n\
+        "usage: game [--port 8080] [--host 127.0.0.1] [--workers 2] [--hz 30] [--token demo] \
+         [--backend auto|epoll|io_uring]\n\
          (players at ws://HOST:PORT/play?room=NAME&name=NICK&token=TOKEN, health at /health)"
     );
     std::process::exit(2)
@@ -331,6 +332,7 @@ fn main() -> std::io::Result<()> {
     let mut port = 8080u16;
     let mut workers = 2usize;
     let mut hz = 30u32;
+    let mut backend = surge::Backend::Auto;
     let mut token = std::env::var("GAME_TOKEN").unwrap_or_else(|_| "demo".into());
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -341,6 +343,14 @@ fn main() -> std::io::Result<()> {
             "--workers" => workers = value.parse().unwrap_or_else(|_| usage()),
             "--hz" => hz = value.parse().unwrap_or_else(|_| usage()),
             "--token" => token = value,
+            "--backend" => {
+                backend = match value.as_str() {
+                    "auto" => surge::Backend::Auto,
+                    "epoll" => surge::Backend::Epoll,
+                    "io_uring" => surge::Backend::IoUring,
+                    _ => usage(),
+                }
+            }
             _ => usage(),
         }
     }
@@ -349,6 +359,7 @@ fn main() -> std::io::Result<()> {
     }
     let mut cfg = ServerConfig::bind(SocketAddr::new(host, port));
     cfg.workers = workers;
+    cfg.backend = backend;
     cfg.proto.max_message_size = 1024; // inputs are tiny
     cfg.max_backpressure = 512 * 1024; // a few seconds of snapshots for a slow player
     cfg.proto.idle_timeout = Some(Duration::from_secs(15)); // pinged when quiet, closed if silent

@@ -48,9 +48,10 @@ struct Game {
 }
 
 impl Game {
-    fn start(bin: &PathBuf) -> Game {
+    fn start(bin: &PathBuf, backend: &str) -> Game {
         let mut child = Command::new(bin)
             .args(["--port", "0", "--workers", "2", "--token", "t0k"])
+            .args(["--backend", backend])
             .args(["--hz", &HZ.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -203,7 +204,16 @@ fn player(addr: SocketAddr, i: usize, run: &Run, all_in: &Barrier) -> Seen {
 }
 
 #[test]
-fn two_hundred_players_in_four_rooms_on_two_workers() {
+fn two_hundred_players_in_four_rooms_on_two_workers_epoll() {
+    two_hundred_players("epoll");
+}
+
+#[test]
+fn two_hundred_players_in_four_rooms_on_two_workers_io_uring() {
+    two_hundred_players("io_uring");
+}
+
+fn two_hundred_players(backend: &str) {
     let Some(bin) = example() else {
         let why = "the game example is not built (cargo test builds it; or set SURGE_GAME_EXAMPLE)";
         assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
@@ -211,7 +221,7 @@ fn two_hundred_players_in_four_rooms_on_two_workers() {
         return;
     };
     let t0 = Instant::now();
-    let mut game = Game::start(&bin);
+    let mut game = Game::start(&bin, backend);
     let addr = game.addr;
 
     // Refusals first: a bad token, a bad room, an unknown path.
@@ -314,7 +324,7 @@ fn two_hundred_players_in_four_rooms_on_two_workers() {
         );
     }
     println!(
-        "{PLAYERS} players, {ROOMS} rooms: {} snapshots received in all",
+        "{backend}: {PLAYERS} players, {ROOMS} rooms: {} snapshots received in all",
         seen.iter().map(|s| s.frames.len()).sum::<usize>()
     );
 
