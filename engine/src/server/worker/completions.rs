@@ -12,7 +12,7 @@ impl<H: Handler> Worker<H> {
         match ev {
             IoEvent::Accepted { listener, socket } => {
                 if listener < self.listeners.len() {
-                    self.admit(socket, listener);
+                    self.admit(socket, listener, None);
                 } else {
                     self.ctx.driver.close(socket); // shutting down
                 }

@@ -255,7 +255,7 @@ impl<H: Handler> Worker<H> {
             let Some(listener) = self.listeners.get(i) else {
                 return;
             };
-            let (stream, _addr) = match listener.accept() {
+            let (stream, addr) = match listener.accept() {
                 Ok(found) => found,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // Interrupted, or this connection was reset while queued: the next one.
@@ -275,13 +275,14 @@ impl<H: Handler> Worker<H> {
                     return;
                 }
             };
-            self.admit(Socket::Fd(stream), i);
+            self.admit(Socket::Fd(stream), i, Some(addr));
         }
     }
 
     /// Takes an accepted connection in: registers it and arms its handshake deadline.
-    /// (`TCP_NODELAY` comes from the listener.)
-    fn admit(&mut self, socket: Socket, listener: usize) {
+    /// (`TCP_NODELAY` comes from the listener.) `peer`: the address `accept(2)` gave, kept for
+    /// the handshake (the per-client limits, `Request::peer`) instead of a `getpeername` each.
+    fn admit(&mut self, socket: Socket, listener: usize, peer: Option<std::net::SocketAddr>) {
         self.ctx.metrics.accepted();
         {
             if self.ctx.conns.len() >= self.ctx.cfg.max_connections_per_worker {
@@ -299,6 +300,7 @@ impl<H: Handler> Worker<H> {
                 queue: WriteQueue::new(),
                 stage: Stage::Handshake(Handshake {
                     proxy: crate::server::proxy::listener_mode(&self.ctx.cfg, listener),
+                    peer,
                     ..Handshake::default()
                 }),
                 data: None,

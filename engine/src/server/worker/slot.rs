@@ -83,8 +83,9 @@ pub(super) struct Deferred {
 pub(super) struct Handshake {
     /// Bytes of an incomplete request (pooled buffer; none allocated until needed).
     pub(super) held: Vec<u8>,
-    /// io_uring direct descriptors: the peer's address, asked through the ring at accept; then
-    /// the client's as a PROXY protocol header named it (`proxy.rs`).
+    /// The peer's address: from `accept(2)` on epoll, asked through the ring at accept for
+    /// io_uring direct descriptors; then the client's as a PROXY protocol header named it
+    /// (`proxy.rs`).
     pub(super) peer: Option<SocketAddr>,
     /// That query is in flight: bytes wait in `held` until it completes (the query is linked
     /// ahead of the receive, so this is a safety net, not the common path).

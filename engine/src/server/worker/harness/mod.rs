@@ -264,7 +264,7 @@ impl Harness {
         self.next_slot += 1;
         self.net.borrow_mut().pipes.insert(slot, Pipe::default());
         let registered = self.net.borrow().registered.len();
-        self.worker.admit(Socket::Direct(slot), 0);
+        self.worker.admit(Socket::Direct(slot), 0, None);
         let token = self.net.borrow().registered.get(registered).copied();
         Peer {
             slot,
