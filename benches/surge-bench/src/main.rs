@@ -13,6 +13,7 @@ mod echo;
 mod fanout;
 mod load;
 mod server_metrics;
+mod tls;
 mod uws;
 mod uws_cpp;
 
@@ -443,9 +444,19 @@ fn main() -> std::io::Result<()> {
     match Cli::parse().cmd {
         Cmd::Latency(args) => latency(args),
         Cmd::Fanout(args) => fanout::run(args),
-        Cmd::Echo(args) => echo::echo(args),
+        Cmd::Echo(mut args) => {
+            if args.tls && args.systems == ["surge"] {
+                // surge over TLS against tokio-tungstenite + tokio-rustls, in one run.
+                args.systems = ["surge", "tokio-tungstenite"].map(String::from).to_vec();
+            }
+            echo::echo(args)
+        }
         Cmd::Compare(mut args) => {
-            if args.systems == ["surge"] {
+            if args.tls && args.systems == ["surge"] {
+                args.systems = ["surge-epoll", "surge-io_uring", "tokio-tungstenite"]
+                    .map(String::from)
+                    .to_vec();
+            } else if args.systems == ["surge"] {
                 args.systems = [
                     "surge-epoll",
                     "surge-io_uring",
