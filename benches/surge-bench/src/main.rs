@@ -7,10 +7,14 @@
 //!   trip p50/p99/p99.9/max, per system. Systems: `surge` (blocking loop), `surge-busy` (busy-poll),
 //!   `tokio-tungstenite`, each a child process built from this crate, and `uws` (uWebSockets.js under
 //!   node, when installed: `uws.rs`); or `--url` for any server.
+//! - `echo`, `compare`, `idle`: see echo.rs (`--tls`: the same over `wss://`).
+//! - `handshake`: new `wss://` connections per second, full and resumed TLS handshakes, and the
+//!   server's CPU per connection (handshake.rs).
 
 mod chart;
 mod echo;
 mod fanout;
+mod handshake;
 mod load;
 mod server_metrics;
 mod tls;
@@ -47,6 +51,9 @@ enum Cmd {
     Compare(echo::EchoArgs),
     /// Ramp to N idle connections, hold: server memory per connection and the connect rate.
     Idle(IdleArgs),
+    /// New wss:// connections per second (TLS handshake, upgrade, close), full and resumed
+    /// handshakes, and the server's CPU per connection (handshake.rs).
+    Handshake(handshake::HandshakeArgs),
     /// A load-generator process (started by echo, compare and idle).
     #[command(hide = true)]
     Load(load::LoadArgs),
@@ -250,6 +257,16 @@ pub(crate) fn pin(cmd: &mut Command, cpu: Option<usize>) {
             }
             Ok(())
         });
+    }
+}
+
+/// Runs the calling thread (and the threads it starts from now on) on CPU `cpu` only.
+pub(crate) fn pin_self(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_setaffinity only reads the local.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
@@ -471,6 +488,7 @@ fn main() -> std::io::Result<()> {
             echo::echo(args)
         }
         Cmd::Idle(args) => echo::idle(args.common, args.hold),
+        Cmd::Handshake(args) => handshake::run(args),
         Cmd::Load(args) => load::run(args),
     }
 }

@@ -124,10 +124,14 @@ impl TlsTable {
         let Some(t) = self.conns.remove(&id) else {
             return;
         };
+        // An outgoing connection's handler hears why it never opened (`on_connect_error`).
+        let client = matches!(t.conn, Side::Client(_));
         let why = if t.failed {
             None
         } else if t.conn.common().is_handshaking() {
-            Some("before its TLS handshake completed (handshake timeout, or the peer left)")
+            (!client).then_some(
+                "before its TLS handshake completed (handshake timeout, or the peer left)",
+            )
         } else if !t.held.is_empty() {
             Some("inside a TLS record (truncated)")
         } else {
