@@ -363,8 +363,8 @@ impl<D> WorkerCtx<D> {
     /// as accepted ones, with the same handler: `on_open` once the server's 101 is checked, then
     /// `on_message` etc., or [`Handler::on_connect_error`] (with `data` back) if it never opens.
     ///
-    /// Returns at once with the connection's id; an `Err` means nothing was started (bad URL,
-    /// unresolvable host, no descriptor left, source address not bindable, immediate refusal, or
+    /// Returns at once with the connection's id; an `Err` means nothing was started (bad URL, a
+    /// `wss://` host that is no valid TLS server name, unresolvable host, no descriptor left, source address not bindable, immediate refusal, or
     /// the server shutting down: a reconnect from `on_close` during shutdown is refused).
     /// The host is resolved here, blocking, unless it is an IP literal.
     pub fn connect(&mut self, req: &ConnectRequest, data: D) -> io::Result<ConnId> {
