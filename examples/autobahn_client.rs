@@ -8,7 +8,9 @@
 //! The usual flow: `GET /getCaseCount`, then `/runCase?case=N&agent=AGENT` for each case, one
 //! after another, then `/updateReports?agent=AGENT`. Prints one line per failed connect and a
 //! summary; exits once the report is written. permessage-deflate (context takeover) is offered, so
-//! groups 12 and 13 run too.
+//! groups 12 and 13 run too. Over TLS: `--url wss://localhost:9443 --tls-ca ca.pem` (the server's
+//! CA; default the webpki roots), e.g. with socat terminating TLS in front of kosoku
+//! (`.ci/conformance-client-tls.sh`).
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -29,6 +31,8 @@ enum Phase {
 
 struct Runner {
     base: String,
+    /// `wss://`: how the server is verified (`None`: the webpki roots).
+    tls: Option<surge::tls::ClientTlsConfig>,
     agent: String,
     count: Option<u32>,
     next: u32,
@@ -44,7 +48,11 @@ impl Runner {
         // The fuzzing server asks for client_no_context_takeover or a client window (13.2, 13.5,
         // 13.6) only of a client that offered client_no_context_takeover; the server's side keeps
         // context takeover either way.
-        let req = ConnectRequest::new(format!("{}{path}", self.base)).client_no_context_takeover();
+        let mut req =
+            ConnectRequest::new(format!("{}{path}", self.base)).client_no_context_takeover();
+        if let Some(tls) = &self.tls {
+            req = req.tls(tls.clone());
+        }
         match worker.connect(&req, phase) {
             Ok(_) => self.busy = true,
             Err(e) => {
@@ -127,12 +135,16 @@ impl Handler for Runner {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: autobahn_client [--url ws://127.0.0.1:9001] [--agent surge] [--backend auto|epoll|io_uring]");
+    eprintln!(
+        "usage: autobahn_client [--url ws://127.0.0.1:9001] [--agent surge] \
+         [--backend auto|epoll|io_uring] [--tls-ca ca.pem]"
+    );
     std::process::exit(2)
 }
 
 fn main() -> std::io::Result<()> {
     let mut base = "ws://127.0.0.1:9001".to_owned();
+    let mut tls = None;
     let mut agent = "surge".to_owned();
     let mut cfg = ServerConfig {
         workers: 1,
@@ -158,6 +170,7 @@ fn main() -> std::io::Result<()> {
         match flag.as_str() {
             "--url" => base = value.trim_end_matches('/').to_owned(),
             "--agent" => agent = value,
+            "--tls-ca" => tls = Some(surge::tls::ClientTlsConfig::with_ca_pem_file(value)?),
             "--backend" => cfg.backend = value.parse::<Backend>().unwrap_or_else(|_| usage()),
             // For CI: exit 0 if the backend can run here, else print why and exit 1.
             "--probe" => {
@@ -176,6 +189,7 @@ fn main() -> std::io::Result<()> {
     let tx = std::sync::Mutex::new(tx);
     let handle = Client::new(cfg).start(move |_| Runner {
         base: base.clone(),
+        tls: tls.clone(),
         agent: agent.clone(),
         count: None,
         next: 0,

@@ -19,6 +19,12 @@
 //! cargo run --example chat -- --port 8081 --cluster nats://127.0.0.1:4222
 //! ```
 //!
+//! Over TLS: `--tls-cert chain.pem --tls-key key.pem` serves the page on https:// and the chat on
+//! wss:// (the page connects with the scheme it was loaded with). `tests/chromium.rs` opens it in
+//! headless Chromium.
+//!
+//! `/?nick=ann&say=hello` also sends `hello` once connected (a smoke test for a browser).
+//!
 //! Prometheus metrics: `--metrics /metrics` answers them on the chat's port,
 //! `--metrics-addr 127.0.0.1:9101` on a listener of their own (docs/OPERATIONS.md).
 //!
@@ -119,12 +125,14 @@ form { display: flex; gap: .5em; margin-top: .5em; } #text { flex: 1; }
 <button>Send</button></form>
 <script>
 const nick = new URLSearchParams(location.search).get("nick") || ""; // e.g. /?nick=ann
-const url = `ws://${location.host}/ws?nick=${encodeURIComponent(nick)}`;
+const say = new URLSearchParams(location.search).get("say"); // sent once connected, if given
+const scheme = location.protocol === "https:" ? "wss" : "ws";
+const url = `${scheme}://${location.host}/ws?nick=${encodeURIComponent(nick)}`;
 const log = document.getElementById("log");
 const show = (t) => { const d = document.createElement("div"); d.textContent = t;
   log.appendChild(d); log.scrollTop = log.scrollHeight; };
 const ws = new WebSocket(url);
-ws.onopen = () => show("* connected");
+ws.onopen = () => { show("* connected"); if (say) ws.send(say); };
 ws.onmessage = (e) => show(e.data);
 ws.onclose = (e) => show(`* disconnected (${e.code} ${e.reason})`);
 document.getElementById("form").onsubmit = (e) => {
@@ -137,7 +145,8 @@ document.getElementById("form").onsubmit = (e) => {
 fn usage() -> ! {
     eprintln!(
         "usage: chat [--port 8080] [--host 127.0.0.1] [--cluster nats://HOST:PORT|redis://HOST:PORT] \
-         [--metrics /metrics] [--metrics-addr 127.0.0.1:9101]   (page at /, chat at /ws)"
+         [--metrics /metrics] [--metrics-addr 127.0.0.1:9101] \
+         [--tls-cert chain.pem --tls-key key.pem]   (page at /, chat at /ws)"
     );
     std::process::exit(2)
 }
@@ -147,6 +156,7 @@ fn main() -> std::io::Result<()> {
     let mut port = 8080u16;
     let mut cluster_url: Option<String> = None;
     let mut metrics = surge::MetricsConfig::default();
+    let (mut tls_cert, mut tls_key) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_else(|| usage());
@@ -156,10 +166,23 @@ fn main() -> std::io::Result<()> {
             "--cluster" => cluster_url = Some(value),
             "--metrics" => metrics.path = Some(value),
             "--metrics-addr" => metrics.addr = Some(value.parse().unwrap_or_else(|_| usage())),
+            "--tls-cert" => tls_cert = Some(value),
+            "--tls-key" => tls_key = Some(value),
             _ => usage(),
         }
     }
-    let mut cfg = ServerConfig::bind(SocketAddr::new(host, port));
+    let addr = SocketAddr::new(host, port);
+    let mut cfg = ServerConfig::bind(addr);
+    match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => {
+            cfg.tls = Some(surge::tls::TlsConfig::from_pem_files(cert, key)?);
+            cfg.bind = Vec::new();
+            cfg.tls_bind = vec![addr];
+        }
+        (None, None) => {}
+        _ => usage(),
+    }
+    let tls = cfg.tls.is_some();
     cfg.workers = 2;
     cfg.proto.max_message_size = 4096;
     cfg.max_backpressure = 256 * 1024;
@@ -175,8 +198,13 @@ fn main() -> std::io::Result<()> {
         next_guest: 0,
         present: Arc::clone(&present),
     })?;
+    let (http, ws) = if tls {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
     println!(
-        "chat on http://{0}/ (WebSocket at ws://{0}/ws)",
+        "chat on {http}://{0}/ (WebSocket at {ws}://{0}/ws)",
         handle.local_addr()
     );
     if let Some(path) = &metrics_path {

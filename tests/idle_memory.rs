@@ -13,11 +13,18 @@ mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::{wait_until, ClientProcess};
 use surge::{Accept, CloseInfo, Conn, Handler, Message, Request, Server, ServerConfig, Upgrade};
+
+/// The measuring tests run one at a time: the counts are the whole process's.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn measuring() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Size classes of the histogram: class `i` holds sizes in `[2^i, 2^(i+1))`.
 const CLASSES: usize = 40;
@@ -194,6 +201,7 @@ const BAR: f64 = 256.0;
 
 #[test]
 fn heap_bytes_per_idle_connection() {
+    let _one = measuring();
     let started = Instant::now();
     let opened = Arc::new(AtomicUsize::new(0));
     let closed = Arc::new(AtomicUsize::new(0));
@@ -294,6 +302,7 @@ const ENV_TLS_CA: &str = "SURGE_TEST_TLS_CA";
 /// (its state machine, record keys, a few empty queues) plus the worker's side table entry.
 #[test]
 fn heap_bytes_per_idle_tls_connection() {
+    let _one = measuring();
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -407,4 +416,168 @@ fn tls_client_process() {
         while ws.read().is_ok() {}
     }
     support::report("closed", conns.len());
+}
+
+/// Outgoing `wss://` connections measured.
+const TLS_CLIENT_CONNS: usize = 1_000;
+/// A generous bound on heap bytes per idle outgoing TLS connection (measured 5.5 KB: ~1.5 KB of
+/// it a plain outgoing connection's, the rest rustls's client session; docs/ENGINE.md, "TLS").
+const TLS_CLIENT_BAR: f64 = 8192.0;
+const ENV_TLS_CERT: &str = "SURGE_TEST_TLS_CERT";
+const ENV_TLS_KEY: &str = "SURGE_TEST_TLS_KEY";
+
+/// The engine's client side of the TLS figure: heap per idle outgoing `wss://` connection
+/// (`WorkerCtx::connect`), the server in a child process. Resumption is off so that the figure is
+/// the connections' own (a shared session cache holds up to 256 sessions per configuration).
+#[test]
+fn heap_bytes_per_idle_tls_client_connection() {
+    let _one = measuring();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let mut server = ClientProcess::spawn_with(
+        "tls_server_process",
+        &[
+            (ENV_TLS_CERT, leaf.pem()),
+            (ENV_TLS_KEY, key.serialize_pem()),
+        ],
+    );
+    let port = server.wait("listening", Duration::from_secs(30));
+    let tls = surge::tls::ClientTlsConfig::with_ca_pem(ca.pem().as_bytes())
+        .unwrap()
+        .without_resumption();
+    let request = surge::ConnectRequest::new(format!("wss://localhost:{port}/")).tls(tls);
+    let opened = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let go = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cfg = ServerConfig {
+        workers: 1,
+        handshake_timeout: Duration::from_secs(60),
+        ..ServerConfig::default()
+    };
+    CHUNK_SIZE.store(cfg.write_chunk_size, Ordering::Relaxed);
+    let (o, c, g) = (Arc::clone(&opened), Arc::clone(&closed), Arc::clone(&go));
+    let client = surge::Client::new(cfg)
+        .start(move |_| Dialer {
+            counter: Counter {
+                opened: Arc::clone(&o),
+                closed: Arc::clone(&c),
+            },
+            request: request.clone(),
+            go: Arc::clone(&g),
+        })
+        .unwrap();
+    // The worker is up and waits for `go`: the base is taken before any connection.
+    std::thread::sleep(Duration::from_millis(200));
+    let base = quiescent();
+    go.store(true, Ordering::SeqCst);
+    assert!(
+        wait_until(Duration::from_secs(120), || {
+            opened.load(Ordering::SeqCst) == TLS_CLIENT_CONNS
+        }),
+        "{} of {TLS_CLIENT_CONNS} opened",
+        opened.load(Ordering::SeqCst)
+    );
+    let at_full = quiescent();
+    println!("--- heap per idle outgoing TLS connection (engine client, 1 worker, TLS 1.3) ---");
+    let per = report(
+        "wss:// client connections",
+        &base,
+        &at_full,
+        TLS_CLIENT_CONNS,
+    );
+    client.shutdown();
+    client.join().unwrap();
+    server.command("quit");
+    server.finish();
+    assert!(
+        per <= TLS_CLIENT_BAR,
+        "{per:.1} heap bytes per idle outgoing TLS connection (bar: {TLS_CLIENT_BAR})"
+    );
+}
+
+/// Opens `TLS_CLIENT_CONNS` connections once the test says go.
+struct Dialer {
+    counter: Counter,
+    request: surge::ConnectRequest,
+    go: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Handler for Dialer {
+    type Data = ();
+    fn on_upgrade(&mut self, req: &Request) -> Upgrade<()> {
+        self.counter.on_upgrade(req)
+    }
+    fn on_start(&mut self, worker: &mut surge::WorkerCtx<()>) {
+        worker.set_interval(Duration::from_millis(10), ());
+    }
+    fn on_timer(&mut self, worker: &mut surge::WorkerCtx<()>, timer: surge::Timer<'_>) {
+        if !self.go.load(Ordering::SeqCst) {
+            return;
+        }
+        worker.cancel_timer(timer.id());
+        for _ in 0..TLS_CLIENT_CONNS {
+            worker.connect(&self.request, ()).unwrap();
+        }
+    }
+    fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+        self.counter.on_open(conn)
+    }
+    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+        self.counter.on_message(conn, msg)
+    }
+    fn on_close(&mut self, worker: &mut surge::WorkerCtx<()>, data: (), info: &CloseInfo<'_>) {
+        self.counter.on_close(worker, data, info)
+    }
+    fn on_connect_error(
+        &mut self,
+        _worker: &mut surge::WorkerCtx<()>,
+        _id: surge::ConnId,
+        _data: (),
+        error: &surge::ConnectError,
+    ) {
+        panic!("connect: {error}");
+    }
+}
+
+/// The server of `heap_bytes_per_idle_tls_client_connection`, in a child process: surge over TLS
+/// with the certificate in the environment; reports `listening PORT`, exits on `quit`.
+#[test]
+#[ignore = "helper: run by heap_bytes_per_idle_tls_client_connection in a child process"]
+fn tls_server_process() {
+    use std::io::BufRead;
+    let (Ok(cert), Ok(key)) = (std::env::var(ENV_TLS_CERT), std::env::var(ENV_TLS_KEY)) else {
+        return;
+    };
+    let tls = surge::tls::TlsConfig::builder()
+        .cert_pem(cert.as_bytes(), key.as_bytes())
+        .unwrap()
+        .build()
+        .unwrap();
+    let cfg = ServerConfig {
+        bind: Vec::new(),
+        tls_bind: vec!["127.0.0.1:0".parse().unwrap()],
+        tls: Some(tls),
+        workers: 1,
+        handshake_timeout: Duration::from_secs(60),
+        ..ServerConfig::default()
+    };
+    let (o, c) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let handle = Server::new(cfg)
+        .start(move |_| Counter {
+            opened: Arc::clone(&o),
+            closed: Arc::clone(&c),
+        })
+        .unwrap();
+    support::report("listening", handle.tls_addrs()[0].port() as usize);
+    let mut cmd = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut cmd);
+    handle.shutdown();
+    let _ = handle.join();
 }

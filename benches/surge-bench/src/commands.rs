@@ -47,7 +47,7 @@ fn thread_cpu() -> Duration {
 }
 
 /// Pins the calling thread to `cpu`.
-fn pin_this_thread(cpu: usize) {
+pub(crate) fn pin_this_thread(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is an empty set; sched_setaffinity only reads it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();

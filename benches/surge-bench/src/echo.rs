@@ -19,9 +19,18 @@ use crate::{free_port, server_metrics, uws, uws_cpp, ServerProc};
 
 #[derive(Parser, Debug, Clone)]
 pub struct EchoArgs {
-    /// A server to measure (`ws://host:port/path`) instead of starting the systems.
+    /// A server to measure (`ws://host:port/path` or `wss://`) instead of starting the systems.
     #[arg(long)]
     pub url: Option<String>,
+    /// TLS: the systems serve `wss://` with a test CA's certificate made for the run (surge-echo
+    /// and the tokio-tungstenite peer, which uses tokio-rustls with surge's rustls configuration);
+    /// the load generators trust that CA. `echo --tls` alone runs surge and tokio-tungstenite.
+    #[arg(long)]
+    pub tls: bool,
+    /// The CA (PEM) the load generators trust for `wss://` (default: the run's test CA with
+    /// `--tls`, else the webpki roots).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
     /// Systems, one after another: surge (auto backend), surge-epoll, surge-io_uring,
     /// surge-io_uring-poll (`--uring-recv poll`), tokio-tungstenite, fastwebsockets, uws-cpp
     /// (native uWebSockets, one thread; skipped unless built with benches/peers/uws-cpp/build.sh),
@@ -137,6 +146,7 @@ fn spawn_server(
     let workers = args.server_workers;
     let cpu = args.pin.then_some(0);
     let deflate = args.deflate.as_str();
+    let tls = args.tls;
     let mut args = vec![
         "--port".to_owned(),
         port.to_string(),
@@ -153,6 +163,14 @@ fn spawn_server(
     }
     if let Some(p) = metrics_port {
         args.extend(["--metrics-addr".to_owned(), format!("127.0.0.1:{p}")]);
+    }
+    if tls {
+        if !crate::tls::supports(system) {
+            return Err(std::io::Error::other(format!(
+                "{system} runs without TLS only (--tls)"
+            )));
+        }
+        args.extend(crate::tls::server_flags()?);
     }
     let binary = match system {
         "surge" => "surge-echo",
@@ -265,6 +283,11 @@ impl Fleet {
         };
         let spread = procs > 1 || n > 5_000;
         let exe = std::env::current_exe()?;
+        let tls_ca = match (&args.tls_ca, args.tls) {
+            (Some(ca), _) => Some(ca.clone()),
+            (None, true) => Some(crate::tls::files()?.ca.clone()),
+            (None, false) => None,
+        };
         let (tx, rx) = mpsc::channel();
         let mut list = Vec::new();
         for i in 0..procs {
@@ -283,6 +306,11 @@ impl Fleet {
                 .args(["--ramp-rate", &(args.ramp_rate / procs as f64).to_string()])
                 .args(["--backend", &args.client_backend])
                 .args(["--deflate", &args.deflate])
+                .args(
+                    tls_ca
+                        .iter()
+                        .flat_map(|ca| ["--tls-ca".as_ref(), ca.as_os_str()]),
+                )
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -474,6 +502,15 @@ pub fn measure(
     })
 }
 
+/// `wss` with `--tls`.
+pub fn scheme(args: &EchoArgs) -> &'static str {
+    if args.tls {
+        "wss"
+    } else {
+        "ws"
+    }
+}
+
 /// Runs every system (or `--url`) one after another.
 pub fn run_all(args: &EchoArgs) -> std::io::Result<Vec<EchoResult>> {
     let mut results = Vec::new();
@@ -499,7 +536,7 @@ pub fn run_all(args: &EchoArgs) -> std::io::Result<Vec<EchoResult>> {
             let server = spawn_server(system, args, port, metrics_port)?;
             let r = measure(
                 system,
-                &format!("ws://{}/", server.addr),
+                &format!("{}://{}/", scheme(args), server.addr),
                 Some(&server),
                 args,
             )?;
@@ -731,13 +768,14 @@ pub fn write_json(
         path,
         format!(
             "{{\"bench\":\"{bench}\",\"connections\":{},\"size\":{},\"inflight\":{},\"rate\":{},\
-             \"duration\":{},\"deflate\":\"{}\",\"pinned\":{},\"results\":[{}],\"medians\":[{}]}}\n",
+             \"duration\":{},\"deflate\":\"{}\",\"tls\":{},\"pinned\":{},\"results\":[{}],\"medians\":[{}]}}\n",
             args.connections,
             args.size,
             args.inflight,
             args.rate,
             args.duration,
             args.deflate,
+            args.tls || args.url.as_deref().is_some_and(|u| u.starts_with("wss://")),
             args.pin,
             rows.join(","),
             meds.join(",")
@@ -824,7 +862,7 @@ pub fn idle(args: EchoArgs, hold: f64) -> std::io::Result<()> {
             None => Some(spawn_server(&system, &args, free_port(), None)?),
         };
         let url = match (&server, &args.url) {
-            (Some(s), _) => format!("ws://{}/", s.addr),
+            (Some(s), _) => format!("{}://{}/", scheme(&args), s.addr),
             (None, Some(u)) => u.clone(),
             _ => unreachable!(),
         };

@@ -58,6 +58,10 @@ pub struct LoadArgs {
     /// permessage-deflate offered and used for every message: off, no-context, context.
     #[arg(long, default_value = "off")]
     pub deflate: String,
+    /// `wss://`: the CA (PEM) to trust instead of the webpki roots. The connections of a process
+    /// share one TLS configuration, hence its session cache (later connections resume).
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// The `--deflate` names (shared with surge-echo's flag).
@@ -324,13 +328,17 @@ pub fn run(args: LoadArgs) -> std::io::Result<()> {
         handshake_timeout: Duration::from_secs(30),
         ..ServerConfig::default()
     };
+    let mut request = ConnectRequest::new(args.url.clone());
+    if let Some(ca) = &args.tls_ca {
+        request = request.tls(surge::tls::ClientTlsConfig::with_ca_pem_file(ca)?);
+    }
     let s = Arc::clone(&shared);
     let a = args.clone();
     let handle = Client::new(cfg).start(move |i| {
         let quota = a.connections / workers + usize::from(i < a.connections % workers);
         Load {
             payload: vec![0x5a; a.size],
-            request: ConnectRequest::new(a.url.clone()),
+            request: request.clone(),
             args: a.clone(),
             shared: Arc::clone(&s),
             quota,

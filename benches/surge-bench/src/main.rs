@@ -7,13 +7,19 @@
 //!   trip p50/p99/p99.9/max, per system. Systems: `surge` (blocking loop), `surge-busy` (busy-poll),
 //!   `tokio-tungstenite`, each a child process built from this crate, and `uws` (uWebSockets.js under
 //!   node, when installed: `uws.rs`); or `--url` for any server.
+//! - `echo`, `compare`, `idle`: see echo.rs (`--tls`: the same over `wss://`).
+//! - `handshake`: new `wss://` connections per second, full and resumed TLS handshakes, and the
+//!   server's CPU per connection (handshake.rs).
 
 mod chart;
 mod commands;
 mod echo;
 mod fanout;
+mod handshake;
 mod load;
 mod server_metrics;
+mod tls;
+mod tls_floor;
 mod uws;
 mod uws_cpp;
 
@@ -49,6 +55,12 @@ enum Cmd {
     Idle(IdleArgs),
     /// CPU time per application command (`post` -> `on_command`), worker and poster (commands.rs).
     Commands(commands::CommandArgs),
+    /// New wss:// connections per second (TLS handshake, upgrade, close), full and resumed
+    /// handshakes, and the server's CPU per connection (handshake.rs).
+    Handshake(handshake::HandshakeArgs),
+    /// rustls's own server-side handshake cost in memory, the floor under `handshake`
+    /// (tls_floor.rs).
+    TlsFloor(tls_floor::TlsFloorArgs),
     /// A load-generator process (started by echo, compare and idle).
     #[command(hide = true)]
     Load(load::LoadArgs),
@@ -255,6 +267,16 @@ pub(crate) fn pin(cmd: &mut Command, cpu: Option<usize>) {
     }
 }
 
+/// Runs the calling thread (and the threads it starts from now on) on CPU `cpu` only.
+pub(crate) fn pin_self(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_setaffinity only reads the local.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -446,9 +468,19 @@ fn main() -> std::io::Result<()> {
     match Cli::parse().cmd {
         Cmd::Latency(args) => latency(args),
         Cmd::Fanout(args) => fanout::run(args),
-        Cmd::Echo(args) => echo::echo(args),
+        Cmd::Echo(mut args) => {
+            if args.tls && args.systems == ["surge"] {
+                // surge over TLS against tokio-tungstenite + tokio-rustls, in one run.
+                args.systems = ["surge", "tokio-tungstenite"].map(String::from).to_vec();
+            }
+            echo::echo(args)
+        }
         Cmd::Compare(mut args) => {
-            if args.systems == ["surge"] {
+            if args.tls && args.systems == ["surge"] {
+                args.systems = ["surge-epoll", "surge-io_uring", "tokio-tungstenite"]
+                    .map(String::from)
+                    .to_vec();
+            } else if args.systems == ["surge"] {
                 args.systems = [
                     "surge-epoll",
                     "surge-io_uring",
@@ -463,7 +495,9 @@ fn main() -> std::io::Result<()> {
             echo::echo(args)
         }
         Cmd::Idle(args) => echo::idle(args.common, args.hold),
+        Cmd::Handshake(args) => handshake::run(args),
         Cmd::Load(args) => load::run(args),
         Cmd::Commands(args) => commands::run(args),
+        Cmd::TlsFloor(args) => tls_floor::run(args),
     }
 }

@@ -119,8 +119,8 @@ impl Dialer {
     /// Connects to `ws://host[:port][/path][?query]` and performs the handshake. Returns the
     /// connection and the server's 101 response (headers, subprotocol). A server that answers with
     /// another status gives [`Error::ClientHandshake`] with that status ([`Error::status`]).
-    /// `wss` needs TLS, which surge does not bundle: connect and wrap the stream yourself and call
-    /// [`dial_stream`](Dialer::dial_stream).
+    /// `wss`: connect, wrap the socket in a `rustls::StreamOwned` and call
+    /// [`dial_stream`](Dialer::dial_stream) (the module's "`wss://` over rustls" shows how).
     pub fn dial(&self, url: &str) -> Result<(Conn<TcpStream>, Response), Error> {
         let parsed = parse_url(url)?;
         if parsed.secure {

@@ -33,6 +33,69 @@
 //! waits while a read blocks.
 //!
 //! docs/GORILLA.md maps every gorilla/websocket name to its counterpart here and in the engine.
+//!
+//! # `wss://` over rustls
+//!
+//! TLS is the stream's business: wrap the socket in a [`rustls::StreamOwned`] (re-exported as
+//! `surge::tls::rustls`) and hand it to [`Dialer::dial_stream`] or [`Upgrader::upgrade`]. Both
+//! `StreamOwned<ClientConnection, S>` and `StreamOwned<ServerConnection, S>` are a [`Stream`]
+//! over any [`Stream`] `S`: read and write deadlines and the handshake timeout apply to the
+//! socket; the reader shares the writer's lock (a TLS session cannot be split). The TLS handshake
+//! runs inside the first read or write, so it counts against the handshake timeout. The
+//! configurations of [`crate::tls`] serve both sides (the engine's defaults: *ring*, ALPN
+//! `http/1.1`, session tickets).
+//!
+//! A client (the server's certificate checked against the webpki roots, or a CA of your own with
+//! [`ClientTlsConfig::with_ca_pem_file`](crate::tls::ClientTlsConfig::with_ca_pem_file)):
+//!
+//! ```no_run
+//! use std::net::TcpStream;
+//! use surge::blocking::{Dialer, MessageType};
+//! use surge::tls::{rustls, ClientTlsConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ClientTlsConfig::webpki_roots(); // or ClientTlsConfig::with_ca_pem_file("ca.pem")?
+//! let name = rustls::pki_types::ServerName::try_from("echo.example.com")?.to_owned();
+//! let tls = rustls::ClientConnection::new(config.rustls_config().clone(), name)?;
+//! let tcp = TcpStream::connect("echo.example.com:443")?;
+//! let stream = rustls::StreamOwned::new(tls, tcp);
+//! let (mut conn, _response) = Dialer::default().dial_stream(stream, "wss://echo.example.com/")?;
+//! conn.write_message(MessageType::Text, b"hello")?;
+//! let (_kind, _echo) = conn.read_message()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A server (one thread per connection, as above):
+//!
+//! ```no_run
+//! use std::net::TcpListener;
+//! use surge::blocking::Upgrader;
+//! use surge::tls::{rustls, TlsConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tls = TlsConfig::from_pem_files("chain.pem", "key.pem")?;
+//! let listener = TcpListener::bind("0.0.0.0:9443")?;
+//! for tcp in listener.incoming() {
+//!     let tcp = tcp?;
+//!     let session = rustls::ServerConnection::new(tls.rustls_config().clone())?;
+//!     std::thread::spawn(move || {
+//!         let stream = rustls::StreamOwned::new(session, tcp);
+//!         let Ok(mut conn) = Upgrader::default().upgrade(stream) else { return };
+//!         while let Ok((kind, data)) = conn.read_message() {
+//!             if conn.write_message(kind, &data).is_err() {
+//!                 break;
+//!             }
+//!         }
+//!     });
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! When the connection ends (after the close handshake, a failure or `close`), the TLS
+//! close_notify goes out before the socket's sending side shuts down
+//! ([`Stream::finish_writes`]).
 
 mod conn;
 mod dial;
@@ -96,6 +159,13 @@ pub trait Stream: Read + Write {
         Ok(())
     }
 
+    /// Called once nothing more will be written, right before [`shutdown`](Stream::shutdown): a
+    /// TLS stream sends its close_notify here, so the peer sees a clean end of the TLS stream
+    /// rather than a truncation. A no-op by default.
+    fn finish_writes(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// The local address, for a socket.
     fn local_addr(&self) -> Option<SocketAddr> {
         None
@@ -141,6 +211,64 @@ impl Stream for UnixStream {
     fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         UnixStream::shutdown(self, how)
     }
+}
+
+/// TLS (client side) over a stream: deadlines and shutdown go to the socket, the close_notify
+/// goes out before our side shuts down; no `try_clone` (one TLS session cannot be read and written
+/// from two handles). See "`wss://` over rustls" above.
+impl<S: Stream> Stream for rustls::StreamOwned<rustls::ClientConnection, S> {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.sock.set_read_timeout(timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.sock.set_write_timeout(timeout)
+    }
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.sock.shutdown(how)
+    }
+    fn finish_writes(&mut self) -> io::Result<()> {
+        finish_tls(&mut self.conn, &mut self.sock)
+    }
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.sock.local_addr()
+    }
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        self.sock.peer_addr()
+    }
+}
+
+/// TLS (server side) over a stream, as the client side above.
+impl<S: Stream> Stream for rustls::StreamOwned<rustls::ServerConnection, S> {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.sock.set_read_timeout(timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.sock.set_write_timeout(timeout)
+    }
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.sock.shutdown(how)
+    }
+    fn finish_writes(&mut self) -> io::Result<()> {
+        finish_tls(&mut self.conn, &mut self.sock)
+    }
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.sock.local_addr()
+    }
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        self.sock.peer_addr()
+    }
+}
+
+/// Sends a TLS session's close_notify (and whatever it still has to write).
+fn finish_tls<D: rustls::SideData>(
+    conn: &mut rustls::ConnectionCommon<D>,
+    sock: &mut impl Write,
+) -> io::Result<()> {
+    conn.send_close_notify();
+    while conn.wants_write() {
+        conn.write_tls(sock)?;
+    }
+    sock.flush()
 }
 
 /// Any `Read + Write` as a [`Stream`] without socket features: no deadlines, no handshake timeout,

@@ -298,7 +298,8 @@ impl<S: Stream> Reader<S> {
         let mut scratch = [0u8; 4096];
         let mut timeout_set = self.timeout_set;
         {
-            let out = lock(&self.shared.out);
+            let mut out = lock(&self.shared.out);
+            let _ = out.stream.finish_writes();
             let _ = out.stream.shutdown(Shutdown::Write);
         }
         loop {

@@ -233,6 +233,7 @@ fn reject<S: Stream>(stream: &mut S, rejection: &Rejection, deadline: Instant, t
     if write_until(stream, &response, deadline, t).is_err() {
         return;
     }
+    let _ = stream.finish_writes();
     let _ = stream.shutdown(Shutdown::Write);
     let until = deadline.min(Instant::now() + Duration::from_secs(1));
     let mut scratch = [0u8; 1024];

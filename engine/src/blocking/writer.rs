@@ -228,6 +228,7 @@ impl<S: Stream> Writer<S> {
     pub fn close(&self) -> Result<(), Error> {
         let mut out = lock(&self.shared.out);
         let _ = out.stream.flush();
+        let _ = out.stream.finish_writes();
         let result = out.stream.shutdown(Shutdown::Both).map_err(Error::Io);
         if out.err.is_none() {
             out.err = Some(Error::Io(io::Error::new(

@@ -9,7 +9,8 @@ use crate::handler::Handler;
 /// [`WorkerCtx::connect`](crate::WorkerCtx::connect), typically from
 /// [`Handler::on_start`] or a timer (a connection ramp). Same loops, drivers, settings
 /// ([`ServerConfig`]; `bind` is ignored) and callbacks as a server; a handler may also connect
-/// from a server's workers.
+/// from a server's workers. `wss://` URLs connect over TLS, verified against the webpki roots or
+/// [`ConnectRequest::tls`](crate::ConnectRequest::tls).
 ///
 /// ```no_run
 /// use surge::{Client, ConnectRequest, Conn, Handler, Message, Request, ServerConfig, Upgrade, WorkerCtx};

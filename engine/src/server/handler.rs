@@ -265,7 +265,9 @@ pub trait Handler: 'static {
 
     /// An outgoing connection opened with [`WorkerCtx::connect`] never opened: the connect failed,
     /// the server refused the upgrade ([`ConnectError::status`] gives its HTTP status), the
-    /// response was invalid, the handshake timed out, or the worker is shutting down. `data` is
+    /// response was invalid, the TLS handshake of a `wss://` connection failed
+    /// ([`ConnectError::Tls`]: the certificate refused, an alert), the handshake timed out, or the
+    /// worker is shutting down. `data` is
     /// the value given to `connect`; no `on_close` follows.
     fn on_connect_error(
         &mut self,

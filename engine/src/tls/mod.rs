@@ -1,10 +1,16 @@
-//! TLS settings for `wss://` listeners (rustls 0.23 with the *ring* provider).
+//! TLS settings for `wss://` (rustls 0.23 with the *ring* provider), both sides.
 //!
-//! [`TlsConfig`] is what [`ServerConfig::tls`](crate::ServerConfig::tls) holds and what
+//! Server: [`TlsConfig`] is what [`ServerConfig::tls`](crate::ServerConfig::tls) holds and what
 //! [`ServerHandle::reload_tls`](crate::ServerHandle::reload_tls) swaps in: certificates from PEM
 //! (one default and any number chosen by SNI) or a ready [`rustls::ServerConfig`]. ALPN offers
-//! `http/1.1`; session tickets are on by default. The worker drives each connection through
-//! rustls's unbuffered (sans-IO) API (`server/worker/tls.rs`).
+//! `http/1.1`; session tickets are on by default.
+//!
+//! Client: [`ClientTlsConfig`] is what a `wss://` [`ConnectRequest`](crate::ConnectRequest) uses
+//! to verify the server: the webpki roots (Mozilla's) by default, a CA of your own, or a ready
+//! [`rustls::ClientConfig`].
+//!
+//! The worker drives each connection through rustls's unbuffered (sans-IO) API
+//! (`server/worker/tls.rs`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -207,12 +213,125 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
+/// How a `wss://` client connection verifies the server (and resumes sessions): a ready
+/// [`rustls::ClientConfig`], shared by the connections given it. Cheap to clone.
+///
+/// The server's certificate is checked against the roots for the URL's host (a DNS name or an IP
+/// address, also sent as SNI). The connections of one `ClientTlsConfig` (and its clones) share its
+/// session cache, so a second connection to a server resumes the first one's session (TLS 1.3
+/// tickets, TLS 1.2 session ids) unless [`without_resumption`](Self::without_resumption).
+///
+/// ```no_run
+/// use surge::tls::ClientTlsConfig;
+/// use surge::ConnectRequest;
+///
+/// # fn main() -> std::io::Result<()> {
+/// // Public servers: the webpki roots (also what a wss:// request without `tls` gets).
+/// let public = ConnectRequest::new("wss://echo.example.com/ws");
+/// // A private CA (PEM, one or more certificates).
+/// let ca = ClientTlsConfig::with_ca_pem_file("ca.pem")?;
+/// let private = ConnectRequest::new("wss://10.0.0.7:9443/").tls(ca.clone());
+/// // Any rustls configuration (client certificates, other roots, ...), used as it is.
+/// let custom = ClientTlsConfig::from_rustls(ca.rustls_config().clone());
+/// # let _ = (public, private, custom);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ClientTlsConfig {
+    pub(crate) rustls: Arc<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for ClientTlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTlsConfig")
+            .field("alpn", &self.rustls.alpn_protocols)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTlsConfig {
+    /// Verifies servers against the webpki roots (`webpki-roots`: Mozilla's CA list), offers ALPN
+    /// `http/1.1`. One configuration per process (built at the first call), so every connection
+    /// using it shares one session cache.
+    pub fn webpki_roots() -> Self {
+        static DEFAULT: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+        let cfg = DEFAULT.get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            Arc::new(client_config(roots).expect("the ring provider supports the safe defaults"))
+        });
+        ClientTlsConfig {
+            rustls: Arc::clone(cfg),
+        }
+    }
+
+    /// Verifies servers against the CA certificates in `pem` only (one or more), offers ALPN
+    /// `http/1.1`.
+    pub fn with_ca_pem(pem: &[u8]) -> io::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| invalid(&format!("CA certificate PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| invalid(&format!("CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(invalid("no CA certificate in the PEM"));
+        }
+        Ok(ClientTlsConfig {
+            rustls: Arc::new(client_config(roots)?),
+        })
+    }
+
+    /// [`with_ca_pem`](Self::with_ca_pem) from a file.
+    pub fn with_ca_pem_file(path: impl AsRef<Path>) -> io::Result<Self> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Self::with_ca_pem(&pem)
+    }
+
+    /// A ready rustls configuration, used as it is (roots, verifier, ALPN, client certificate,
+    /// session cache). Its crypto provider should be *ring* ([`provider`]) or compatible.
+    pub fn from_rustls(config: Arc<rustls::ClientConfig>) -> Self {
+        ClientTlsConfig { rustls: config }
+    }
+
+    /// The same verification with session resumption off: every connection does a full
+    /// handshake (a copy of the configuration with a session cache of its own, disabled).
+    pub fn without_resumption(self) -> Self {
+        let mut cfg = (*self.rustls).clone();
+        cfg.resumption = rustls::client::Resumption::disabled();
+        ClientTlsConfig {
+            rustls: Arc::new(cfg),
+        }
+    }
+
+    /// The rustls configuration connections use.
+    pub fn rustls_config(&self) -> &Arc<rustls::ClientConfig> {
+        &self.rustls
+    }
+}
+
+fn client_config(roots: rustls::RootCertStore) -> io::Result<rustls::ClientConfig> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
 /// What [`Request::tls`](crate::Request::tls) tells about a `wss://` connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsInfo {
     pub(crate) server_name: Option<String>,
     pub(crate) alpn: Option<Vec<u8>>,
     pub(crate) version: Option<rustls::ProtocolVersion>,
+    pub(crate) resumed: bool,
 }
 
 impl TlsInfo {
@@ -229,6 +348,12 @@ impl TlsInfo {
     /// The TLS version (1.2 or 1.3).
     pub fn version(&self) -> Option<rustls::ProtocolVersion> {
         self.version
+    }
+
+    /// The handshake resumed an earlier session (a ticket or a session id), rather than a full
+    /// one.
+    pub fn resumed(&self) -> bool {
+        self.resumed
     }
 }
 

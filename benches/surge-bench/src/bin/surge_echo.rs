@@ -1,9 +1,11 @@
 //! The surge echo server as the harness runs it: a child process like every peer, so that each system
 //! is measured the same way. `surge-echo --port P --workers N [--busy-poll-us US] [--backend B]
 //! [--deflate off|no-context|context] [--uring-recv multishot|poll] [--uring-max-recv-buffers N]
-//! [--defer off|thread] [--metrics-addr ADDR]`. `--defer thread`: every upgrade is deferred
+//! [--defer off|thread] [--metrics-addr ADDR] [--tls-cert chain.pem --tls-key key.pem]`. `--defer thread`: every upgrade is deferred
 //! (`Upgrade::defer`) and accepted by another thread, to measure what a deferred decision costs
 //! against an immediate one. `--metrics-addr`: the Prometheus metrics at `http://ADDR/metrics`.
+//! `--tls-cert`/`--tls-key`: the port speaks TLS (`wss://`; surge's defaults: ALPN `http/1.1`,
+//! session tickets).
 
 #[path = "../server_args.rs"]
 mod server_args;
@@ -75,6 +77,7 @@ impl Handler for Echo {
 fn main() -> std::io::Result<()> {
     let mut cfg = ServerConfig::default();
     let mut defer = false;
+    let (mut tls_cert, mut tls_key) = (None, None);
     let (port, workers) = server_args::parse(cfg.workers, |flag, value| {
         match flag {
             "--busy-poll-us" => {
@@ -100,6 +103,8 @@ fn main() -> std::io::Result<()> {
                 // the workload measures receiving compressed messages.
                 cfg.deflate.min_size = usize::MAX;
             }
+            "--tls-cert" => tls_cert = Some(value.to_owned()),
+            "--tls-key" => tls_key = Some(value.to_owned()),
             "--defer" => {
                 defer = match value {
                     "off" => false,
@@ -121,7 +126,16 @@ fn main() -> std::io::Result<()> {
         tx
     });
     cfg.workers = workers;
-    cfg.bind = vec![SocketAddr::from(([127, 0, 0, 1], port))];
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => {
+            cfg.tls = Some(surge::tls::TlsConfig::from_pem_files(cert, key)?);
+            cfg.bind = Vec::new();
+            cfg.tls_bind = vec![addr];
+        }
+        (None, None) => cfg.bind = vec![addr],
+        _ => panic!("--tls-cert and --tls-key go together"),
+    }
     cfg.origin = surge::handshake::OriginPolicy::AllowAll;
     let handle = Server::new(cfg).start(move |_| Echo {
         defer: deciders.clone(),

@@ -21,6 +21,16 @@
 //! the server side. Until the upgrade completes the user data waits in the worker's client state,
 //! so `WorkerCtx::conn` does not see a connection that is not open yet.
 //!
+//! `wss://`: the connection carries TLS (`tls.rs`, the same code as accepted TLS connections:
+//! records decrypted in place from the driver's bytes, sends sealed into the write queue at flush).
+//! `connect` creates a rustls client connection for the URL's host (verified against
+//! [`ConnectRequest::tls`], by default the webpki roots; the host is also the SNI) and queues its
+//! ClientHello; the upgrade request waits in the `Dial` (`tls_request`) until the TLS handshake
+//! completes, then is queued as plaintext and sealed like any send. The handshake timeout covers
+//! the TCP connect, the TLS handshake and the upgrade. A failed TLS handshake (the server's
+//! certificate refused, an alert, a server that does not speak TLS) reaches the handler as
+//! [`ConnectError::Tls`], after the alert is sent.
+//!
 //! Compression (permessage-deflate): [`ConnectRequest::compression`] (default: the
 //! configuration's `deflate.mode`) is offered with `client_offer`; the server's answer is checked
 //! with `client_accept` (an invalid one fails the connection with [`ConnectError::Handshake`]) and
@@ -44,11 +54,16 @@ use crate::handshake::deflate_negotiation::{client_accept_with, client_offer_wit
 use crate::handshake::HeadBuffer;
 use crate::proto::{self, DeflateMode, DeflateState, Role};
 use crate::server::registry::ConnId;
+use crate::tls::ClientTlsConfig;
+use rustls::client::UnbufferedClientConnection;
+use rustls::pki_types::ServerName;
+use std::sync::Arc;
 
 /// What to connect to and how: [`WorkerCtx::connect`]'s argument.
 #[derive(Clone, Debug)]
 pub struct ConnectRequest {
-    /// `ws://host:port/path?query` (`wss` is not supported: no TLS in the engine).
+    /// `ws://host:port/path?query` or `wss://host:port/path?query` (TLS; default ports 80 and
+    /// 443).
     pub url: String,
     /// Extra request headers (names and values must not contain CR or LF).
     pub headers: Vec<(String, String)>,
@@ -67,6 +82,9 @@ pub struct ConnectRequest {
     /// With context takeover: also offer `client_no_context_takeover` (we compress each message
     /// alone; the server may still take over its context). See `client_offer_with`.
     pub client_no_context_takeover: bool,
+    /// `wss://` only: how the server is verified (default `None`: the webpki roots,
+    /// [`ClientTlsConfig::webpki_roots`]). The URL's host is the name checked and sent as SNI.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl ConnectRequest {
@@ -81,6 +99,7 @@ impl ConnectRequest {
             handshake_timeout: None,
             compression: None,
             client_no_context_takeover: false,
+            tls: None,
         }
     }
 
@@ -120,6 +139,21 @@ impl ConnectRequest {
         self.client_no_context_takeover = true;
         self
     }
+
+    /// `wss://`: verifies the server with `tls` (e.g. a private CA) instead of the webpki roots.
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// let ca = surge::tls::ClientTlsConfig::with_ca_pem_file("ca.pem")?;
+    /// let req = surge::ConnectRequest::new("wss://localhost:9443/chat").tls(ca);
+    /// # let _ = req;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
 }
 
 /// Why an outgoing connection never opened: [`Handler::on_connect_error`]'s reason.
@@ -133,8 +167,15 @@ pub enum ConnectError {
     Handshake(ClientHandshakeError),
     /// No complete upgrade response within the handshake timeout.
     Timeout,
-    /// The connection ended (EOF or an error) before the complete response.
+    /// The connection ended (EOF or an error) before the complete response; on `wss://` also a
+    /// server gone during the TLS handshake (in the middle of a record or between records).
     Closed,
+    /// `wss://`: the TLS handshake failed: the server's certificate was refused
+    /// (`InvalidCertificate(UnknownIssuer)`, `InvalidCertificate(NotValidForName)`, expired, ...),
+    /// the server sent an alert (`AlertReceived`), or it does not speak TLS (`InvalidMessage`, e.g.
+    /// a plain server answering with an HTTP error). Also a bad record from the server before the
+    /// upgrade response.
+    Tls(rustls::Error),
     /// The worker is shutting down.
     Shutdown,
 }
@@ -156,6 +197,7 @@ impl fmt::Display for ConnectError {
             ConnectError::Handshake(e) => e.fmt(f),
             ConnectError::Timeout => f.write_str("websocket: handshake timed out"),
             ConnectError::Closed => f.write_str("websocket: connection closed during handshake"),
+            ConnectError::Tls(e) => write!(f, "websocket: TLS handshake failed: {e}"),
             ConnectError::Shutdown => f.write_str("websocket: worker shutting down"),
         }
     }
@@ -176,6 +218,8 @@ pub(crate) struct Dial {
     head: HeadBuffer,
     /// The TCP connect has completed.
     connected: bool,
+    /// `wss://`: the upgrade request (a pooled chunk), queued once the TLS handshake completes.
+    pub(super) tls_request: Option<Vec<u8>>,
 }
 
 /// A worker's client-side state.
@@ -238,25 +282,37 @@ impl<D> ClientState<D> {
     ) {
         self.pending.remove(&id);
         dial.head.release(|b| chunks.put(b));
+        if let Some(request) = dial.tls_request {
+            chunks.put(request);
+        }
         if !dial.connected {
             driver.cancel_connect(id.0);
         }
     }
 }
 
-/// Splits `ws://host:port/path` into host, port and path (with its query).
-pub(crate) fn parse_url(url: &str) -> io::Result<(String, u16, String)> {
+/// A `ws://` or `wss://` URL's parts.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Url {
+    /// `wss://`.
+    pub(crate) secure: bool,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    /// The path with its query (at least `/`).
+    pub(crate) path: String,
+}
+
+/// Splits `ws://host:port/path` (or `wss://`) into host, port and path (with its query).
+pub(crate) fn parse_url(url: &str) -> io::Result<Url> {
     let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{url:?}: {why}"));
-    let rest = if let Some(r) = url.strip_prefix("ws://") {
-        r
-    } else if url.starts_with("wss://") {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "wss:// is not supported (no TLS in the engine)",
-        ));
+    let (secure, rest) = if let Some(r) = url.strip_prefix("ws://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("wss://") {
+        (true, r)
     } else {
-        return Err(bad("not a ws:// URL"));
+        return Err(bad("not a ws:// or wss:// URL"));
     };
+    let default_port = if secure { 443 } else { 80 };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(i) if rest.as_bytes()[i] == b'?' => (&rest[..i], format!("/{}", &rest[i..])),
         Some(i) => (&rest[..i], rest[i..].to_owned()),
@@ -268,7 +324,7 @@ pub(crate) fn parse_url(url: &str) -> io::Result<(String, u16, String)> {
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let end = v6.find(']').ok_or_else(|| bad("unclosed '['"))?;
         let port = match &v6[end + 1..] {
-            "" => 80,
+            "" => default_port,
             p => p
                 .strip_prefix(':')
                 .and_then(|p| p.parse().ok())
@@ -278,13 +334,18 @@ pub(crate) fn parse_url(url: &str) -> io::Result<(String, u16, String)> {
     } else {
         match authority.rsplit_once(':') {
             Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad("bad port"))?),
-            None => (authority.to_owned(), 80),
+            None => (authority.to_owned(), default_port),
         }
     };
     if host.is_empty() {
         return Err(bad("no host"));
     }
-    Ok((host, port, path))
+    Ok(Url {
+        secure,
+        host,
+        port,
+        path,
+    })
 }
 
 fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
@@ -302,8 +363,8 @@ impl<D> WorkerCtx<D> {
     /// as accepted ones, with the same handler: `on_open` once the server's 101 is checked, then
     /// `on_message` etc., or [`Handler::on_connect_error`] (with `data` back) if it never opens.
     ///
-    /// Returns at once with the connection's id; an `Err` means nothing was started (bad URL,
-    /// unresolvable host, no descriptor left, source address not bindable, immediate refusal, or
+    /// Returns at once with the connection's id; an `Err` means nothing was started (bad URL, a
+    /// `wss://` host that is no valid TLS server name, unresolvable host, no descriptor left, source address not bindable, immediate refusal, or
     /// the server shutting down: a reconnect from `on_close` during shutdown is refused).
     /// The host is resolved here, blocking, unless it is an IP literal.
     pub fn connect(&mut self, req: &ConnectRequest, data: D) -> io::Result<ConnId> {
@@ -312,11 +373,31 @@ impl<D> WorkerCtx<D> {
             // the worker busy until the shutdown deadline.
             return Err(io::Error::other("server shutting down"));
         }
-        let (host, port, path) = parse_url(&req.url)?;
+        let Url {
+            secure,
+            host,
+            port,
+            path,
+        } = parse_url(&req.url)?;
+        // TLS first: a bad name or configuration fails before any socket exists.
+        let tls = if secure {
+            let cfg = req
+                .tls
+                .clone()
+                .unwrap_or_else(ClientTlsConfig::webpki_roots);
+            let name = ServerName::try_from(host.clone()).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("{host:?}: {e}"))
+            })?;
+            let conn = UnbufferedClientConnection::new(Arc::clone(&cfg.rustls), name)
+                .map_err(io::Error::other)?;
+            Some(conn)
+        } else {
+            None
+        };
         let addr = resolve(&host, port)?;
         let socket =
             crate::driver::sys::start_connect(addr, req.source_addr, self.cfg.tcp_nodelay)?;
-        let mut request = ClientRequest::new(host, port, path);
+        let mut request = ClientRequest::new(host, port, path).secure(secure);
         for p in &req.subprotocols {
             request = request.subprotocol(p.clone());
         }
@@ -334,7 +415,12 @@ impl<D> WorkerCtx<D> {
         let mut bytes = self.chunks.get();
         let expected = request.write_with_nonce(&mut bytes, nonce);
         let mut queue = WriteQueue::new();
-        queue.push_chunk(bytes, &mut self.chunks);
+        let mut tls_request = None;
+        if tls.is_some() {
+            tls_request = Some(bytes);
+        } else {
+            queue.push_chunk(bytes, &mut self.chunks);
+        }
         let id = self.conns.insert(Connection {
             socket: crate::driver::Socket::Fd(socket),
             timer: 0,
@@ -350,10 +436,22 @@ impl<D> WorkerCtx<D> {
                 client_nct,
                 head: HeadBuffer::new(),
                 connected: false,
+                tls_request,
             })),
             data: None,
             deflate: None,
         });
+        if let Some(conn) = tls {
+            let c = self.conns.get_mut(id).expect("just inserted");
+            c.set(Flag::Tls);
+            if let Err(e) = self
+                .tls
+                .start_client(id, conn, &mut c.queue, &mut self.chunks)
+            {
+                self.remove(id);
+                return Err(io::Error::other(e));
+            }
+        }
         self.client.pending.insert(id, data);
         self.client.fresh.push(id);
         let timeout = req.handshake_timeout.unwrap_or(self.cfg.handshake_timeout);
@@ -482,10 +580,10 @@ impl<H: Handler> Worker<H> {
             }
         };
         self.dial_open(id, &response, params);
-        // Frames the server sent right behind its response.
+        // Frames the server sent right behind its response (plaintext already, on TLS).
         let rest = head.rest(new, consumed);
         if !rest.is_empty() && self.ctx.conns.get(id).is_some() {
-            self.process_input(id, rest);
+            self.stage_input(id, rest);
         }
         head.release(|b| self.ctx.chunks.put(b));
     }
@@ -531,6 +629,17 @@ impl<H: Handler> Worker<H> {
         }
     }
 
+    /// The TLS handshake of outgoing connection `id` failed: the handler is told, and the
+    /// connection drains (the alert rustls queued goes out before FIN).
+    pub(super) fn dial_failed_tls(&mut self, id: ConnId, err: rustls::Error) {
+        let data = self.ctx.client.pending.remove(&id);
+        self.ctx.enter_draining(id);
+        if let Some(data) = data {
+            self.handler
+                .on_connect_error(&mut self.ctx, id, data, &ConnectError::Tls(err));
+        }
+    }
+
     /// Whether `id` is an outgoing connection whose upgrade is under way.
     pub(super) fn is_dialing(&self, id: ConnId) -> bool {
         matches!(
@@ -546,13 +655,19 @@ mod tests {
 
     #[test]
     fn urls() {
-        let p = |u: &str| parse_url(u).unwrap();
-        assert_eq!(p("ws://a:1/x?y"), ("a".into(), 1, "/x?y".into()));
-        assert_eq!(p("ws://a"), ("a".into(), 80, "/".into()));
-        assert_eq!(p("ws://a:9?q=1"), ("a".into(), 9, "/?q=1".into()));
-        assert_eq!(p("ws://[::1]:7/"), ("::1".into(), 7, "/".into()));
+        let p = |u: &str| {
+            let u = parse_url(u).unwrap();
+            (u.secure, u.host, u.port, u.path)
+        };
+        assert_eq!(p("ws://a:1/x?y"), (false, "a".into(), 1, "/x?y".into()));
+        assert_eq!(p("ws://a"), (false, "a".into(), 80, "/".into()));
+        assert_eq!(p("ws://a:9?q=1"), (false, "a".into(), 9, "/?q=1".into()));
+        assert_eq!(p("ws://[::1]:7/"), (false, "::1".into(), 7, "/".into()));
+        assert_eq!(p("wss://a/x"), (true, "a".into(), 443, "/x".into()));
+        assert_eq!(p("wss://[::1]/"), (true, "::1".into(), 443, "/".into()));
+        assert_eq!(p("wss://a:9443"), (true, "a".into(), 9443, "/".into()));
         assert!(parse_url("http://a/").is_err());
-        assert!(parse_url("wss://a/").is_err());
+        assert!(parse_url("wss:/a/").is_err());
         assert!(parse_url("ws://a:x/").is_err());
         assert!(parse_url("ws://:1/").is_err());
     }

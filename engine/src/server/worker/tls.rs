@@ -1,4 +1,7 @@
-//! TLS on the server's `tls_bind` listeners, through rustls's unbuffered (sans-IO) API.
+//! TLS on the server's `tls_bind` listeners and on `wss://` outgoing connections, through
+//! rustls's unbuffered (sans-IO) API: one code path for both sides (`Side`), which differ only in
+//! how a connection starts (an accepted one waits for the ClientHello; an outgoing one queues its
+//! ClientHello at `connect` and its upgrade request once the handshake is done, see `dial.rs`).
 //!
 //! Received records are decrypted from the bytes the driver lent (the io_uring buffer or the
 //! epoll read buffer) and their plaintext goes to the connection's stage as plain bytes would
@@ -15,8 +18,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, WriteTraffic};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus, WriteTraffic,
+};
 
 use super::*;
 use crate::buf::{ChunkPool, WriteQueue};
@@ -27,9 +33,61 @@ use crate::server::registry::ConnId;
 use crate::tls::sni::{client_hello_sni, Hello};
 use crate::tls::TlsInfo;
 
+/// rustls's two unbuffered connection types, behind one interface (their `process_tls_records`
+/// are separate inherent methods).
+trait Unbuffered {
+    type Data;
+    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    fn common(&self) -> &rustls::CommonState;
+}
+
+impl Unbuffered for UnbufferedServerConnection {
+    type Data = rustls::server::ServerConnectionData;
+    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(buf)
+    }
+    fn common(&self) -> &rustls::CommonState {
+        self
+    }
+}
+
+impl Unbuffered for UnbufferedClientConnection {
+    type Data = rustls::client::ClientConnectionData;
+    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(buf)
+    }
+    fn common(&self) -> &rustls::CommonState {
+        self
+    }
+}
+
+/// Which end of the TLS connection we are.
+enum Side {
+    /// Accepted on a `tls_bind` listener.
+    Server(UnbufferedServerConnection),
+    /// An outgoing `wss://` connection (`dial.rs`).
+    Client(UnbufferedClientConnection),
+}
+
+/// Runs `$body` with `$c` bound to the connection of either side.
+macro_rules! on_side {
+    ($side:expr, $c:ident => $body:expr) => {
+        match $side {
+            Side::Server($c) => $body,
+            Side::Client($c) => $body,
+        }
+    };
+}
+
+impl Side {
+    fn common(&self) -> &rustls::CommonState {
+        on_side!(self, c => c.common())
+    }
+}
+
 /// One connection's TLS state.
 pub(super) struct TlsConn {
-    conn: UnbufferedServerConnection,
+    conn: Side,
     /// Bytes of a record not yet whole (a pooled chunk; none held between whole records).
     held: Vec<u8>,
     /// The ClientHello's server name, once its first record was seen.
@@ -66,10 +124,14 @@ impl TlsTable {
         let Some(t) = self.conns.remove(&id) else {
             return;
         };
+        // An outgoing connection's handler hears why it never opened (`on_connect_error`).
+        let client = matches!(t.conn, Side::Client(_));
         let why = if t.failed {
             None
-        } else if t.conn.is_handshaking() {
-            Some("before its TLS handshake completed (handshake timeout, or the peer left)")
+        } else if t.conn.common().is_handshaking() {
+            (!client).then_some(
+                "before its TLS handshake completed (handshake timeout, or the peer left)",
+            )
         } else if !t.held.is_empty() {
             Some("inside a TLS record (truncated)")
         } else {
@@ -94,8 +156,9 @@ impl TlsTable {
         let t = self.conns.get_mut(&id)?;
         Some(Box::new(TlsInfo {
             server_name: t.server_name.take(),
-            alpn: t.conn.alpn_protocol().map(<[u8]>::to_vec),
-            version: t.conn.protocol_version(),
+            alpn: t.conn.common().alpn_protocol().map(<[u8]>::to_vec),
+            version: t.conn.common().protocol_version(),
+            resumed: t.conn.common().handshake_kind() == Some(rustls::HandshakeKind::Resumed),
         }))
     }
 }
@@ -106,12 +169,48 @@ enum Failure {
     Encrypt(EncryptError),
 }
 
+impl Failure {
+    /// As a rustls error (what `ConnectError::Tls` carries).
+    fn to_rustls(&self) -> rustls::Error {
+        match self {
+            Failure::Tls(e) => e.clone(),
+            Failure::Encrypt(e) => rustls::Error::General(e.to_string()),
+        }
+    }
+}
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Tls(e) => write!(f, "{e}"),
             Failure::Encrypt(e) => write!(f, "{e}"),
         }
+    }
+}
+
+impl TlsTable {
+    /// An outgoing `wss://` connection (`WorkerCtx::connect`): its state, and its ClientHello
+    /// queued (sealed) for the flush after the TCP connect.
+    pub(super) fn start_client(
+        &mut self,
+        id: ConnId,
+        mut conn: UnbufferedClientConnection,
+        queue: &mut WriteQueue,
+        pool: &mut ChunkPool,
+    ) -> Result<(), rustls::Error> {
+        seal(&mut conn, queue, pool).map_err(|e| e.to_rustls())?;
+        self.conns.insert(
+            id,
+            Box::new(TlsConn {
+                conn: Side::Client(conn),
+                held: Vec::new(),
+                server_name: None,
+                hello_seen: true,
+                close_notify_sent: false,
+                failed: false,
+            }),
+        );
+        Ok(())
     }
 }
 
@@ -147,7 +246,7 @@ impl<H: Handler> Worker<H> {
         ctx.tls.conns.insert(
             id,
             Box::new(TlsConn {
-                conn,
+                conn: Side::Server(conn),
                 held: Vec::new(),
                 server_name: None,
                 hello_seen: false,
@@ -185,53 +284,13 @@ impl<H: Handler> Worker<H> {
                 }
             }
         }
-        let mut start = 0;
-        let mut peer_closed = false;
-        let mut failed = None;
-        let mut wrote = false;
-        loop {
-            let status = t.conn.process_tls_records(&mut buf[start..]);
-            let discard = status.discard;
-            let state = match status.state {
-                Ok(s) => s,
-                Err(e) => {
-                    failed = Some(Failure::Tls(e));
-                    break;
-                }
-            };
-            let mut done = false;
-            match state {
-                ConnectionState::ReadTraffic(mut r) => {
-                    while let Some(record) = r.next_record() {
-                        match record {
-                            Ok(rec) => plain.extend_from_slice(rec.payload),
-                            Err(e) => {
-                                failed = Some(Failure::Tls(e));
-                                break;
-                            }
-                        }
-                    }
-                }
-                ConnectionState::EncodeTlsData(mut e) => {
-                    if let Err(e) = encode(&mut e, &mut c.queue, &mut ctx.chunks) {
-                        failed = Some(Failure::Tls(e));
-                    }
-                    wrote = true;
-                }
-                // Queued: the flush sends it, in order.
-                ConnectionState::TransmitTlsData(tx) => tx.done(),
-                ConnectionState::PeerClosed => peer_closed = true,
-                ConnectionState::Closed => done = true,
-                // Need more bytes (handshake or a partial record), or all were read.
-                ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_) => done = true,
-                // Early data is not enabled; anything newer: stop here.
-                _ => done = true,
-            }
-            start += discard;
-            if done || failed.is_some() {
-                break;
-            }
-        }
+        let handshaking = t.conn.common().is_handshaking();
+        let Read {
+            consumed: start,
+            peer_closed,
+            wrote,
+            failed,
+        } = on_side!(&mut t.conn, conn => read_records(conn, buf, &mut plain, &mut c.queue, &mut ctx.chunks));
         // Keep only a record not yet whole.
         let total = buf.len();
         if using_held {
@@ -244,6 +303,16 @@ impl<H: Handler> Worker<H> {
             ctx.chunks.put(std::mem::take(&mut held));
         }
         t.held = held;
+        // An outgoing connection's handshake just completed: its upgrade request goes out now.
+        let mut wrote = wrote;
+        if handshaking && failed.is_none() && !t.conn.common().is_handshaking() {
+            if let Stage::Dial(d) = &mut c.stage {
+                if let Some(request) = d.tls_request.take() {
+                    c.queue.push_chunk(request, &mut ctx.chunks);
+                    wrote = true;
+                }
+            }
+        }
         ctx.tls.conns.insert(id, t);
         if wrote {
             ctx.mark_dirty(id);
@@ -292,7 +361,7 @@ impl<H: Handler> Worker<H> {
         let Some(t) = ctx.tls.conns.get_mut(&id) else {
             return true;
         };
-        match seal(&mut t.conn, &mut c.queue, &mut ctx.chunks) {
+        match on_side!(&mut t.conn, conn => seal(conn, &mut c.queue, &mut ctx.chunks)) {
             Ok(()) => true,
             Err(e) => {
                 self.tls_failed(id, &e);
@@ -315,44 +384,37 @@ impl<H: Handler> Worker<H> {
             return false;
         }
         t.close_notify_sent = true;
-        let status = t.conn.process_tls_records(&mut []);
-        let Ok(ConnectionState::WriteTraffic(mut w)) = status.state else {
-            return false; // no session (a failed handshake): nothing to close
-        };
-        let mut buf = ctx.chunks.get();
-        buf.resize(64, 0);
-        match w.queue_close_notify(&mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                c.queue.push_sealed(buf, &mut ctx.chunks);
-                ctx.mark_dirty(id);
-                true
-            }
-            Err(_) => {
-                ctx.chunks.put(buf);
-                false
-            }
+        let queued =
+            on_side!(&mut t.conn, conn => close_notify(conn, &mut c.queue, &mut ctx.chunks));
+        if queued {
+            ctx.mark_dirty(id);
         }
+        queued
     }
 
     /// A TLS error (a bad record, a failed handshake, an alert from the peer): a log line, the
     /// alert rustls wants to send, `on_close` (1006) if open, then draining.
+    ///
+    /// An outgoing connection whose handshake fails (the server's certificate refused, an alert,
+    /// not TLS at all) gets `on_connect_error` with `ConnectError::Tls` instead of `on_close`.
     fn tls_failed(&mut self, id: ConnId, e: &Failure) {
         let ctx = &mut self.ctx;
-        let handshake = matches!(
-            ctx.conns.get(id).map(|c| &c.stage),
-            Some(Stage::Handshake(_))
-        );
+        let stage = ctx.conns.get(id).map(|c| &c.stage);
+        let handshake = matches!(stage, Some(Stage::Handshake(_)));
+        let dialing = matches!(stage, Some(Stage::Dial(_)));
         if let Some(quiet) = ctx.tls.log.ready(ctx.now, 1) {
-            let peer = ctx
-                .conns
-                .get(id)
-                .and_then(|c| c.socket.peer_addr().ok())
-                .map_or(String::new(), |a| format!(" from {a}"));
+            let addr = ctx.conns.get(id).and_then(|c| c.socket.peer_addr().ok());
+            let what = match (dialing, addr) {
+                (true, Some(a)) => format!("handshake with {a}"),
+                (true, None) => "handshake".to_owned(),
+                (false, Some(a)) if handshake => format!("handshake from {a}"),
+                (false, _) if handshake => "handshake".to_owned(),
+                (false, Some(a)) => format!("connection from {a}"),
+                (false, None) => "connection".to_owned(),
+            };
             eprintln!(
-                "surge: worker {}: TLS {} failed{peer}: {e}; closed{}",
+                "surge: worker {}: TLS {what} failed: {e}; closed{}",
                 ctx.index,
-                if handshake { "handshake" } else { "connection" },
                 RateLog::more(quiet)
             );
         }
@@ -360,31 +422,65 @@ impl<H: Handler> Worker<H> {
         if let (Some(c), Some(t)) = (ctx.conns.get_mut(id), ctx.tls.conns.get_mut(&id)) {
             t.close_notify_sent = true;
             t.failed = true;
-            for _ in 0..4 {
-                let status = t.conn.process_tls_records(&mut []);
-                match status.state {
-                    Ok(ConnectionState::EncodeTlsData(mut enc)) => {
-                        if encode(&mut enc, &mut c.queue, &mut ctx.chunks).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(ConnectionState::TransmitTlsData(tx)) => tx.done(),
-                    _ => break,
-                }
-            }
+            on_side!(&mut t.conn, conn => pending_alert(conn, &mut c.queue, &mut ctx.chunks));
             // Plaintext not yet encrypted cannot go out any more.
             if c.queue.has_unsealed() {
                 let _ = c.queue.seal(&mut ctx.chunks, |_, _| Err::<(), ()>(()));
             }
+        }
+        if dialing {
+            self.dial_failed_tls(id, e.to_rustls());
+            return;
         }
         self.close_callback(id, CloseCode::ABNORMAL, "", false);
         self.ctx.enter_draining(id);
     }
 }
 
+/// Queues a close_notify, once the session is established. Returns whether one was queued.
+fn close_notify<C: Unbuffered>(conn: &mut C, queue: &mut WriteQueue, pool: &mut ChunkPool) -> bool {
+    let status = conn.process(&mut []);
+    let Ok(ConnectionState::WriteTraffic(mut w)) = status.state else {
+        return false; // no session (a failed handshake): nothing to close
+    };
+    let mut buf = pool.get();
+    buf.resize(64, 0);
+    match w.queue_close_notify(&mut buf) {
+        Ok(n) => {
+            buf.truncate(n);
+            queue.push_sealed(buf, pool);
+            true
+        }
+        Err(_) => {
+            pool.put(buf);
+            false
+        }
+    }
+}
+
+/// After an error: queues the alert rustls has for the peer, if any. Only what rustls has
+/// ready to send is taken (`wants_write`): a call that went on to read would look at received
+/// bytes it still refers to (handshake messages are ranges of the caller's buffer, gone by now)
+/// or fail again on the same bad record.
+fn pending_alert<C: Unbuffered>(conn: &mut C, queue: &mut WriteQueue, pool: &mut ChunkPool) {
+    for _ in 0..4 {
+        if !conn.common().wants_write() {
+            break;
+        }
+        match conn.process(&mut []).state {
+            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                if encode(&mut enc, queue, pool).is_err() {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+}
+
 /// A handshake record rustls emits, into a pooled chunk ahead of the plaintext.
-fn encode(
-    e: &mut rustls::unbuffered::EncodeTlsData<'_, rustls::server::ServerConnectionData>,
+fn encode<D>(
+    e: &mut EncodeTlsData<'_, D>,
     queue: &mut WriteQueue,
     pool: &mut ChunkPool,
 ) -> Result<(), rustls::Error> {
@@ -406,16 +502,16 @@ fn encode(
 }
 
 /// Encrypts the queue's plaintext (after any handshake records rustls has pending).
-fn seal(
-    conn: &mut UnbufferedServerConnection,
+fn seal<C: Unbuffered>(
+    conn: &mut C,
     queue: &mut WriteQueue,
     pool: &mut ChunkPool,
 ) -> Result<(), Failure> {
     loop {
-        let status = conn.process_tls_records(&mut []);
+        let status = conn.process(&mut []);
         match status.state.map_err(Failure::Tls)? {
             ConnectionState::EncodeTlsData(mut e) => {
-                encode(&mut e, queue, pool).map_err(Failure::Tls)?
+                encode(&mut e, queue, pool).map_err(Failure::Tls)?;
             }
             ConnectionState::TransmitTlsData(tx) => tx.done(),
             ConnectionState::WriteTraffic(mut w) => {
@@ -432,8 +528,8 @@ fn seal(
 }
 
 /// One piece of plaintext (at most one record's) into records at the end of `out`.
-fn encrypt(
-    w: &mut WriteTraffic<'_, rustls::server::ServerConnectionData>,
+fn encrypt<D>(
+    w: &mut WriteTraffic<'_, D>,
     plain: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), EncryptError> {
@@ -453,4 +549,76 @@ fn encrypt(
     };
     out.truncate(len + n);
     Ok(())
+}
+
+/// What [`read_records`] did with a buffer of received records.
+struct Read {
+    /// Bytes of whole records consumed (the rest is a record not yet whole).
+    consumed: usize,
+    /// The peer sent close_notify.
+    peer_closed: bool,
+    /// Handshake records were queued.
+    wrote: bool,
+    failed: Option<Failure>,
+}
+
+/// Decrypts the whole records at the front of `buf` (in place) and appends their plaintext to
+/// `plain`; handshake records rustls answers with go into `queue` (sealed, ahead of plaintext).
+fn read_records<C: Unbuffered>(
+    conn: &mut C,
+    buf: &mut [u8],
+    plain: &mut Vec<u8>,
+    queue: &mut WriteQueue,
+    pool: &mut ChunkPool,
+) -> Read {
+    let mut read = Read {
+        consumed: 0,
+        peer_closed: false,
+        wrote: false,
+        failed: None,
+    };
+    loop {
+        let status = conn.process(&mut buf[read.consumed..]);
+        let discard = status.discard;
+        let state = match status.state {
+            Ok(s) => s,
+            Err(e) => {
+                read.failed = Some(Failure::Tls(e));
+                break;
+            }
+        };
+        let mut done = false;
+        match state {
+            ConnectionState::ReadTraffic(mut r) => {
+                while let Some(record) = r.next_record() {
+                    match record {
+                        Ok(rec) => plain.extend_from_slice(rec.payload),
+                        Err(e) => {
+                            read.failed = Some(Failure::Tls(e));
+                            break;
+                        }
+                    }
+                }
+            }
+            ConnectionState::EncodeTlsData(mut e) => {
+                if let Err(e) = encode(&mut e, queue, pool) {
+                    read.failed = Some(Failure::Tls(e));
+                }
+                read.wrote = true;
+            }
+            // Queued: the flush sends it, in order.
+            ConnectionState::TransmitTlsData(tx) => tx.done(),
+            ConnectionState::PeerClosed => read.peer_closed = true,
+            ConnectionState::Closed => done = true,
+            // Need more bytes (handshake or a partial record), or all were read.
+            ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_) => done = true,
+            // Early data is not enabled; anything newer: stop here.
+            _ => done = true,
+        }
+        read.consumed += discard;
+        if done || read.failed.is_some() {
+            break;
+        }
+    }
+    read
 }
