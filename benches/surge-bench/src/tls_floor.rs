@@ -11,6 +11,8 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
+use crate::commands::thread_cpu;
+
 #[derive(clap::Parser, Debug)]
 pub struct TlsFloorArgs {
     /// Handshakes per round.
@@ -19,18 +21,6 @@ pub struct TlsFloorArgs {
     /// Rounds (each: full, then resumed).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-}
-
-/// This thread's CPU time.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own; the clock exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Moves what the client has to send into the server, which processes it.

@@ -213,51 +213,36 @@ impl Stream for UnixStream {
     }
 }
 
-/// TLS (client side) over a stream: deadlines and shutdown go to the socket, the close_notify
-/// goes out before our side shuts down; no `try_clone` (one TLS session cannot be read and written
-/// from two handles). See "`wss://` over rustls" above.
-impl<S: Stream> Stream for rustls::StreamOwned<rustls::ClientConnection, S> {
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.sock.set_read_timeout(timeout)
-    }
-    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.sock.set_write_timeout(timeout)
-    }
-    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        self.sock.shutdown(how)
-    }
-    fn finish_writes(&mut self) -> io::Result<()> {
-        finish_tls(&mut self.conn, &mut self.sock)
-    }
-    fn local_addr(&self) -> Option<SocketAddr> {
-        self.sock.local_addr()
-    }
-    fn peer_addr(&self) -> Option<SocketAddr> {
-        self.sock.peer_addr()
-    }
+// TLS (client and server side) over a stream: deadlines and shutdown go to the socket, the
+// close_notify goes out before our side shuts down; no `try_clone` (one TLS session cannot be read
+// and written from two handles). See "`wss://` over rustls" above.
+macro_rules! tls_stream {
+    ($conn:ty) => {
+        impl<S: Stream> Stream for rustls::StreamOwned<$conn, S> {
+            fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+                self.sock.set_read_timeout(timeout)
+            }
+            fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+                self.sock.set_write_timeout(timeout)
+            }
+            fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+                self.sock.shutdown(how)
+            }
+            fn finish_writes(&mut self) -> io::Result<()> {
+                finish_tls(&mut self.conn, &mut self.sock)
+            }
+            fn local_addr(&self) -> Option<SocketAddr> {
+                self.sock.local_addr()
+            }
+            fn peer_addr(&self) -> Option<SocketAddr> {
+                self.sock.peer_addr()
+            }
+        }
+    };
 }
 
-/// TLS (server side) over a stream, as the client side above.
-impl<S: Stream> Stream for rustls::StreamOwned<rustls::ServerConnection, S> {
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.sock.set_read_timeout(timeout)
-    }
-    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.sock.set_write_timeout(timeout)
-    }
-    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        self.sock.shutdown(how)
-    }
-    fn finish_writes(&mut self) -> io::Result<()> {
-        finish_tls(&mut self.conn, &mut self.sock)
-    }
-    fn local_addr(&self) -> Option<SocketAddr> {
-        self.sock.local_addr()
-    }
-    fn peer_addr(&self) -> Option<SocketAddr> {
-        self.sock.peer_addr()
-    }
-}
+tls_stream!(rustls::ClientConnection);
+tls_stream!(rustls::ServerConnection);
 
 /// Sends a TLS session's close_notify (and whatever it still has to write).
 fn finish_tls<D: rustls::SideData>(
