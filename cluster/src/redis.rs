@@ -68,10 +68,13 @@ trait Conn: Sized + Send + 'static {
     ) -> impl Future<Output = RedisResult<Self>> + Send;
     fn subscribe(&mut self, channels: Vec<String>) -> impl Future<Output = RedisResult<()>> + Send;
     fn unsubscribe(&mut self, channel: String) -> impl Future<Output = RedisResult<()>> + Send;
+    /// Publishes `batch` in order, counting in `done` those the server confirmed (on an error
+    /// the rest are not known to have arrived; the one in flight may have).
     fn publish(
         &mut self,
         prefix: &str,
         batch: &[Outgoing],
+        done: &mut u64,
     ) -> impl Future<Output = RedisResult<()>> + Send;
     fn ping(&mut self) -> impl Future<Output = RedisResult<()>> + Send;
 }
@@ -113,7 +116,12 @@ impl Conn for ConnectionManager {
         ConnectionManager::unsubscribe(self, channel).await
     }
 
-    async fn publish(&mut self, prefix: &str, batch: &[Outgoing]) -> RedisResult<()> {
+    async fn publish(
+        &mut self,
+        prefix: &str,
+        batch: &[Outgoing],
+        done: &mut u64,
+    ) -> RedisResult<()> {
         let mut pipe = ::redis::pipe();
         for o in batch {
             pipe.cmd("PUBLISH")
@@ -121,7 +129,9 @@ impl Conn for ConnectionManager {
                 .arg(&o.envelope[..])
                 .ignore();
         }
-        pipe.exec_async(self).await
+        pipe.exec_async(self).await?;
+        *done = batch.len() as u64;
+        Ok(())
     }
 
     async fn ping(&mut self) -> RedisResult<()> {
@@ -167,12 +177,18 @@ impl Conn for ClusterConnection {
         self.sunsubscribe(channel).await
     }
 
-    async fn publish(&mut self, prefix: &str, batch: &[Outgoing]) -> RedisResult<()> {
+    async fn publish(
+        &mut self,
+        prefix: &str,
+        batch: &[Outgoing],
+        done: &mut u64,
+    ) -> RedisResult<()> {
         // Each to the shard of its channel, in order.
         for o in batch {
             let _: Value = self
                 .spublish(channel(prefix, &o.topic), &o.envelope[..])
                 .await?;
+            *done += 1;
         }
         Ok(())
     }
@@ -301,10 +317,13 @@ async fn session<C: Conn>(mut link: Link) {
                     link.lost(n, &"the Redis server is not connected");
                     continue;
                 }
-                match run(con.publish(&cfg.prefix, &batch)).await {
+                let mut done = 0;
+                match run(con.publish(&cfg.prefix, &batch, &mut done)).await {
                     Ok(()) => link.sent(n),
                     Err(e) => {
-                        link.lost(n, &e);
+                        // Those confirmed before the error went out; the rest count as lost.
+                        link.sent(done);
+                        link.lost(n - done, &e);
                         link.set_connected(false);
                     }
                 }

@@ -544,7 +544,9 @@ fn broker_restart_mid_stream(kind: Kind) {
         published,
         "{sc:?}"
     );
-    assert!(sa.delivered <= sc.sent, "A {sa:?}, C {sc:?}");
+    // A publish in flight when a command failed counts as lost, yet it may have reached the
+    // broker (the reply is what was lost): a few such may be delivered beyond `sent`.
+    assert!(sa.delivered <= sc.sent + 4, "A {sa:?}, C {sc:?}");
     assert!(
         sa.delivered >= sc.sent.saturating_sub(200),
         "A {sa:?}, C {sc:?}"
