@@ -60,10 +60,18 @@ impl Pki {
     }
 
     fn client_config(&self, alpn: bool) -> Arc<rustls::ClientConfig> {
+        self.client_config_versions(alpn, rustls::DEFAULT_VERSIONS)
+    }
+
+    fn client_config_versions(
+        &self,
+        alpn: bool,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.der().clone()).unwrap();
         let mut cfg = rustls::ClientConfig::builder_with_provider(surge::tls::provider())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -674,6 +682,72 @@ fn close_notify_without_websocket_close() {
     b.finish();
 }
 
+/// Key updates after the handshake, the client's asking for ours too: the server follows
+/// (its record layer takes the next secrets from rustls's kernel connection) and answers; echo
+/// goes on under the new keys both ways, several times over.
+fn key_updates_both_ways() {
+    let b = Bad::new();
+    let mut ws = wss_connect(b.addr(), b.pki.client_config(true), "localhost");
+    echo_round(&mut ws);
+    for _ in 0..3 {
+        ws.get_mut().conn.refresh_traffic_keys().unwrap();
+        echo_round(&mut ws);
+    }
+    // A large message after an update: several records under the new key.
+    ws.get_mut().conn.refresh_traffic_keys().unwrap();
+    let big = vec![9u8; 100_000];
+    ws.send(TMessage::binary(big.clone())).unwrap();
+    assert_eq!(ws.read().unwrap(), TMessage::binary(big));
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+    drop(ws);
+    b.finish();
+}
+
+/// TLS 1.2 stays with rustls throughout (only TLS 1.3 sessions are handed over): echo works and
+/// the request says 1.2.
+fn tls12_session() {
+    let b = Bad::new();
+    let cfg = b
+        .pki
+        .client_config_versions(true, &[&rustls::version::TLS12]);
+    let mut ws = wss_connect(b.addr(), cfg, "localhost");
+    echo_round(&mut ws);
+    let big = vec![3u8; 70_000];
+    ws.send(TMessage::binary(big.clone())).unwrap();
+    assert_eq!(ws.read().unwrap(), TMessage::binary(big));
+    let info = b.seen.requests.lock().unwrap().last().cloned().flatten();
+    assert_eq!(
+        info.and_then(|i| i.version()),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+    drop(ws);
+    b.finish();
+}
+
+/// A forged application-data record after the handshake (whole, but not sealed with the key):
+/// bad_record_mac, on_close 1006, closed; the other connection carries on.
+fn forged_record_after_handshake() {
+    let b = Bad::new();
+    let mut ws = wss_connect(b.addr(), b.pki.client_config(true), "localhost");
+    echo_round(&mut ws);
+    let sock = &mut ws.get_mut().sock;
+    let mut forged = vec![23, 3, 3, 0, 40];
+    forged.extend_from_slice(&[0x5a; 40]);
+    sock.write_all(&forged).unwrap();
+    assert!(closed_by_server(sock, Duration::from_secs(3)));
+    let seen = Arc::clone(&b.seen);
+    assert!(wait_until(Duration::from_secs(3), || seen
+        .closes
+        .lock()
+        .unwrap()
+        .contains(&1006)));
+    drop(ws);
+    b.finish();
+}
+
 /// A PROXY header comes before the TLS handshake, in clear: the client's address reaches the
 /// request, whole or split from the records behind it.
 fn proxy_header_before_tls() {
@@ -737,4 +811,7 @@ per_driver!(
     peer_vanishes_or_alerts_mid_handshake,
     truncated_record_then_eof,
     close_notify_without_websocket_close,
+    key_updates_both_ways,
+    tls12_session,
+    forged_record_after_handshake,
 );

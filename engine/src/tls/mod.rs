@@ -10,7 +10,9 @@
 //! [`rustls::ClientConfig`].
 //!
 //! The worker drives each connection through rustls's unbuffered (sans-IO) API
-//! (`server/worker/tls.rs`).
+//! (`server/worker/tls.rs`); an accepted TLS 1.3 connection, once its handshake is done, is
+//! handed over to the worker's own record layer (`record`), with the traffic keys rustls gives
+//! through its kTLS seam.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,7 +26,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-#[allow(dead_code)] // wired into the worker in a later step
 pub(crate) mod record;
 pub(crate) mod sni;
 
@@ -80,9 +81,19 @@ impl TlsConfig {
             .build()
     }
 
-    /// A ready rustls configuration, used as it is (its ALPN list, tickets and resolver).
+    /// A ready rustls configuration, used as it is (its ALPN list, tickets and resolver), with
+    /// `enable_secret_extraction` turned on: after a TLS 1.3 handshake the worker seals and
+    /// opens records itself with the traffic keys (see `tls::record`), dropping rustls's
+    /// connection object.
     pub fn from_rustls(config: Arc<rustls::ServerConfig>) -> Self {
-        TlsConfig { rustls: config }
+        if config.enable_secret_extraction {
+            return TlsConfig { rustls: config };
+        }
+        let mut cfg = (*config).clone();
+        cfg.enable_secret_extraction = true;
+        TlsConfig {
+            rustls: Arc::new(cfg),
+        }
     }
 
     /// Several certificates, chosen by SNI, and other settings.
@@ -189,6 +200,8 @@ impl TlsConfigBuilder {
             .with_no_client_auth()
             .with_cert_resolver(resolver);
         cfg.alpn_protocols = self.alpn;
+        // TLS 1.3 connections are handed over to `tls::record` after their handshake.
+        cfg.enable_secret_extraction = true;
         if self.tickets {
             cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(io::Error::other)?;
         }

@@ -17,7 +17,9 @@
 use std::ops::Range;
 
 use ring::aead;
-use rustls::ConnectionTrafficSecrets;
+use rustls::kernel::KernelConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::{AlertDescription, ConnectionTrafficSecrets};
 
 /// TLS record header: type, legacy version, length.
 pub(crate) const HEADER: usize = 5;
@@ -236,6 +238,19 @@ pub(crate) fn record_len(buf: &[u8]) -> Option<usize> {
     (buf.len() >= HEADER).then(|| HEADER + usize::from(u16::from_be_bytes([buf[3], buf[4]])))
 }
 
+/// The length of the whole record at the start of `buf`, if it is all there; an error for a
+/// record longer than TLS 1.3 allows.
+fn whole_record(buf: &[u8]) -> Result<Option<usize>, Fatal> {
+    match record_len(buf) {
+        Some(n) if n - HEADER > MAX_CIPHERTEXT => Err(Fatal::new(
+            "TLS record too long",
+            AlertDescription::RecordOverflow,
+        )),
+        Some(n) if n <= buf.len() => Ok(Some(n)),
+        _ => Ok(None),
+    }
+}
+
 /// A KeyUpdate handshake message (RFC 8446 section 4.6.3): `update_requested` asks the peer to
 /// update its own key too.
 pub(crate) fn key_update(update_requested: bool) -> [u8; 5] {
@@ -276,6 +291,251 @@ pub(crate) fn parse_alert(plain: &[u8]) -> Result<(u8, u8), RecordError> {
     match plain {
         [level, description] => Ok((*level, *description)),
         _ => Err(RecordError::Malformed),
+    }
+}
+
+/// A fatal error on an established session: what to log and report, and the alert to send the
+/// peer (none when the peer's own alert ended it).
+#[derive(Debug)]
+pub(crate) struct Fatal {
+    pub(crate) error: rustls::Error,
+    pub(crate) alert: Option<AlertDescription>,
+}
+
+impl Fatal {
+    fn new(why: &str, alert: AlertDescription) -> Fatal {
+        Fatal {
+            error: rustls::Error::General(why.to_owned()),
+            alert: Some(alert),
+        }
+    }
+
+    fn record(e: RecordError) -> Fatal {
+        match e {
+            RecordError::Malformed => {
+                Fatal::new("malformed TLS record", AlertDescription::DecodeError)
+            }
+            RecordError::BadMac => Fatal {
+                error: rustls::Error::DecryptError,
+                alert: Some(AlertDescription::BadRecordMac),
+            },
+            RecordError::NoContentType => Fatal::new(
+                "TLS record without a content type",
+                AlertDescription::UnexpectedMessage,
+            ),
+            RecordError::KeyExhausted => Fatal::new(
+                "the peer's traffic key is worn out (no KeyUpdate)",
+                AlertDescription::InternalError,
+            ),
+        }
+    }
+}
+
+/// What [`Session::open`] did with a buffer of received records.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    /// Bytes of whole records consumed (the rest is a record not yet whole).
+    pub(crate) consumed: usize,
+    /// The peer sent close_notify (anything behind it is ignored).
+    pub(crate) peer_closed: bool,
+    pub(crate) failed: Option<Fatal>,
+}
+
+/// A TLS 1.3 server connection after its handshake: rustls's kernel connection (kept for key
+/// updates only) and the two directions' compact keys. What an established `wss://` connection
+/// keeps instead of rustls's whole connection object.
+pub(crate) struct Session {
+    kernel: KernelConnection<ServerConnectionData>,
+    rx: Direction,
+    tx: Direction,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("rx", &self.rx)
+            .field("tx", &self.tx)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Whether `conn` can be handed over now: a TLS 1.3 session whose handshake is done and
+    /// which has nothing left to send (its tickets encoded). The config must have
+    /// `enable_secret_extraction` (the server's `TlsConfig` sets it).
+    pub(crate) fn ready(conn: &UnbufferedServerConnection) -> bool {
+        use rustls::CipherSuite::*;
+        !conn.is_handshaking()
+            && conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+            && matches!(
+                conn.negotiated_cipher_suite().map(|s| s.suite()),
+                Some(
+                    TLS13_AES_128_GCM_SHA256
+                        | TLS13_AES_256_GCM_SHA384
+                        | TLS13_CHACHA20_POLY1305_SHA256
+                )
+            )
+            && !conn.wants_write()
+    }
+
+    /// Takes over `conn` (see [`Session::ready`]).
+    pub(crate) fn new(conn: UnbufferedServerConnection) -> Result<Session, rustls::Error> {
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection()?;
+        let unknown = || rustls::Error::General("a cipher suite the record layer lacks".into());
+        Ok(Session {
+            rx: Direction::new(secrets.rx.0, &secrets.rx.1).ok_or_else(unknown)?,
+            tx: Direction::new(secrets.tx.0, &secrets.tx.1).ok_or_else(unknown)?,
+            kernel,
+        })
+    }
+
+    /// Opens the whole records at the front of `buf` in place and appends their application
+    /// data to `plain`. A KeyUpdate is followed (rustls derives the next secret); when the peer
+    /// asks for ours too, our KeyUpdate is sealed into `reply` (to go out ahead of any plaintext
+    /// not yet sealed, which is then sealed under the new key).
+    pub(crate) fn open(
+        &mut self,
+        buf: &mut [u8],
+        plain: &mut Vec<u8>,
+        reply: &mut Vec<u8>,
+    ) -> Opened {
+        let mut read = Opened {
+            consumed: 0,
+            peer_closed: false,
+            failed: None,
+        };
+        // The key is expanded when a whole record is there to open, again after a KeyUpdate.
+        'keys: loop {
+            match whole_record(&buf[read.consumed..]) {
+                Ok(Some(_)) => {}
+                Ok(None) => return read,
+                Err(e) => {
+                    read.failed = Some(e);
+                    return read;
+                }
+            }
+            let mut opener = self.rx.opener();
+            loop {
+                let rest = &mut buf[read.consumed..];
+                let n = match whole_record(rest) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => return read,
+                    Err(e) => {
+                        read.failed = Some(e);
+                        return read;
+                    }
+                };
+                let record = &mut rest[..n];
+                let (ty, range) = match opener.open(record) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        read.failed = Some(Fatal::record(e));
+                        return read;
+                    }
+                };
+                read.consumed += n;
+                let body = &record[range];
+                match ty {
+                    APPLICATION_DATA => plain.extend_from_slice(body),
+                    ALERT => match parse_alert(body) {
+                        // close_notify: nothing more is read.
+                        Ok((_, 0)) => {
+                            read.peer_closed = true;
+                            return read;
+                        }
+                        // user_canceled: a warning, a close_notify should follow.
+                        Ok((_, 90)) => {}
+                        Ok((_, d)) => {
+                            read.failed = Some(Fatal {
+                                error: rustls::Error::AlertReceived(AlertDescription::from(d)),
+                                alert: None,
+                            });
+                            return read;
+                        }
+                        Err(e) => {
+                            read.failed = Some(Fatal::record(e));
+                            return read;
+                        }
+                    },
+                    HANDSHAKE => {
+                        let msgs = match parse_handshake(body) {
+                            Ok(m) => m,
+                            Err(_) => {
+                                read.failed = Some(Fatal::new(
+                                    "unexpected TLS handshake message after the handshake",
+                                    AlertDescription::UnexpectedMessage,
+                                ));
+                                return read;
+                            }
+                        };
+                        // The opener (the expanded key) ends here: the key changes.
+                        for PostHandshake::KeyUpdate(requested) in msgs {
+                            if let Err(e) = self.key_update(requested, reply) {
+                                read.failed = Some(Fatal {
+                                    error: e,
+                                    alert: Some(AlertDescription::InternalError),
+                                });
+                                return read;
+                            }
+                        }
+                        continue 'keys;
+                    }
+                    _ => {
+                        read.failed = Some(Fatal::new(
+                            "unexpected TLS record type after the handshake",
+                            AlertDescription::UnexpectedMessage,
+                        ));
+                        return read;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The peer's KeyUpdate: its next key, and ours too when it asks.
+    fn key_update(&mut self, requested: bool, reply: &mut Vec<u8>) -> Result<(), rustls::Error> {
+        let (seq, secrets) = self.kernel.update_rx_secret()?;
+        self.rx = Direction::new(seq, &secrets)
+            .ok_or_else(|| rustls::Error::General("key update: unknown suite".into()))?;
+        if requested {
+            self.update_tx(reply)?;
+        }
+        Ok(())
+    }
+
+    /// Our KeyUpdate, sealed under the current key into `out`, then the next key.
+    fn update_tx(&mut self, out: &mut Vec<u8>) -> Result<(), rustls::Error> {
+        self.tx.sealer().seal(HANDSHAKE, &key_update(false), out);
+        let (seq, secrets) = self.kernel.update_tx_secret()?;
+        self.tx = Direction::new(seq, &secrets)
+            .ok_or_else(|| rustls::Error::General("key update: unknown suite".into()))?;
+        Ok(())
+    }
+
+    /// The key expanded for sealing a batch of application data records.
+    pub(crate) fn sealer(&mut self) -> Sealer<'_> {
+        self.tx.sealer()
+    }
+
+    /// After a batch was sealed: once the key has protected [`TX_KEY_RECORDS`] records, our
+    /// KeyUpdate into `out` (to go out after the batch) and the next key.
+    pub(crate) fn after_sealing(&mut self, out: &mut Vec<u8>) -> Result<(), rustls::Error> {
+        if self.tx.seq() >= TX_KEY_RECORDS {
+            self.update_tx(out)?;
+        }
+        Ok(())
+    }
+
+    /// An alert record (close_notify is warning 0; others fatal) into `out`.
+    pub(crate) fn alert(&mut self, description: AlertDescription, out: &mut Vec<u8>) {
+        let level = if description == AlertDescription::CloseNotify {
+            1
+        } else {
+            2
+        };
+        self.tx
+            .sealer()
+            .seal(ALERT, &[level, u8::from(description)], out);
     }
 }
 
