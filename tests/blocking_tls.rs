@@ -1,6 +1,8 @@
 //! `surge::blocking` over rustls (`rustls::StreamOwned`, as the module docs show): the blocking
 //! client against surge's own TLS server (the engine), and the blocking server against a
-//! tungstenite client over rustls. Certificates are made at test time (rcgen).
+//! tungstenite client over rustls. Certificates are made at test time (`support::pki`).
+
+mod support;
 
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
@@ -14,20 +16,9 @@ use surge::{Accept, Conn, Handler, Message, Request, Server, ServerConfig, Upgra
 /// A test CA's certificate for `localhost` (server side) and a client configuration trusting
 /// that CA.
 fn pki() -> (TlsConfig, ClientTlsConfig) {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca = params.self_signed(&ca_key).unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = leaf.signed_by(&key, &ca, &ca_key).unwrap();
-    let server = TlsConfig::builder()
-        .cert_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
-        .unwrap()
-        .build()
-        .unwrap();
-    let client = ClientTlsConfig::with_ca_pem(ca.pem().as_bytes()).unwrap();
-    (server, client)
+    let pki = support::pki::Pki::new();
+    let client = ClientTlsConfig::with_ca_pem(pki.ca_pem().as_bytes()).unwrap();
+    (pki.server_tls(&["localhost"]), client)
 }
 
 fn payload(len: usize) -> Vec<u8> {

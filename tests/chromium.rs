@@ -6,6 +6,8 @@
 //! Chromium is `$CHROMIUM` or the first of chromium, chromium-browser, google-chrome on the PATH.
 //! Without it (or openssl) the test prints why and passes, unless `CI=true`: then it fails.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -99,19 +101,13 @@ fn chromium_opens_wss_to_the_chat_example() {
         return missing("openssl");
     }
     // The test CA and the chat's certificate (127.0.0.1 and localhost).
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca = params.self_signed(&ca_key).unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    let pki = support::pki::Pki::new();
+    let leaf = pki.leaf(&["127.0.0.1", "localhost"]);
     let dir = std::env::temp_dir().join(format!("surge-chromium-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&cert_path, &leaf.cert_pem).unwrap();
+    std::fs::write(&key_path, &leaf.key_pem).unwrap();
 
     // The chat over TLS on a port of its choosing.
     let mut chat = Kill(
@@ -138,7 +134,7 @@ fn chromium_opens_wss_to_the_chat_example() {
         .unwrap_or_else(|| panic!("the chat said {line:?}"));
 
     // The observer, in the room before the browser comes.
-    let tls = ClientTlsConfig::with_ca_pem(ca.pem().as_bytes()).unwrap();
+    let tls = ClientTlsConfig::with_ca_pem(pki.ca_pem().as_bytes()).unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let session = rustls::ClientConnection::new(Arc::clone(tls.rustls_config()), name).unwrap();
     let tcp = TcpStream::connect(&addr).unwrap();

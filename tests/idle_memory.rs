@@ -304,20 +304,8 @@ const ENV_TLS_CA: &str = "SURGE_TEST_TLS_CA";
 #[test]
 fn heap_bytes_per_idle_tls_connection() {
     let _one = measuring();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let tls = surge::tls::TlsConfig::builder()
-        .cert_pem(leaf.pem().as_bytes(), key.serialize_pem().as_bytes())
-        .unwrap()
-        .build()
-        .unwrap();
+    let pki = support::pki::Pki::new();
+    let tls = pki.server_tls(&["localhost"]);
     let opened = Arc::new(AtomicUsize::new(0));
     let closed = Arc::new(AtomicUsize::new(0));
     let cfg = ServerConfig {
@@ -342,7 +330,7 @@ fn heap_bytes_per_idle_tls_connection() {
         &[
             (support::ENV_ADDR, addr.to_string()),
             (support::ENV_COUNT, TLS_CONNS.to_string()),
-            (ENV_TLS_CA, ca.pem()),
+            (ENV_TLS_CA, pki.ca_pem()),
         ],
     );
     assert_eq!(clients.wait("opened", Duration::from_secs(60)), TLS_CONNS);
@@ -433,24 +421,14 @@ const ENV_TLS_KEY: &str = "SURGE_TEST_TLS_KEY";
 #[test]
 fn heap_bytes_per_idle_tls_client_connection() {
     let _one = measuring();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
+    let pki = support::pki::Pki::new();
+    let leaf = pki.leaf(&["localhost"]);
     let mut server = ClientProcess::spawn_with(
         "tls_server_process",
-        &[
-            (ENV_TLS_CERT, leaf.pem()),
-            (ENV_TLS_KEY, key.serialize_pem()),
-        ],
+        &[(ENV_TLS_CERT, leaf.cert_pem), (ENV_TLS_KEY, leaf.key_pem)],
     );
     let port = server.wait("listening", Duration::from_secs(30));
-    let tls = surge::tls::ClientTlsConfig::with_ca_pem(ca.pem().as_bytes())
+    let tls = surge::tls::ClientTlsConfig::with_ca_pem(pki.ca_pem().as_bytes())
         .unwrap()
         .without_resumption();
     let request = surge::ConnectRequest::new(format!("wss://localhost:{port}/")).tls(tls);

@@ -1,6 +1,6 @@
 //! `wss://`: the server's TLS listeners on every driver, against rustls + tungstenite, Python
 //! `websockets` with an `ssl` context and `openssl s_client`. Certificates are made at test time
-//! (rcgen): a test CA and leaf certificates signed by it; no key is committed.
+//! (`support::pki`).
 
 #[macro_use]
 mod support;
@@ -12,53 +12,14 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use support::pki::{Leaf, Pki};
 use support::wait_until;
 use surge::tls::{TlsConfig, TlsInfo};
 use surge::{Accept, Conn, Handler, Message, Request, Server, ServerConfig, ServerHandle, Upgrade};
 use tungstenite::Message as TMessage;
 
-/// A test CA and the leaf certificates it signs (PEM).
-struct Pki {
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-/// A leaf certificate: its chain and key in PEM, and its DER to compare with what a client saw.
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: Vec<u8>,
-}
-
+/// Client configurations trusting the test CA.
 impl Pki {
-    fn new() -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "surge test CA");
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca = params.self_signed(&ca_key).unwrap();
-        Pki { ca, ca_key }
-    }
-
-    fn leaf(&self, names: &[&str]) -> Leaf {
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().to_vec(),
-        }
-    }
-
-    fn ca_pem(&self) -> String {
-        self.ca.pem()
-    }
-
     fn client_config(&self, alpn: bool) -> Arc<rustls::ClientConfig> {
         self.client_config_versions(alpn, rustls::DEFAULT_VERSIONS)
     }
@@ -69,7 +30,7 @@ impl Pki {
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der().clone()).unwrap();
+        roots.add(self.ca_der()).unwrap();
         let mut cfg = rustls::ClientConfig::builder_with_provider(surge::tls::provider())
             .with_protocol_versions(versions)
             .unwrap()
@@ -462,6 +423,12 @@ fn openssl_s_client() {
     stop(server);
 }
 
+/// A close handshake from the client's side, read to the end.
+fn close(mut ws: tungstenite::WebSocket<TlsStream>) {
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+}
+
 /// Connection count back to 0 within `limit`.
 fn drained(server: &ServerHandle, limit: Duration) -> bool {
     wait_until(limit, || server.socket_count() == 0)
@@ -529,6 +496,20 @@ impl Bad {
         (c, hello)
     }
 
+    /// Another `wss://` connection to the server, echoing once.
+    fn open(&self) -> tungstenite::WebSocket<TlsStream> {
+        let mut ws = wss_connect(self.addr(), self.pki.client_config(true), "localhost");
+        echo_round(&mut ws);
+        ws
+    }
+
+    /// Some connection's `on_close` got `code` within 3 s.
+    fn saw_close(&self, code: u16) -> bool {
+        wait_until(Duration::from_secs(3), || {
+            self.seen.closes.lock().unwrap().contains(&code)
+        })
+    }
+
     /// The healthy connection still echoes, then everything closes and the count drops to 0.
     fn finish(self) {
         let Bad {
@@ -588,9 +569,7 @@ fn client_hello_in_one_byte_writes() {
     let url = format!("wss://localhost:{}/", b.addr().port());
     let (mut ws, _) = tungstenite::client::client(url, stream).unwrap();
     echo_round(&mut ws);
-    ws.close(None).unwrap();
-    while ws.read().is_ok() {}
-    drop(ws);
+    close(ws);
     b.finish();
 }
 
@@ -637,18 +616,12 @@ fn peer_vanishes_or_alerts_mid_handshake() {
 /// A record cut short by the peer's FIN after the upgrade: on_close 1006, closed.
 fn truncated_record_then_eof() {
     let b = Bad::new();
-    let mut ws = wss_connect(b.addr(), b.pki.client_config(true), "localhost");
-    echo_round(&mut ws);
+    let mut ws = b.open();
     let sock = &mut ws.get_mut().sock;
     sock.write_all(&[23, 3, 3, 0, 100, 1, 2, 3]).unwrap();
     sock.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(closed_by_server(sock, Duration::from_secs(3)));
-    let seen = Arc::clone(&b.seen);
-    assert!(wait_until(Duration::from_secs(3), || seen
-        .closes
-        .lock()
-        .unwrap()
-        .contains(&1006)));
+    assert!(b.saw_close(1006));
     drop(ws);
     b.finish();
 }
@@ -656,8 +629,7 @@ fn truncated_record_then_eof() {
 /// close_notify without a WebSocket close: on_close 1006, our close_notify, closed.
 fn close_notify_without_websocket_close() {
     let b = Bad::new();
-    let mut ws = wss_connect(b.addr(), b.pki.client_config(true), "localhost");
-    echo_round(&mut ws);
+    let mut ws = b.open();
     let stream = ws.get_mut();
     stream.conn.send_close_notify();
     stream.flush().unwrap();
@@ -672,12 +644,7 @@ fn close_notify_without_websocket_close() {
         }
     };
     assert!(end.is_ok(), "{end:?}");
-    let seen = Arc::clone(&b.seen);
-    assert!(wait_until(Duration::from_secs(3), || seen
-        .closes
-        .lock()
-        .unwrap()
-        .contains(&1006)));
+    assert!(b.saw_close(1006));
     drop(ws);
     b.finish();
 }
@@ -687,8 +654,7 @@ fn close_notify_without_websocket_close() {
 /// goes on under the new keys both ways, several times over.
 fn key_updates_both_ways() {
     let b = Bad::new();
-    let mut ws = wss_connect(b.addr(), b.pki.client_config(true), "localhost");
-    echo_round(&mut ws);
+    let mut ws = b.open();
     for _ in 0..3 {
         ws.get_mut().conn.refresh_traffic_keys().unwrap();
         echo_round(&mut ws);
@@ -698,9 +664,7 @@ fn key_updates_both_ways() {
     let big = vec![9u8; 100_000];
     ws.send(TMessage::binary(big.clone())).unwrap();
     assert_eq!(ws.read().unwrap(), TMessage::binary(big));
-    ws.close(None).unwrap();
-    while ws.read().is_ok() {}
-    drop(ws);
+    close(ws);
     b.finish();
 }
 
@@ -721,9 +685,7 @@ fn tls12_session() {
         info.and_then(|i| i.version()),
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
-    ws.close(None).unwrap();
-    while ws.read().is_ok() {}
-    drop(ws);
+    close(ws);
     b.finish();
 }
 
@@ -731,19 +693,13 @@ fn tls12_session() {
 /// bad_record_mac, on_close 1006, closed; the other connection carries on.
 fn forged_record_after_handshake() {
     let b = Bad::new();
-    let mut ws = wss_connect(b.addr(), b.pki.client_config(true), "localhost");
-    echo_round(&mut ws);
+    let mut ws = b.open();
     let sock = &mut ws.get_mut().sock;
     let mut forged = vec![23, 3, 3, 0, 40];
     forged.extend_from_slice(&[0x5a; 40]);
     sock.write_all(&forged).unwrap();
     assert!(closed_by_server(sock, Duration::from_secs(3)));
-    let seen = Arc::clone(&b.seen);
-    assert!(wait_until(Duration::from_secs(3), || seen
-        .closes
-        .lock()
-        .unwrap()
-        .contains(&1006)));
+    assert!(b.saw_close(1006));
     drop(ws);
     b.finish();
 }

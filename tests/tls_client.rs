@@ -8,6 +8,8 @@
 #[macro_use]
 mod support;
 
+use support::pki::Pki;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -33,45 +35,9 @@ per_driver!(
     resumed_session_on_a_second_connection,
 );
 
-/// A test CA and the leaf certificates it signs (PEM).
-struct Pki {
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
 impl Pki {
-    fn new() -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "surge test CA");
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca = params.self_signed(&ca_key).unwrap();
-        Pki { ca, ca_key }
-    }
-
-    /// A certificate for `names` (DNS names or IP addresses): its PEM chain and key.
-    fn leaf(&self, names: &[&str]) -> (String, String) {
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn server_tls(&self, names: &[&str]) -> TlsConfig {
-        let (cert, key) = self.leaf(names);
-        TlsConfig::builder()
-            .cert_pem(cert.as_bytes(), key.as_bytes())
-            .unwrap()
-            .build()
-            .unwrap()
-    }
-
     fn client_tls(&self) -> ClientTlsConfig {
-        ClientTlsConfig::with_ca_pem(self.ca.pem().as_bytes()).unwrap()
+        ClientTlsConfig::with_ca_pem(self.ca_pem().as_bytes()).unwrap()
     }
 }
 
@@ -482,7 +448,8 @@ fn handshake_timeout_covers_tls() {
 /// without a WebSocket close. The client's connection ends with 1006 (not by the peer).
 fn close_notify_without_websocket_close() {
     let pki = Pki::new();
-    let (cert, key) = pki.leaf(&["localhost"]);
+    let leaf = pki.leaf(&["localhost"]);
+    let (cert, key) = (leaf.cert_pem, leaf.key_pem);
     let tls = TlsConfig::builder()
         .cert_pem(cert.as_bytes(), key.as_bytes())
         .unwrap()

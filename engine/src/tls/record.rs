@@ -813,5 +813,12 @@ mod tests {
             "{}",
             std::mem::size_of::<Direction>()
         );
+        // rustls's kernel connection is most of a session (its state machine, boxed, is apart).
+        println!(
+            "Session {} B, KernelConnection {} B",
+            std::mem::size_of::<Session>(),
+            std::mem::size_of::<KernelConnection<ServerConnectionData>>()
+        );
+        assert!(std::mem::size_of::<Session>() <= 768);
     }
 }
