@@ -769,6 +769,46 @@ mod tests {
         assert_eq!(parse_alert(&recs[0][range]), Ok((1, 0)));
     }
 
+    /// Garbage after the handshake never panics: a clear failure, or bytes waiting for more.
+    #[test]
+    fn garbage_is_refused_without_panicking() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let p = pair(None);
+        let mut session = Session {
+            kernel: p.kernel,
+            rx: p.rx,
+            tx: p.tx,
+        };
+        for round in 0..5000 {
+            let len = (next() % 600) as usize;
+            let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Half the rounds: a plausible header in front.
+            if round % 2 == 0 && buf.len() >= HEADER {
+                let body = (buf.len() - HEADER) as u16;
+                buf[..HEADER].copy_from_slice(&[
+                    APPLICATION_DATA,
+                    3,
+                    3,
+                    (body >> 8) as u8,
+                    body as u8,
+                ]);
+            }
+            let (mut plain, mut reply) = (Vec::new(), Vec::new());
+            let opened = session.open(&mut buf, &mut plain, &mut reply);
+            assert!(plain.is_empty(), "round {round}: garbage opened");
+            assert!(
+                opened.failed.is_some() || opened.consumed == 0,
+                "round {round}: {opened:?}"
+            );
+        }
+    }
+
     #[test]
     fn handshake_messages_other_than_key_update_are_refused() {
         assert_eq!(
