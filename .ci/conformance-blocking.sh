@@ -7,6 +7,7 @@
 # Usage: conformance-blocking.sh OUTDIR (builds both examples in release mode first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. .ci/lib.sh
 OUT=${1:-ci-out}
 mkdir -p "$OUT"
 cargo build --release --quiet -p surge --example blocking_echo --example blocking_client
@@ -14,7 +15,7 @@ ECHO=target/release/examples/blocking_echo
 CLIENT=target/release/examples/blocking_client
 
 # Server side.
-port=$((9100 + RANDOM % 800))
+port=$(free_port)
 log="$OUT/blocking-echo.log"
 "$ECHO" --port "$port" --deflate context >"$log" 2>&1 &
 pid=$!
@@ -40,7 +41,7 @@ python3 .ci/autobahn.py "$OUT/kosoku-blocking-server/index.json" .ci/expected/bl
   ${SURGE_CI_UPDATE:+--update}
 
 # Client side.
-port=$((9100 + RANDOM % 800))
+port=$(free_port)
 rm -rf "$OUT/kosoku-blocking-client"
 timeout 900 kosoku -m fuzzingserver -o "$OUT/kosoku-blocking-client" "127.0.0.1:$port" \
   >"$OUT/kosoku-blocking-client.log" 2>&1 &

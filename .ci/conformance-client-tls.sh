@@ -7,6 +7,7 @@
 # conformance-client-tls.sh OUTDIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. .ci/lib.sh
 OUT=${1:-ci-out}
 mkdir -p "$OUT"
 CLIENT=${CARGO_TARGET_DIR:-target}/release/examples/autobahn_client
@@ -23,9 +24,6 @@ openssl x509 -req -in "$PKI/req.csr" -CA "$PKI/ca.pem" -CAkey "$PKI/ca.key" -CAc
 ran=()
 skipped=()
 unset SURGE_BACKEND
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 for driver in ${SURGE_CI_DRIVERS:-epoll io_uring}; do
   if [ "$driver" = io_uring ]; then
     if ! why=$("$CLIENT" --probe io_uring 2>&1); then

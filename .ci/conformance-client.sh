@@ -4,6 +4,7 @@
 # outcome is compared with .ci/expected/client-<driver>.txt. Usage: conformance-client.sh OUTDIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. .ci/lib.sh
 OUT=${1:-ci-out}
 mkdir -p "$OUT"
 CLIENT=target/release/examples/autobahn_client
@@ -25,7 +26,7 @@ for driver in ${SURGE_CI_DRIVERS:-epoll io_uring}; do
   log="$OUT/kosoku-client-$driver.log"
   # A free port from the kernel; another job may take it meanwhile, so retry a few times.
   for attempt in 1 2 3 4 5; do
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    port=$(free_port)
     rm -rf "$dir"
     # kosoku exits non-zero when any case is not OK (the UNIMPLEMENTED compression cases): the
     # verdict is autobahn.py's, from the report.

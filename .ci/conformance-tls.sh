@@ -5,6 +5,7 @@
 # with .ci/expected/server-tls-<driver>.txt. Usage: conformance-tls.sh OUTDIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. .ci/lib.sh
 OUT=${1:-ci-out}
 mkdir -p "$OUT"
 ECHO=target/release/examples/echo
@@ -22,8 +23,8 @@ ran=()
 skipped=()
 unset SURGE_BACKEND
 for driver in ${SURGE_CI_TLS_DRIVERS:-epoll io_uring}; do
-  tls_port=$((9100 + RANDOM % 400))
-  port=$((9500 + RANDOM % 400))
+  tls_port=$(free_port)
+  port=$(free_port)
   log="$OUT/echo-tls-$driver.log"
   "$ECHO" --port "$tls_port" --workers 2 --backend "$driver" --deflate context \
     --tls-cert "$PKI/cert.pem" --tls-key "$PKI/key.pem" >"$log" 2>&1 &

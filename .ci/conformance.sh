@@ -5,6 +5,7 @@
 # every receive mode, groups 12-13 (permessage-deflate) included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. .ci/lib.sh
 OUT=${1:-ci-out}
 mkdir -p "$OUT"
 ECHO=target/release/examples/echo
@@ -13,7 +14,7 @@ skipped=()
 # SURGE_BACKEND would override --backend: each run names its driver itself.
 unset SURGE_BACKEND
 for driver in ${SURGE_CI_DRIVERS:-epoll io_uring io_uring-poll}; do
-  port=$((9100 + RANDOM % 800))
+  port=$(free_port)
   log="$OUT/echo-$driver.log"
   backend=$driver
   extra=()
