@@ -399,96 +399,73 @@ impl Session {
         plain: &mut Vec<u8>,
         reply: &mut Vec<u8>,
     ) -> Opened {
-        let mut read = Opened {
-            consumed: 0,
-            peer_closed: false,
-            failed: None,
-        };
+        let mut consumed = 0;
+        let result = self.open_records(buf, plain, reply, &mut consumed);
+        Opened {
+            consumed,
+            peer_closed: matches!(result, Ok(true)),
+            failed: result.err(),
+        }
+    }
+
+    /// [`Session::open`]'s loop: `Ok(true)` once the peer's close_notify is read.
+    fn open_records(
+        &mut self,
+        buf: &mut [u8],
+        plain: &mut Vec<u8>,
+        reply: &mut Vec<u8>,
+        consumed: &mut usize,
+    ) -> Result<bool, Fatal> {
         // The key is expanded when a whole record is there to open, again after a KeyUpdate.
         'keys: loop {
-            match whole_record(&buf[read.consumed..]) {
-                Ok(Some(_)) => {}
-                Ok(None) => return read,
-                Err(e) => {
-                    read.failed = Some(e);
-                    return read;
-                }
+            if whole_record(&buf[*consumed..])?.is_none() {
+                return Ok(false);
             }
             let mut opener = self.rx.opener();
-            loop {
-                let rest = &mut buf[read.consumed..];
-                let n = match whole_record(rest) {
-                    Ok(Some(n)) => n,
-                    Ok(None) => return read,
-                    Err(e) => {
-                        read.failed = Some(e);
-                        return read;
-                    }
-                };
-                let record = &mut rest[..n];
-                let (ty, range) = match opener.open(record) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        read.failed = Some(Fatal::record(e));
-                        return read;
-                    }
-                };
-                read.consumed += n;
+            while let Some(n) = whole_record(&buf[*consumed..])? {
+                let record = &mut buf[*consumed..*consumed + n];
+                let (ty, range) = opener.open(record).map_err(Fatal::record)?;
+                *consumed += n;
                 let body = &record[range];
                 match ty {
                     APPLICATION_DATA => plain.extend_from_slice(body),
-                    ALERT => match parse_alert(body) {
+                    ALERT => match parse_alert(body).map_err(Fatal::record)? {
                         // close_notify: nothing more is read.
-                        Ok((_, 0)) => {
-                            read.peer_closed = true;
-                            return read;
-                        }
+                        (_, 0) => return Ok(true),
                         // user_canceled: a warning, a close_notify should follow.
-                        Ok((_, 90)) => {}
-                        Ok((_, d)) => {
-                            read.failed = Some(Fatal {
+                        (_, 90) => {}
+                        (_, d) => {
+                            return Err(Fatal {
                                 error: rustls::Error::AlertReceived(AlertDescription::from(d)),
                                 alert: None,
-                            });
-                            return read;
-                        }
-                        Err(e) => {
-                            read.failed = Some(Fatal::record(e));
-                            return read;
+                            })
                         }
                     },
                     HANDSHAKE => {
-                        let msgs = match parse_handshake(body) {
-                            Ok(m) => m,
-                            Err(_) => {
-                                read.failed = Some(Fatal::new(
-                                    "unexpected TLS handshake message after the handshake",
-                                    AlertDescription::UnexpectedMessage,
-                                ));
-                                return read;
-                            }
-                        };
+                        let msgs = parse_handshake(body).map_err(|_| {
+                            Fatal::new(
+                                "unexpected TLS handshake message after the handshake",
+                                AlertDescription::UnexpectedMessage,
+                            )
+                        })?;
                         // The opener (the expanded key) ends here: the key changes.
                         for PostHandshake::KeyUpdate(requested) in msgs {
-                            if let Err(e) = self.key_update(requested, reply) {
-                                read.failed = Some(Fatal {
-                                    error: e,
-                                    alert: Some(AlertDescription::InternalError),
-                                });
-                                return read;
-                            }
+                            self.key_update(requested, reply).map_err(|error| Fatal {
+                                error,
+                                alert: Some(AlertDescription::InternalError),
+                            })?;
                         }
                         continue 'keys;
                     }
                     _ => {
-                        read.failed = Some(Fatal::new(
+                        return Err(Fatal::new(
                             "unexpected TLS record type after the handshake",
                             AlertDescription::UnexpectedMessage,
-                        ));
-                        return read;
+                        ))
                     }
                 }
             }
+            return Ok(false);
         }
     }
 
@@ -504,7 +481,7 @@ impl Session {
     }
 
     /// Our KeyUpdate, sealed under the current key into `out`, then the next key.
-    fn update_tx(&mut self, out: &mut Vec<u8>) -> Result<(), rustls::Error> {
+    pub(crate) fn update_tx(&mut self, out: &mut Vec<u8>) -> Result<(), rustls::Error> {
         self.tx.sealer().seal(HANDSHAKE, &key_update(false), out);
         let (seq, secrets) = self.kernel.update_tx_secret()?;
         self.tx = Direction::new(seq, &secrets)
@@ -517,13 +494,10 @@ impl Session {
         self.tx.sealer()
     }
 
-    /// After a batch was sealed: once the key has protected [`TX_KEY_RECORDS`] records, our
-    /// KeyUpdate into `out` (to go out after the batch) and the next key.
-    pub(crate) fn after_sealing(&mut self, out: &mut Vec<u8>) -> Result<(), rustls::Error> {
-        if self.tx.seq() >= TX_KEY_RECORDS {
-            self.update_tx(out)?;
-        }
-        Ok(())
+    /// Whether our key has protected [`TX_KEY_RECORDS`] records: time for our KeyUpdate
+    /// ([`Session::update_tx`]), after the batch just sealed.
+    pub(crate) fn key_update_due(&self) -> bool {
+        self.tx.seq() >= TX_KEY_RECORDS
     }
 
     /// An alert record (close_notify is warning 0; others fatal) into `out`.

@@ -451,9 +451,9 @@ impl<H: Handler> Worker<H> {
         let queued = on_side!(&mut t.conn,
             conn => close_notify(conn, &mut c.queue, &mut ctx.chunks),
             k => {
-                let mut buf = ctx.chunks.get();
-                k.alert(rustls::AlertDescription::CloseNotify, &mut buf);
-                c.queue.push_sealed(buf, &mut ctx.chunks);
+                queue_record(&mut c.queue, &mut ctx.chunks, |out| {
+                    k.alert(rustls::AlertDescription::CloseNotify, out)
+                });
                 true
             },
             _ => false);
@@ -500,9 +500,7 @@ impl<H: Handler> Worker<H> {
             on_side!(&mut t.conn,
                 conn => pending_alert(conn, &mut c.queue, &mut ctx.chunks),
                 k => if let Some(a) = alert {
-                    let mut buf = ctx.chunks.get();
-                    k.alert(a, &mut buf);
-                    c.queue.push_sealed(buf, &mut ctx.chunks);
+                    queue_record(&mut c.queue, &mut ctx.chunks, |out| k.alert(a, out));
                 },
                 _ => {});
             // Plaintext not yet encrypted cannot go out any more.
@@ -719,9 +717,7 @@ fn open_records(
     let opened = session.open(buf, plain, &mut reply);
     let wrote = !reply.is_empty();
     if wrote {
-        let mut chunk = pool.get();
-        chunk.extend_from_slice(&reply);
-        queue.push_sealed(chunk, pool);
+        queue_record(queue, pool, |out| out.extend_from_slice(&reply));
     }
     Read {
         consumed: opened.consumed,
@@ -748,12 +744,18 @@ fn seal_records(
         sealer.seal(record::APPLICATION_DATA, plain, out);
         Ok::<(), Failure>(())
     })?;
-    let mut update = Vec::new();
-    session.after_sealing(&mut update).map_err(Failure::Tls)?;
-    if !update.is_empty() {
-        let mut chunk = pool.get();
-        chunk.extend_from_slice(&update);
-        queue.push_sealed(chunk, pool);
+    if session.key_update_due() {
+        let mut update = Ok(());
+        queue_record(queue, pool, |out| update = session.update_tx(out));
+        update.map_err(Failure::Tls)?;
     }
     Ok(())
+}
+
+/// Records `write` appends to a pooled chunk (an alert, a KeyUpdate), queued ahead of plaintext
+/// not yet sealed; nothing is queued if it wrote nothing.
+fn queue_record(queue: &mut WriteQueue, pool: &mut ChunkPool, write: impl FnOnce(&mut Vec<u8>)) {
+    let mut chunk = pool.get();
+    write(&mut chunk);
+    queue.push_sealed(chunk, pool);
 }
