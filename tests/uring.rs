@@ -31,12 +31,16 @@ thread_local! {
     static DIRECT: Cell<bool> = const { Cell::new(true) };
     /// `ServerConfig::uring_recv` for the servers this test thread starts.
     static RECV: Cell<UringRecv> = const { Cell::new(UringRecv::Multishot) };
+    /// `ServerConfig::uring_ring_slots` for the servers this test thread starts.
+    static SLOTS: Cell<Option<u32>> = const { Cell::new(None) };
 }
 
 /// Generates `mod epoll { #[test] fn name() }`, `mod io_uring { #[test] fn name() }` (direct
 /// descriptors where the kernel has them) and `mod io_uring_fds { #[test] fn name() }` (ordinary
 /// descriptors) and `mod io_uring_poll { #[test] fn name() }` (direct descriptors, receiving through
-/// a readiness poll: `UringRecv::PollThenRecv`) for each `fn name(backend: Backend)` listed.
+/// a readiness poll: `UringRecv::PollThenRecv`) and `mod io_uring_rings { #[test] fn name() }`
+/// (direct descriptors in tables of 16 slots, so that connections spread over several rings per
+/// worker) for each `fn name(backend: Backend)` listed.
 macro_rules! per_driver {
     ($($name:ident),* $(,)?) => {
         mod epoll {
@@ -68,6 +72,16 @@ macro_rules! per_driver {
                     return;
                 }
                 super::RECV.with(|r| r.set(surge::UringRecv::PollThenRecv));
+                super::$name(surge::Backend::IoUring)
+            })*
+        }
+        mod io_uring_rings {
+            $(#[test] fn $name() {
+                if let Err(why) = surge::Backend::io_uring_support() {
+                    eprintln!("SKIPPED {}: io_uring unavailable: {why}", stringify!($name));
+                    return;
+                }
+                super::SLOTS.with(|s| s.set(Some(16)));
                 super::$name(surge::Backend::IoUring)
             })*
         }
@@ -117,6 +131,7 @@ fn start(backend: Backend, workers: usize) -> (surge::ServerHandle, Arc<Counts>)
         max_backpressure: 64 << 20,
         uring_direct_descriptors: DIRECT.with(Cell::get),
         uring_recv: RECV.with(Cell::get),
+        uring_ring_slots: SLOTS.with(Cell::get),
         ..ServerConfig::default()
     };
     let c = Arc::clone(&counts);
@@ -417,6 +432,7 @@ fn peers_and_fds(backend: Backend, bind: SocketAddr, n: usize) {
         backend,
         uring_direct_descriptors: DIRECT.with(Cell::get),
         uring_recv: RECV.with(Cell::get),
+        uring_ring_slots: SLOTS.with(Cell::get),
         ..ServerConfig::default()
     })
     .start(move |_| Peer(Arc::clone(&p)))
@@ -487,4 +503,93 @@ fn clean_closes_then_new_handshakes(backend: Backend) {
     wait_closed(&counts);
     server.shutdown();
     server.join().unwrap();
+}
+
+/// More connections than one ring's descriptor table holds (tables of 32 slots here; the kernel
+/// caps them at `RLIMIT_NOFILE`): the worker opens more rings, every connection echoes whatever
+/// ring holds it, slots freed on any ring are used again, and past `max_connections_per_worker`
+/// connections are closed at once while the others carry on. Both receive modes, one and two
+/// workers.
+#[test]
+fn rings_hold_more_than_one_table() {
+    if let Err(why) = surge::Backend::io_uring_support() {
+        eprintln!("SKIPPED rings_hold_more_than_one_table: io_uring unavailable: {why}");
+        return;
+    }
+    if !surge::Backend::io_uring_direct_support() {
+        eprintln!("SKIPPED rings_hold_more_than_one_table: no io_uring direct descriptors");
+        return;
+    }
+    for (recv, workers) in [
+        (UringRecv::Multishot, 1),
+        (UringRecv::PollThenRecv, 1),
+        (UringRecv::Multishot, 2),
+    ] {
+        let counts = Arc::new(Counts::default());
+        let c = Arc::clone(&counts);
+        let limit = 300;
+        let server = Server::new(ServerConfig {
+            bind: vec!["127.0.0.1:0".parse().unwrap()],
+            workers,
+            backend: Backend::IoUring,
+            uring_recv: recv,
+            uring_ring_slots: Some(32),
+            max_connections_per_worker: limit,
+            ..ServerConfig::default()
+        })
+        .start(move |_| Echo(Arc::clone(&c)))
+        .unwrap();
+        let addr = server.local_addr();
+        let echo = |c: &mut Client, k: usize| {
+            let msg = format!("m{k}");
+            c.send_binary(msg.as_bytes());
+            assert_eq!(
+                c.read_frame().unwrap(),
+                (2, msg.into_bytes()),
+                "{recv:?} {k}"
+            );
+        };
+        // 250 per worker: about eight tables' worth.
+        let n = 250 * workers;
+        let mut clients: Vec<Client> = (0..n).map(|_| Client::connect(addr)).collect();
+        for (k, c) in clients.iter_mut().enumerate() {
+            echo(c, k);
+        }
+        // Every other one goes; as many new ones take the freed slots (and new ones).
+        let mut kept = Vec::new();
+        for (k, c) in clients.into_iter().enumerate() {
+            if k % 2 == 0 {
+                c.close();
+            } else {
+                kept.push(c);
+            }
+        }
+        kept.extend((0..n / 2).map(|_| Client::connect(addr)));
+        for (k, c) in kept.iter_mut().enumerate() {
+            echo(c, k);
+        }
+        assert_eq!(counts.opened.load(Ordering::Relaxed), n + n / 2);
+        if workers == 1 {
+            // 250 open: 50 more reach the limit, the next ones are closed at once.
+            kept.extend((0..limit - n).map(|_| Client::connect(addr)));
+            for _ in 0..5 {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut b = [0u8; 1];
+                assert!(
+                    matches!(s.read(&mut b), Ok(0) | Err(_)),
+                    "a connection past the limit is closed"
+                );
+            }
+            for (k, c) in kept.iter_mut().enumerate() {
+                echo(c, k);
+            }
+        }
+        for c in kept {
+            c.close();
+        }
+        wait_closed(&counts);
+        server.shutdown();
+        server.join().unwrap();
+    }
 }

@@ -47,7 +47,13 @@ impl AcceptErrors {
         if let Some(quiet) = self.0.ready(Instant::now(), 1) {
             let retry = ACCEPT_RETRY.as_millis();
             let more = RateLog::more(quiet);
-            eprintln!("surge: accept failed: {e}; retrying in {retry} ms{more}");
+            let hint = match e.raw_os_error() {
+                Some(libc::EMFILE) | Some(libc::ENFILE) => {
+                    " (each connection holds a file descriptor here: the process's RLIMIT_NOFILE or                      the system's fs.file-max bounds them; the io_uring backend with direct                      descriptors holds connections without descriptors)"
+                }
+                _ => "",
+            };
+            eprintln!("surge: accept failed: {e}{hint}; retrying in {retry} ms{more}");
         }
     }
 }
@@ -257,6 +263,7 @@ pub(crate) enum DriverSeed {
     Uring {
         wake: Arc<OwnedFd>,
         direct: u32,
+        max_rings: usize,
         recv: UringRecv,
         ring_max: usize,
     },
@@ -264,11 +271,13 @@ pub(crate) enum DriverSeed {
 
 impl DriverSeed {
     /// The seed for `backend` (already resolved: `Epoll` or `IoUring`) and its waker. `direct`: the
-    /// size of the direct-descriptor table to ask for (0: ordinary descriptors); `recv`: how
-    /// io_uring connections receive; `ring_max`: the most provided receive buffers per ring.
+    /// size of the direct-descriptor table to ask for (0: ordinary descriptors); `max_rings`: how
+    /// many rings (each with such a table) a worker may open; `recv`: how io_uring connections
+    /// receive; `ring_max`: the most provided receive buffers per ring.
     pub(crate) fn new(
         backend: Backend,
         direct: u32,
+        max_rings: usize,
         recv: UringRecv,
         ring_max: usize,
     ) -> io::Result<(DriverSeed, Waker)> {
@@ -278,6 +287,7 @@ impl DriverSeed {
                 let seed = DriverSeed::Uring {
                     wake: Arc::clone(&fd),
                     direct,
+                    max_rings,
                     recv,
                     ring_max,
                 };
@@ -298,10 +308,11 @@ impl DriverSeed {
             DriverSeed::Uring {
                 wake,
                 direct,
+                max_rings,
                 recv,
                 ring_max,
-            } => Ok(Driver::Uring(Box::new(uring::UringDriver::new(
-                wake, direct, recv, ring_max,
+            } => Ok(Driver::Uring(Box::new(uring::Rings::new(
+                wake, direct, max_rings, recv, ring_max,
             )?))),
         }
     }
@@ -311,7 +322,7 @@ impl DriverSeed {
 #[derive(Debug)]
 pub(crate) enum Driver {
     Epoll(epoll::EpollDriver),
-    Uring(Box<uring::UringDriver>),
+    Uring(Box<uring::Rings>),
     /// The worker harness's (tests).
     #[cfg(test)]
     Fake(fake::FakeDriver),
@@ -361,7 +372,7 @@ impl Driver {
                 Ok(())
             }
             Driver::Uring(d) => {
-                d.arm_recv(socket, token);
+                d.of(socket).arm_recv(socket, token);
                 Ok(())
             }
         }
@@ -372,7 +383,9 @@ impl Driver {
     /// is linked ahead of the receive). `true`: an [`IoEvent::Peer`] will follow.
     pub(crate) fn query_peer(&mut self, socket: &Socket, listener: usize, token: u64) -> bool {
         match (self, socket) {
-            (Driver::Uring(d), Socket::Direct(slot)) => d.query_peer(*slot, listener, token),
+            (Driver::Uring(d), Socket::Direct(slot)) => {
+                d.of_slot(*slot).query_peer(*slot, listener, token)
+            }
             _ => false,
         }
     }
@@ -388,7 +401,7 @@ impl Driver {
             #[cfg(test)]
             Driver::Fake(_) => Ok(()),
             Driver::Uring(d) => {
-                d.poll_connect(stream.as_raw_fd(), token);
+                d.first().poll_connect(stream.as_raw_fd(), token);
                 Ok(())
             }
         }
@@ -400,7 +413,7 @@ impl Driver {
         match (self, socket) {
             (_, Socket::Fd(s)) => s.shutdown(Shutdown::Write),
             (Driver::Uring(d), Socket::Direct(slot)) => {
-                d.shutdown_write(*slot);
+                d.of_slot(*slot).shutdown_write(*slot);
                 Ok(())
             }
             #[cfg(test)]
@@ -429,7 +442,7 @@ impl Driver {
             d.close_socket(&socket);
         }
         if let (Driver::Uring(d), Socket::Direct(slot)) = (self, &socket) {
-            d.close_direct(*slot);
+            d.of_slot(*slot).close_direct(*slot);
         }
     }
 
@@ -450,15 +463,9 @@ impl Driver {
             return;
         }
         if let Driver::Uring(d) = self {
-            d.cancel_recv(token);
-            if let Socket::Direct(slot) = socket {
-                d.close_direct(slot);
-            } // an ordinary descriptor closes on drop
-            if queue.in_flight() {
-                match d.orphan_send(token, queue) {
-                    Some(q) => queue = q, // its send completed already
-                    None => return,
-                }
+            match d.close_conn(token, socket, queue) {
+                Some(q) => queue = q, // no send in flight, or its completion came already
+                None => return,
             }
         }
         queue.release(pool);
@@ -474,14 +481,14 @@ impl Driver {
     /// Re-arms connection `token`'s receive after it ended (io_uring; epoll needs nothing).
     pub(crate) fn rearm_recv(&mut self, socket: &Socket, token: u64) {
         if let Driver::Uring(d) = self {
-            d.arm_recv(socket, token);
+            d.of(socket).arm_recv(socket, token);
         }
     }
 
     /// After an [`IoEvent::Readable`]: starts reading connection `token` (io_uring poll mode).
     pub(crate) fn read_more(&mut self, socket: &Socket, token: u64) {
         if let Driver::Uring(d) = self {
-            d.recv_once(socket, token);
+            d.of(socket).recv_once(socket, token);
         }
     }
 
@@ -496,7 +503,7 @@ impl Driver {
     /// Re-arms a [`RecvEnd::Starved`] connection's receive.
     pub(crate) fn rearm_starved(&mut self, socket: &Socket, token: u64) {
         if let Driver::Uring(d) = self {
-            d.rearm_starved(socket, token);
+            d.of(socket).rearm_starved(socket, token);
         }
     }
 
@@ -553,7 +560,7 @@ impl Driver {
     ) -> io::Result<Written> {
         match self {
             Driver::Uring(d) if !queue.is_empty() => {
-                d.send(socket, token, queue)?;
+                d.of(socket).send(socket, token, queue)?;
                 Ok(Written::InFlight)
             }
             Driver::Uring(_) => Ok(Written::Done {
@@ -576,7 +583,7 @@ impl Driver {
     /// Cancels the connect wait of outgoing connection `token` (its socket is being closed).
     pub(crate) fn cancel_connect(&mut self, token: u64) {
         if let Driver::Uring(d) = self {
-            d.cancel_connect(token);
+            d.first().cancel_connect(token);
         }
     }
 
@@ -587,9 +594,9 @@ impl Driver {
             return;
         };
         if connected {
-            d.arm_recv(socket, token);
+            d.of(socket).arm_recv(socket, token);
         } else if let Socket::Fd(s) = socket {
-            d.poll_connect(s.as_raw_fd(), token);
+            d.first().poll_connect(s.as_raw_fd(), token);
         }
     }
 

@@ -147,6 +147,14 @@ pub struct ServerConfig {
     /// packed after the previous one, so that a 16 KiB message and its frame header arrive in one
     /// receive (`SURGE_URING_NO_INC=1` keeps 16 KiB buffers, to compare).
     pub uring_max_recv_buffers: usize,
+    /// io_uring with direct descriptors: slots of each ring's descriptor table (default `None`:
+    /// `RLIMIT_NOFILE`, the most the kernel allows one table, or fewer when
+    /// `max_connections_per_worker` needs fewer). A worker whose connections fill its ring's table
+    /// opens another ring with a table of its own (up to `max_connections_per_worker` in all, 256
+    /// rings at most), so one process holds more connections than its fd limit times its workers
+    /// (docs/ENGINE.md, "Rings"). Smaller tables mean more rings (each about 0.4 MB); mostly for
+    /// tests. No effect on epoll, which is bounded by the fd limit.
+    pub uring_ring_slots: Option<u32>,
     /// Most bytes a worker's connections may hold together for messages partly received
     /// (default 256 MiB): a message trickling in is held until it is whole, up to
     /// `proto.max_message_size` each. Past it, the connections holding the most are failed with
@@ -228,6 +236,7 @@ impl Default for ServerConfig {
             pool_max_cached: 256,
             buffer_trim_interval: Some(Duration::from_secs(2)),
             uring_max_recv_buffers: 64,
+            uring_ring_slots: None,
             max_assembly_per_worker: 256 << 20,
             tcp_nodelay: true,
             uring_direct_descriptors: true,

@@ -191,8 +191,13 @@ impl Server {
         let mut drivers = Vec::with_capacity(workers);
         let mut wakers = Vec::with_capacity(workers);
         for _ in 0..workers {
-            let (seed, waker) =
-                DriverSeed::new(backend, direct, cfg.uring_recv, cfg.uring_max_recv_buffers)?;
+            let (seed, waker) = DriverSeed::new(
+                backend,
+                direct,
+                rings_per_worker(&cfg, direct),
+                cfg.uring_recv,
+                cfg.uring_max_recv_buffers,
+            )?;
             wakers.push(waker);
             drivers.push(seed);
         }
@@ -322,16 +327,34 @@ impl Server {
     }
 }
 
-/// Slots of each worker's direct-descriptor table (0: ordinary descriptors): one per connection the
-/// worker may hold, capped by `RLIMIT_NOFILE`, which the kernel applies to each table.
+/// Slots of each of a worker's direct-descriptor tables (0: ordinary descriptors): one per
+/// connection the worker may hold (and a few over, see [`rings_per_worker`]), capped by
+/// `RLIMIT_NOFILE`, which the kernel applies to each table (a worker opens more rings, each with
+/// its own table, to hold more), or by `uring_ring_slots`.
 fn direct_table_size(cfg: &ServerConfig) -> u32 {
     if cfg.backend != Backend::IoUring || !cfg.uring_direct_descriptors || !probe::direct_support()
     {
         return 0;
     }
     let nofile = crate::driver::sys::nofile_limit();
-    let want = cfg.max_connections_per_worker as u64;
-    want.min(nofile).min(1 << 20) as u32
+    let want = cfg.max_connections_per_worker.saturating_add(64) as u64;
+    let cap = match cfg.uring_ring_slots {
+        Some(n) => u64::from(n.max(1)).min(nofile),
+        None => nofile,
+    };
+    want.min(cap).min(1 << 20) as u32
+}
+
+/// How many io_uring rings (each with a table of `direct` slots) a worker may open: enough for
+/// `max_connections_per_worker`, and a little over, so that the worker can still accept (and close
+/// at once) connections beyond its limit.
+fn rings_per_worker(cfg: &ServerConfig, direct: u32) -> usize {
+    if direct == 0 {
+        return 1;
+    }
+    let want = cfg.max_connections_per_worker.saturating_add(64);
+    want.div_ceil(direct as usize)
+        .clamp(1, crate::driver::uring::MAX_RINGS)
 }
 
 fn bind_reuseport(

@@ -72,6 +72,8 @@ pub(crate) struct BufRing {
     pub(super) initial: u16,
     /// Shared with every [`RecvBuf`] lent: while one lives, the buffers' mapping stays.
     pub(super) live: Rc<()>,
+    /// The index of the ring it belongs to among the worker's rings (stamped on each lent buffer).
+    pub(super) ring: u8,
 }
 
 /// Bytes the kernel received into a provided buffer, lent to the worker by an
@@ -88,6 +90,8 @@ pub(crate) struct RecvBuf {
     pub(super) keep: bool,
     /// Keeps the mapping: a `BufRing` dropped while buffers are lent leaks it.
     pub(super) live: Rc<()>,
+    /// The index of the ring it came from among the worker's rings.
+    pub(super) ring: u8,
 }
 
 impl std::fmt::Debug for RecvBuf {
@@ -173,6 +177,7 @@ impl BufRing {
             },
             initial,
             live: Rc::new(()),
+            ring: 0,
         };
         let flags = if br.inc { IOU_PBUF_RING_INC } else { 0 };
         // SAFETY: the entry array is page aligned (mmap), `count` entries long, and lives until
@@ -360,6 +365,11 @@ impl BufRing {
         self.published = self.tail;
     }
 
+    /// Buffers were given back (or the ring is to grow) since the last publish.
+    pub(super) fn unpublished(&self) -> bool {
+        self.published != self.tail || self.short
+    }
+
     /// Lends the `len` bytes at `at` of buffer `bid`, which a completion handed out.
     pub(super) fn lend(&mut self, bid: u16, at: u32, len: u32, keep: bool) -> RecvBuf {
         assert!(bid < self.count && at as usize + len as usize <= self.size as usize);
@@ -372,6 +382,7 @@ impl BufRing {
             bid,
             keep,
             live: Rc::clone(&self.live),
+            ring: self.ring,
         }
     }
 
@@ -399,6 +410,7 @@ impl BufRing {
                 offsets: Vec::new(),
                 initial: 0,
                 live: Rc::new(()),
+                ring: self.ring,
                 used_turn: 0,
                 peak: 0,
                 dropped: true,

@@ -10,8 +10,11 @@ use io_uring::{opcode, squeue, types};
 
 use super::ops::Op;
 use super::sys::{parse_sockaddr, peername_entry, PeerTarget};
-use super::{Rearm, UringDriver};
+use super::{fixed, pack_slot, Rearm, UringDriver};
 use crate::driver::{IoEvent, Socket};
+
+/// Several rings: single-shot accepts in flight per listener at most.
+const ACCEPTS_IN_FLIGHT: u32 = 32;
 
 /// An `SO_PEERNAME` query in flight: its output lives here (boxed: the kernel holds its address).
 pub(super) struct PeerOp {
@@ -42,6 +45,10 @@ impl UringDriver {
         if fd < 0 {
             return;
         }
+        if self.spill {
+            self.top_up_accepts(index, fd);
+            return;
+        }
         // A direct descriptor has no close-on-exec (the kernel refuses the flag for it).
         let flags = if self.direct {
             libc::SOCK_NONBLOCK
@@ -55,6 +62,35 @@ impl UringDriver {
             .user_data(Op::Accept.ud(index as u64));
         // SAFETY: a multishot accept without an address buffer: the kernel writes no user memory.
         unsafe { self.push(e) };
+    }
+
+    /// Several rings (see [`Rings`](super::Rings)): single-shot accepts of listener `index`, up to
+    /// [`ACCEPTS_IN_FLIGHT`] and never more than the table's free slots, so that an accept never
+    /// finds the table full. (A multishot accept takes every connection waiting in the backlog in
+    /// one go, and one that finds no slot has already accepted the connection, which the kernel
+    /// then drops.) With no slot left and none in flight, the listener moves to another ring.
+    fn top_up_accepts(&mut self, index: usize, fd: RawFd) {
+        if self.accepting.len() <= index {
+            self.accepting.resize(index + 1, 0);
+        }
+        let flags = libc::SOCK_NONBLOCK;
+        while self.accepting[index] < ACCEPTS_IN_FLIGHT
+            && self.used + self.accepting.iter().sum::<u32>() < self.table
+        {
+            let e = opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+                .file_index(Some(types::DestinationSlot::auto_target()))
+                .flags(flags)
+                .build()
+                .user_data(Op::Accept.ud(index as u64));
+            // SAFETY: an accept without an address buffer: the kernel writes no user memory.
+            unsafe { self.push(e) };
+            self.accepting[index] += 1;
+        }
+        if self.accepting[index] == 0 {
+            // Full: the worker's rings move the accept to another ring.
+            self.listeners[index] = -1;
+            self.spilled.push(index);
+        }
     }
 
     /// Stops accepting on listener `index` (the worker closes the descriptor afterwards; the
@@ -77,9 +113,16 @@ impl UringDriver {
         out: &mut Vec<IoEvent>,
         rearm: &mut Rearm,
     ) {
+        if self.spill {
+            // A single-shot accept (see `top_up_accepts`).
+            if let Some(n) = self.accepting.get_mut(index) {
+                *n = n.saturating_sub(1);
+            }
+        }
         if res >= 0 {
             let socket = if self.direct {
-                Socket::Direct(res as u32)
+                self.used += 1;
+                Socket::Direct(pack_slot(self.index, res as u32))
             } else {
                 // SAFETY: the kernel just created descriptor `res` for us; nothing
                 // else owns it.
@@ -139,7 +182,7 @@ impl UringDriver {
         // SAFETY: `out` points into a Box held by `peers` until this entry's completion (the
         // Box's heap address does not move when the slab grows); nothing else reads or writes it
         // meanwhile. Drop waits for every completion or leaks `peers`.
-        let e = unsafe { peername_entry(PeerTarget::Fixed(slot), out, len) }
+        let e = unsafe { peername_entry(PeerTarget::Fixed(slot & super::SLOT_MASK), out, len) }
             .flags(squeue::Flags::IO_HARDLINK)
             .user_data(Op::Peer.ud(key));
         // SAFETY: see above.
@@ -197,7 +240,7 @@ impl UringDriver {
     /// `shutdown(SHUT_WR)` of direct descriptor `slot`.
     pub(crate) fn shutdown_write(&mut self, slot: u32) {
         self.shutting.insert(slot, false);
-        let e = opcode::Shutdown::new(types::Fixed(slot), libc::SHUT_WR)
+        let e = opcode::Shutdown::new(fixed(slot), libc::SHUT_WR)
             .build()
             .user_data(Op::Shutdown.ud(u64::from(slot)));
         // SAFETY: a shutdown names no memory.
@@ -213,7 +256,7 @@ impl UringDriver {
             *close = true; // at the shutdown's completion
             return;
         }
-        let e = opcode::Close::new(types::Fixed(slot))
+        let e = opcode::Close::new(fixed(slot))
             .build()
             .user_data(Op::Quiet.ud(0));
         // SAFETY: a close names no memory.

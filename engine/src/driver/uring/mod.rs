@@ -54,6 +54,7 @@ mod buf_ring;
 mod conn;
 mod ops;
 mod recv;
+mod rings;
 mod send;
 mod sys;
 
@@ -73,6 +74,7 @@ use self::sys::register_ring_fd;
 use super::{AcceptErrors, IoEvent, UringRecv, ACCEPT_RETRY};
 
 pub(crate) use self::buf_ring::{BufRing, RecvBuf};
+pub(crate) use self::rings::{Rings, MAX_RINGS};
 pub(crate) use self::sys::{parse_sockaddr, peername_entry, PeerTarget};
 
 /// Submission and completion queue sizes. Both rings are written in turn from start to end, so
@@ -91,8 +93,17 @@ pub(crate) fn builder() -> io_uring::Builder {
     b
 }
 
-fn build_ring() -> io::Result<IoUring> {
+/// The ring of a worker: its first ring with [`builder`]'s settings; the others (`first` false)
+/// with task work that interrupts the thread (no DEFER_TASKRUN, no COOP_TASKRUN), so that their
+/// completions are posted, and their eventfds written, while the thread waits on the first ring
+/// (deferred task work would wait for an `io_uring_enter` on their own ring).
+fn build_ring(first: bool) -> io::Result<IoUring> {
     let try_build = |b: &mut io_uring::Builder| b.setup_cqsize(CQ_ENTRIES).build(SQ_ENTRIES);
+    if !first {
+        let mut b = IoUring::builder();
+        b.setup_single_issuer().setup_clamp();
+        return try_build(&mut b);
+    }
     let mut b = builder();
     match try_build(b.setup_clamp()) {
         Ok(r) => Ok(r),
@@ -105,9 +116,51 @@ fn build_ring() -> io::Result<IoUring> {
     }
 }
 
-/// An io_uring instance, its provided buffers and its in-flight sends.
+/// Bits of a [`Socket::Direct`](super::Socket::Direct) value that name the slot in its ring's
+/// file table; the bits above name the ring (its index among the worker's [`Rings`]).
+const SLOT_BITS: u32 = 24;
+const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
+
+/// The value of a direct descriptor: slot `slot` of ring `ring`'s file table.
+fn pack_slot(ring: u8, slot: u32) -> u32 {
+    debug_assert!(slot <= SLOT_MASK);
+    u32::from(ring) << SLOT_BITS | slot
+}
+
+/// The ring (its index among the worker's rings) of direct descriptor `packed`.
+pub(crate) fn ring_of_slot(packed: u32) -> usize {
+    (packed >> SLOT_BITS) as usize
+}
+
+/// Direct descriptor `packed` as its ring's operations name it.
+fn fixed(packed: u32) -> types::Fixed {
+    types::Fixed(packed & SLOT_MASK)
+}
+
+/// One io_uring instance of a worker, its provided buffers and its in-flight sends. A worker has
+/// one, or several where connections outgrow one ring's file table (see [`Rings`]).
 pub(crate) struct UringDriver {
     ring: IoUring,
+    /// This ring's index among the worker's rings (0: the one the worker waits on).
+    index: u8,
+    /// Slots of the file table (0: ordinary descriptors).
+    table: u32,
+    /// Direct descriptors allocated by accepts whose `CLOSE` has not completed.
+    used: u32,
+    /// The worker may have several rings: accepts are single-shot, as many as the table has free
+    /// slots, and a listener whose accepts find no free slot moves to another ring ([`Rings`]).
+    spill: bool,
+    /// With `spill`: single-shot accepts in flight, by listener index.
+    accepting: Vec<u32>,
+    /// Listeners whose accept ended here with the file table full (for [`Rings`]).
+    spilled: Vec<usize>,
+    /// The primary ring: the eventfds of the other rings (each registered with its ring, so that
+    /// it is written when that ring has completions) and the buffers their reads fill, by ring
+    /// index.
+    #[allow(clippy::type_complexity)]
+    ring_wakes: Vec<Option<(OwnedFd, Box<u64>)>>,
+    /// The primary ring: rings whose eventfd was written since the last look.
+    woken: Vec<usize>,
     /// The ring's index in this thread's registered-ring table (`IORING_REGISTER_RING_FDS`): each
     /// enter then skips the fd lookup. `None` where the kernel refused.
     ring_index: Option<u32>,
@@ -125,7 +178,8 @@ pub(crate) struct UringDriver {
     cq: Vec<(u64, i32, u32)>,
     /// Listener descriptors by index, for re-arming accepts (-1: stopped).
     listeners: Vec<RawFd>,
-    wake_fd: Arc<OwnedFd>,
+    /// The worker's eventfd (the primary ring only).
+    wake_fd: Option<Arc<OwnedFd>>,
     wake_buf: Box<u64>,
     retry_ts: Box<types::Timespec>,
     /// Operations submitted whose final completion has not arrived.
@@ -168,22 +222,27 @@ impl UringDriver {
     /// `recv`: how connections receive.
     /// `ring_max`: the most provided receive buffers in the ring
     /// ([`ServerConfig::uring_max_recv_buffers`](crate::ServerConfig)).
+    /// `index`: the ring's index among the worker's rings; `wake_fd`: the worker's eventfd (the
+    /// primary ring, index 0, only).
     pub(crate) fn new(
-        wake_fd: Arc<OwnedFd>,
+        index: u8,
+        wake_fd: Option<Arc<OwnedFd>>,
         direct: u32,
         recv: UringRecv,
         ring_max: usize,
     ) -> io::Result<Self> {
-        let ring = build_ring()?;
+        let ring = build_ring(index == 0)?;
+        let slots = direct;
         let direct = direct > 0
             && match ring.submitter().register_files_sparse(direct) {
                 Ok(()) => true,
-                Err(e) => {
+                Err(e) if index == 0 => {
                     eprintln!(
                         "surge: io_uring direct descriptors refused ({e}); using ordinary fds"
                     );
                     false
                 }
+                Err(e) => return Err(e),
             };
         let ring_index = register_ring_fd(ring.as_raw_fd());
         let max = u16::try_from(ring_max.clamp(1, usize::from(RING_BUFFERS))).expect("clamped");
@@ -208,8 +267,19 @@ impl UringDriver {
             Some(b) => b,
             None => BufRing::new(&ring, RING_BUFFERS, RING_BUFFER_SIZE, BGID, max, false)?,
         };
+        let mut bufs = bufs;
+        bufs.ring = index;
+        let table = if direct { slots } else { 0 };
         let mut d = UringDriver {
             ring,
+            index,
+            table,
+            used: 0,
+            spill: false,
+            accepting: Vec::new(),
+            spilled: Vec::new(),
+            ring_wakes: Vec::new(),
+            woken: Vec::new(),
             ring_index,
             bufs,
             sends: slab::Slab::new(),
@@ -231,7 +301,7 @@ impl UringDriver {
             recvs: Default::default(),
             accept_errors: AcceptErrors::default(),
         };
-        if direct {
+        if direct && index == 0 {
             if let Err(why) = super::probe::peer_support() {
                 eprintln!(
                     "surge: io_uring direct descriptors without peer addresses ({why}): \
@@ -241,6 +311,12 @@ impl UringDriver {
         }
         d.arm_wake();
         Ok(d)
+    }
+
+    /// Whether the next [`UringDriver::poll`] has anything to hand the kernel: queued entries, or
+    /// buffers given back and not yet published.
+    pub(super) fn has_queued(&mut self) -> bool {
+        !self.ring.submission().is_empty() || self.bufs.unpublished()
     }
 
     /// Queues an entry, submitting first if the submission queue is full.
@@ -282,13 +358,43 @@ impl UringDriver {
     }
 
     fn arm_wake(&mut self) {
+        let Some(fd) = &self.wake_fd else {
+            return;
+        };
+        let fd = fd.as_raw_fd();
         let buf: *mut u64 = &mut *self.wake_buf;
-        let e = opcode::Read::new(types::Fd(self.wake_fd.as_raw_fd()), buf.cast(), 8)
+        let e = opcode::Read::new(types::Fd(fd), buf.cast(), 8)
             .build()
             .user_data(Op::Wake.ud(0));
         // SAFETY: `wake_buf` is a heap allocation owned by the driver, moved never (Box), and only
         // written by the kernel: nothing reads it. The driver's Drop waits for every operation to
         // complete (or leaks the buffer), and the eventfd is kept open by the Arc we hold.
+        unsafe { self.push(e) };
+    }
+
+    /// The primary ring: watches ring `k`'s eventfd `fd` (registered with ring `k`, so written
+    /// whenever that ring has completions or deferred work): its read completing puts `k` in
+    /// `woken`.
+    pub(super) fn watch_ring(&mut self, k: usize, fd: OwnedFd) {
+        if self.ring_wakes.len() <= k {
+            self.ring_wakes.resize_with(k + 1, || None);
+        }
+        self.ring_wakes[k] = Some((fd, Box::new(0)));
+        self.arm_ring_wake(k);
+    }
+
+    fn arm_ring_wake(&mut self, k: usize) {
+        let Some(Some((fd, buf))) = self.ring_wakes.get_mut(k) else {
+            return;
+        };
+        let fd = fd.as_raw_fd();
+        let buf: *mut u64 = &mut **buf;
+        let e = opcode::Read::new(types::Fd(fd), buf.cast(), 8)
+            .build()
+            .user_data(Op::Ring.ud(k as u64));
+        // SAFETY: as for `wake_buf` in `arm_wake`: a Box owned by the driver in `ring_wakes`
+        // (never replaced while a read is in flight, leaked by Drop if one still is), only written
+        // by the kernel; the eventfd stays open as long as the entry.
         unsafe { self.push(e) };
     }
 
@@ -389,9 +495,15 @@ impl UringDriver {
                     out.push(IoEvent::Wake);
                     rearm.wake = true;
                 }
+                Op::Ring => {
+                    self.woken.push(payload as usize);
+                    rearm.rings.push(payload as usize);
+                }
                 Op::Peer => self.peer_done(payload as usize, res, out),
                 Op::Shutdown => self.shut_down(payload as u32),
-                Op::Cancel | Op::Quiet => {} // nothing to do
+                // A direct descriptor's slot is free again.
+                Op::Quiet => self.used = self.used.saturating_sub(1),
+                Op::Cancel => {} // nothing to do
             }
         }
         self.cq = cq;
@@ -400,6 +512,9 @@ impl UringDriver {
         }
         if rearm.wake {
             self.arm_wake();
+        }
+        for k in rearm.rings {
+            self.arm_ring_wake(k);
         }
         for i in rearm.accept {
             self.arm_accept(i);
@@ -415,6 +530,8 @@ impl UringDriver {
 struct Rearm {
     /// The eventfd read completed.
     wake: bool,
+    /// The primary ring: reads of other rings' eventfds that completed.
+    rings: Vec<usize>,
     /// Listeners whose multishot accept ended: re-armed at once.
     accept: Vec<usize>,
     /// Listeners whose accept ended with an error: re-armed after `ACCEPT_RETRY`.
@@ -461,6 +578,7 @@ impl Drop for UringDriver {
             std::mem::forget(std::mem::take(&mut self.sends));
             std::mem::forget(std::mem::take(&mut self.peers));
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+            std::mem::forget(std::mem::take(&mut self.ring_wakes));
             self.bufs.leak();
         }
     }

@@ -22,7 +22,8 @@ pub(super) enum Op {
     Retry = 6,
     /// A connect poll (payload: the token).
     Connect = 7,
-    /// `CLOSE` of a direct descriptor: its result is not looked at.
+    /// `CLOSE` of a direct descriptor: its completion frees the slot in the ring's count (the
+    /// result is not looked at).
     Quiet = 8,
     /// `SHUTDOWN` of a direct descriptor (payload: the slot).
     Shutdown = 9,
@@ -31,6 +32,8 @@ pub(super) enum Op {
     /// Poll mode: a connection's multishot readiness poll (payload: the token; its receives are
     /// `Recv`, single-shot).
     Poll = 11,
+    /// The primary ring's read of another ring's eventfd (payload: that ring's index).
+    Ring = 12,
 }
 
 impl Op {
@@ -56,6 +59,7 @@ impl Op {
             9 => Op::Shutdown,
             10 => Op::Peer,
             11 => Op::Poll,
+            12 => Op::Ring,
             _ => return None,
         };
         Some((op, user_data & PAYLOAD))
@@ -80,6 +84,7 @@ mod tests {
             Op::Shutdown,
             Op::Peer,
             Op::Poll,
+            Op::Ring,
         ];
         for op in all {
             for payload in [0, 1, 12345, PAYLOAD] {
@@ -87,6 +92,6 @@ mod tests {
             }
         }
         assert_eq!(Op::decode(0), None);
-        assert_eq!(Op::decode(12 << KIND_SHIFT), None);
+        assert_eq!(Op::decode(13 << KIND_SHIFT), None);
     }
 }

@@ -38,7 +38,7 @@ impl UringDriver {
             let mask = (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
             let e = match socket {
                 Socket::Fd(s) => opcode::PollAdd::new(types::Fd(s.as_raw_fd()), mask),
-                Socket::Direct(slot) => opcode::PollAdd::new(types::Fixed(*slot), mask),
+                Socket::Direct(slot) => opcode::PollAdd::new(super::fixed(*slot), mask),
             }
             .multi(true)
             .build()
@@ -49,7 +49,7 @@ impl UringDriver {
         }
         let e = match socket {
             Socket::Fd(s) => opcode::RecvMulti::new(types::Fd(s.as_raw_fd()), BGID).build(),
-            Socket::Direct(slot) => opcode::RecvMulti::new(types::Fixed(*slot), BGID).build(),
+            Socket::Direct(slot) => opcode::RecvMulti::new(super::fixed(*slot), BGID).build(),
         }
         .user_data(Op::Recv.ud(token));
         // SAFETY: the kernel writes only into provided buffers of group BGID, which live as long as
@@ -104,7 +104,7 @@ impl UringDriver {
             .flags(flags)
             .build(),
             Socket::Direct(slot) => {
-                opcode::Recv::new(types::Fixed(*slot), std::ptr::null_mut(), self.bufs.size)
+                opcode::Recv::new(super::fixed(*slot), std::ptr::null_mut(), self.bufs.size)
                     .buf_group(BGID)
                     .flags(flags)
                     .build()

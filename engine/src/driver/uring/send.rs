@@ -62,7 +62,7 @@ impl UringDriver {
             Socket::Fd(s) => opcode::SendMsg::new(types::Fd(s.as_raw_fd()), &op.msg)
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build(),
-            Socket::Direct(slot) => opcode::SendMsg::new(types::Fixed(*slot), &op.msg)
+            Socket::Direct(slot) => opcode::SendMsg::new(super::fixed(*slot), &op.msg)
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build(),
         }
