@@ -7,7 +7,7 @@
 //! 1. checks the machine's limits first and refuses with the limit named: `fs.file-max` against
 //!    `fs.file-nr` (2 sockets per connection), `MemAvailable` against an estimate, local ports per
 //!    source address, `RLIMIT_NOFILE` against `--per-proc`, `nf_conntrack_max` where conntrack is
-//!    loaded;
+//!    tracking;
 //! 2. starts the server (its Prometheus metrics on a port of their own) and
 //!    ceil(N / `--per-proc`) load generators (load.rs), each connecting from its own 127.S.x.y
 //!    addresses (200 per process, so ports never run out);
@@ -23,20 +23,7 @@
 //! Ctrl-C (SIGINT) or SIGTERM stops the run and kills every child; the children also die with the
 //! harness (`PR_SET_PDEATHSIG`), and the whole run is bounded by `--time-limit`.
 //!
-//! The commands for 10k, 100k, 500k and 1M connections (io_uring, 2 server workers, pinned off):
-//!
-//! ```text
-//! surge-bench idle --systems surge-io_uring --server-workers 2 -n 10000 --sweep --broadcast
-//! surge-bench idle --systems surge-io_uring --server-workers 2 -n 100000 --ramp-rate 20000 \
-//!     --sweep --broadcast --json idle-100k.json
-//! surge-bench idle --systems surge-io_uring --server-workers 2 -n 500000 --ramp-rate 20000 \
-//!     --hold 10 --sweep --broadcast --time-limit 900 --json idle-500k.json
-//! surge-bench idle --systems surge-io_uring --server-workers 2 -n 1000000 --ramp-rate 20000 \
-//!     --hold 10 --sweep --broadcast --time-limit 1200 --json idle-1m.json
-//! ```
-//!
-//! (`--recv-mode poll` for the readiness-poll receive, the least kernel memory per idle connection;
-//! `--max-conns-per-worker` when one worker is to hold more than the engine's default 100,000.)
+//! The commands for 10k, 100k, 500k and 1M connections: benches/surge-bench/README.md.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -215,7 +202,7 @@ fn check_limits(args: &IdleArgs, n: usize, procs: usize, share: usize) -> Result
     }
     // Local ports: each client socket binds its source address before connecting, which takes a
     // port of that address from the ephemeral range.
-    let per_addr = if procs == 1 && n <= 5_000 && args.common.client_procs == 0 {
+    let per_addr = if procs == 1 && n <= 5_000 {
         n // one process, the kernel's source address (load.rs --source 0)
     } else {
         share.div_ceil(share.clamp(1, SOURCE_ADDRS))
