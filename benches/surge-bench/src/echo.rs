@@ -14,7 +14,7 @@ use clap::Parser;
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
 
-use crate::load::{cpu_seconds, new_histogram};
+use crate::load::new_histogram;
 use crate::{free_port, server_metrics, uws, uws_cpp, ServerProc};
 
 #[derive(Parser, Debug, Clone)]
@@ -143,6 +143,24 @@ fn spawn_server(
     port: u16,
     metrics_port: Option<u16>,
 ) -> std::io::Result<ServerProc> {
+    spawn_server_with(system, args, port, metrics_port, &[])
+}
+
+/// As `spawn_server`, with `extra` flags for the server (surge systems only: `idle`'s
+/// `--max-conns-per-worker`, `--recv-mode`, `--broadcast`).
+pub(crate) fn spawn_server_with(
+    system: &str,
+    args: &EchoArgs,
+    port: u16,
+    metrics_port: Option<u16>,
+    extra: &[String],
+) -> std::io::Result<ServerProc> {
+    if !extra.is_empty() && !system.starts_with("surge") {
+        return Err(std::io::Error::other(format!(
+            "{system}: {} apply to surge systems only",
+            extra.join(" ")
+        )));
+    }
     let workers = args.server_workers;
     let cpu = args.pin.then_some(0);
     let deflate = args.deflate.as_str();
@@ -202,6 +220,7 @@ fn spawn_server(
         }
         other => return Err(std::io::Error::other(format!("unknown system {other}"))),
     };
+    args.extend(extra.iter().cloned());
     ServerProc::spawn_pinned(binary, &args, cpu)
 }
 
@@ -219,7 +238,7 @@ impl Drop for LoadProc {
 }
 
 /// What the children said.
-enum Said {
+pub(crate) enum Said {
     Progress {
         opened: usize,
         msgs: u64,
@@ -230,6 +249,8 @@ enum Said {
         secs: f64,
     },
     Result(Box<(u64, u64, u64, f64, Histogram<u64>)>),
+    /// An answer to one of idle's commands (load.rs): the whole line.
+    Reply(String),
     Gone,
 }
 
@@ -260,6 +281,7 @@ fn parse_line(line: &str) -> Option<Said> {
                 hist,
             ))))
         }
+        "stats" | "sweep" | "bcast" | "closed" => Some(Said::Reply(line.to_owned())),
         _ => None,
     }
 }
@@ -269,7 +291,7 @@ pub struct Fleet {
     procs: Vec<LoadProc>,
     rx: mpsc::Receiver<(usize, Said)>,
     /// Per process: last progress.
-    opened: Vec<usize>,
+    pub(crate) opened: Vec<usize>,
     msgs: Vec<u64>,
 }
 
@@ -294,6 +316,7 @@ impl Fleet {
             let share = n / procs + usize::from(i < n % procs);
             let mut cmd = Command::new(&exe);
             crate::pin(&mut cmd, args.pin.then_some(1));
+            crate::die_with_parent(&mut cmd);
             let mut child = cmd
                 .arg("load")
                 .args(["--url", url])
@@ -339,7 +362,7 @@ impl Fleet {
         })
     }
 
-    fn next(&mut self, timeout: Duration) -> Option<(usize, Said)> {
+    pub(crate) fn next(&mut self, timeout: Duration) -> Option<(usize, Said)> {
         let got = self.rx.recv_timeout(timeout).ok()?;
         match &got.1 {
             Said::Progress { opened, msgs } => {
@@ -385,7 +408,7 @@ impl Fleet {
         Ok((opened, failed, secs))
     }
 
-    fn send(&mut self, line: &str) {
+    pub(crate) fn send(&mut self, line: &str) {
         for p in &mut self.procs {
             let _ = writeln!(p.stdin, "{line}");
             let _ = p.stdin.flush();
@@ -823,7 +846,7 @@ pub fn echo(args: EchoArgs) -> std::io::Result<()> {
 }
 
 /// Kernel TCP memory in pages (/proc/net/sockstat "TCP: ... mem N").
-fn tcp_mem_pages() -> Option<u64> {
+pub(crate) fn tcp_mem_pages() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
     let line = s.lines().find(|l| l.starts_with("TCP:"))?;
     let w: Vec<&str> = line.split_whitespace().collect();
@@ -831,106 +854,9 @@ fn tcp_mem_pages() -> Option<u64> {
     w.get(i + 1)?.parse().ok()
 }
 
-fn rss_bytes(pid: u32) -> Option<u64> {
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
-}
-
-/// `idle`: ramp to N connections, hold, report memory per connection and the connect rate.
-pub fn idle(args: EchoArgs, hold: f64) -> std::io::Result<()> {
-    let page = 4096u64.max(
-        // SAFETY: sysconf has no preconditions.
-        unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64,
-    );
-    println!(
-        "{:<18} {:>7} {:>10} {:>12} {:>12} {:>12} {:>12}",
-        "system", "conns", "ramp s", "conn/s", "rss B/conn", "heap B/conn", "kernel B/conn"
-    );
-    let systems: Vec<String> = match &args.url {
-        Some(u) => vec![u.clone()],
-        None => args.systems.clone(),
-    };
-    let mut rows = Vec::new();
-    for system in systems {
-        if args.url.is_none() && crate::skip(&system) {
-            continue;
-        }
-        let server = match &args.url {
-            Some(_) => None,
-            None => Some(spawn_server(&system, &args, free_port(), None)?),
-        };
-        let url = match (&server, &args.url) {
-            (Some(s), _) => format!("{}://{}/", scheme(&args), s.addr),
-            (None, Some(u)) => u.clone(),
-            _ => unreachable!(),
-        };
-        std::thread::sleep(Duration::from_millis(200));
-        let rss0 = server.as_ref().and_then(|s| rss_bytes(s.pid()));
-        let heap0 = server.as_ref().and_then(ServerProc::heap_bytes);
-        let mem0 = tcp_mem_pages();
-        let mut fleet = Fleet::spawn(&url, args.connections, &args)?;
-        let (opened, failed, ramp) = fleet.wait_open(&system, args.connections)?;
-        std::thread::sleep(Duration::from_secs_f64(hold));
-        let rss1 = server.as_ref().and_then(|s| rss_bytes(s.pid()));
-        let heap1 = server.as_ref().and_then(ServerProc::heap_bytes);
-        let mem1 = tcp_mem_pages();
-        let per = |a: Option<u64>, b: Option<u64>, scale: u64| match (a, b) {
-            (Some(a), Some(b)) if opened > 0 => {
-                format!(
-                    "{:.0}",
-                    (b as f64 - a as f64) * scale as f64 / opened as f64
-                )
-            }
-            _ => "-".to_owned(),
-        };
-        let row = (
-            system.clone(),
-            opened,
-            ramp,
-            opened as f64 / ramp.max(1e-9),
-            per(rss0, rss1, 1),
-            per(heap0, heap1, 1),
-            // Both ends of each connection are on this machine: half the pages are the server's.
-            per(mem0.map(|m| m * page / 2), mem1.map(|m| m * page / 2), 1),
-        );
-        println!(
-            "{:<18} {:>7} {:>10.2} {:>12.0} {:>12} {:>12} {:>12}",
-            uws::label(&row.0),
-            row.1,
-            row.2,
-            row.3,
-            row.4,
-            row.5,
-            row.6
-        );
-        if failed > 0 {
-            println!("  ({failed} connections failed)");
-        }
-        fleet.send("quit");
-        let _ = fleet.pids();
-        drop(fleet);
-        drop(server);
-        rows.push(row);
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    if let Some(path) = &args.json {
-        let items: Vec<String> = rows
-            .iter()
-            .map(|r| {
-                format!(
-                    "{{\"system\":\"{}\",\"connections\":{},\"ramp_s\":{:.3},\"connects_per_s\":{:.0},\
-                     \"rss_per_conn\":\"{}\",\"heap_per_conn\":\"{}\",\"kernel_per_conn\":\"{}\"}}",
-                    r.0, r.1, r.2, r.3, r.4, r.5, r.6
-                )
-            })
-            .collect();
-        std::fs::write(
-            path,
-            format!("{{\"bench\":\"idle\",\"results\":[{}]}}\n", items.join(",")),
-        )?;
-    }
-    let _ = cpu_seconds("self");
-    Ok(())
 }

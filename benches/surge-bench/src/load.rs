@@ -10,6 +10,23 @@
 //! parent -> quit                              (idle: hold until then)
 //! ```
 //!
+//! `idle` holds the connections and may, instead of `go`, send any of these (each answered by one
+//! line) before `quit`:
+//!
+//! ```text
+//! parent -> stats                     child -> stats OPENED FAILED LOST CLOSED
+//! parent -> sweep TIMEOUT_MS          child -> sweep ANSWERED ASKED SECONDS
+//! parent -> bcast-wait TIMEOUT_MS     child -> bcast GOT EXPECTED LAST_MONO_NS
+//! parent -> close TIMEOUT_MS          child -> closed CLOSED EXPECTED SECONDS
+//! ```
+//!
+//! LOST: connections closed before `close` (by the server or the network). `sweep`: every open
+//! connection sends one 16-byte binary message and waits for its echo. `bcast-wait`: waits until
+//! every open connection has received the text message `bcast` (`surge-echo --subscribe-all on`,
+//! published by the parent); LAST_MONO_NS is CLOCK_MONOTONIC at the last one to arrive, comparable
+//! with the parent's clock (one machine). `close`: every connection sends a close frame (1000)
+//! and the child waits for the closes to complete.
+//!
 //! Closed loop (uWebSockets' load_test): each connection keeps `inflight` messages out, sending the
 //! next one when an echo returns; latency is from the send. Open loop (`rate` > 0): each worker
 //! sends its share of `rate` messages per second round-robin over its connections, on a 1 ms tick,
@@ -18,7 +35,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,8 +45,8 @@ use hdrhistogram::serialization::{Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use surge::proto::DeflateMode;
 use surge::{
-    Backend, Client, CloseInfo, Conn, ConnId, ConnectError, ConnectRequest, Handler, Message,
-    Rejection, Request, ServerConfig, Timer, Upgrade, WorkerCtx,
+    Backend, Client, CloseCode, CloseInfo, Conn, ConnId, ConnectError, ConnectRequest, Handler,
+    Message, Rejection, Request, ServerConfig, Timer, Upgrade, WorkerCtx,
 };
 
 #[derive(Parser, Debug, Clone)]
@@ -93,6 +110,15 @@ struct Shared {
     closed: AtomicUsize,
     msgs: AtomicU64,
     phase: AtomicU8,
+    /// idle: sweeps asked (each worker runs one when it sees this move), echoes they got back.
+    sweep_gen: AtomicU64,
+    sweep_answered: AtomicUsize,
+    /// idle: `bcast` messages received, and CLOCK_MONOTONIC (ns) at the latest.
+    bcast_got: AtomicUsize,
+    bcast_last_ns: AtomicU64,
+    /// idle: the parent asked to close every connection; closes completed since.
+    closing: AtomicBool,
+    closed_after: AtomicUsize,
     /// Per worker: recorded messages, bytes and latencies, handed over at the stop.
     results: Mutex<Vec<(u64, u64, Histogram<u64>)>>,
 }
@@ -119,7 +145,23 @@ struct Load {
     sched_start: Option<Instant>,
     scheduled: u64,
     next_conn: usize,
+    /// idle: the last sweep this worker ran; whether it closed its connections.
+    sweep_seen: u64,
+    close_seen: bool,
 }
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process of the machine.
+pub fn mono_ns() -> u64 {
+    // SAFETY: clock_gettime writes one timespec, a live local.
+    unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+}
+
+/// The message each connection sends in a sweep.
+const SWEEP_PAYLOAD: [u8; 16] = [0x5a; 16];
 
 /// Send times (or scheduled times) of a connection's messages in flight.
 type Data = VecDeque<Instant>;
@@ -165,6 +207,29 @@ impl Load {
             if let Err(e) = worker.connect(&req, VecDeque::new()) {
                 eprintln!("connect: {e}");
                 self.shared.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// idle: a sweep or the close the parent asked for, once per worker.
+    fn idle_commands(&mut self, worker: &mut WorkerCtx<Data>) {
+        let gen = self.shared.sweep_gen.load(Ordering::Relaxed);
+        if gen != self.sweep_seen {
+            self.sweep_seen = gen;
+            let now = Instant::now();
+            for &id in &self.conns {
+                if let Some(mut c) = worker.conn(id) {
+                    c.data_mut().push_back(now);
+                    let _ = c.send_binary(&SWEEP_PAYLOAD);
+                }
+            }
+        }
+        if !self.close_seen && self.shared.closing.load(Ordering::Relaxed) {
+            self.close_seen = true;
+            for &id in &self.conns {
+                if let Some(mut c) = worker.conn(id) {
+                    let _ = c.close(CloseCode::NORMAL, "");
+                }
             }
         }
     }
@@ -231,6 +296,23 @@ impl Handler for Load {
     }
 
     fn on_message(&mut self, conn: &mut Conn<'_, Data>, msg: Message<'_>) {
+        if !self.running {
+            // idle: a broadcast, or the echo of a sweep's message.
+            match msg {
+                Message::Text(t) if t.starts_with("bcast") => {
+                    self.shared.bcast_got.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .bcast_last_ns
+                        .fetch_max(mono_ns(), Ordering::Relaxed);
+                }
+                _ => {
+                    if conn.data_mut().pop_front().is_some() {
+                        self.shared.sweep_answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            return;
+        }
         let len = match msg {
             Message::Binary(b) => b.len(),
             Message::Text(t) => t.len(),
@@ -246,7 +328,9 @@ impl Handler for Load {
     }
 
     fn on_close(&mut self, _worker: &mut WorkerCtx<Data>, _data: Data, _info: &CloseInfo<'_>) {
-        if self.shared.phase.load(Ordering::Relaxed) != PHASE_STOP {
+        if self.shared.closing.load(Ordering::Relaxed) {
+            self.shared.closed_after.fetch_add(1, Ordering::Relaxed);
+        } else if self.shared.phase.load(Ordering::Relaxed) != PHASE_STOP {
             self.shared.closed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -281,6 +365,9 @@ impl Handler for Load {
                 return;
             }
             _ => {}
+        }
+        if !self.running {
+            self.idle_commands(worker);
         }
         if self.running && self.rate > 0.0 {
             self.send_due(worker);
@@ -355,6 +442,8 @@ pub fn run(args: LoadArgs) -> std::io::Result<()> {
             sched_start: None,
             scheduled: 0,
             next_conn: 0,
+            sweep_seen: 0,
+            close_seen: false,
         }
     })?;
     let started = Instant::now();
@@ -389,6 +478,19 @@ pub fn run(args: LoadArgs) -> std::io::Result<()> {
     let stdin = std::io::stdin();
     let mut line = String::new();
     stdin.lock().read_line(&mut line)?;
+    while let Some(cmd) = line.split_whitespace().next().filter(|w| *w != "go") {
+        // idle: answer the parent's commands until `quit` (or the parent went away).
+        let ms = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(60_000);
+        if !idle_command(cmd, Duration::from_millis(ms), &shared, &mut out)? {
+            break;
+        }
+        line.clear();
+        stdin.lock().read_line(&mut line)?;
+    }
     let words: Vec<&str> = line.split_whitespace().collect();
     if words.first() != Some(&"go") {
         // idle, or the parent went away: hold until then.
@@ -429,6 +531,71 @@ pub fn run(args: LoadArgs) -> std::io::Result<()> {
     out.flush()?;
     // Exit without closing politely: the sockets go with the process.
     std::process::exit(0);
+}
+
+/// One of idle's commands (see the module's doc), answered on `out`; false for `quit` or one it
+/// does not know.
+fn idle_command(
+    cmd: &str,
+    timeout: Duration,
+    shared: &Shared,
+    out: &mut std::io::StdoutLock<'_>,
+) -> std::io::Result<bool> {
+    let get = |a: &AtomicUsize| a.load(Ordering::Relaxed);
+    let start = Instant::now();
+    let wait = |done: &dyn Fn() -> bool| {
+        while !done() && start.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    // Connections open now: opened, less those lost (a close already asked for is not a loss).
+    let open = || get(&shared.opened) - get(&shared.closed) - get(&shared.closed_after);
+    match cmd {
+        "stats" => writeln!(
+            out,
+            "stats {} {} {} {}",
+            get(&shared.opened),
+            get(&shared.failed),
+            get(&shared.closed),
+            get(&shared.closed_after)
+        )?,
+        "sweep" => {
+            let asked = open();
+            let base = get(&shared.sweep_answered);
+            shared.sweep_gen.fetch_add(1, Ordering::Relaxed);
+            wait(&|| get(&shared.sweep_answered) - base >= asked);
+            writeln!(
+                out,
+                "sweep {} {asked} {:.6}",
+                get(&shared.sweep_answered) - base,
+                start.elapsed().as_secs_f64()
+            )?;
+        }
+        "bcast-wait" => {
+            let expected = open();
+            wait(&|| get(&shared.bcast_got) >= expected);
+            writeln!(
+                out,
+                "bcast {} {expected} {}",
+                get(&shared.bcast_got),
+                shared.bcast_last_ns.load(Ordering::Relaxed)
+            )?;
+        }
+        "close" => {
+            let expected = open();
+            shared.closing.store(true, Ordering::Relaxed);
+            wait(&|| get(&shared.closed_after) >= expected);
+            writeln!(
+                out,
+                "closed {} {expected} {:.6}",
+                get(&shared.closed_after),
+                start.elapsed().as_secs_f64()
+            )?;
+        }
+        _ => return Ok(false),
+    }
+    out.flush()?;
+    Ok(true)
 }
 
 fn sleep_with_progress(

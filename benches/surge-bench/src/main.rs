@@ -16,6 +16,7 @@ mod commands;
 mod echo;
 mod fanout;
 mod handshake;
+mod idle;
 mod load;
 mod server_metrics;
 mod tls;
@@ -51,8 +52,10 @@ enum Cmd {
     Echo(echo::EchoArgs),
     /// The echo workload against surge (each driver) and the peers, one after another, with ratios.
     Compare(echo::EchoArgs),
-    /// Ramp to N idle connections, hold: server memory per connection and the connect rate.
-    Idle(IdleArgs),
+    /// Ramp to N idle connections, hold: server and kernel memory per connection, the connect
+    /// rate; optionally a sweep (one echo per connection) and a broadcast to all, then close all
+    /// and check nothing was lost (idle.rs; up to a million connections on one machine).
+    Idle(idle::IdleArgs),
     /// CPU time per application command (`post` -> `on_command`), worker and poster (commands.rs).
     Commands(commands::CommandArgs),
     /// New wss:// connections per second (TLS handshake, upgrade, close), full and resumed
@@ -64,15 +67,6 @@ enum Cmd {
     /// A load-generator process (started by echo, compare and idle).
     #[command(hide = true)]
     Load(load::LoadArgs),
-}
-
-#[derive(Parser, Debug)]
-struct IdleArgs {
-    #[command(flatten)]
-    common: echo::EchoArgs,
-    /// Seconds to hold the connections before measuring.
-    #[arg(long, default_value_t = 2.0)]
-    hold: f64,
 }
 
 #[derive(Parser, Debug)]
@@ -167,6 +161,7 @@ impl ServerProc {
         let mut cmd = Command::new(&path);
         cmd.args(args);
         pin(&mut cmd, cpu);
+        die_with_parent(&mut cmd);
         ServerProc::spawn_command(cmd, binary, binary == "surge-echo")
     }
 
@@ -215,14 +210,19 @@ impl ServerProc {
 
     /// Heap bytes in use (surge-echo counts its allocations; `None` for peers).
     fn heap_bytes(&self) -> Option<u64> {
+        self.ask("heap")?.strip_prefix("heap ")?.parse().ok()
+    }
+
+    /// surge-echo: sends `line` on its stdin and returns its one-line answer (`None` for peers).
+    fn ask(&self, line: &str) -> Option<String> {
         use std::io::Write;
         let mut io = self.io.lock().ok()?;
         let (stdin, stdout) = io.as_mut()?;
-        writeln!(stdin, "heap").ok()?;
+        writeln!(stdin, "{line}").ok()?;
         stdin.flush().ok()?;
-        let mut line = String::new();
-        stdout.read_line(&mut line).ok()?;
-        line.trim().strip_prefix("heap ")?.parse().ok()
+        let mut answer = String::new();
+        stdout.read_line(&mut answer).ok()?;
+        Some(answer.trim().to_owned())
     }
 
     /// User plus system CPU seconds the process has used (from /proc).
@@ -262,6 +262,19 @@ pub(crate) fn pin(cmd: &mut Command, cpu: Option<usize>) {
             if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            Ok(())
+        });
+    }
+}
+
+/// The child is killed (SIGKILL) when the thread that started it ends, the harness included (its
+/// own `Drop` does not run when it is killed): no server or load generator outlives a run.
+pub(crate) fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }
@@ -494,7 +507,11 @@ fn main() -> std::io::Result<()> {
             }
             echo::echo(args)
         }
-        Cmd::Idle(args) => echo::idle(args.common, args.hold),
+        Cmd::Idle(args) => idle::run(args).map_err(|e| {
+            // The limit refused, the signal or the time limit, as a sentence (not Debug).
+            eprintln!("surge-bench idle: {e}");
+            std::process::exit(1)
+        }),
         Cmd::Handshake(args) => handshake::run(args),
         Cmd::Load(args) => load::run(args),
         Cmd::Commands(args) => commands::run(args),

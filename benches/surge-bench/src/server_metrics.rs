@@ -28,6 +28,17 @@ pub fn totals(port: u16) -> String {
     }
 }
 
+/// One unlabelled sample of the server's metrics (`surge_connections_open`...), or `None` when
+/// they cannot be read.
+pub fn value(port: u16, name: &str) -> Option<f64> {
+    let text = fetch(port).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn fetch(port: u16) -> std::io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;

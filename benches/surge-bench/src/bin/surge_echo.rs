@@ -1,11 +1,15 @@
 //! The surge echo server as the harness runs it: a child process like every peer, so that each system
 //! is measured the same way. `surge-echo --port P --workers N [--busy-poll-us US] [--backend B]
 //! [--deflate off|no-context|context] [--uring-recv multishot|poll] [--uring-max-recv-buffers N]
-//! [--defer off|thread] [--metrics-addr ADDR] [--tls-cert chain.pem --tls-key key.pem]`. `--defer thread`: every upgrade is deferred
+//! [--defer off|thread] [--metrics-addr ADDR] [--tls-cert chain.pem --tls-key key.pem]
+//! [--max-conns-per-worker N] [--subscribe-all on|off]`. `--defer thread`: every upgrade is deferred
 //! (`Upgrade::defer`) and accepted by another thread, to measure what a deferred decision costs
 //! against an immediate one. `--metrics-addr`: the Prometheus metrics at `http://ADDR/metrics`.
 //! `--tls-cert`/`--tls-key`: the port speaks TLS (`wss://`; surge's defaults: ALPN `http/1.1`,
-//! session tickets).
+//! session tickets). `--max-conns-per-worker`: `ServerConfig::max_connections_per_worker` (default:
+//! the engine's). `--subscribe-all on` (`surge-bench idle --broadcast`): every connection subscribes
+//! to the topic `all` when it opens, and a line `publish` on stdin publishes one text message
+//! `bcast` to it (answered `published` once handed to the workers); echo works as before.
 
 #[path = "../server_args.rs"]
 mod server_args;
@@ -18,8 +22,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use surge::{
-    Accept, Backend, Conn, Handler, Message, PendingUpgrade, Request, Server, ServerConfig, Upgrade,
+    Accept, Backend, Conn, Handler, Message, PendingUpgrade, PreparedMessage, Request, Server,
+    ServerConfig, Upgrade,
 };
+
+/// The topic of `--subscribe-all on`.
+const TOPIC: &str = "all";
 
 /// Counts heap bytes in use, for `surge-bench idle` (asked with a `heap` line on stdin).
 struct Counting;
@@ -54,6 +62,8 @@ static GLOBAL: Counting = Counting;
 struct Echo {
     /// `--defer thread`: where pending upgrades go to be accepted.
     defer: Option<mpsc::Sender<PendingUpgrade<()>>>,
+    /// `--subscribe-all on`: every connection subscribes to `all` when it opens.
+    subscribe: bool,
 }
 
 impl Handler for Echo {
@@ -69,6 +79,11 @@ impl Handler for Echo {
             }
         }
     }
+    fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+        if self.subscribe {
+            conn.subscribe(TOPIC);
+        }
+    }
     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
         let _ = conn.send(msg);
     }
@@ -77,6 +92,7 @@ impl Handler for Echo {
 fn main() -> std::io::Result<()> {
     let mut cfg = ServerConfig::default();
     let mut defer = false;
+    let mut subscribe = false;
     let (mut tls_cert, mut tls_key) = (None, None);
     let (port, workers) = server_args::parse(cfg.workers, |flag, value| {
         match flag {
@@ -102,6 +118,16 @@ fn main() -> std::io::Result<()> {
                 // Replies leave uncompressed, as uWS's echo sends them (`ws->send(msg, op, false)`):
                 // the workload measures receiving compressed messages.
                 cfg.deflate.min_size = usize::MAX;
+            }
+            "--max-conns-per-worker" => {
+                cfg.max_connections_per_worker = value.parse().expect("connections per worker")
+            }
+            "--subscribe-all" => {
+                subscribe = match value {
+                    "off" => false,
+                    "on" => true,
+                    _ => panic!("--subscribe-all on|off"),
+                }
             }
             "--tls-cert" => tls_cert = Some(value.to_owned()),
             "--tls-key" => tls_key = Some(value.to_owned()),
@@ -139,13 +165,21 @@ fn main() -> std::io::Result<()> {
     cfg.origin = surge::handshake::OriginPolicy::AllowAll;
     let handle = Server::new(cfg).start(move |_| Echo {
         defer: deciders.clone(),
+        subscribe,
     })?;
     println!("listening on {}", handle.local_addr());
-    std::thread::spawn(|| {
+    let publisher = handle.publisher();
+    std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
             match line {
                 Ok(l) if l.trim() == "heap" => {
                     println!("heap {}", HEAP.load(Ordering::Relaxed));
+                }
+                Ok(l) if l.trim() == "publish" => {
+                    let ok = publisher
+                        .publish(TOPIC, &PreparedMessage::text("bcast"))
+                        .is_ok();
+                    println!("published {ok}");
                 }
                 Ok(_) => {}
                 Err(_) => return,
