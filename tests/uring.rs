@@ -95,6 +95,7 @@ per_driver!(
     connections_use_process_fds_unless_direct,
     peer_address_ipv6,
     clean_closes_then_new_handshakes,
+    listeners_close_when_shutdown_begins,
 );
 
 #[derive(Default)]
@@ -592,4 +593,35 @@ fn rings_hold_more_than_one_table() {
         server.shutdown();
         server.join().unwrap();
     }
+}
+
+/// Once shutdown begins the listening sockets close: connections are refused while an open
+/// connection still holds the server in its close handshake. (Where a worker may open several
+/// rings its accepts are single-shot, several in flight: stopping a listener must cancel every one
+/// of them, or they keep the listening socket open, accepting connections only to close them,
+/// until the worker exits.)
+fn listeners_close_when_shutdown_begins(backend: Backend) {
+    let (server, _counts) = start(backend, 1);
+    let addr = server.local_addr();
+    // Open, and never answers the server's close: the worker waits for it (up to 5 s).
+    let mut held = Client::connect(addr);
+    server.shutdown();
+    // The server's close frame: shutdown has begun in the worker.
+    assert_eq!(held.read_frame().unwrap().0, 8);
+    // Each connection an accept left in flight takes is accepted and closed: count them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let mut accepted = 0;
+    while TcpStream::connect(addr).is_ok() {
+        accepted += 1;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listening socket still accepts 1 s after shutdown began"
+        );
+    }
+    assert!(
+        accepted <= 1,
+        "{accepted} connections accepted after shutdown began"
+    );
+    drop(held);
+    server.join().unwrap();
 }

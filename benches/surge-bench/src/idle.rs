@@ -252,7 +252,9 @@ fn check_limits(args: &IdleArgs, n: usize, procs: usize, share: usize) -> Result
     }
     // The server: warnings only (the engine's limits are its own business, and changing).
     let workers = args.common.server_workers.max(1);
-    let per_worker = args.max_conns_per_worker.unwrap_or(100_000);
+    let per_worker = args
+        .max_conns_per_worker
+        .unwrap_or(surge::ServerConfig::default().max_connections_per_worker);
     if per_worker.saturating_mul(workers) < n {
         eprintln!(
             "warning: {workers} server workers x max_connections_per_worker {per_worker} < {n}: \
@@ -264,13 +266,6 @@ fn check_limits(args: &IdleArgs, n: usize, procs: usize, share: usize) -> Result
             eprintln!(
                 "warning: surge-epoll holds one descriptor per connection: RLIMIT_NOFILE {nofile} \
                  < {n}"
-            );
-        }
-        if system.starts_with("surge-io_uring") && (nofile as usize).saturating_mul(workers) < n {
-            eprintln!(
-                "warning: on io_uring each worker ring's direct-descriptor table holds at most \
-                 RLIMIT_NOFILE ({nofile}) connections: {workers} workers may hold fewer than {n} \
-                 unless the engine spreads them over more rings"
             );
         }
     }
@@ -329,14 +324,6 @@ impl Row {
 
 fn fmt(v: Option<f64>) -> String {
     v.map_or("-".to_owned(), |v| format!("{v:.0}"))
-}
-
-fn json(v: Option<f64>) -> String {
-    v.map_or("null".to_owned(), |v| format!("{v:.1}"))
-}
-
-fn json_u(v: Option<u64>) -> String {
-    v.map_or("null".to_owned(), |v| v.to_string())
 }
 
 pub fn run(mut args: IdleArgs) -> std::io::Result<()> {
@@ -700,97 +687,66 @@ fn page_size() -> u64 {
 }
 
 fn write_json(path: &PathBuf, args: &IdleArgs, rows: &[Row]) -> std::io::Result<()> {
+    use serde_json::json;
     let page = page_size();
-    let items: Vec<String> = rows
+    let results: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
             let half = |v: (Option<u64>, Option<u64>)| {
                 (v.0.map(|m| m * page / 2), v.1.map(|m| m * page / 2))
             };
-            let (sweep_answered, sweep_asked, sweep_s) = r.sweep.map_or(
-                ("null".to_owned(), "null".to_owned(), "null".to_owned()),
-                |(a, b, s)| (a.to_string(), b.to_string(), format!("{s:.4}")),
-            );
-            let (bc_got, bc_expected, bc_s, bc_rate) = r.broadcast.map_or(
-                (
-                    "null".to_owned(),
-                    "null".to_owned(),
-                    "null".to_owned(),
-                    "null".to_owned(),
-                ),
-                |(g, e, s)| {
-                    (
-                        g.to_string(),
-                        e.to_string(),
-                        format!("{s:.6}"),
-                        format!("{:.0}", g as f64 / s.max(1e-9)),
-                    )
-                },
-            );
-            let (closed, close_expected, close_s) = r.closed.map_or(
-                ("null".to_owned(), "null".to_owned(), "null".to_owned()),
-                |(c, e, s)| (c.to_string(), e.to_string(), format!("{s:.3}")),
-            );
-            // The first seven fields are the ones `idle --json` always had.
-            format!(
-                "{{\"system\":\"{}\",\"connections\":{},\"ramp_s\":{:.3},\"connects_per_s\":{:.0},\
-                 \"rss_per_conn\":\"{}\",\"heap_per_conn\":\"{}\",\"kernel_per_conn\":\"{}\",\
-                 \"requested\":{},\"load_procs\":{},\"failed\":{},\"lost\":{},\
-                 \"server_connections_open\":{},\"handshakes_per_s\":{:.0},\
-                 \"server_rss_bytes\":{},\"server_heap_bytes\":{},\"server_rss_per_conn\":{},\
-                 \"server_heap_per_conn\":{},\"client_rss_bytes\":{},\
-                 \"slab_per_conn_pair\":{},\"slab_per_conn_end\":{},\
-                 \"sunreclaim_per_conn_pair\":{},\"tcp_mem_per_conn_pair\":{},\
-                 \"sweep_answered\":{sweep_answered},\"sweep_asked\":{sweep_asked},\
-                 \"sweep_s\":{sweep_s},\"broadcast_received\":{bc_got},\
-                 \"broadcast_expected\":{bc_expected},\"broadcast_s\":{bc_s},\
-                 \"broadcast_deliveries_per_s\":{bc_rate},\"closed\":{closed},\
-                 \"close_expected\":{close_expected},\"close_s\":{close_s},\
-                 \"server_connections_open_after_close\":{},\"server_zero_after_s\":{}}}",
-                r.system,
-                r.opened,
-                r.ramp_s,
-                r.connects_per_s(),
-                fmt(r.per_conn(r.rss)),
-                fmt(r.per_conn(r.heap)),
-                fmt(r.per_conn(half(r.tcp_mem))),
-                r.connections,
-                r.procs,
-                r.failed,
-                r.lost,
-                json_u(r.server_open),
-                r.connects_per_s(),
-                json_u(r.rss.1),
-                json_u(r.heap.1),
-                json(r.per_conn(r.rss)),
-                json(r.per_conn(r.heap)),
-                r.client_rss,
-                json(r.per_conn(r.slab)),
-                json(r.per_conn(r.slab).map(|s| s / 2.0)),
-                json(r.per_conn(r.sunreclaim)),
-                json(r.per_conn((r.tcp_mem.0.map(|m| m * page), r.tcp_mem.1.map(|m| m * page)))),
-                json_u(r.server_open_after),
-                r.server_zero_s
-                    .map_or("null".to_owned(), |s| format!("{s:.3}")),
-            )
+            let pages = |v: (Option<u64>, Option<u64>)| (v.0.map(|m| m * page), v.1.map(|m| m * page));
+            // Rounded to 0.1 B, as the text output.
+            let round = |v: Option<f64>| v.map(|v| (v * 10.0).round() / 10.0);
+            json!({
+                // The first seven fields are the ones `idle --json` always had.
+                "system": r.system,
+                "connections": r.opened,
+                "ramp_s": r.ramp_s,
+                "connects_per_s": r.connects_per_s().round(),
+                "rss_per_conn": fmt(r.per_conn(r.rss)),
+                "heap_per_conn": fmt(r.per_conn(r.heap)),
+                "kernel_per_conn": fmt(r.per_conn(half(r.tcp_mem))),
+                "requested": r.connections,
+                "load_procs": r.procs,
+                "failed": r.failed,
+                "lost": r.lost,
+                "server_connections_open": r.server_open,
+                "handshakes_per_s": r.connects_per_s().round(),
+                "server_rss_bytes": r.rss.1,
+                "server_heap_bytes": r.heap.1,
+                "server_rss_per_conn": round(r.per_conn(r.rss)),
+                "server_heap_per_conn": round(r.per_conn(r.heap)),
+                "client_rss_bytes": r.client_rss,
+                "slab_per_conn_pair": round(r.per_conn(r.slab)),
+                "slab_per_conn_end": round(r.per_conn(r.slab).map(|s| s / 2.0)),
+                "sunreclaim_per_conn_pair": round(r.per_conn(r.sunreclaim)),
+                "tcp_mem_per_conn_pair": round(r.per_conn(pages(r.tcp_mem))),
+                "sweep_answered": r.sweep.map(|s| s.0),
+                "sweep_asked": r.sweep.map(|s| s.1),
+                "sweep_s": r.sweep.map(|s| s.2),
+                "broadcast_received": r.broadcast.map(|b| b.0),
+                "broadcast_expected": r.broadcast.map(|b| b.1),
+                "broadcast_s": r.broadcast.map(|b| b.2),
+                "broadcast_deliveries_per_s": r.broadcast.map(|(g, _, s)| (g as f64 / s.max(1e-9)).round()),
+                "closed": r.closed.map(|c| c.0),
+                "close_expected": r.closed.map(|c| c.1),
+                "close_s": r.closed.map(|c| c.2),
+                "server_connections_open_after_close": r.server_open_after,
+                "server_zero_after_s": r.server_zero_s,
+            })
         })
         .collect();
-    std::fs::write(
-        path,
-        format!(
-            "{{\"bench\":\"idle\",\"hold\":{},\"per_proc\":{},\"ramp_rate\":{},\"sweep\":{},\
-             \"broadcast\":{},\"recv_mode\":{},\"max_conns_per_worker\":{},\"results\":[{}]}}\n",
-            args.hold,
-            args.per_proc,
-            args.common.ramp_rate,
-            args.sweep,
-            args.broadcast,
-            args.recv_mode
-                .as_ref()
-                .map_or("null".to_owned(), |m| format!("\"{m}\"")),
-            args.max_conns_per_worker
-                .map_or("null".to_owned(), |m| m.to_string()),
-            items.join(",")
-        ),
-    )
+    let doc = json!({
+        "bench": "idle",
+        "hold": args.hold,
+        "per_proc": args.per_proc,
+        "ramp_rate": args.common.ramp_rate,
+        "sweep": args.sweep,
+        "broadcast": args.broadcast,
+        "recv_mode": args.recv_mode,
+        "max_conns_per_worker": args.max_conns_per_worker,
+        "results": results,
+    });
+    std::fs::write(path, format!("{doc}\n"))
 }

@@ -9,12 +9,7 @@ use std::time::Duration;
 pub fn totals(port: u16) -> String {
     match fetch(port) {
         Ok(text) => {
-            let get = |name: &str| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                    .unwrap_or("?")
-                    .to_owned()
-            };
+            let get = |name: &str| sample(&text, name).unwrap_or("?").to_owned();
             format!(
                 "messages in {} out {}, connections accepted {} open {}, backpressure drops {}",
                 get("surge_messages_received_total"),
@@ -31,12 +26,13 @@ pub fn totals(port: u16) -> String {
 /// One unlabelled sample of the server's metrics (`surge_connections_open`...), or `None` when
 /// they cannot be read.
 pub fn value(port: u16, name: &str) -> Option<f64> {
-    let text = fetch(port).ok()?;
+    sample(&fetch(port).ok()?, name)?.trim().parse().ok()
+}
+
+/// The text of unlabelled sample `name` in a Prometheus exposition.
+fn sample<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))?
-        .trim()
-        .parse()
-        .ok()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
 }
 
 fn fetch(port: u16) -> std::io::Result<String> {

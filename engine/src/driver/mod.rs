@@ -49,7 +49,9 @@ impl AcceptErrors {
             let more = RateLog::more(quiet);
             let hint = match e.raw_os_error() {
                 Some(libc::EMFILE) | Some(libc::ENFILE) => {
-                    " (each connection holds a file descriptor here: the process's RLIMIT_NOFILE or                      the system's fs.file-max bounds them; the io_uring backend with direct                      descriptors holds connections without descriptors)"
+                    " (each connection holds a file descriptor here: the process's RLIMIT_NOFILE or \
+                     the system's fs.file-max bounds them; the io_uring backend with direct \
+                     descriptors holds connections without descriptors)"
                 }
                 _ => "",
             };

@@ -152,8 +152,8 @@ pub struct ServerConfig {
     /// `max_connections_per_worker` needs fewer). A worker whose connections fill its ring's table
     /// opens another ring with a table of its own (up to `max_connections_per_worker` in all, 256
     /// rings at most), so one process holds more connections than its fd limit times its workers
-    /// (docs/ENGINE.md, "Rings"). Smaller tables mean more rings (each about 0.4 MB); mostly for
-    /// tests. No effect on epoll, which is bounded by the fd limit.
+    /// (docs/ENGINE.md, "Rings"). Smaller tables mean more rings (each with its own queues,
+    /// 256 KiB once used, and provided buffers); mostly for tests. No effect on epoll, which is bounded by the fd limit.
     pub uring_ring_slots: Option<u32>,
     /// Most bytes a worker's connections may hold together for messages partly received
     /// (default 256 MiB): a message trickling in is held until it is whole, up to

@@ -328,7 +328,7 @@ impl Server {
 }
 
 /// Slots of each of a worker's direct-descriptor tables (0: ordinary descriptors): one per
-/// connection the worker may hold (and a few over, see [`rings_per_worker`]), capped by
+/// connection the worker may hold (and [`OVER_LIMIT`] over), capped by
 /// `RLIMIT_NOFILE`, which the kernel applies to each table (a worker opens more rings, each with
 /// its own table, to hold more), or by `uring_ring_slots`.
 fn direct_table_size(cfg: &ServerConfig) -> u32 {
@@ -337,7 +337,7 @@ fn direct_table_size(cfg: &ServerConfig) -> u32 {
         return 0;
     }
     let nofile = crate::driver::sys::nofile_limit();
-    let want = cfg.max_connections_per_worker.saturating_add(64) as u64;
+    let want = cfg.max_connections_per_worker.saturating_add(OVER_LIMIT) as u64;
     let cap = match cfg.uring_ring_slots {
         Some(n) => u64::from(n.max(1)).min(nofile),
         None => nofile,
@@ -345,14 +345,17 @@ fn direct_table_size(cfg: &ServerConfig) -> u32 {
     want.min(cap).min(1 << 20) as u32
 }
 
+/// Direct-descriptor slots a worker has beyond `max_connections_per_worker`, so that it can still
+/// accept (and close at once) connections past its limit rather than leave them in the backlog.
+const OVER_LIMIT: usize = 64;
+
 /// How many io_uring rings (each with a table of `direct` slots) a worker may open: enough for
-/// `max_connections_per_worker`, and a little over, so that the worker can still accept (and close
-/// at once) connections beyond its limit.
+/// `max_connections_per_worker` and [`OVER_LIMIT`].
 fn rings_per_worker(cfg: &ServerConfig, direct: u32) -> usize {
     if direct == 0 {
         return 1;
     }
-    let want = cfg.max_connections_per_worker.saturating_add(64);
+    let want = cfg.max_connections_per_worker.saturating_add(OVER_LIMIT);
     want.div_ceil(direct as usize)
         .clamp(1, crate::driver::uring::MAX_RINGS)
 }

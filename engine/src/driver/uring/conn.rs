@@ -73,19 +73,19 @@ impl UringDriver {
         if self.accepting.len() <= index {
             self.accepting.resize(index + 1, 0);
         }
-        let flags = libc::SOCK_NONBLOCK;
-        while self.accepting[index] < ACCEPTS_IN_FLIGHT
-            && self.used + self.accepting.iter().sum::<u32>() < self.table
-        {
+        let in_flight: u32 = self.accepting.iter().sum();
+        let free = self.table.saturating_sub(self.used + in_flight);
+        let more = free.min(ACCEPTS_IN_FLIGHT.saturating_sub(self.accepting[index]));
+        for _ in 0..more {
             let e = opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
                 .file_index(Some(types::DestinationSlot::auto_target()))
-                .flags(flags)
+                .flags(libc::SOCK_NONBLOCK)
                 .build()
                 .user_data(Op::Accept.ud(index as u64));
             // SAFETY: an accept without an address buffer: the kernel writes no user memory.
             unsafe { self.push(e) };
-            self.accepting[index] += 1;
         }
+        self.accepting[index] += more;
         if self.accepting[index] == 0 {
             // Full: the worker's rings move the accept to another ring.
             self.listeners[index] = -1;
@@ -99,7 +99,16 @@ impl UringDriver {
         if let Some(fd) = self.listeners.get_mut(index) {
             *fd = -1;
         }
-        self.cancel(Op::Accept.ud(index as u64));
+        // Every accept of it: with several rings they are single-shot, up to ACCEPTS_IN_FLIGHT
+        // (a plain cancel stops only the first match, and the others would keep the listening
+        // socket open and accepting).
+        let e = opcode::AsyncCancel2::new(
+            types::CancelBuilder::user_data(Op::Accept.ud(index as u64)).all(),
+        )
+        .build()
+        .user_data(Op::Cancel.ud(0));
+        // SAFETY: a cancel names its targets by user_data only: no memory is involved.
+        unsafe { self.push(e) };
     }
 
     /// The completion of listener `index`'s multishot accept: a connection (`res`: its descriptor

@@ -1,9 +1,11 @@
-//! Completions through io_uring (one ring per worker, created on the worker's thread).
+//! Completions through io_uring (one ring per worker, created on the worker's thread, or several
+//! where its connections outgrow one ring's table of direct descriptors: see [`rings`]).
 //!
 //! - Accept: one multishot `ACCEPT` per listener, into ordinary descriptors (see below); re-armed
 //!   when the kernel ends it, after 10 ms when it ended with an error (out of descriptors, or
 //!   anything else that could persist and make an immediate re-arm spin; logged at most once a
-//!   second).
+//!   second). Where the worker may open several rings, bounded single-shot accepts instead (see
+//!   [`rings`]).
 //! - Receive: one multishot `RECV` per connection selecting from the worker's provided-buffer ring,
 //!   so an idle connection holds no read buffer. The worker processes a buffer and gives it back
 //!   ([`UringDriver::recycle`]) in the same loop turn. `ENOBUFS` ends the multishot without losing
@@ -234,9 +236,9 @@ impl UringDriver {
         ring_max: usize,
     ) -> io::Result<Self> {
         let ring = build_ring(index == 0)?;
-        let slots = direct;
+        let table = direct;
         let direct = direct > 0
-            && match ring.submitter().register_files_sparse(direct) {
+            && match ring.submitter().register_files_sparse(table) {
                 Ok(()) => true,
                 Err(e) if index == 0 => {
                     eprintln!(
@@ -265,17 +267,15 @@ impl UringDriver {
             .ok(),
             false => None,
         };
-        let bufs = match inc {
+        let mut bufs = match inc {
             Some(b) => b,
             None => BufRing::new(&ring, RING_BUFFERS, RING_BUFFER_SIZE, BGID, max, false)?,
         };
-        let mut bufs = bufs;
         bufs.ring = index;
-        let table = if direct { slots } else { 0 };
         let mut d = UringDriver {
             ring,
             index,
-            table,
+            table: if direct { table } else { 0 },
             used: 0,
             spill: false,
             accepting: Vec::new(),

@@ -17,17 +17,19 @@
 //! index above the slot (see [`ring_of_slot`]), and every operation on it goes to that ring.
 //!
 //! The worker waits on the first ring only. Each other ring has an eventfd registered with it
-//! (`IORING_REGISTER_EVENTFD`; the kernel writes it when the ring has completions or, with
-//! DEFER_TASKRUN, deferred work), and the first ring keeps a read of that eventfd in flight, so a
+//! (`IORING_REGISTER_EVENTFD`; the kernel writes it when the ring posts completions, which the
+//! other rings do without waiting for an enter: they run without DEFER_TASKRUN, see `build_ring`),
+//! and the first ring keeps a read of that eventfd in flight, so a
 //! completion on any ring wakes the worker. A loop turn then submits the queued entries of every
 //! other ring that has some (one `io_uring_enter` each, without waiting), waits on the first, and
-//! enters (without waiting) each ring whose eventfd was written. A worker with one ring does
-//! nothing more than before.
+//! enters (without waiting) each ring whose eventfd was written. While a worker has one ring its
+//! loop turn is what it was (one enter); only its accepts are single-shot if it may open more.
 //!
 //! The alternative, more workers (threads) each with one ring, was not taken: on a machine with
 //! fewer cores than that, threads would share cores and a message to connections on several of
 //! them would cross threads; the extra rings cost a syscall per turn only on the rings that have
-//! work, and about 0.4 MB each (submission and completion queues, the table, a few buffers).
+//! work, and memory each: submission and completion queues (256 KiB once used), the table in the
+//! kernel, provided buffers (trimmed like the first ring's).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -239,9 +241,8 @@ impl Rings {
             Some(Duration::ZERO)
         };
         self.rings[0].poll(out, timeout)?;
+        // Each other ring has one read of its eventfd in flight: it is named once per reap.
         let mut woken = std::mem::take(&mut self.rings[0].woken);
-        woken.sort_unstable();
-        woken.dedup();
         for &k in &woken {
             if let Some(r) = self.rings.get_mut(k) {
                 r.poll(out, Some(Duration::ZERO))?;
