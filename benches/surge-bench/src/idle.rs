@@ -288,7 +288,8 @@ struct Row {
     opened: usize,
     failed: usize,
     ramp_s: f64,
-    /// Client-side count at the end of the hold: opened, lost (closed before we closed them).
+    /// Client-side count before the close: connections lost (closed before we closed them) during
+    /// the hold, the sweep or the broadcast.
     lost: usize,
     /// The server's `surge_connections_open` at the end of the hold.
     server_open: Option<u64>,
@@ -539,6 +540,14 @@ fn run_one(system: &str, args: &IdleArgs, guard: &Guard) -> std::io::Result<Row>
         row.broadcast = Some((got, expected, (last - t0) as f64 / 1e9));
     }
 
+    // Connections lost during the sweep or the broadcast count too (a lost one never answers).
+    if args.sweep || args.broadcast {
+        row.lost = 0;
+        for reply in ask_all(&mut fleet, "stats", guard, "stats")? {
+            row.lost += field(&reply, 3);
+        }
+    }
+
     // Close everything, then check that both sides are back to nothing.
     let t0 = Instant::now();
     let (mut closed, mut expected) = (0, 0);
@@ -620,8 +629,8 @@ fn print_row(r: &Row) {
     );
     let still = r.opened - r.lost.min(r.opened);
     println!(
-        "  held {still} of {} ({} failed to open, {} lost during the hold; server \
-         surge_connections_open {}); {} load processes",
+        "  held {still} of {} ({} failed to open, {} lost before the close; server \
+         surge_connections_open {} after the hold); {} load processes",
         r.connections,
         r.failed,
         r.lost,

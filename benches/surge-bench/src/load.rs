@@ -550,6 +550,8 @@ fn idle_command(
     };
     // Connections open now: opened, less those lost (a close already asked for is not a loss).
     let open = || get(&shared.opened) - get(&shared.closed) - get(&shared.closed_after);
+    let lost_before = get(&shared.closed);
+    let lost_since = || get(&shared.closed) - lost_before;
     match cmd {
         "stats" => writeln!(
             out,
@@ -563,7 +565,8 @@ fn idle_command(
             let asked = open();
             let base = get(&shared.sweep_answered);
             shared.sweep_gen.fetch_add(1, Ordering::Relaxed);
-            wait(&|| get(&shared.sweep_answered) - base >= asked);
+            // Until every connection answered or was lost (a lost one never answers).
+            wait(&|| get(&shared.sweep_answered) - base + lost_since() >= asked);
             writeln!(
                 out,
                 "sweep {} {asked} {:.6}",
@@ -573,7 +576,7 @@ fn idle_command(
         }
         "bcast-wait" => {
             let expected = open();
-            wait(&|| get(&shared.bcast_got) >= expected);
+            wait(&|| get(&shared.bcast_got) + lost_since() >= expected);
             writeln!(
                 out,
                 "bcast {} {expected} {}",

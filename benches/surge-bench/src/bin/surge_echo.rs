@@ -2,7 +2,7 @@
 //! is measured the same way. `surge-echo --port P --workers N [--busy-poll-us US] [--backend B]
 //! [--deflate off|no-context|context] [--uring-recv multishot|poll] [--uring-max-recv-buffers N]
 //! [--defer off|thread] [--metrics-addr ADDR] [--tls-cert chain.pem --tls-key key.pem]
-//! [--max-conns-per-worker N] [--subscribe-all on|off]`. `--defer thread`: every upgrade is deferred
+//! [--max-conns-per-worker N] [--uring-ring-slots N] [--subscribe-all on|off]`. `--defer thread`: every upgrade is deferred
 //! (`Upgrade::defer`) and accepted by another thread, to measure what a deferred decision costs
 //! against an immediate one. `--metrics-addr`: the Prometheus metrics at `http://ADDR/metrics`.
 //! `--tls-cert`/`--tls-key`: the port speaks TLS (`wss://`; surge's defaults: ALPN `http/1.1`,
@@ -121,6 +121,9 @@ fn main() -> std::io::Result<()> {
             }
             "--max-conns-per-worker" => {
                 cfg.max_connections_per_worker = value.parse().expect("connections per worker")
+            }
+            "--uring-ring-slots" => {
+                cfg.uring_ring_slots = Some(value.parse().expect("slots per io_uring ring"))
             }
             "--subscribe-all" => {
                 subscribe = match value {

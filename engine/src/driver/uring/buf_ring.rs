@@ -74,6 +74,12 @@ pub(crate) struct BufRing {
     pub(super) live: Rc<()>,
     /// The index of the ring it belongs to among the worker's rings (stamped on each lent buffer).
     pub(super) ring: u8,
+    /// The ring defers its task work (DEFER_TASKRUN): the kernel writes buffers in the ring only
+    /// inside this thread's `io_uring_enter` on it, so their pages may be dropped between turns.
+    /// Otherwise it may write one whenever the thread leaves the kernel, and data written but not
+    /// yet reaped would be lost with the page: only buffers out of the ring (retired as they come
+    /// back) have their pages dropped.
+    pub(super) deferred: bool,
 }
 
 /// Bytes the kernel received into a provided buffer, lent to the worker by an
@@ -178,6 +184,7 @@ impl BufRing {
             initial,
             live: Rc::new(()),
             ring: 0,
+            deferred: true,
         };
         let flags = if br.inc { IOU_PBUF_RING_INC } else { 0 };
         // SAFETY: the entry array is page aligned (mmap), `count` entries long, and lives until
@@ -284,11 +291,13 @@ impl BufRing {
         // SAFETY: the range lies inside the buffer mapping (to <= max, which the mapping holds).
         // No buffer of the range is handed out to the worker (each comes back in the turn that
         // received it, before the worker trims), so nothing in this process refers to the bytes.
-        // Those still in the ring may be written by the kernel, but only while it runs a receive
-        // of this ring, which happens inside this thread's io_uring_enter (inline issue or task
-        // work: DEFER_TASKRUN, or COOP_TASKRUN on older kernels; receives are never forced to the
-        // kernel's worker threads), not concurrently with this call; the next write faults in a
-        // zeroed page. MADV_DONTNEED on a private anonymous mapping keeps the mapping valid.
+        // A buffer of the range still in the ring is dropped only where the ring defers its task
+        // work (`deferred`, see `trim`): the kernel then writes it only while it runs a receive of
+        // this ring inside this thread's io_uring_enter (inline issue or deferred task work;
+        // receives are never forced to the kernel's worker threads), not concurrently with this
+        // call, and no write of it waits unreaped; the next write faults in a zeroed page. Other
+        // rings drop only buffers out of the ring (retired in `give_back`), which the kernel cannot
+        // pick. MADV_DONTNEED on a private anonymous mapping keeps the mapping valid.
         unsafe {
             libc::madvise(self.mem.add(start).cast(), len, libc::MADV_DONTNEED);
         }
@@ -314,11 +323,14 @@ impl BufRing {
             .clamp(u32::from(floor), u32::from(self.max)) as u16;
         if want < self.target {
             // Past `want`: spare buffers have no pages (dropped when retired); those in the ring
-            // retire when they come back.
-            self.drop_pages(want, self.target);
+            // retire when they come back (then their pages go), and where the kernel writes only
+            // inside our enter, their pages go now.
+            if self.deferred {
+                self.drop_pages(want, self.target);
+            }
             self.target = want;
         }
-        if peak == 0 && !self.dropped {
+        if peak == 0 && !self.dropped && self.deferred {
             self.drop_pages(0, self.target);
             self.dropped = true;
         }
@@ -411,6 +423,7 @@ impl BufRing {
                 initial: 0,
                 live: Rc::new(()),
                 ring: self.ring,
+                deferred: self.deferred,
                 used_turn: 0,
                 peak: 0,
                 dropped: true,
@@ -508,6 +521,38 @@ mod tests {
         br.end_turn();
         assert_eq!(br.target, 128);
         assert!(br.spare.iter().all(|&b| b >= 128));
+        drop(br);
+        drop(ring);
+    }
+
+    #[test]
+    fn without_deferred_task_work_buffers_in_the_ring_keep_their_pages() {
+        if crate::driver::probe::uring_support().is_err() {
+            eprintln!("SKIPPED: no io_uring");
+            return;
+        }
+        // The kernel may write a buffer in the ring whenever the thread leaves the kernel: a trim
+        // must not drop it (the bytes of a receive not yet reaped would read as zeros).
+        let ring = builder().build(8).unwrap();
+        let mut br = BufRing::new(&ring, 1024, 4096, 0, 512, false).unwrap();
+        br.deferred = false;
+        br.note_short();
+        br.end_turn();
+        assert_eq!(br.target, 128);
+        br.handed_out();
+        br.give_back(100);
+        br.end_turn();
+        // A light interval shrinks the ring (buffers past it retire as they come back) and a
+        // quiet one leaves the pages of the buffers in the ring.
+        br.trim();
+        assert_eq!(br.target, RING_INITIAL);
+        br.trim();
+        assert!(!br.dropped, "no page of a buffer in the ring is dropped");
+        assert!(br.held_bytes() > 0);
+        // One that comes back past the ring's size retires (out of the ring: its pages go).
+        br.handed_out();
+        br.give_back(100);
+        assert!(br.spare.contains(&100));
         drop(br);
         drop(ring);
     }

@@ -100,22 +100,28 @@ pub(crate) fn builder() -> io_uring::Builder {
 /// completions are posted, and their eventfds written, while the thread waits on the first ring:
 /// deferred task work waits for an `io_uring_enter` on its own ring (connections on the other
 /// rings took ~15 ms per handshake, the next timer tick), and with COOP_TASKRUN a handshake took
-/// 3x as long as on the first ring (0.8 ms against 0.26 ms, one at a time).
-fn build_ring(first: bool) -> io::Result<IoUring> {
+/// 3x as long as on the first ring (0.8 ms against 0.26 ms, one at a time). (A poll of a
+/// DEFER_TASKRUN ring's own fd from the first ring never completed either.)
+///
+/// Also whether the ring defers its task work: only then does the kernel write received bytes
+/// into the provided buffers solely inside this thread's `io_uring_enter` on the ring. Otherwise it
+/// writes them whenever the thread returns from the kernel (any syscall or interrupt), which
+/// [`BufRing`] must know (it may then not drop the pages of buffers in the ring).
+fn build_ring(first: bool) -> io::Result<(IoUring, bool)> {
     let try_build = |b: &mut io_uring::Builder| b.setup_cqsize(CQ_ENTRIES).build(SQ_ENTRIES);
     if !first {
         let mut b = IoUring::builder();
         b.setup_single_issuer().setup_clamp();
-        return try_build(&mut b);
+        return Ok((try_build(&mut b)?, false));
     }
     let mut b = builder();
     match try_build(b.setup_clamp()) {
-        Ok(r) => Ok(r),
+        Ok(r) => Ok((r, true)),
         Err(_) => {
             // Older kernels: no DEFER_TASKRUN (6.1) or no SINGLE_ISSUER (6.0).
             let mut b = IoUring::builder();
             b.setup_coop_taskrun().setup_clamp();
-            try_build(&mut b)
+            Ok((try_build(&mut b)?, false))
         }
     }
 }
@@ -235,7 +241,7 @@ impl UringDriver {
         recv: UringRecv,
         ring_max: usize,
     ) -> io::Result<Self> {
-        let ring = build_ring(index == 0)?;
+        let (ring, deferred) = build_ring(index == 0)?;
         let table = direct;
         let direct = direct > 0
             && match ring.submitter().register_files_sparse(table) {
@@ -272,6 +278,7 @@ impl UringDriver {
             None => BufRing::new(&ring, RING_BUFFERS, RING_BUFFER_SIZE, BGID, max, false)?,
         };
         bufs.ring = index;
+        bufs.deferred = deferred;
         let mut d = UringDriver {
             ring,
             index,
@@ -436,7 +443,11 @@ impl UringDriver {
 
     /// Whether a trim could free anything.
     pub(crate) fn holds_spare(&self) -> bool {
-        self.held_bytes() > 0 || self.bufs.target > self.bufs.initial.min(self.bufs.max)
+        // A ring that does not defer its task work keeps its buffers' pages while they are in the
+        // ring (see `BufRing::trim`): only shrinking frees anything there.
+        let bufs = self.bufs.deferred && self.bufs.held_bytes() > 0;
+        bufs || !self.free_sends.is_empty()
+            || self.bufs.target > self.bufs.initial.min(self.bufs.max)
     }
 
     /// Submits what was queued and waits up to `timeout`; appends completions to `out`.
